@@ -1,0 +1,59 @@
+// swift-tools-version:6.0
+// Warmstart: a fast-boot packet-processing runtime.
+// One module per layer; dependencies point one way:
+// memory → pools → snapshot → io/bus → virtio → vhost-user → datapath → runtime → CLI.
+import PackageDescription
+
+let release: [SwiftSetting] = [.unsafeFlags(["-Ounchecked"], .when(configuration: .release))]
+
+let package = Package(
+    name: "warmstart",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "warmstart", targets: ["warmstart"]),
+        .library(name: "WarmstartRuntime", targets: ["WarmstartRuntime"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        // C: only what Swift cannot import (fences, atomics on raw shared memory, cmsg, GNU calls).
+        .target(name: "CWarmstartShim"),
+        // Debian's liburing-dev (pkg-config liburing).
+        .systemLibrary(name: "CLibURing", pkgConfig: "liburing",
+                       providers: [.apt(["liburing-dev"])]),
+
+        .target(name: "WarmstartMemory",
+                dependencies: ["CWarmstartShim", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "WarmstartPools", dependencies: ["WarmstartMemory", "CWarmstartShim"]),
+        .target(name: "WarmstartSnapshot", dependencies: ["WarmstartMemory", "WarmstartPools"]),
+        .target(name: "WarmstartIO", dependencies: ["CLibURing", "CWarmstartShim",
+                                                    .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "WarmstartBus", dependencies: ["WarmstartIO", "WarmstartPools",
+                                                     .product(name: "Logging", package: "swift-log")]),
+        .target(name: "WarmstartVirtio", dependencies: ["WarmstartMemory", "WarmstartPools", "CWarmstartShim"]),
+        .target(name: "WarmstartVhostUser", dependencies: ["WarmstartVirtio", "WarmstartBus", "WarmstartIO",
+                                                           .product(name: "Logging", package: "swift-log")]),
+        .target(name: "WarmstartDatapath", dependencies: ["WarmstartVhostUser", "WarmstartBus"]),
+        .target(name: "WarmstartRuntime", dependencies: ["WarmstartSnapshot", "WarmstartDatapath",
+                                                         .product(name: "Logging", package: "swift-log")]),
+        .executableTarget(name: "warmstart", dependencies: [
+            "WarmstartRuntime",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .testTarget(name: "WarmstartMemoryTests", dependencies: ["WarmstartMemory"]),
+        .testTarget(name: "WarmstartPoolsTests", dependencies: ["WarmstartPools"]),
+        .testTarget(name: "WarmstartSnapshotTests", dependencies: ["WarmstartSnapshot"]),
+        .testTarget(name: "WarmstartIOTests", dependencies: ["WarmstartIO"]),
+        .testTarget(name: "WarmstartBusTests", dependencies: ["WarmstartBus"]),
+        .testTarget(name: "WarmstartVirtioTests", dependencies: ["WarmstartVirtio"]),
+        .testTarget(name: "WarmstartVhostUserTests", dependencies: ["WarmstartVhostUser"]),
+        .testTarget(name: "WarmstartDatapathTests", dependencies: ["WarmstartDatapath"]),
+        .testTarget(name: "WarmstartRuntimeTests", dependencies: ["WarmstartRuntime"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,82 @@
+// CWarmstartShim: only what Swift cannot import by itself.
+//  - acquire/release atomics and fences on raw shared memory (rings read by another process)
+//  - GNU-only calls (memfd_create, eventfd) and their flag constants
+//  - SCM_RIGHTS control messages (CMSG_* are function-like macros)
+#ifndef CWARMSTART_SHIM_H
+#define CWARMSTART_SHIM_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+// ---- fences ---------------------------------------------------------------------------------
+static inline void ws_fence_acquire(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+static inline void ws_fence_release(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+static inline void ws_fence_seq_cst(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void ws_compiler_barrier(void) { __asm__ __volatile__("" ::: "memory"); }
+static inline void ws_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+static inline void ws_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+static inline void ws_prefetch_w(const void *p) { __builtin_prefetch(p, 1, 3); }
+
+// ---- atomics on raw memory ------------------------------------------------------------------
+#define WS_ATOMIC_OPS(T, N)                                                                          \
+    static inline T ws_load_acquire_##N(const T *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); } \
+    static inline T ws_load_relaxed_##N(const T *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); } \
+    static inline void ws_store_release_##N(T *p, T v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); } \
+    static inline void ws_store_relaxed_##N(T *p, T v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); } \
+    static inline T ws_fetch_add_##N(T *p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); } \
+    static inline T ws_fetch_or_##N(T *p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }  \
+    static inline T ws_exchange_##N(T *p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); } \
+    static inline int ws_cas_##N(T *p, T *expected, T desired) {                                     \
+        return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE); \
+    }
+WS_ATOMIC_OPS(uint8_t, u8)
+WS_ATOMIC_OPS(uint16_t, u16)
+WS_ATOMIC_OPS(uint32_t, u32)
+WS_ATOMIC_OPS(uint64_t, u64)
+#undef WS_ATOMIC_OPS
+
+// ---- GNU calls and constants ----------------------------------------------------------------
+int ws_memfd_create(const char *name, unsigned int flags);
+int ws_eventfd(unsigned int initval, int flags);
+extern const unsigned int WS_MFD_CLOEXEC;
+extern const unsigned int WS_MFD_HUGETLB;
+extern const unsigned int WS_MFD_ALLOW_SEALING;
+extern const unsigned int WS_MFD_HUGE_2MB;
+extern const unsigned int WS_MFD_HUGE_1GB;
+extern const int WS_MAP_HUGETLB;
+extern const int WS_MAP_HUGE_2MB;
+extern const int WS_MAP_HUGE_1GB;
+extern const int WS_MAP_POPULATE;
+extern const int WS_MAP_NORESERVE;
+extern const int WS_MAP_FIXED_NOREPLACE;
+extern const int WS_EFD_NONBLOCK;
+extern const int WS_EFD_CLOEXEC;
+extern const long WS_HUGETLBFS_MAGIC;
+extern const long WS_TMPFS_MAGIC;
+/// Returns the clock in nanoseconds (CLOCK_MONOTONIC).
+uint64_t ws_monotonic_ns(void);
+/// The CLOCK_MONOTONIC time at which this process image started running its constructors.
+uint64_t ws_image_start_ns(void);
+/// Pins the calling thread to one CPU; returns 0 or an errno.
+int ws_pin_thread(int cpu);
+/// statfs(2): the file system magic and block size of `path`. Returns 0 or -errno.
+int ws_statfs(const char *path, long *magic, long *block_size);
+/// fallocate(2), which Glibc's module does not always export.
+int ws_fallocate(int fd, int mode, off_t offset, off_t len);
+
+// ---- SCM_RIGHTS -----------------------------------------------------------------------------
+/// Sends `len` bytes and up to `nfds` descriptors in one message. Returns bytes sent or -errno.
+ssize_t ws_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds);
+/// Receives up to `cap` bytes and up to `maxfds` descriptors. `*nfds` is set to the number of
+/// descriptors received (all of them are owned by the caller, even on a truncated message), and
+/// `*truncated` to 1 when the payload or the control data did not fit. Returns bytes or -errno.
+ssize_t ws_recv_with_fds(int sock, void *buf, size_t cap, int *fds, int maxfds, int *nfds, int *truncated);
+
+#endif

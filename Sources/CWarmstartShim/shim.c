@@ -1,0 +1,126 @@
+#define _GNU_SOURCE
+#include "CWarmstartShim.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/magic.h>
+#include <pthread.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/vfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26)
+#endif
+#ifndef MFD_HUGE_1GB
+#define MFD_HUGE_1GB (30U << 26)
+#endif
+#ifndef MAP_HUGE_2MB
+#define MAP_HUGE_2MB (21 << 26)
+#endif
+#ifndef MAP_HUGE_1GB
+#define MAP_HUGE_1GB (30 << 26)
+#endif
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+const unsigned int WS_MFD_CLOEXEC = MFD_CLOEXEC;
+const unsigned int WS_MFD_HUGETLB = MFD_HUGETLB;
+const unsigned int WS_MFD_ALLOW_SEALING = MFD_ALLOW_SEALING;
+const unsigned int WS_MFD_HUGE_2MB = MFD_HUGE_2MB;
+const unsigned int WS_MFD_HUGE_1GB = MFD_HUGE_1GB;
+const int WS_MAP_HUGETLB = MAP_HUGETLB;
+const int WS_MAP_HUGE_2MB = MAP_HUGE_2MB;
+const int WS_MAP_HUGE_1GB = MAP_HUGE_1GB;
+const int WS_MAP_POPULATE = MAP_POPULATE;
+const int WS_MAP_NORESERVE = MAP_NORESERVE;
+const int WS_MAP_FIXED_NOREPLACE = MAP_FIXED_NOREPLACE;
+const int WS_EFD_NONBLOCK = EFD_NONBLOCK;
+const int WS_EFD_CLOEXEC = EFD_CLOEXEC;
+const long WS_HUGETLBFS_MAGIC = HUGETLBFS_MAGIC;
+const long WS_TMPFS_MAGIC = TMPFS_MAGIC;
+
+int ws_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
+int ws_eventfd(unsigned int initval, int flags) { return eventfd(initval, flags); }
+int ws_fallocate(int fd, int mode, off_t offset, off_t len) { return fallocate(fd, mode, offset, len); }
+
+int ws_statfs(const char *path, long *magic, long *block_size) {
+    struct statfs st;
+    if (statfs(path, &st) != 0) return -errno;
+    *magic = (long)st.f_type;
+    *block_size = (long)st.f_bsize;
+    return 0;
+}
+
+uint64_t ws_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t image_start_ns;
+__attribute__((constructor(101))) static void ws_record_image_start(void) { image_start_ns = ws_monotonic_ns(); }
+uint64_t ws_image_start_ns(void) { return image_start_ns; }
+
+int ws_pin_thread(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+#define WS_MAX_FDS 16
+
+ssize_t ws_send_with_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > WS_MAX_FDS) return -EINVAL;
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * WS_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds > 0) {
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    ssize_t n;
+    do { n = sendmsg(sock, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : n;
+}
+
+ssize_t ws_recv_with_fds(int sock, void *buf, size_t cap, int *fds, int maxfds, int *nfds, int *truncated) {
+    *nfds = 0;
+    *truncated = 0;
+    struct iovec iov = {.iov_base = buf, .iov_len = cap};
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * WS_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof(control.buf)};
+    ssize_t n;
+    do { n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *data = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            if (*nfds < maxfds) fds[(*nfds)++] = data[i];
+            else { close(data[i]); *truncated = 1; }   // never leak what we cannot hand over
+        }
+    }
+    if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = 1;
+    return n;
+}

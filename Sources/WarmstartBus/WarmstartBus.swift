@@ -1,0 +1,1 @@
+// WarmstartBus: see Docs/ARCHITECTURE.md

@@ -1,0 +1,1 @@
+// WarmstartDatapath: see Docs/ARCHITECTURE.md

@@ -1,0 +1,1 @@
+// WarmstartIO: see Docs/ARCHITECTURE.md

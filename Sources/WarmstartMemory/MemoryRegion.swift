@@ -1,0 +1,149 @@
+import CWarmstartShim
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a region's pages are provided.
+public enum MemoryBacking: String, Sendable, Codable, CustomStringConvertible {
+    /// A file on a hugetlbfs mount: stays resident between runs.
+    case hugetlbfs
+    /// `memfd_create(MFD_HUGETLB)`: hugepages that live as long as someone holds the fd.
+    case memfdHugetlb = "memfd-hugetlb"
+    /// A 4 KiB memfd (the lightweight memory model).
+    case memfd
+    /// A 4 KiB file on tmpfs or a disk file system.
+    case file
+
+    public var description: String { rawValue }
+    public var isHuge: Bool { self == .hugetlbfs || self == .memfdHugetlb }
+}
+
+/// One region of memory: one file descriptor mapped once, MAP_SHARED, so that a peer can map the
+/// same pages through the same fd. Never one file per page: a peer maps all of Warmstart's memory
+/// through a handful of these.
+public final class MemoryRegion: @unchecked Sendable {
+    public let name: String
+    public let fd: FileDescriptor
+    /// Where the region starts inside `fd` (the vhost-user `mmap_offset`).
+    public let fileOffset: Int
+    public let size: Int
+    public let pageSize: PageSize
+    public let backing: MemoryBacking
+    /// Where the region is mapped in this process.
+    public let base: UnsafeMutableRawPointer
+    /// The address a peer sees this region at (the vhost-user guest physical / I/O address).
+    public var ioAddress: UInt64
+    private let ownsFD: Bool
+
+    /// Maps `size` bytes of `fd` from `fileOffset`, MAP_SHARED.
+    /// - Parameter populate: fault every page in now (pays the kernel's zeroing for new pages).
+    public init(name: String, fd: FileDescriptor, fileOffset: Int, size: Int, pageSize: PageSize,
+                backing: MemoryBacking, ioAddress: UInt64 = 0, ownsFD: Bool, populate: Bool = false) throws {
+        guard size > 0 else {
+            if ownsFD { try? fd.close() }
+            throw MemoryError.invalidSize(size)
+        }
+        guard size % pageSize.bytes == 0, fileOffset % pageSize.bytes == 0 else {
+            if ownsFD { try? fd.close() }
+            throw MemoryError.sizeNotPageMultiple(size: size % pageSize.bytes == 0 ? fileOffset : size, pageSize: pageSize)
+        }
+        var flags = MAP_SHARED
+        if populate { flags |= WS_MAP_POPULATE }
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, flags, fd.rawValue, off_t(fileOffset))
+        guard let p, p != MAP_FAILED else {
+            let e = Errno(rawValue: errno)
+            if ownsFD { try? fd.close() }
+            if e == .noMemory && pageSize.isHuge {
+                let pool = Hugepages.pool(pageSize)
+                throw MemoryError.notEnoughHugepages(pageSize: pageSize, needed: size / pageSize.bytes,
+                                                     free: pool?.available ?? 0)
+            }
+            if e == .permissionDenied || e == .notPermitted { throw MemoryError.permissionDenied(path: name) }
+            throw MemoryError.system(operation: "mmap", path: name, errno: e)
+        }
+        self.name = name
+        self.fd = fd
+        self.fileOffset = fileOffset
+        self.size = size
+        self.pageSize = pageSize
+        self.backing = backing
+        self.base = p
+        self.ioAddress = ioAddress
+        self.ownsFD = ownsFD
+    }
+
+    deinit {
+        munmap(base, size)
+        if ownsFD { try? fd.close() }
+    }
+
+    /// Creates an anonymous region on a memfd: hugetlb when `pageSize` is huge, else 4 KiB.
+    public static func memfd(name: String, size: Int, pageSize: PageSize, ioAddress: UInt64 = 0,
+                             populate: Bool = false) throws -> MemoryRegion {
+        guard size > 0 else { throw MemoryError.invalidSize(size) }
+        guard size % pageSize.bytes == 0 else { throw MemoryError.sizeNotPageMultiple(size: size, pageSize: pageSize) }
+        if pageSize.isHuge {
+            guard let pool = Hugepages.pool(pageSize) else {
+                throw MemoryError.hugepagesUnavailable(pageSize: pageSize, reason: "the kernel offers no \(pageSize) pages")
+            }
+            let needed = size / pageSize.bytes
+            if pool.available < needed {
+                throw MemoryError.notEnoughHugepages(pageSize: pageSize, needed: needed, free: pool.available)
+            }
+        }
+        let raw = ws_memfd_create("warmstart:\(name)", WS_MFD_CLOEXEC | pageSize.memfdFlags)
+        guard raw >= 0 else {
+            let e = Errno(rawValue: errno)
+            if pageSize.isHuge {
+                throw MemoryError.hugepagesUnavailable(pageSize: pageSize, reason: "memfd_create(MFD_HUGETLB): \(e)")
+            }
+            throw MemoryError.system(operation: "memfd_create", path: name, errno: e)
+        }
+        let fd = FileDescriptor(rawValue: raw)
+        guard ftruncate(raw, off_t(size)) == 0 else {
+            let e = Errno(rawValue: errno)
+            try? fd.close()
+            throw MemoryError.system(operation: "ftruncate", path: name, errno: e)
+        }
+        return try MemoryRegion(name: name, fd: fd, fileOffset: 0, size: size, pageSize: pageSize,
+                                backing: pageSize.isHuge ? .memfdHugetlb : .memfd, ioAddress: ioAddress,
+                                ownsFD: true, populate: populate)
+    }
+
+    /// Picks the page size for `mode`: hugepages of `preferred` size when enough are free (auto) or
+    /// required (require), else 4 KiB.
+    public static func choosePageSize(bytes: Int, mode: HugepageMode, preferred: PageSize) throws -> PageSize {
+        switch mode {
+        case .off:
+            return .small4K
+        case .require, .auto:
+            let wanted = preferred.isHuge ? preferred : (Hugepages.defaultSize ?? .huge2M)
+            guard let pool = Hugepages.pool(wanted) else {
+                if mode == .auto { return .small4K }
+                throw MemoryError.hugepagesUnavailable(pageSize: wanted, reason: "the kernel offers no \(wanted) pages")
+            }
+            let needed = (wanted.roundUp(bytes) ?? Int.max) / wanted.bytes
+            if pool.available >= needed { return wanted }
+            if mode == .auto { return .small4K }
+            throw MemoryError.notEnoughHugepages(pageSize: wanted, needed: needed, free: pool.available)
+        }
+    }
+
+    /// Writes one byte per page so every page is faulted in now, the cost DPDK calls hugepage init
+    /// (over 95% of it is the kernel zeroing the page).
+    public func prefault() {
+        var offset = 0
+        while offset < size {
+            base.storeBytes(of: 0, toByteOffset: offset, as: UInt8.self)
+            offset += pageSize.bytes
+        }
+    }
+
+    /// The host address of `offset` inside this region, after a bounds check.
+    @inlinable
+    public func pointer(at offset: Int, length: Int = 1) -> UnsafeMutableRawPointer? {
+        guard offset >= 0, length >= 0, offset <= size, length <= size - offset else { return nil }
+        return base + offset
+    }
+}

@@ -1,0 +1,1 @@
+// WarmstartPools: see Docs/ARCHITECTURE.md

@@ -1,0 +1,1 @@
+// WarmstartRuntime: see Docs/ARCHITECTURE.md

@@ -1,0 +1,1 @@
+// WarmstartSnapshot: see Docs/ARCHITECTURE.md

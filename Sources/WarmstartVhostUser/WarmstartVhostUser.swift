@@ -1,0 +1,1 @@
+// WarmstartVhostUser: see Docs/ARCHITECTURE.md

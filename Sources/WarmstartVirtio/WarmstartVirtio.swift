@@ -1,0 +1,1 @@
+// WarmstartVirtio: see Docs/ARCHITECTURE.md

@@ -1,0 +1,6 @@
+import XCTest
+@testable import WarmstartBus
+
+final class WarmstartBusSmokeTests: XCTestCase {
+    func testModuleLinks() { XCTAssertTrue(true) }
+}

@@ -1,0 +1,6 @@
+import XCTest
+@testable import WarmstartSnapshot
+
+final class WarmstartSnapshotSmokeTests: XCTestCase {
+    func testModuleLinks() { XCTAssertTrue(true) }
+}
