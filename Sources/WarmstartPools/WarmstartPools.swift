@@ -1,1 +1,0 @@
-// WarmstartPools: see Docs/ARCHITECTURE.md
