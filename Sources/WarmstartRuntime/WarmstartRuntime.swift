@@ -1,1 +1,0 @@
-// WarmstartRuntime: see Docs/ARCHITECTURE.md

@@ -1,0 +1,119 @@
+import CWarmstartShim
+import WarmstartMemory
+import WarmstartPools
+
+/// The runtime's memory once booted: its regions (each one fd, mapped once) and the mbuf pools in
+/// them, however they came to be.
+public final class LiveMemory: @unchecked Sendable {
+    public enum Origin: String, Sendable {
+        /// Mapped from a resident snapshot in place (no page zeroing, no per-mbuf work).
+        case restoredResident = "restored-resident"
+        /// Laid out from a disk snapshot's recorded layout into fresh memory.
+        case restoredDisk = "restored-disk"
+        /// Laid out from scratch.
+        case cold
+    }
+
+    public let origin: Origin
+    public let regions: [MemoryRegion]
+    public let pools: [MbufPool]
+    /// Kept open while its regions are mapped from it.
+    public let snapshot: SnapshotFile?
+
+    public var pageSize: PageSize { regions.first?.pageSize ?? .small4K }
+    public var backing: MemoryBacking { regions.first?.backing ?? .memfd }
+    public var totalBytes: Int { regions.reduce(0) { $0 + $1.size } }
+    public var table: MemoryTable { MemoryTable(regions: regions) }
+    public var mbufPool: MbufPool { pools[0] }
+    public var generalRegion: MemoryRegion? { regions.count > 1 ? regions[1] : nil }
+
+    init(origin: Origin, regions: [MemoryRegion], pools: [MbufPool], snapshot: SnapshotFile?) {
+        self.origin = origin
+        self.regions = regions
+        self.pools = pools
+        self.snapshot = snapshot
+    }
+
+    /// Restores from an opened snapshot. Resident: maps the file's regions in place and resets each
+    /// pool to pristine in O(1). Disk: creates fresh regions of the recorded layout (hugepages as
+    /// `hugepages` allows) and resets the pools the same way. No per-mbuf work either way.
+    public static func restore(from file: SnapshotFile, hugepages: HugepageMode = .auto, populate: Bool = false,
+                               phases: PhaseSink? = nil) throws -> LiveMemory {
+        let layout = file.layout
+        var t0 = ws_monotonic_ns()
+        let regions: [MemoryRegion]
+        let origin: Origin
+        if file.isResident {
+            regions = try file.mapRegions(populate: populate)
+            origin = .restoredResident
+            let t1 = ws_monotonic_ns()
+            phases?("snapshot-map", t0, t1, "\(regions.count) regions, \(bytesText(Int(layout.memoryBytes)))")
+            t0 = t1
+        } else {
+            regions = try freshRegions(layout: layout, hugepages: hugepages, populate: populate, path: file.path)
+            origin = .restoredDisk
+            let t1 = ws_monotonic_ns()
+            phases?("hugepage-init", t0, t1, bytesText(Int(layout.memoryBytes)) + (populate ? "" : ", faulted on use"))
+            t0 = t1
+        }
+        var pools: [MbufPool] = []
+        for p in layout.pools {
+            do {
+                pools.append(try MbufPool.restore(config: p.config, region: regions[Int(p.regionIndex)],
+                                                  offset: Int(p.offset), poolID: p.poolID))
+            } catch let e as PoolError {
+                throw SnapshotError.pool(path: file.path, e)
+            }
+        }
+        phases?("mbuf-init", t0, ws_monotonic_ns(), "\(layout.pools.reduce(0) { $0 + $1.config.count }) mbufs, restored")
+        return LiveMemory(origin: origin, regions: regions, pools: pools, snapshot: file)
+    }
+
+    /// Lays everything out from scratch in fresh memfd regions: the cold boot, and the fallback when
+    /// a snapshot cannot be used.
+    public static func coldLayout(_ config: SnapshotConfig, hugepages: HugepageMode = .auto,
+                                  pageSize preferred: PageSize = .huge2M, phases: PhaseSink? = nil) throws -> LiveMemory {
+        let probe = try SnapshotLayout.plan(config, pageSize: preferred.isHuge ? preferred : .small4K)
+        let pageSize: PageSize
+        do {
+            pageSize = try MemoryRegion.choosePageSize(bytes: Int(probe.memoryBytes), mode: hugepages, preferred: preferred)
+        } catch let e as MemoryError {
+            throw SnapshotError.memory(path: "(cold boot)", e)
+        }
+        let layout = try SnapshotLayout.plan(config, pageSize: pageSize)
+        var t0 = ws_monotonic_ns()
+        let regions = try freshRegions(layout: layout, hugepages: hugepages, populate: false, path: "(cold boot)")
+        for r in regions { r.prefault() }
+        let t1 = ws_monotonic_ns()
+        phases?("hugepage-init", t0, t1, "\(bytesText(Int(layout.memoryBytes))) in \(pageSize) pages")
+        t0 = t1
+        var pools: [MbufPool] = []
+        for p in layout.pools {
+            do {
+                pools.append(try MbufPool.layOut(config: p.config, region: regions[Int(p.regionIndex)],
+                                                 offset: Int(p.offset), poolID: p.poolID))
+            } catch let e as PoolError {
+                throw SnapshotError.pool(path: "(cold boot)", e)
+            }
+        }
+        phases?("mbuf-init", t0, ws_monotonic_ns(), "\(config.pool.count) mbufs laid out")
+        return LiveMemory(origin: .cold, regions: regions, pools: pools, snapshot: nil)
+    }
+
+    /// memfd regions with the layout's sizes and I/O addresses, in the page size `hugepages` allows.
+    static func freshRegions(layout: SnapshotLayout, hugepages: HugepageMode, populate: Bool,
+                             path: String) throws -> [MemoryRegion] {
+        do {
+            let preferred = layout.pageSize.isHuge ? layout.pageSize : (Hugepages.defaultSize ?? .huge2M)
+            let ps = try MemoryRegion.choosePageSize(bytes: Int(layout.memoryBytes), mode: hugepages, preferred: preferred)
+            var io = SnapshotLayout.ioBase
+            return try layout.regions.map {
+                let size = ps.roundUp(Int($0.size)) ?? Int($0.size)
+                defer { io += UInt64(size) }
+                return try MemoryRegion.memfd(name: $0.name, size: size, pageSize: ps, ioAddress: io, populate: populate)
+            }
+        } catch let e as MemoryError {
+            throw SnapshotError.memory(path: path, e)
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// WarmstartSnapshot: see Docs/ARCHITECTURE.md

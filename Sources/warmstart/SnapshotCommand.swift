@@ -1,0 +1,71 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+import WarmstartMemory
+import WarmstartRuntime
+import WarmstartSnapshot
+
+struct SnapshotCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "snapshot",
+        abstract: "Create, inspect and verify snapshot files.",
+        subcommands: [Create.self, Inspect.self, Verify.self]
+    )
+
+    struct Create: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Lay out memory and mbuf pools once and persist them.",
+            discussion: "A PATH on hugetlbfs (or tmpfs) gives a resident snapshot whose pages stay allocated between runs; on any other file system, a disk snapshot that survives a reboot.")
+        @OptionGroup var layout: LayoutOptions
+        @Option(help: "Where to write the snapshot.")
+        var out: String
+
+        func run() throws {
+            let cfg = try layout.snapshotConfig()
+            var lines: [String] = []
+            do {
+                let l = try SnapshotWriter.create(path: out, config: cfg, pageSize: layout.pageSize,
+                                                  createdUnixSeconds: UInt64(time(nil))) { name, t0, t1, work in
+                    lines.append("  \(name): \(work), \(Double(t1 - t0) / 1e6) ms")
+                }
+                print("created \(out): \(cfg.pool.count) mbufs of \(cfg.pool.elementSize) bytes, \(l.memoryBytes) bytes in \(l.regions.count) regions, \(l.pageSize) pages")
+                lines.forEach { print($0) }
+            } catch {
+                throw CLIError("\(error)")
+            }
+        }
+    }
+
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print a snapshot's layout and header checks.")
+        @Argument var path: String
+        @Flag var json = false
+        func run() throws {
+            do { printReport(try SnapshotVerifier.inspect(path: path), json: json) } catch { throw CLIError("\(error)") }
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Inspect, and check the payload too; exits non-zero when anything is wrong.")
+        @Argument var path: String
+        @Flag var json = false
+        func run() throws {
+            let report: SnapshotReport
+            do { report = try SnapshotVerifier.verify(path: path) } catch { throw CLIError("\(error)") }
+            printReport(report, json: json)
+            if !report.ok { throw ExitCode(1) }
+        }
+    }
+}
+
+func printReport(_ r: SnapshotReport, json: Bool) {
+    print(json ? SnapshotReportText.json(r) : SnapshotReportText.text(r))
+}
+
+/// An error printed as `warmstart: <text>` with exit status 1 (no usage dump: the input was fine,
+/// the thing it named was not).
+struct CLIError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
