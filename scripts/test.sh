@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every Warmstart test: installs what is missing (with DPDK for the interop tests), reserves
+# hugepages when root, builds, runs the unit and integration tests, then the main job twice (with
+# hugepages where there are some, and with --hugepages off). Leaves the machine as it found it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WARMSTART_WITH_DPDK=1 ./scripts/setup.sh
+
+jobs=$(nproc 2>/dev/null || echo 2)
+echo "== swift build (debug, tests)"
+swift build --build-tests -j "$jobs"
+echo "== swift test"
+swift test --skip-build --parallel --num-workers 1 2>&1 | tee .build/test-output.txt
+status=${PIPESTATUS[0]}
+[ "$status" = 0 ] || { echo "swift test failed ($status)"; exit "$status"; }
+
+echo "== main job, hugepages auto, then off"
+swift build -c release --product warmstart -j "$jobs"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+bin=.build/release/warmstart
+WARMSTART_EXEC_NS= "$bin" run --boot-only --no-snapshot --mbufs 65536 --report-json "$tmp/cold.json"
+"$bin" run --boot-only --hugepages off --snapshot /dev/shm/warmstart-ci-$$.snap --mbufs 65536 --report-json "$tmp/first.json"
+"$bin" run --boot-only --hugepages off --snapshot /dev/shm/warmstart-ci-$$.snap --mbufs 65536 --report-json "$tmp/second.json"
+grep -q '"outcome" : "created"' "$tmp/first.json"
+grep -q '"outcome" : "restored"' "$tmp/second.json"
+rm -f /dev/shm/warmstart-ci-$$.snap
+"$bin" report "$tmp/second.json" >/dev/null
+echo "main job: ok"
