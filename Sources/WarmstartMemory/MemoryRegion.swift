@@ -131,12 +131,47 @@ public final class MemoryRegion: @unchecked Sendable {
     }
 
     /// Writes one byte per page so every page is faulted in now, the cost DPDK calls hugepage init
-    /// (over 95% of it is the kernel zeroing the page).
-    public func prefault() {
+    /// (over 95% of it is the kernel zeroing the page). Zeroing is bound by one core's memory
+    /// bandwidth, so the pages are split over `threads` threads (default: every online CPU).
+    public func prefault(threads: Int = 0) {
+        let pages = size / pageSize.bytes
+        let n = max(1, min(threads > 0 ? threads : Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), pages, 16))
+        if n == 1 || size < 64 << 20 {
+            Self.touch(base, pages: pages, pageBytes: pageSize.bytes)
+            return
+        }
+        var jobs = (0..<n).map { i -> TouchJob in
+            let first = pages * i / n, last = pages * (i + 1) / n
+            return TouchJob(base: base + first * pageSize.bytes, pages: last - first, pageBytes: pageSize.bytes)
+        }
+        jobs.withUnsafeMutableBufferPointer { buf in
+            var tids = [pthread_t](repeating: pthread_t(), count: n)
+            var started = [Bool](repeating: false, count: n)
+            for i in 1..<n {
+                started[i] = pthread_create(&tids[i], nil, { arg in
+                    let job = arg!.assumingMemoryBound(to: TouchJob.self).pointee
+                    MemoryRegion.touch(job.base, pages: job.pages, pageBytes: job.pageBytes)
+                    return nil
+                }, buf.baseAddress! + i) == 0
+                // A thread that could not start: its share is done on this one.
+                if !started[i] { Self.touch(buf[i].base, pages: buf[i].pages, pageBytes: buf[i].pageBytes) }
+            }
+            Self.touch(buf[0].base, pages: buf[0].pages, pageBytes: buf[0].pageBytes)
+            for i in 1..<n where started[i] { pthread_join(tids[i], nil) }
+        }
+    }
+
+    struct TouchJob {
+        var base: UnsafeMutableRawPointer
+        var pages: Int
+        var pageBytes: Int
+    }
+
+    static func touch(_ base: UnsafeMutableRawPointer, pages: Int, pageBytes: Int) {
         var offset = 0
-        while offset < size {
+        for _ in 0..<pages {
             base.storeBytes(of: 0, toByteOffset: offset, as: UInt8.self)
-            offset += pageSize.bytes
+            offset += pageBytes
         }
     }
 
