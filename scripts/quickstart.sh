@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 swift build -c release --product warmstart
-exec env WARMSTART_EXEC_NS="$(cat /proc/uptime >/dev/null; python3 -c 'import time;print(time.clock_gettime_ns(time.CLOCK_MONOTONIC))' 2>/dev/null || true)" \
-  .build/release/warmstart run "$@"
+# $EPOCHREALTIME just before exec lets the report time exec → main to the microsecond.
+WARMSTART_EXEC_EPOCH=$EPOCHREALTIME exec .build/release/warmstart run "$@"

@@ -19,7 +19,7 @@ swift build -c release --product warmstart -j "$jobs"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 bin=.build/release/warmstart
-WARMSTART_EXEC_NS= "$bin" run --boot-only --no-snapshot --mbufs 65536 --report-json "$tmp/cold.json"
+WARMSTART_EXEC_EPOCH=$EPOCHREALTIME "$bin" run --boot-only --no-snapshot --mbufs 65536 --report-json "$tmp/cold.json"
 "$bin" run --boot-only --hugepages off --snapshot /dev/shm/warmstart-ci-$$.snap --mbufs 65536 --report-json "$tmp/first.json"
 "$bin" run --boot-only --hugepages off --snapshot /dev/shm/warmstart-ci-$$.snap --mbufs 65536 --report-json "$tmp/second.json"
 grep -q '"outcome" : "created"' "$tmp/first.json"

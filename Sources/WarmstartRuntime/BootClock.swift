@@ -7,7 +7,8 @@ import Glibc
 ///
 /// The kernel does not expose the exec time with better than 10 ms resolution (/proc/self/stat,
 /// field 22, in clock ticks). A launcher that wants a precise figure (the benchmarks, the tests,
-/// a supervisor) sets WARMSTART_EXEC_NS to CLOCK_MONOTONIC nanoseconds just before exec.
+/// a supervisor) sets WARMSTART_EXEC_NS to CLOCK_MONOTONIC nanoseconds just before exec, or, from a
+/// shell, WARMSTART_EXEC_EPOCH to bash's $EPOCHREALTIME (`WARMSTART_EXEC_EPOCH=$EPOCHREALTIME exec ...`).
 public struct BootClock: Sendable {
     /// CLOCK_MONOTONIC ns at exec.
     public let originNs: UInt64
@@ -18,6 +19,10 @@ public struct BootClock: Sendable {
     public init(environment: [String: String]) {
         mainNs = ws_monotonic_ns()
         if let text = environment["WARMSTART_EXEC_NS"], let v = UInt64(text), v <= mainNs, mainNs - v < 60_000_000_000 {
+            originNs = v
+            coarse = false
+        } else if let text = environment["WARMSTART_EXEC_EPOCH"], let v = BootClock.realtimeToMonotonic(text),
+                  v <= mainNs, mainNs - v < 60_000_000_000 {
             originNs = v
             coarse = false
         } else if let start = BootClock.procStartNs(), start <= mainNs {
@@ -31,6 +36,27 @@ public struct BootClock: Sendable {
 
     public func ms(_ ns: UInt64) -> Double { Double(Int64(bitPattern: ns &- originNs)) / 1e6 }
     public func nowMs() -> Double { ms(ws_monotonic_ns()) }
+
+    /// "1764000000.123456" (CLOCK_REALTIME seconds, as bash's $EPOCHREALTIME) → CLOCK_MONOTONIC ns.
+    static func realtimeToMonotonic(_ text: String) -> UInt64? {
+        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count <= 2, let sec = UInt64(parts[0]) else { return nil }
+        var frac: UInt64 = 0
+        if parts.count == 2 {
+            let digits = parts[1].prefix(9)
+            guard let f = UInt64(digits) else { return nil }
+            frac = f
+            for _ in digits.count..<9 { frac *= 10 }
+        }
+        var real = timespec(), mono = timespec()
+        clock_gettime(CLOCK_REALTIME, &real)
+        clock_gettime(CLOCK_MONOTONIC, &mono)
+        let realNs = UInt64(real.tv_sec) * 1_000_000_000 + UInt64(real.tv_nsec)
+        let monoNs = UInt64(mono.tv_sec) * 1_000_000_000 + UInt64(mono.tv_nsec)
+        let thenReal = sec * 1_000_000_000 + frac
+        guard thenReal <= realNs, realNs - thenReal <= monoNs else { return nil }
+        return monoNs - (realNs - thenReal)
+    }
 
     /// The process start time from /proc/self/stat, converted to CLOCK_MONOTONIC: starttime is in
     /// ticks since boot (CLOCK_BOOTTIME), so subtract the time spent suspended.

@@ -35,7 +35,7 @@ extension BootReport {
         if let r = snapshot.reason { out += " — \(r)" }
         out += "\n"
         if let io = ioBackend { out += "io: \(io)\n" }
-        if processStartCoarse { out += "process-start read from /proc in 10 ms ticks (set WARMSTART_EXEC_NS for a precise figure)\n" }
+        if processStartCoarse { out += "process-start read from /proc in 10 ms ticks (set WARMSTART_EXEC_EPOCH=$EPOCHREALTIME for a precise figure)\n" }
         if !devices.isEmpty {
             out += "devices:\n"
             for d in devices {

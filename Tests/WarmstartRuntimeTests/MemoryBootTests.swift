@@ -76,6 +76,11 @@ final class MemoryBootTests: XCTestCase {
         XCTAssertFalse(c.coarse)
         XCTAssertGreaterThanOrEqual(c.ms(c.mainNs), 5.0)
         XCTAssertLessThan(c.ms(c.mainNs), 1000)
+        let epoch = String(format: "%.6f", Date().timeIntervalSince1970 - 0.003)
+        let e = BootClock(environment: ["WARMSTART_EXEC_EPOCH": epoch])
+        XCTAssertFalse(e.coarse)
+        XCTAssertGreaterThanOrEqual(e.ms(e.mainNs), 2.0)
+        XCTAssertLessThan(e.ms(e.mainNs), 1000)
         let coarse = BootClock(environment: ["WARMSTART_EXEC_NS": "garbage"])
         XCTAssertTrue(coarse.coarse)
     }
