@@ -77,6 +77,8 @@ public final class Bus: @unchecked Sendable {
         if ownsLoopThread { loop.startThread() }
     }
 
+    /// Call `stop()` before dropping a started bus: pending operations hold the bus.
+    ///
     /// Closes every connection and listening socket (removing socket files the bus created),
     /// moves unsettled devices to `stopped`, and stops the loop thread if the bus owns it.
     public func stop() {
@@ -94,10 +96,9 @@ public final class Bus: @unchecked Sendable {
             let deadline = ws_monotonic_ns() + 200_000_000
             done.withLock { while !finished && done.wait(untilMonotonicNs: deadline) {} }
             loop.stopAndJoin()
+            loop.shutdown()
         }
     }
-
-    deinit { if running && ownsLoopThread { stop() } }
 
     // MARK: snapshots (any thread)
 

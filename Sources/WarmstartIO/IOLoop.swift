@@ -176,6 +176,14 @@ public final class IOLoop: @unchecked Sendable {
         thread = t
     }
 
+    /// Releases every pending operation without running its handler (handlers often hold the
+    /// object that submitted them, so this also breaks those reference cycles). Call after the
+    /// loop stopped; the loop cannot be used afterwards.
+    public func shutdown() {
+        backend.shutdown()
+        postLock.withLock { posted.removeAll() }
+    }
+
     /// Stops the loop thread and waits for it to finish.
     public func stopAndJoin() {
         stop()

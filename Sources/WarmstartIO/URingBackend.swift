@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CLibURing
+import CWarmstartShim
 
 /// io_uring backend: every operation becomes one SQE whose user_data is the op id; SQEs are
 /// batched and submitted together with the wait (io_uring_submit_and_wait_timeout), so a burst of
@@ -35,9 +36,22 @@ final class URingBackend: IOBackend {
         cqes.deallocate()
     }
 
+    /// Cancels whatever is still in flight and waits (briefly) for the kernel to let go of it
+    /// before the ring and the ops' memory are released: a receive that completed after its
+    /// buffer was freed would write into someone else's memory.
     func shutdown() {
         guard !closed else { return }
         closed = true
+        if !pending.isEmpty {
+            let s = sqe()
+            io_uring_prep_cancel64(s, 0, Int32(IORING_ASYNC_CANCEL_ANY))
+            io_uring_sqe_set_data64(s, URingBackend.internalUserData)
+            var drained: [Completion] = []
+            let deadline = ws_monotonic_ns() + 100_000_000
+            while !pending.isEmpty && ws_monotonic_ns() < deadline {
+                wait(timeoutNs: 10_000_000, into: &drained)
+            }
+        }
         io_uring_queue_exit(ring)
         pending.removeAll()
     }
