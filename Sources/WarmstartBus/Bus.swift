@@ -48,6 +48,9 @@ public final class Bus: @unchecked Sendable {
         records = list.map { record(of: $0) }
     }
 
+    /// How long `--boot-only` waits for devices to settle unless `--device-wait` says otherwise.
+    public static let defaultDeviceWaitSeconds: Double = 2
+
     /// Human-readable: which I/O backend runs and, for the fallback, why.
     public var ioDescription: String {
         loop.fallbackReason.map { "\(loop.backendName) (\($0))" } ?? loop.backendName

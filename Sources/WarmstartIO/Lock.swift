@@ -2,8 +2,8 @@
 import Glibc
 #endif
 
-/// A pthread mutex with a condition variable. Heap-allocated so the pthread objects never move
-/// (Swift may move a struct or a class's stored properties' storage is not addressable stably).
+/// A pthread mutex with a condition variable. The pthread objects live in their own allocation
+/// because they must never move, and Swift gives no stable address to a stored property.
 public final class ConditionLock: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let cond: UnsafeMutablePointer<pthread_cond_t>

@@ -44,6 +44,35 @@ final class IOLoopTests: XCTestCase {
         XCTAssertEqual(env.fallbackReason, "io_uring disabled by WARMSTART_NO_IO_URING=1")
     }
 
+    /// io_uring refused the way seccomp or kernel.io_uring_disabled refuse it: the loop falls back
+    /// to poll, says why, and still works. Done on a thread of its own because the filter stays
+    /// on the thread that installed it.
+    func testFallbackWhenIOURingIsDeniedBySeccomp() throws {
+        var outcome: (backend: String, reason: String?, connectErrno: Int32?)?
+        var installError: Int32 = 0
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            defer { done.signal() }
+            installError = ws_seccomp_deny_io_uring()
+            guard installError == 0, let loop = try? IOLoop() else { return }
+            let fd = try! UnixSocket.makeStream().get()
+            defer { Glibc.close(fd) }
+            var r: IOResult<Void>?
+            loop.connect(fd: fd, unixPath: "/tmp/ws-missing-\(getpid())") { r = $0 }
+            let deadline = ws_monotonic_ns() + 2_000_000_000
+            while r == nil && ws_monotonic_ns() < deadline { loop.runOnce(timeoutNs: 10_000_000) }
+            var e: Int32? = nil
+            if case .failure(let err)? = r { e = err.errno }
+            outcome = (loop.backendName, loop.fallbackReason, e)
+        }.start()
+        XCTAssertEqual(done.wait(timeout: .now() + 5), .success)
+        if installError != 0 { throw XCTSkip("cannot install a seccomp filter: \(IOError.message(-installError))") }
+        let o = try XCTUnwrap(outcome)
+        XCTAssertEqual(o.backend, "poll")
+        XCTAssertTrue(o.reason?.hasPrefix("io_uring_queue_init: Operation not permitted") == true, o.reason ?? "nil")
+        XCTAssertEqual(o.connectErrno, ENOENT, "the fallback performs operations")
+    }
+
     func testTimeoutFiresAndCancels() throws {
         for loop in try loops() {
             let t0 = ws_monotonic_ns()
