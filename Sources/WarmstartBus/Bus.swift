@@ -17,6 +17,7 @@ public final class Bus: @unchecked Sendable {
     private let defaultTapDriver = TapReadyDriver()
     private var startedHooks: [(Device) -> Void] = []
     private var changeHooks: [(DeviceRecord) -> Void] = []
+    private var leftHooks: [(Device) -> Void] = []
     private let ownsLoopThread: Bool
     private var running = false
 
@@ -63,6 +64,10 @@ public final class Bus: @unchecked Sendable {
 
     /// Called on the loop thread each time a device reaches `started` (the datapath adds it).
     public func onDeviceStarted(_ hook: @escaping (Device) -> Void) { startedHooks.append(hook) }
+
+    /// Called on the loop thread when a started device leaves `started` (peer gone, failure, stop),
+    /// before its fd is closed, so the datapath stops polling it.
+    public func onDeviceLeftDatapath(_ hook: @escaping (Device) -> Void) { leftHooks.append(hook) }
 
     /// Called on the loop thread after every state change.
     public func onStateChange(_ hook: @escaping (DeviceRecord) -> Void) { changeHooks.append(hook) }
@@ -245,6 +250,7 @@ public final class Bus: @unchecked Sendable {
     /// Detaches the driver and closes the connection (shutdown first: io_uring operations hold
     /// their own file reference, so only shutdown wakes a pending receive on it).
     func dropConnection(_ d: Device) {
+        if d.state == .started { for h in leftHooks { h(d) } }
         if let op = d.pendingOp { loop.cancel(op); d.pendingOp = nil }
         if let drv = d.attachedDriver { d.attachedDriver = nil; drv.detach(device: d, bus: self) }
         if d.fd >= 0 {

@@ -147,6 +147,9 @@ final class BusStateTests: XCTestCase {
         for fallback in [false, true] {
             let path = dir + "/front-\(fallback).sock"
             let (bus, _) = try makeBus(["vhost-user-client:\(path),name=c"], fallback: fallback)
+            let leftLock = NSLock()
+            var left = 0
+            bus.onDeviceLeftDatapath { d in XCTAssertGreaterThanOrEqual(d.fd, 0); leftLock.withLock { left += 1 } }
             bus.start()
             defer { bus.stop() }
             // No frontend yet: probing, retrying, with the reason saying so.
@@ -174,6 +177,7 @@ final class BusStateTests: XCTestCase {
             restart.signal()
             XCTAssertTrue(bus.wait(timeoutSeconds: 5) { $0[0].state == .started && $0[0].reconnects == 1 },
                           "\(bus.snapshot())")
+            XCTAssertEqual(leftLock.withLock { left }, 1, "the datapath heard the device leave once")
             restart.signal()
             XCTAssertTrue(frontend.join())
         }

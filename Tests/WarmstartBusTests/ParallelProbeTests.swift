@@ -126,6 +126,27 @@ final class ParallelProbeTests: XCTestCase {
         (peers + serverPeers).forEach { $0.join() }
     }
 
+    /// Every socket, listener, eventfd and ring the bus opened is closed by stop().
+    func testStopLeaksNoDescriptors() throws {
+        func openFDs() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
+        for fallback in [false, true] {
+            let before = openFDs()
+            do {
+                let paths = (0..<4).map { dir + "/leak\($0)-\(fallback).sock" }
+                let (listeners, peers) = frontends(paths)
+                let specs = paths.map { "vhost-user-client:\($0)" } + ["vhost-user:\(dir)/srv-\(fallback).sock",
+                                                                       "vhost-user-client:\(dir)/none.sock"]
+                let b = try bus(specs, fallback: fallback)
+                b.start()
+                XCTAssertTrue(b.wait(timeoutSeconds: 5) { $0.prefix(4).allSatisfy { $0.state == .started } })
+                b.stop()
+                peers.forEach { $0.join() }
+                listeners.forEach { close($0) }
+            }
+            XCTAssertEqual(openFDs(), before, "descriptors leaked with \(fallback ? "poll" : "io_uring")")
+        }
+    }
+
     func testPortWithoutDriverFailsWithReason() throws {
         let path = dir + "/nodrv.sock"
         let l = Peer.listen(path)
