@@ -12,6 +12,14 @@
 #include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/fsuid.h>
+#include <net/if.h>
+#include <linux/if_tun.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 
 #ifndef MFD_HUGE_2MB
 #define MFD_HUGE_2MB (21U << 26)
@@ -123,4 +131,102 @@ ssize_t ws_recv_with_fds(int sock, void *buf, size_t cap, int *fds, int maxfds, 
     }
     if (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = 1;
     return n;
+}
+
+typedef struct {
+    struct msghdr msg;
+    struct iovec iov;
+    union {
+        char buf[CMSG_SPACE(sizeof(int) * WS_MAX_FDS)];
+        struct cmsghdr align;
+    } control;
+} ws_msgblock;
+
+size_t ws_msgblock_size(void) { return sizeof(ws_msgblock); }
+
+void *ws_msgblock_prepare_recv(void *block, void *buf, size_t cap) {
+    ws_msgblock *b = block;
+    memset(b, 0, sizeof(*b));
+    b->iov.iov_base = buf;
+    b->iov.iov_len = cap;
+    b->msg.msg_iov = &b->iov;
+    b->msg.msg_iovlen = 1;
+    b->msg.msg_control = b->control.buf;
+    b->msg.msg_controllen = sizeof(b->control.buf);
+    return &b->msg;
+}
+
+void *ws_msgblock_prepare_send(void *block, const void *buf, size_t len, const int *fds, int nfds) {
+    if (nfds < 0 || nfds > WS_MAX_FDS) return NULL;
+    ws_msgblock *b = block;
+    memset(b, 0, sizeof(*b));
+    b->iov.iov_base = (void *)buf;
+    b->iov.iov_len = len;
+    b->msg.msg_iov = &b->iov;
+    b->msg.msg_iovlen = 1;
+    if (nfds > 0) {
+        b->msg.msg_control = b->control.buf;
+        b->msg.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds);
+        struct cmsghdr *c = CMSG_FIRSTHDR(&b->msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * (size_t)nfds);
+    }
+    return &b->msg;
+}
+
+int ws_msgblock_collect_fds(void *block, int *fds, int maxfds, int *truncated) {
+    ws_msgblock *b = block;
+    int n = 0;
+    *truncated = (b->msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ? 1 : 0;
+    if (b->msg.msg_controllen == 0) return 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&b->msg); c != NULL; c = CMSG_NXTHDR(&b->msg, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *data = (int *)CMSG_DATA(c);
+        for (int i = 0; i < count; i++) {
+            if (n < maxfds) fds[n++] = data[i];
+            else { close(data[i]); *truncated = 1; }
+        }
+    }
+    return n;
+}
+
+int ws_tap_configure(int fd, const char *name, char *actual, const char **step) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    *step = "TUNSETIFF";
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) return -errno;
+    memcpy(actual, ifr.ifr_name, IFNAMSIZ);
+    int hdr = 12;   // struct virtio_net_hdr_mrg_rxbuf, the size virtio 1.0 devices use
+    *step = "TUNSETVNETHDRSZ";
+    if (ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0) return -errno;
+    *step = "fcntl(O_NONBLOCK)";
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) return -errno;
+    *step = "";
+    return 0;
+}
+
+int ws_enter_netns(int fd) { return setns(fd, CLONE_NEWNET) == 0 ? 0 : -errno; }
+int ws_setfsuid(unsigned int uid) { return setfsuid(uid); }
+
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
+
+int ws_seccomp_deny_io_uring(void) {
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = sizeof(filter) / sizeof(filter[0]), .filter = filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -errno;
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) return -errno;
+    return 0;
 }

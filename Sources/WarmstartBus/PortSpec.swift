@@ -1,0 +1,138 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The kinds of port `--port KIND:PATH[,key=value...]` accepts.
+public enum DeviceKind: String, CaseIterable, Sendable {
+    /// Warmstart is the vhost-user backend and listens on PATH.
+    case vhostUser = "vhost-user"
+    /// Warmstart is the backend and connects to a frontend listening on PATH (QEMU server=on).
+    case vhostUserClient = "vhost-user-client"
+    /// Warmstart is the virtio frontend of a vhost-user backend at PATH.
+    case virtioUser = "virtio-user"
+    /// A Linux TAP interface named PATH, with a virtio-net header.
+    case tap = "tap"
+
+    /// Keys each kind accepts after the path. `name` names the device in reports.
+    public var validKeys: [String] {
+        switch self {
+        case .vhostUser: return ["name", "mode", "queues"]
+        case .vhostUserClient: return ["name", "queues", "backoff-min-ms", "backoff-max-ms"]
+        case .virtioUser: return ["name", "queues", "server", "mode", "backoff-min-ms", "backoff-max-ms"]
+        case .tap: return ["name", "queues"]
+        }
+    }
+
+    public static var validNames: String { allCases.map(\.rawValue).joined(separator: ", ") }
+}
+
+/// A port error that says what was wrong and what would have been accepted.
+public struct PortSpecError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// One declared port: `KIND:PATH[,key=value...]`.
+public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
+    public var kind: DeviceKind
+    /// Socket path, or the interface name for `tap`.
+    public var path: String
+    /// Keys in the order given (validated against `kind.validKeys`).
+    public var options: [(key: String, value: String)]
+
+    public static func == (a: PortSpec, b: PortSpec) -> Bool {
+        a.kind == b.kind && a.path == b.path && a.options.elementsEqual(b.options, by: { $0 == $1 })
+    }
+
+    public func option(_ key: String) -> String? { options.last(where: { $0.key == key })?.value }
+
+    /// Name shown in reports: `name=` if given, else the last component of the path.
+    public var name: String {
+        if let n = option("name") { return n }
+        return path.split(separator: "/").last.map(String.init) ?? path
+    }
+
+    /// Socket file mode for listening ports (octal `mode=`), default 0600.
+    public var socketMode: mode_t { option("mode").flatMap { mode_t($0, radix: 8) } ?? 0o600 }
+
+    /// virtio-user with server=1 listens instead of connecting.
+    public var listens: Bool {
+        switch kind {
+        case .vhostUser: return true
+        case .virtioUser: return option("server") == "1" || option("server") == "on"
+        case .vhostUserClient, .tap: return false
+        }
+    }
+
+    public var description: String {
+        ([kind.rawValue + ":" + path] + options.map { "\($0.key)=\($0.value)" }).joined(separator: ",")
+    }
+
+    public init(kind: DeviceKind, path: String, options: [(key: String, value: String)] = []) {
+        self.kind = kind
+        self.path = path
+        self.options = options
+    }
+
+    /// Parses `KIND:PATH[,key=value...]`. Errors list the valid kinds or keys.
+    public static func parse(_ text: String) throws(PortSpecError) -> PortSpec {
+        let entry = text.trimmingSpaces()
+        guard let colon = entry.firstIndex(of: ":") else {
+            throw PortSpecError("port '\(entry)': expected KIND:PATH (valid kinds: \(DeviceKind.validNames))")
+        }
+        let kindText = String(entry[..<colon])
+        guard let kind = DeviceKind(rawValue: kindText) else {
+            throw PortSpecError("port '\(entry)': unknown kind '\(kindText)' (valid kinds: \(DeviceKind.validNames))")
+        }
+        let parts = entry[entry.index(after: colon)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        let path = parts[0]
+        guard !path.isEmpty else {
+            throw PortSpecError("port '\(entry)': \(kind.rawValue) needs a \(kind == .tap ? "interface name" : "socket path") after the colon")
+        }
+        var options: [(key: String, value: String)] = []
+        for item in parts.dropFirst() {
+            guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
+                throw PortSpecError("port '\(entry)': '\(item)' is not key=value (valid keys for \(kind.rawValue): \(kind.validKeys.joined(separator: ", ")))")
+            }
+            let key = String(item[..<eq]), value = String(item[item.index(after: eq)...])
+            guard kind.validKeys.contains(key) else {
+                throw PortSpecError("port '\(entry)': unknown key '\(key)' for \(kind.rawValue) (valid keys: \(kind.validKeys.joined(separator: ", ")))")
+            }
+            try validate(key: key, value: value, entry: entry)
+            options.append((key, value))
+        }
+        if kind == .tap && path.utf8.count > 15 {
+            throw PortSpecError("port '\(entry)': interface name '\(path)' is longer than 15 characters")
+        }
+        return PortSpec(kind: kind, path: path, options: options)
+    }
+
+    private static func validate(key: String, value: String, entry: String) throws(PortSpecError) {
+        switch key {
+        case "mode":
+            guard let m = UInt32(value, radix: 8), m <= 0o777 else {
+                throw PortSpecError("port '\(entry)': mode '\(value)' is not an octal permission like 0600")
+            }
+        case "queues", "backoff-min-ms", "backoff-max-ms":
+            guard let n = Int(value), n > 0 else {
+                throw PortSpecError("port '\(entry)': \(key) '\(value)' is not a positive integer")
+            }
+        case "server":
+            guard ["0", "1", "on", "off"].contains(value) else {
+                throw PortSpecError("port '\(entry)': server '\(value)' must be 0, 1, on or off")
+            }
+        case "name":
+            guard !value.isEmpty else { throw PortSpecError("port '\(entry)': name is empty") }
+        default: break
+        }
+    }
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" || f == "\r" || f == "\n" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" || l == "\r" || l == "\n" { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,1 +1,0 @@
-// WarmstartBus: see Docs/ARCHITECTURE.md

@@ -1,1 +1,0 @@
-// WarmstartIO: see Docs/ARCHITECTURE.md

@@ -1,6 +1,0 @@
-import XCTest
-@testable import WarmstartBus
-
-final class WarmstartBusSmokeTests: XCTestCase {
-    func testModuleLinks() { XCTAssertTrue(true) }
-}

@@ -1,6 +1,0 @@
-import XCTest
-@testable import WarmstartIO
-
-final class WarmstartIOSmokeTests: XCTestCase {
-    func testModuleLinks() { XCTAssertTrue(true) }
-}
