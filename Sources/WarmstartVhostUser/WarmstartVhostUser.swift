@@ -1,1 +1,0 @@
-// WarmstartVhostUser: see Docs/ARCHITECTURE.md
