@@ -90,6 +90,8 @@ public final class VhostUserChannel {
         if n < 0 {
             if -n == EAGAIN || -n == EWOULDBLOCK { return nil }
             dropPending()
+            // A peer that closes with our reply unread resets the connection: same as a close.
+            if -n == ECONNRESET { throw VhostUserError(request: header?.knownRequest, reason: .connectionClosed) }
             throw VhostUserError(request: header?.knownRequest, reason: .io("recvmsg", errno: Int32(-n)))
         }
         if truncated != 0 {

@@ -209,3 +209,72 @@ final class VhostUserValidationTests: XCTestCase {
         XCTAssertEqual(s.netConfig.mtu, 1024)
     }
 }
+
+/// Every request code, one by one: wrong payload size refused; descriptors on a request that takes
+/// none closed; a request that needs one refused without it; unsupported ones refused and their
+/// descriptors closed.
+final class VhostUserPerRequestValidationTests: XCTestCase {
+    func validSize(_ kind: PayloadKind) -> Int {
+        switch kind {
+        case .none: return 0
+        case .u64, .vringState: return 8
+        case .vringAddress, .memoryRegion: return 40
+        case .memoryTable: return 8
+        case .log: return 16
+        case .inflight: return 24
+        case .config: return 12
+        }
+    }
+
+    func testEveryRequest() {
+        let v = VhostUserMessageValidator(queueCount: 2)
+        for request in VhostUserRequest.allCases {
+            func decode(_ size: Int, _ fds: [Int32]) -> Result<VhostUserMessage, VhostUserError> {
+                let h = VhostUserHeader(request: request.rawValue, size: UInt32(size))
+                return Result { () throws(VhostUserError) in try v.decodeRequest(header: h, payload: [UInt8](repeating: 0, count: size), fds: fds) }
+            }
+            guard let (kind, policy) = request.requestLayout else {
+                let fd = makeEventFD()
+                guard case let .failure(e) = decode(8, [fd]), case .unsupported = e.reason else {
+                    XCTFail("\(request) should be unsupported"); continue
+                }
+                XCTAssertFalse(isOpen(fd), "\(request)")
+                continue
+            }
+            let good = validSize(kind)
+            // Wrong size: one byte more than the valid one.
+            let fdW = makeEventFD()
+            if case .success = decode(good + 1, [fdW]) { XCTFail("\(request): oversize payload accepted") }
+            XCTAssertFalse(isOpen(fdW), "\(request): descriptor of a refused message must be closed")
+            switch policy {
+            case .none:
+                let fd = makeEventFD()
+                guard case let .failure(e) = decode(good, [fd]) else { XCTFail("\(request): fd accepted"); continue }
+                XCTAssertEqual(e.reason, .unexpectedFDs(1), "\(request)")
+                XCTAssertFalse(isOpen(fd), "\(request)")
+                guard case let .success(m) = decode(good, []) else { XCTFail("\(request): valid message refused"); continue }
+                XCTAssertEqual(m.request, request)
+            case .one:
+                guard case let .failure(e) = decode(good, []) else { XCTFail("\(request): missing fd accepted"); continue }
+                XCTAssertEqual(e.reason, .fdCount(got: 0, expected: 1), "\(request)")
+                let fd = makeEventFD()
+                guard case let .success(m) = decode(good, [fd]) else { XCTFail("\(request): valid message refused"); continue }
+                XCTAssertEqual(m.fds, [fd])
+                m.closeFDs()
+            case .perRegion:
+                let fd = makeEventFD()
+                guard case let .failure(e) = decode(good, [fd]) else { XCTFail("\(request): extra fd accepted"); continue }
+                XCTAssertEqual(e.reason, .fdCount(got: 1, expected: 0))
+                XCTAssertFalse(isOpen(fd))
+            case .toleratedOne:
+                let fd = makeEventFD()
+                guard case let .success(m) = decode(good, [fd]) else { XCTFail("\(request)"); continue }
+                XCTAssertEqual(m.fds, [])
+                XCTAssertFalse(isOpen(fd))
+            case .vringFile:
+                guard case let .failure(e) = decode(good, []) else { XCTFail("\(request): missing fd accepted"); continue }
+                XCTAssertEqual(e.reason, .fdCount(got: 0, expected: 1), "\(request)")
+            }
+        }
+    }
+}
