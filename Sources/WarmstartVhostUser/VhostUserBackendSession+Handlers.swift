@@ -107,7 +107,7 @@ extension VhostUserBackendSession {
             let num: UInt32
             if let base = stop(i, &events) {
                 num = base.encode(layout: layout)
-                vrings[i].kick.replace(with: .unset)
+                vrings[i].kick = .unset
             } else {
                 num = vrings[i].baseNum ?? vrings[i].base.encode(layout: layout)
             }
@@ -115,11 +115,12 @@ extension VhostUserBackendSession {
 
         case let (.setVringKick, .u64(v)), let (.setVringCall, .u64(v)), let (.setVringErr, .u64(v)):
             let i = Int(v & VringFilePayload.indexMask)
-            let slot: EventFDSlot = v & VringFilePayload.noFDFlag != 0 ? .polling : .fd(fds.removeFirst())
+            let slot: EventFDSlot = v & VringFilePayload.noFDFlag != 0 ? .polling : .fd(VhostUserEventFD(fds.removeFirst()))
             switch request {
-            case .setVringKick: vrings[i].kick.replace(with: slot)
-            case .setVringCall: vrings[i].call.replace(with: slot)
-            default: vrings[i].err.replace(with: slot)
+            // The previous descriptor is released here (closed once no VringSetup holds it).
+            case .setVringKick: vrings[i].kick = slot
+            case .setVringCall: vrings[i].call = slot
+            default: vrings[i].err = slot
             }
             if vrings[i].started {
                 try refresh(i, &events, request: request)

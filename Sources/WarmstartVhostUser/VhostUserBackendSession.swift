@@ -64,10 +64,12 @@ public struct VhostUserOutcome: @unchecked Sendable {
 /// events out. No socket inside — any I/O loop feeds it whole messages (`receive(header:payload:fds:)`
 /// or, already validated, `handle(_:)`).
 ///
-/// Ownership: the session owns every descriptor it accepted (memory, kick/call/err) and closes it
-/// when replaced, on reset, and in deinit. `VringSetup` values lend them to the datapath; after a
-/// `ringStopped`/`ringUpdated` event the datapath must stop using the previous ones before it
-/// returns control to the loop that drives this session (they are closed right after).
+/// Ownership: every descriptor the session accepted (memory regions, kick/call/err) is held by a
+/// reference-counted object, closed (and unmapped) when the last holder drops it. The session
+/// drops its reference when the front-end replaces the thing, on reset, and in deinit; a
+/// `VringSetup` the datapath still holds keeps what it points to alive. So the datapath never
+/// writes to a closed (or reused) descriptor number or reads unmapped memory: it applies
+/// `ringUpdated`/`ringStopped` between bursts and drops the old setup.
 public final class VhostUserBackendSession {
     public let configuration: VhostUserBackendConfiguration
     public var validator: VhostUserMessageValidator
@@ -244,7 +246,7 @@ public final class VhostUserBackendSession {
         let driver = try area(names.1, addr.available, sizes.driver, aligns.1)
         let device = try area(names.2, addr.used, sizes.device, aligns.2)
         return VringSetup(index: i, size: Int(num), layout: layout, descriptors: desc, driverArea: driver,
-                          deviceArea: device, base: base, kickFD: v.kick.fd, callFD: v.call.fd, errFD: v.err.fd,
+                          deviceArea: device, base: base, kick: v.kick.object, call: v.call.object, err: v.err.object,
                           enabled: v.enabled, features: features, memory: memory)
     }
 

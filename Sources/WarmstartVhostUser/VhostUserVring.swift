@@ -56,10 +56,9 @@ public struct VringBase: Sendable, Equatable {
     }
 }
 
-/// Everything the ring layer needs to build a queue for one started vring. The descriptors are
-/// borrowed: the session owns them and closes them when replaced or on reset (after it has told
-/// the datapath the ring stopped). The pointers stay valid as long as `memory` is alive — this
-/// struct holds it.
+/// Everything the ring layer needs to build a queue for one started vring. The pointers stay
+/// valid, and the eventfds open, as long as this struct (or a copy) is alive: it holds the
+/// memory table and the descriptor objects by reference.
 public struct VringSetup: @unchecked Sendable {
     public var index: Int
     /// Number of descriptors (queue size).
@@ -73,32 +72,40 @@ public struct VringSetup: @unchecked Sendable {
     public var deviceArea: UnsafeMutableRawPointer
     public var base: VringBase
     /// nil: the front-end sent NOFD — poll the ring instead of waiting for kicks.
-    public var kickFD: Int32?
+    public var kick: VhostUserEventFD?
     /// nil: no call descriptor (NOFD or not sent) — the front-end polls.
-    public var callFD: Int32?
-    public var errFD: Int32?
+    public var call: VhostUserEventFD?
+    public var err: VhostUserEventFD?
     public var enabled: Bool
     /// The acked virtio feature bits (EVENT_IDX, MRG_RXBUF, ... decide the datapath's behaviour).
     public var features: UInt64
     public var memory: VhostUserGuestMemory
 
+    public var kickFD: Int32? { kick?.fd }
+    public var callFD: Int32? { call?.fd }
+    public var errFD: Int32? { err?.fd }
     public var eventIndex: Bool { features & VirtioNetFeature.ringEventIdx.mask != 0 }
     public var mergeableRxBuffers: Bool { features & VirtioNetFeature.mrgRxbuf.mask != 0 }
 }
 
-/// A descriptor slot: never set, NOFD (polling), or an owned descriptor.
-enum EventFDSlot: Equatable {
+/// An eventfd (kick, call or err) received from the front-end, closed when the last holder lets
+/// go — the same handshake as for memory: the session drops its reference when the front-end
+/// replaces the descriptor, and a datapath still holding the previous `VringSetup` keeps the old
+/// descriptor open (and its number not reused) until it switches to the new setup.
+public final class VhostUserEventFD: @unchecked Sendable {
+    public let fd: Int32
+    public init(_ fd: Int32) { self.fd = fd }
+    deinit { closeFD(fd) }
+}
+
+/// A descriptor slot: never set, NOFD (polling), or a received descriptor.
+enum EventFDSlot {
     case unset
     case polling
-    case fd(Int32)
+    case fd(VhostUserEventFD)
 
-    var fd: Int32? { if case let .fd(f) = self { return f } else { return nil } }
-    var isSet: Bool { self != .unset }
-
-    mutating func replace(with new: EventFDSlot) {
-        if let old = fd, old != new.fd { closeFD(old) }
-        self = new
-    }
+    var object: VhostUserEventFD? { if case let .fd(f) = self { return f } else { return nil } }
+    var isSet: Bool { if case .unset = self { return false } else { return true } }
 }
 
 /// Per-vring state the session accumulates from SET_VRING_* messages.
@@ -116,9 +123,9 @@ struct VringConfig {
     var started = false
 
     mutating func closeAll() {
-        kick.replace(with: .unset)
-        call.replace(with: .unset)
-        err.replace(with: .unset)
+        kick = .unset
+        call = .unset
+        err = .unset
     }
 
     /// Byte sizes of the three areas (virtio 1.2 §2.7.5-2.7.8 split, §2.8.10 packed).

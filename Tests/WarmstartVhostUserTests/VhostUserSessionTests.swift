@@ -131,18 +131,31 @@ final class VhostUserSessionTests: XCTestCase {
         configureRing(s, RingPlan(index: 0), mem: mem, kick: kick1, call: call1)
         XCTAssertTrue(isOpen(kick1) && isOpen(call1))
         let kick2 = makeEventFD(), call2 = makeEventFD()
-        let o1 = s.send(msg(.setVringKick, .u64(0), fds: [kick2]))
-        XCTAssertTrue(o1.ok)
+        XCTAssertTrue(s.send(msg(.setVringKick, .u64(0), fds: [kick2])).ok)
         XCTAssertFalse(isOpen(kick1))
         let o2 = s.send(msg(.setVringCall, .u64(0), fds: [call2]))
         XCTAssertFalse(isOpen(call1))
         guard case let .ringUpdated(u)? = o2.events.last else { return XCTFail("no update") }
         XCTAssertEqual(u.callFD, call2)
         XCTAssertEqual(u.kickFD, kick2)
-        // Call NOFD: polling, the previous one closed.
+        // Call NOFD: polling; the previous one is closed once no setup holds it.
         XCTAssertTrue(s.send(msg(.setVringCall, .u64(VringFilePayload.noFDFlag))).ok)
-        XCTAssertFalse(isOpen(call2))
         XCTAssertNil(s.startedRings.first?.callFD)
+        XCTAssertTrue(isOpen(call2), "the datapath's setup `u` still holds it")
+        withExtendedLifetime(o2) {}
+        _ = consume u
+    }
+
+    func testDatapathHoldingASetupKeepsTheOldCallFDOpen() {
+        let mem = FrontendMemory(size: 1 << 20)
+        let s = configuredSession(mem: mem)
+        let call1 = makeEventFD()
+        var held: VringSetup? = configureRing(s, RingPlan(index: 0), mem: mem, call: call1).started.first
+        XCTAssertEqual(held?.callFD, call1)
+        XCTAssertTrue(s.send(msg(.setVringCall, .u64(0), fds: [makeEventFD()])).ok)
+        XCTAssertTrue(isOpen(call1), "still held by the datapath's setup")
+        held = nil
+        XCTAssertFalse(isOpen(call1))
     }
 
     func testVringBaseRoundTripSplit() {
