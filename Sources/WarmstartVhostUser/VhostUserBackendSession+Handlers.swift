@@ -198,8 +198,24 @@ extension VhostUserBackendSession {
             events.append(.configChanged(netConfig))
             return nil
 
-        case (.getInflightFD, _), (.setInflightFD, _):
-            throw fail(.notNegotiated("VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD"))
+        case let (.getInflightFD, .inflight(p)):
+            // The front-end says how many queues of which size; we create a zeroed buffer of the
+            // spec's layout, keep it, and send its descriptor with the sizes filled in.
+            try requireProtocol(.inflightSHMFD)
+            guard p.numQueues >= 1, Int(p.numQueues) <= queueCount else {
+                throw fail(.queueIndex(UInt64(p.numQueues), queues: queueCount))
+            }
+            guard p.queueSize >= 1, p.queueSize <= 32768 else { throw fail(.invalid("queue size \(p.queueSize) is not in 1...32768")) }
+            let region = try VhostUserInflightRegion.create(numQueues: Int(p.numQueues), queueSize: Int(p.queueSize), layout: layout)
+            inflight = region
+            replyFDs = [region.fd]
+            return .inflight(region.payload)
+
+        case let (.setInflightFD, .inflight(p)):
+            try requireProtocol(.inflightSHMFD)
+            guard Int(p.numQueues) <= queueCount else { throw fail(.queueIndex(UInt64(p.numQueues), queues: queueCount)) }
+            inflight = try VhostUserInflightRegion(fd: fds.removeFirst(), payload: p, layout: layout, request: request)
+            return nil
 
         case (.resetDevice, _):
             try requireProtocol(.resetDevice)

@@ -19,7 +19,7 @@ public struct VhostUserBackendConfiguration: Sendable {
         precondition(maxQueuePairs >= 1 && maxQueuePairs <= 128, "vring indices are 8 bits in SET_VRING_KICK/CALL/ERR")
         self.maxQueuePairs = maxQueuePairs
         self.featureMask = featureMask
-        self.protocolFeatures = protocolFeatures & VhostUserFeatures.protocolDefault
+        self.protocolFeatures = protocolFeatures & (VhostUserFeatures.protocolDefault | VhostUserFeatures.protocolOptIn)
         self.maxMemorySlots = maxMemorySlots
         self.netConfig = netConfig
         self.netConfig.maxVirtqueuePairs = UInt16(maxQueuePairs)
@@ -52,7 +52,8 @@ public enum VhostUserEvent: @unchecked Sendable {
 }
 
 /// The result of handling one message: a reply to send (if any), the error (if the message was
-/// refused), whether the connection must be dropped, and the datapath events.
+/// refused), whether the connection must be dropped, and the datapath events. Descriptors in the
+/// reply (GET_INFLIGHT_FD) are lent by the session: send them, do not close them.
 public struct VhostUserOutcome: @unchecked Sendable {
     public var reply: VhostUserMessage?
     public var error: VhostUserError?
@@ -85,6 +86,10 @@ public final class VhostUserBackendSession {
     public internal(set) var status: UInt8 = 0
     public internal(set) var netConfig: VirtioNetConfig
     public internal(set) var rarpMAC: [UInt8]?
+    /// The inflight buffer (GET_INFLIGHT_FD / SET_INFLIGHT_FD), when negotiated.
+    public internal(set) var inflight: VhostUserInflightRegion?
+    /// Descriptors a handler attaches to its reply.
+    var replyFDs: [Int32] = []
     var vrings: [VringConfig]
     /// The datapath's current setups, by ring index (what `ringStarted`/`ringUpdated` last said).
     var setups: [Int: VringSetup] = [:]
@@ -133,10 +138,13 @@ public final class VhostUserBackendSession {
         var fds = message.fds
         var events: [VhostUserEvent] = []
         do {
+            replyFDs = []
             let replyPayload = try dispatch(request, message.payload, &fds, &events)
             for fd in fds { closeFD(fd) }
             if let replyPayload {
-                return VhostUserOutcome(reply: .reply(to: request.rawValue, payload: replyPayload), error: nil, isFatal: false, events: events)
+                defer { replyFDs = [] }
+                return VhostUserOutcome(reply: .reply(to: request.rawValue, payload: replyPayload, fds: replyFDs),
+                                        error: nil, isFatal: false, events: events)
             }
             // REPLY_ACK (spec "VHOST_USER_PROTOCOL_F_REPLY_ACK"): u64 0 on success.
             let ack = message.header.needsReply && replyAckNegotiated && !request.hasExplicitReply
@@ -247,7 +255,8 @@ public final class VhostUserBackendSession {
         let device = try area(names.2, addr.used, sizes.device, aligns.2)
         return VringSetup(index: i, size: Int(num), layout: layout, descriptors: desc, driverArea: driver,
                           deviceArea: device, base: base, kick: v.kick.object, call: v.call.object, err: v.err.object,
-                          enabled: v.enabled, features: features, memory: memory)
+                          enabled: v.enabled, features: features, memory: memory,
+                          inflight: inflight.flatMap { $0.queueSize == Int(num) && $0.layout == layout ? $0 : nil })
     }
 
     /// Puts a new memory table in place, then re-translates the started rings against it. The old
@@ -276,6 +285,7 @@ public final class VhostUserBackendSession {
             vrings[i] = VringConfig()
         }
         memory = nil
+        inflight = nil
         ackedFeatures = nil
         status = 0
         netConfig = configuration.netConfig

@@ -167,6 +167,23 @@ public final class VhostUserFrontend {
         return c.bytes
     }
 
+    /// GET_INFLIGHT_FD: the back-end's inflight buffer for `numQueues` queues of `queueSize`;
+    /// the returned descriptor is the caller's.
+    public func getInflightFD(numQueues: Int, queueSize: Int) throws(VhostUserError) -> (InflightPayload, Int32) {
+        let reply = try call(.getInflightFD, .inflight(InflightPayload(mmapSize: 0, mmapOffset: 0,
+                                                                          numQueues: UInt16(numQueues), queueSize: UInt16(queueSize))))
+        guard case let .inflight(p) = reply.payload, let fd = reply.fds.first else {
+            reply.closeFDs()
+            throw VhostUserError(request: .getInflightFD, reason: .unexpectedReply("no inflight description"))
+        }
+        return (p, fd)
+    }
+
+    /// SET_INFLIGHT_FD: hands a (previously obtained) inflight buffer back to a back-end.
+    public func setInflightFD(_ p: InflightPayload, fd: Int32) throws(VhostUserError) {
+        try send(.setInflightFD, .inflight(p), fds: [fd])
+    }
+
     // MARK: plumbing
 
     /// Sends a request without an explicit reply; with REPLY_ACK, waits for the ack and throws on

@@ -43,6 +43,7 @@ public struct LogPayload: Sendable, Equatable {
     public static let size = 16
     public var size: UInt64
     public var offset: UInt64
+    public init(size: UInt64, offset: UInt64) { self.size = size; self.offset = offset }
 }
 
 /// `VhostUserInflight`: mmap_size u64, mmap_offset u64, num_queues u16, queue_size u16. The C
@@ -53,6 +54,9 @@ public struct InflightPayload: Sendable, Equatable {
     public var mmapOffset: UInt64
     public var numQueues: UInt16
     public var queueSize: UInt16
+    public init(mmapSize: UInt64, mmapOffset: UInt64, numQueues: UInt16, queueSize: UInt16) {
+        self.mmapSize = mmapSize; self.mmapOffset = mmapOffset; self.numQueues = numQueues; self.queueSize = queueSize
+    }
 }
 
 /// `VhostUserConfig`: offset u32, size u32, flags u32, payload[size] (size ≤ 256).

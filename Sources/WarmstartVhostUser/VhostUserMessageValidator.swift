@@ -183,11 +183,14 @@ public struct VhostUserMessageValidator: Sendable {
     /// Decodes a back-end reply to `request` (front-end side). Replies carry no descriptors here.
     public static func decodeReply(header: VhostUserHeader, payload bytes: [UInt8], fds: [Int32],
                                    to request: VhostUserRequest) throws(VhostUserError) -> VhostUserMessage {
-        for fd in fds { closeFD(fd) }
+        // GET_INFLIGHT_FD's reply carries the buffer's descriptor; no other reply carries any.
+        let fdsAllowed = request == .getInflightFD ? 1 : 0
+        var ok = false
+        defer { if !ok { for fd in fds { closeFD(fd) } } }
         guard header.request == request.rawValue else {
             throw VhostUserError(request: request, reason: .unexpectedReply("reply is for request \(header.request)"))
         }
-        guard fds.isEmpty else { throw VhostUserError(request: request, reason: .unexpectedFDs(fds.count)) }
+        guard fds.count == fdsAllowed else { throw VhostUserError(request: request, reason: .fdCount(got: fds.count, expected: fdsAllowed)) }
         let kind: PayloadKind
         switch request {
         case .getVringBase: kind = .vringState
@@ -201,6 +204,7 @@ public struct VhostUserMessageValidator: Sendable {
             throw VhostUserError(request: request, reason: .peerFailed(1))
         }
         payload = try decodePayload(kind, bytes, request: request)
-        return VhostUserMessage(header: header, payload: payload, fds: [])
+        ok = true
+        return VhostUserMessage(header: header, payload: payload, fds: fds)
     }
 }

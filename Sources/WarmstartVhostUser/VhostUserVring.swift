@@ -80,7 +80,11 @@ public struct VringSetup: @unchecked Sendable {
     /// The acked virtio feature bits (EVENT_IDX, MRG_RXBUF, ... decide the datapath's behaviour).
     public var features: UInt64
     public var memory: VhostUserGuestMemory
+    /// The inflight buffer (INFLIGHT_SHMFD), when it covers this ring; see `inflightRegion`.
+    public var inflight: VhostUserInflightRegion?
 
+    /// This ring's QueueRegionSplit / QueueRegionPacked in the inflight buffer.
+    public var inflightRegion: UnsafeMutableRawPointer? { inflight?.queueRegion(index) }
     public var kickFD: Int32? { kick?.fd }
     public var callFD: Int32? { call?.fd }
     public var errFD: Int32? { err?.fd }

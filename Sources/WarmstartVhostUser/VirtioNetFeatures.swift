@@ -60,8 +60,13 @@ public enum VhostUserFeatures {
 
     /// The protocol features this back-end really implements (each has a handler in the session).
     /// Not offered: LOG_SHMFD (no dirty logging), BACKEND_REQ (no back-end channel),
-    /// INFLIGHT_SHMFD (no inflight tracking yet), INBAND_NOTIFICATIONS, PAGEFAULT, DEVICE_STATE.
+    /// INBAND_NOTIFICATIONS, PAGEFAULT, DEVICE_STATE; INFLIGHT_SHMFD is opt-in (below).
     public static let protocolDefault: UInt64 = VhostUserProtocolFeature.mask([
         .mq, .rarp, .replyAck, .netMTU, .config, .resetDevice, .configureMemSlots, .status,
     ])
+
+    /// Implemented in the control plane but offered only when a port asks for it: INFLIGHT_SHMFD
+    /// (the session creates/maps the buffer and hands each ring its region; offering it promises
+    /// the front-end that the ring layer keeps that region up to date).
+    public static let protocolOptIn: UInt64 = VhostUserProtocolFeature.inflightSHMFD.mask
 }

@@ -5,7 +5,7 @@ import XCTest
 
 final class VhostUserHandshakeTests: XCTestCase {
     /// Runs `frontend` on a thread against a backend session served on this thread.
-    func runHandshake(packed: Bool, pairs: Int = 1, mrg: Bool = true,
+    func runHandshake(packed: Bool, pairs: Int = 1, mrg: Bool = true, frontendProtocol: UInt64? = nil,
                       backendConfig: VhostUserBackendConfiguration? = nil,
                       frontend body: @escaping (VhostUserFrontend, FrontendMemory) throws -> Void)
         -> (session: VhostUserBackendSession, events: [VhostUserEvent], log: [String], frontendError: Error?, end: VhostUserError) {
@@ -16,7 +16,9 @@ final class VhostUserHandshakeTests: XCTestCase {
         let done = DispatchSemaphore(value: 0)
         let thread = Thread {
             let ch = VhostUserChannel(fd: a, readsReplies: true)
-            let fe = VhostUserFrontend(channel: ch, options: VhostUserFrontendOptions(packed: packed, queuePairs: pairs, mergeableRxBuffers: mrg))
+            var options = VhostUserFrontendOptions(packed: packed, queuePairs: pairs, mergeableRxBuffers: mrg)
+            if let p = frontendProtocol { options.wantedProtocolFeatures = p }
+            let fe = VhostUserFrontend(channel: ch, options: options)
             do { try body(fe, mem) } catch { box.error = error }
             _ = ch   // closes the socket when the thread ends: the backend sees end of stream
             done.signal()
@@ -124,6 +126,27 @@ final class VhostUserHandshakeTests: XCTestCase {
         }
         XCTAssertNil(r.frontendError)
         XCTAssertEqual(r.session.memory?.regions.count, 2)
+    }
+
+    func testInflightBufferOverTheWire() {
+        let all = VhostUserFeatures.protocolDefault | VhostUserFeatures.protocolOptIn
+        var size = -1
+        var payload: InflightPayload?
+        let r = runHandshake(packed: true, frontendProtocol: all,
+                             backendConfig: VhostUserBackendConfiguration(protocolFeatures: all)) { fe, _ in
+            _ = try fe.negotiate()
+            let (p, fd) = try fe.getInflightFD(numQueues: 2, queueSize: 256)
+            var st = stat()
+            _ = fstat(fd, &st)
+            size = Int(st.st_size)
+            payload = p
+            try fe.setInflightFD(p, fd: fd)
+            close(fd)
+        }
+        XCTAssertNil(r.frontendError, "\(String(describing: r.frontendError))")
+        XCTAssertEqual(payload?.mmapSize, 2 * 8256)
+        XCTAssertEqual(size, 2 * 8256)
+        XCTAssertEqual(r.session.inflight?.layout, .packed)
     }
 
     func testChannelShortReadsAndNonBlocking() throws {
