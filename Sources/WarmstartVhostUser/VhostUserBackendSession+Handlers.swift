@@ -30,7 +30,7 @@ extension VhostUserBackendSession {
             if v & VirtioNetFeature.protocolFeatures.mask == 0 {
                 for i in vrings.indices { vrings[i].enabled = true }
             }
-            for i in vrings.indices { try tryStart(i, &events, request: request) }
+            try tryStartAll(&events, request: request)
             return nil
 
         case (.setOwner, _):

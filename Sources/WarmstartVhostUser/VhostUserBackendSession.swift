@@ -117,6 +117,11 @@ public final class VhostUserBackendSession {
 
     func protocolAcked(_ f: VhostUserProtocolFeature) -> Bool { ackedProtocolFeatures & f.mask != 0 }
 
+    /// SET_LOG_BASE has a reply only with LOG_SHMFD (spec "Communication"); the rest is static.
+    func hasExplicitReply(_ request: VhostUserRequest) -> Bool {
+        request == .setLogBase ? protocolAcked(.logSHMFD) : request.hasExplicitReply
+    }
+
     /// Validates and handles one framed message (header already validated by the reader).
     public func receive(header: VhostUserHeader, payload: [UInt8], fds: [Int32]) -> VhostUserOutcome {
         do {
@@ -147,7 +152,7 @@ public final class VhostUserBackendSession {
                                         error: nil, isFatal: false, events: events)
             }
             // REPLY_ACK (spec "VHOST_USER_PROTOCOL_F_REPLY_ACK"): u64 0 on success.
-            let ack = message.header.needsReply && replyAckNegotiated && !request.hasExplicitReply
+            let ack = message.header.needsReply && replyAckNegotiated && !hasExplicitReply(request)
             return VhostUserOutcome(reply: ack ? .reply(to: request.rawValue, payload: .u64(0)) : nil,
                                     error: nil, isFatal: false, events: events)
         } catch {
@@ -168,7 +173,7 @@ public final class VhostUserBackendSession {
             // GET_CONFIG: "uses zero length of payload to indicate an error".
             return VhostUserOutcome(reply: .reply(to: code, payload: .none), error: error, isFatal: false, events: events)
         }
-        if let request, request.hasExplicitReply {
+        if let request, hasExplicitReply(request) {
             // The front-end blocks on this reply and it has no failure encoding: drop the session.
             return VhostUserOutcome(reply: nil, error: error, isFatal: true, events: events)
         }
@@ -270,6 +275,13 @@ public final class VhostUserBackendSession {
         for i in vrings.indices where vrings[i].started {
             do { try refresh(i, &events, request: request) } catch { firstError = firstError ?? error }
         }
+        if let firstError { throw firstError }
+        try tryStartAll(&events, request: request)
+    }
+
+    /// Tries every ring, so one ring's error does not keep the others from starting; throws the first.
+    func tryStartAll(_ events: inout [VhostUserEvent], request: VhostUserRequest) throws(VhostUserError) {
+        var firstError: VhostUserError?
         for i in vrings.indices {
             do { try tryStart(i, &events, request: request) } catch { firstError = firstError ?? error }
         }

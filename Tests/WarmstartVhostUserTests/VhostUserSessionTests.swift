@@ -274,5 +274,13 @@ final class VhostUserSessionTests: XCTestCase {
         let o = s.send(msg(.setLogBase, .log(LogPayload(size: 4096, offset: 0)), fds: [fd]))
         if case .notNegotiated = o.error?.reason {} else { XCTFail("\(String(describing: o.error))") }
         XCTAssertFalse(isOpen(fd))
+        XCTAssertFalse(o.isFatal)
+        _ = s.send(msg(.setProtocolFeatures, .u64(VhostUserProtocolFeature.replyAck.mask)))
+        let o2 = s.send(msg(.setLogFD, fds: [makeEventFD()], needReply: true))
+        XCTAssertEqual(o2.replyU64, 1)
+        let o3 = s.send(msg(.setLogBase, .log(LogPayload(size: 4096, offset: 0)), fds: [makeEventFD()], needReply: true))
+        XCTAssertEqual(o3.replyU64, 1, "without LOG_SHMFD, SET_LOG_BASE has no explicit reply: REPLY_ACK answers")
+        XCTAssertFalse(o3.isFatal)
+        XCTAssertEqual(s.send(msg(.getFeatures)).replyU64! & VirtioNetFeature.logAll.mask, 0, "LOG_ALL is not offered")
     }
 }
