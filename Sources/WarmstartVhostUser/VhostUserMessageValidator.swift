@@ -72,6 +72,20 @@ public struct VhostUserMessageValidator: Sendable {
         return message
     }
 
+    /// Parses one whole request — header and payload bytes as they came off the wire — plus its
+    /// descriptors: the entry point for an I/O loop that does its own reading. Header errors are
+    /// fatal (`error.isFatal`); the descriptors are in the message or closed.
+    public func decodeRequest(bytes: [UInt8], fds: [Int32]) throws(VhostUserError) -> VhostUserMessage {
+        let header: VhostUserHeader
+        do {
+            header = try VhostUserHeader.decode(bytes, expectReply: false)
+        } catch {
+            for fd in fds { closeFD(fd) }
+            throw error
+        }
+        return try decodeRequest(header: header, payload: Array(bytes.dropFirst(VhostUserHeader.byteCount)), fds: fds)
+    }
+
     private func decode(header: VhostUserHeader, bytes: [UInt8], fds: [Int32]) throws(VhostUserError) -> VhostUserMessage {
         guard let request = header.knownRequest else {
             throw VhostUserError(code: header.request, request: nil, reason: .unknownRequest)

@@ -6,7 +6,8 @@ import XCTest
 /// (dpdk-testpmd, package dpdk-dev) and checks the handshake completes: both rings of the queue
 /// pair start, and testpmd's GET_VRING_BASE at shutdown stops them.
 /// Opt-in (needs hugepages and dpdk-testpmd): WARMSTART_DPDK_INTEROP=1 swift test --filter VhostUserDPDKInteropTests
-/// Knobs: WARMSTART_DPDK_PACKED=1 for the packed ring, WARMSTART_TESTPMD=path.
+/// Knobs: WARMSTART_DPDK_PACKED=1 for the packed ring, WARMSTART_DPDK_QUEUES=N queue pairs,
+/// WARMSTART_TESTPMD=path.
 final class VhostUserDPDKInteropTests: XCTestCase {
     func testHandshakeWithTestpmdVirtioUser() throws {
         let env = ProcessInfo.processInfo.environment
@@ -16,6 +17,7 @@ final class VhostUserDPDKInteropTests: XCTestCase {
         let testpmd = env["WARMSTART_TESTPMD"] ?? "/usr/bin/dpdk-testpmd"
         guard FileManager.default.isExecutableFile(atPath: testpmd) else { throw XCTSkip("\(testpmd) not found (apt-get install dpdk-dev)") }
         let packed = env["WARMSTART_DPDK_PACKED"] == "1"
+        let pairs = Int(env["WARMSTART_DPDK_QUEUES"] ?? "1") ?? 1
         let path = "/tmp/warmstart-vhost-\(getpid()).sock"
         unlink(path)
         defer { unlink(path) }
@@ -39,8 +41,8 @@ final class VhostUserDPDKInteropTests: XCTestCase {
         proc.executableURL = URL(fileURLWithPath: testpmd)
         proc.arguments = ["-l", "0,1", "--main-lcore", "0", "--no-pci", "--single-file-segments", "-m", "256",
                           "--file-prefix", "ws-vhost-\(getpid())",
-                          "--vdev", "net_virtio_user0,path=\(path),queues=1,packed_vq=\(packed ? 1 : 0),mrg_rxbuf=1",
-                          "--", "--forward-mode=io", "--stats-period", "1", "--nb-cores=1", "--txq=1", "--rxq=1"]
+                          "--vdev", "net_virtio_user0,path=\(path),queues=\(pairs),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=1",
+                          "--", "--forward-mode=io", "--stats-period", "1", "--nb-cores=1", "--txq=\(pairs)", "--rxq=\(pairs)"]
         let logURL = URL(fileURLWithPath: "/tmp/warmstart-vhost-testpmd-\(getpid()).log")
         FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let logHandle = try FileHandle(forWritingTo: logURL)
@@ -65,7 +67,7 @@ final class VhostUserDPDKInteropTests: XCTestCase {
         let conn = accept(listener, nil, nil)
         XCTAssertGreaterThanOrEqual(conn, 0)
 
-        let session = VhostUserBackendSession(configuration: VhostUserBackendConfiguration(maxQueuePairs: 1))
+        let session = VhostUserBackendSession(configuration: VhostUserBackendConfiguration(maxQueuePairs: pairs))
         var started = Set<Int>(), stopped = Set<Int>()
         var errors: [String] = []
         var interrupted = false
@@ -87,14 +89,14 @@ final class VhostUserDPDKInteropTests: XCTestCase {
                     break
                 }
             }
-            if started.count == 2 && !interrupted {
+            if started.count == 2 * pairs && !interrupted {
                 interrupted = true
                 kill(pid, SIGINT)   // testpmd stops its port: GET_VRING_BASE for each ring, then closes
             }
         })
         print("vhost-user: session ended: \(end)")
-        XCTAssertEqual(started, [0, 1], "testpmd log: \(logURL.path)")
-        XCTAssertEqual(stopped, [0, 1])
+        XCTAssertEqual(started, Set(0..<2 * pairs), "testpmd log: \(logURL.path)")
+        XCTAssertEqual(stopped, Set(0..<2 * pairs))
         XCTAssertEqual(errors, [])
         XCTAssertEqual(session.layout, packed ? .packed : .split)
     }

@@ -53,6 +53,21 @@ final class VhostUserValidationTests: XCTestCase {
         XCTAssertNoThrow(try VhostUserHeader.decode(headerBytes(request: 1, flags: 0x5, size: 8), expectReply: true))
     }
 
+    func testDecodeWholeMessageBytes() throws {
+        let v = VhostUserMessageValidator(queueCount: 2)
+        let m = msg(.setVringAddr, .vringAddress(VringAddressPayload(index: 1, descriptor: 0x1000, used: 0x3000, available: 0x2000)))
+        let decoded = try v.decodeRequest(bytes: m.encoded(), fds: [])
+        XCTAssertEqual(decoded.payload, m.payload)
+        XCTAssertEqual(decoded.header, m.header)
+        // Wire order is descriptor, used, available.
+        XCTAssertEqual(Array(m.encoded()[12 + 16..<12 + 24]), [0, 0x30, 0, 0, 0, 0, 0, 0])
+        let fd = makeEventFD()
+        var bad = m.encoded()
+        bad[4] = 0x02   // version 2
+        XCTAssertThrowsError(try v.decodeRequest(bytes: bad, fds: [fd])) { e in XCTAssertTrue((e as! VhostUserError).isFatal) }
+        XCTAssertFalse(isOpen(fd))
+    }
+
     func testHeaderOversize() {
         XCTAssertThrowsError(try VhostUserHeader.decode(headerBytes(request: 5, flags: 1, size: 4097), expectReply: false)) { e in
             XCTAssertEqual((e as! VhostUserError).reason, .oversize(4097, max: 4096))
