@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A minimal blocking driver: reads messages from a channel, hands them to the session, sends the
 /// replies, and passes the events on. The io_uring loop (WarmstartIO) will replace it in the
 /// runtime; tests and tools use this one.
@@ -11,7 +15,12 @@ extension VhostUserBackendSession {
         while true {
             let frame: VhostUserFrame
             do {
-                guard let f = try channel.receiveFrame() else { continue }
+                guard let f = try channel.receiveFrame() else {
+                    // Non-blocking socket with nothing complete yet: wait instead of spinning.
+                    var p = pollfd(fd: channel.fd, events: Int16(POLLIN), revents: 0)
+                    _ = poll(&p, 1, -1)
+                    continue
+                }
                 frame = f
             } catch {
                 return error

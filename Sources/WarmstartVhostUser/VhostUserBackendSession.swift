@@ -71,6 +71,8 @@ public struct VhostUserOutcome: @unchecked Sendable {
 /// `VringSetup` the datapath still holds keeps what it points to alive. So the datapath never
 /// writes to a closed (or reused) descriptor number or reads unmapped memory: it applies
 /// `ringUpdated`/`ringStopped` between bursts and drops the old setup.
+///
+/// Not thread-safe: one control thread drives a session (the datapath reads only `VringSetup`s).
 public final class VhostUserBackendSession {
     public let configuration: VhostUserBackendConfiguration
     public var validator: VhostUserMessageValidator
