@@ -135,6 +135,9 @@ public final class VhostUserChannel {
                     _ = poll(&p, 1, -1)
                     continue
                 }
+                if -n == EPIPE || -n == ECONNRESET {
+                    throw VhostUserError(request: message.request, reason: .connectionClosed)
+                }
                 throw VhostUserError(request: message.request, reason: .io("sendmsg", errno: Int32(-n)))
             }
             sent += n

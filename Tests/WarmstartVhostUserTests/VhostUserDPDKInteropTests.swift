@@ -99,5 +99,6 @@ final class VhostUserDPDKInteropTests: XCTestCase {
         XCTAssertEqual(stopped, Set(0..<2 * pairs))
         XCTAssertEqual(errors, [])
         XCTAssertEqual(session.layout, packed ? .packed : .split)
+        if testRun?.failureCount == 0 { try? FileManager.default.removeItem(at: logURL) }
     }
 }
