@@ -37,10 +37,19 @@ final class VhostUserDPDKInteropTests: XCTestCase {
         XCTAssertEqual(rc, 0, "bind \(path): errno \(errno)")
         XCTAssertEqual(listen(listener, 1), 0)
 
+        let prefix = "ws-vhost-\(getpid())"
+        // testpmd leaves its hugepage files and runtime directory behind when it is killed; they
+        // hold hugepages until removed, so remove ours (after the process is gone).
+        defer {
+            if let names = try? FileManager.default.contentsOfDirectory(atPath: "/dev/hugepages") {
+                for n in names where n.hasPrefix(prefix + "map_") { try? FileManager.default.removeItem(atPath: "/dev/hugepages/" + n) }
+            }
+            try? FileManager.default.removeItem(atPath: "/var/run/dpdk/" + prefix)
+        }
         let proc = Process()
         proc.executableURL = URL(fileURLWithPath: testpmd)
         proc.arguments = ["-l", "0,1", "--main-lcore", "0", "--no-pci", "--single-file-segments", "-m", "256",
-                          "--file-prefix", "ws-vhost-\(getpid())",
+                          "--file-prefix", prefix,
                           "--vdev", "net_virtio_user0,path=\(path),queues=\(pairs),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=1",
                           "--", "--forward-mode=io", "--stats-period", "1", "--nb-cores=1", "--txq=\(pairs)", "--rxq=\(pairs)"]
         let logURL = URL(fileURLWithPath: "/tmp/warmstart-vhost-testpmd-\(getpid()).log")
