@@ -1,0 +1,295 @@
+import CWarmstartShim
+import Foundation
+import XCTest
+@testable import WarmstartVhostUser
+
+final class VhostUserValidationTests: XCTestCase {
+    func headerBytes(request: UInt32, flags: UInt32, size: UInt32) -> [UInt8] {
+        var w = WireWriter()
+        VhostUserHeader(request: request, flags: flags, size: size).encode(into: &w)
+        return w.bytes
+    }
+
+    func testRequestCodesMatchTheSpec() {
+        XCTAssertEqual(VhostUserRequest.getFeatures.rawValue, 1)
+        XCTAssertEqual(VhostUserRequest.setMemTable.rawValue, 5)
+        XCTAssertEqual(VhostUserRequest.getVringBase.rawValue, 11)
+        XCTAssertEqual(VhostUserRequest.getProtocolFeatures.rawValue, 15)
+        XCTAssertEqual(VhostUserRequest.setVringEnable.rawValue, 18)
+        XCTAssertEqual(VhostUserRequest.getConfig.rawValue, 24)
+        XCTAssertEqual(VhostUserRequest.resetDevice.rawValue, 34)
+        XCTAssertEqual(VhostUserRequest.getMaxMemSlots.rawValue, 36)
+        XCTAssertEqual(VhostUserRequest.addMemReg.rawValue, 37)
+        XCTAssertEqual(VhostUserRequest.remMemReg.rawValue, 38)
+        XCTAssertEqual(VhostUserRequest.setStatus.rawValue, 39)
+        XCTAssertEqual(VhostUserRequest.getStatus.rawValue, 40)
+        XCTAssertEqual(VhostUserProtocolFeature.configureMemSlots.rawValue, 15)
+        XCTAssertEqual(VhostUserProtocolFeature.status.rawValue, 16)
+        XCTAssertEqual(VirtioNetFeature.ringPacked.rawValue, 34)
+    }
+
+    func testHeaderBadVersionIsFatal() {
+        XCTAssertThrowsError(try VhostUserHeader.decode(headerBytes(request: 1, flags: 0x2, size: 0), expectReply: false)) { e in
+            let e = e as! VhostUserError
+            XCTAssertEqual(e.reason, .badVersion(2))
+            XCTAssertTrue(e.isFatal)
+            XCTAssertTrue(e.description.contains("VHOST_USER_GET_FEATURES"))
+        }
+    }
+
+    func testHeaderReservedBits() {
+        XCTAssertThrowsError(try VhostUserHeader.decode(headerBytes(request: 1, flags: 0x1 | 0x100, size: 0), expectReply: false)) { e in
+            XCTAssertEqual((e as! VhostUserError).reason, .reservedFlags(0x100))
+        }
+    }
+
+    func testHeaderReplyBitOnRequestAndMissingOnReply() {
+        XCTAssertThrowsError(try VhostUserHeader.decode(headerBytes(request: 1, flags: 0x5, size: 0), expectReply: false)) { e in
+            XCTAssertEqual((e as! VhostUserError).reason, .replyFlagOnRequest)
+        }
+        XCTAssertThrowsError(try VhostUserHeader.decode(headerBytes(request: 1, flags: 0x1, size: 8), expectReply: true)) { e in
+            XCTAssertEqual((e as! VhostUserError).reason, .replyFlagMissing)
+        }
+        XCTAssertNoThrow(try VhostUserHeader.decode(headerBytes(request: 1, flags: 0x5, size: 8), expectReply: true))
+    }
+
+    func testDecodeWholeMessageBytes() throws {
+        let v = VhostUserMessageValidator(queueCount: 2)
+        let m = msg(.setVringAddr, .vringAddress(VringAddressPayload(index: 1, descriptor: 0x1000, used: 0x3000, available: 0x2000)))
+        let decoded = try v.decodeRequest(bytes: m.encoded(), fds: [])
+        XCTAssertEqual(decoded.payload, m.payload)
+        XCTAssertEqual(decoded.header, m.header)
+        // Wire order is descriptor, used, available.
+        XCTAssertEqual(Array(m.encoded()[12 + 16..<12 + 24]), [0, 0x30, 0, 0, 0, 0, 0, 0])
+        let fd = makeEventFD()
+        var bad = m.encoded()
+        bad[4] = 0x02   // version 2
+        XCTAssertThrowsError(try v.decodeRequest(bytes: bad, fds: [fd])) { e in XCTAssertTrue((e as! VhostUserError).isFatal) }
+        XCTAssertFalse(isOpen(fd))
+    }
+
+    func testHeaderOversize() {
+        XCTAssertThrowsError(try VhostUserHeader.decode(headerBytes(request: 5, flags: 1, size: 4097), expectReply: false)) { e in
+            XCTAssertEqual((e as! VhostUserError).reason, .oversize(4097, max: 4096))
+        }
+    }
+
+    func testWrongPayloadSizes() {
+        let s = VhostUserBackendSession()
+        for (req, size) in [(VhostUserRequest.setFeatures, 4), (.setFeatures, 12), (.getFeatures, 8),
+                            (.setVringNum, 12), (.setVringAddr, 32), (.addMemReg, 32), (.setOwner, 1)] {
+            let o = s.sendRaw(request: req.rawValue, payload: [UInt8](repeating: 0, count: size))
+            XCTAssertFalse(o.ok, "\(req) with \(size) bytes")
+            if case .payloadSize = o.error?.reason {} else { XCTFail("\(req): \(String(describing: o.error))") }
+        }
+    }
+
+    func testMemTableSizeMustMatchRegionCount() {
+        let s = VhostUserBackendSession()
+        var w = WireWriter()
+        w.u32(2); w.u32(0); w.zeros(32)   // claims 2 regions, carries 1
+        let o = s.sendRaw(request: 5, payload: w.bytes, fds: [makeEventFD(), makeEventFD()])
+        XCTAssertEqual(o.error?.reason, .payloadSize(got: 40, expected: "72"))
+        var w2 = WireWriter()
+        w2.u32(9); w2.u32(0); w2.zeros(9 * 32)
+        XCTAssertEqual(s.sendRaw(request: 5, payload: w2.bytes).error?.reason, .tooManyRegions(9, max: 8))
+    }
+
+    func testFDsOnRequestThatTakesNoneAreClosed() {
+        let s = VhostUserBackendSession()
+        let fd = makeEventFD()
+        XCTAssertTrue(isOpen(fd))
+        let o = s.send(msg(.setFeatures, .u64(VirtioNetFeature.version1.mask), fds: [fd]))
+        XCTAssertEqual(o.error?.reason, .unexpectedFDs(1))
+        XCTAssertFalse(isOpen(fd), "the stray descriptor must be closed at once")
+        let fd2 = makeEventFD()
+        _ = s.send(msg(.getFeatures, fds: [fd2]))
+        XCTAssertFalse(isOpen(fd2))
+    }
+
+    func testRemMemRegToleratesAndClosesOneFD() {
+        let v = VhostUserMessageValidator(queueCount: 2)
+        let fd = makeEventFD()
+        let m = msg(.remMemReg, .memoryRegion(MemoryRegionPayload(guestAddress: 0, size: 4096, userAddress: 0, mmapOffset: 0)), fds: [fd])
+        let bytes = m.encoded()
+        let decoded = try! v.decodeRequest(header: m.header, payload: Array(bytes[12...]), fds: [fd])
+        XCTAssertEqual(decoded.fds, [])
+        XCTAssertFalse(isOpen(fd))
+    }
+
+    func testVringFileMissingFD() {
+        let s = VhostUserBackendSession()
+        XCTAssertEqual(s.send(msg(.setVringKick, .u64(0))).error?.reason, .fdCount(got: 0, expected: 1))
+        XCTAssertEqual(s.send(msg(.setVringCall, .u64(1))).error?.reason, .fdCount(got: 0, expected: 1))
+    }
+
+    func testVringFileNOFDWithFD() {
+        let s = VhostUserBackendSession()
+        let fd = makeEventFD()
+        let o = s.send(msg(.setVringKick, .u64(VringFilePayload.noFDFlag), fds: [fd]))
+        XCTAssertFalse(o.ok)
+        XCTAssertFalse(isOpen(fd))
+        // NOFD alone is fine (polling).
+        XCTAssertTrue(s.send(msg(.setVringKick, .u64(VringFilePayload.noFDFlag))).ok)
+        // Undefined bits are refused.
+        XCTAssertEqual(s.send(msg(.setVringCall, .u64(1 << 9 | VringFilePayload.noFDFlag))).error?.reason,
+                       .reservedBits("vring file u64", 1 << 9))
+    }
+
+    func testQueueIndexOutOfRange() {
+        let s = VhostUserBackendSession()   // one pair: rings 0 and 1
+        XCTAssertTrue(s.send(msg(.setVringNum, .vringState(VringStatePayload(index: 1, num: 256)))).ok)
+        XCTAssertEqual(s.send(msg(.setVringNum, .vringState(VringStatePayload(index: 2, num: 256)))).error?.reason,
+                       .queueIndex(2, queues: 2))
+        // 0x10000 + 1 must not be truncated to ring 1.
+        XCTAssertEqual(s.send(msg(.setVringNum, .vringState(VringStatePayload(index: 0x10001, num: 256)))).error?.reason,
+                       .queueIndex(0x10001, queues: 2))
+        XCTAssertEqual(s.send(msg(.setVringAddr, .vringAddress(VringAddressPayload(index: 0x10000, descriptor: 0, used: 0, available: 0)))).error?.reason,
+                       .queueIndex(0x10000, queues: 2))
+        let fd = makeEventFD()
+        XCTAssertEqual(s.send(msg(.setVringKick, .u64(5), fds: [fd])).error?.reason, .queueIndex(5, queues: 2))
+        XCTAssertFalse(isOpen(fd))
+        // GET_VRING_BASE has an explicit reply that cannot express failure: fatal.
+        XCTAssertTrue(s.send(msg(.getVringBase, .vringState(VringStatePayload(index: 7, num: 0)))).isFatal)
+    }
+
+    func testUnknownAndUnsupportedRequests() {
+        let s = VhostUserBackendSession()
+        _ = s.send(msg(.setProtocolFeatures, .u64(VhostUserProtocolFeature.replyAck.mask)))
+        let o = s.sendRaw(request: 999, flags: 1 | VhostUserHeader.needReplyFlag, payload: [])
+        XCTAssertEqual(o.error?.reason, .unknownRequest)
+        XCTAssertEqual(o.replyU64, 1)
+        XCTAssertFalse(o.isFatal)
+        let fd = makeEventFD()
+        let o2 = s.sendRaw(request: VhostUserRequest.gpuSetSocket.rawValue, payload: [], fds: [fd])
+        if case .unsupported = o2.error?.reason {} else { XCTFail("\(String(describing: o2.error))") }
+        XCTAssertFalse(isOpen(fd))
+    }
+
+    func testSetFeaturesWithUnofferedBitsFails() {
+        let s = VhostUserBackendSession(configuration: VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.ringPacked.mask))
+        let o = s.send(msg(.setFeatures, .u64(VirtioNetFeature.mask([.version1, .ringPacked]))))
+        XCTAssertFalse(o.ok)
+        XCTAssertTrue(o.error!.description.contains("ringPacked"), o.error!.description)
+        XCTAssertNil(s.ackedFeatures)
+        XCTAssertFalse(s.send(msg(.setFeatures, .u64(VirtioNetFeature.logAll.mask))).ok)
+        XCTAssertTrue(s.send(msg(.setFeatures, .u64(VirtioNetFeature.version1.mask))).ok)
+        XCTAssertEqual(s.send(msg(.getFeatures)).replyU64, VhostUserFeatures.netDefault & ~VirtioNetFeature.ringPacked.mask)
+        XCTAssertFalse(s.send(msg(.setProtocolFeatures, .u64(VhostUserProtocolFeature.logSHMFD.mask))).ok)
+    }
+
+    func testReplyAck() {
+        let s = VhostUserBackendSession()
+        // Before REPLY_ACK is negotiated NEED_REPLY gets no reply.
+        XCTAssertNil(s.send(msg(.setOwner, needReply: true)).reply)
+        XCTAssertTrue(s.send(msg(.setProtocolFeatures, .u64(VhostUserProtocolFeature.replyAck.mask))).ok)
+        let good = s.send(msg(.setVringNum, .vringState(VringStatePayload(index: 0, num: 256)), needReply: true))
+        XCTAssertEqual(good.replyU64, 0)
+        XCTAssertTrue(good.reply!.header.isReply)
+        XCTAssertEqual(good.reply!.header.request, VhostUserRequest.setVringNum.rawValue)
+        let bad = s.send(msg(.setVringNum, .vringState(VringStatePayload(index: 0, num: 0)), needReply: true))
+        XCTAssertEqual(bad.replyU64, 1)
+        XCTAssertNotNil(bad.error)
+        XCTAssertNil(s.send(msg(.setVringNum, .vringState(VringStatePayload(index: 0, num: 256)))).reply)
+        // A request with an explicit reply answers with its own payload.
+        XCTAssertEqual(s.send(msg(.getQueueNum, needReply: true)).replyU64, 1)
+    }
+
+    func testGetConfigBounds() {
+        let s = VhostUserBackendSession(configuration: VhostUserBackendConfiguration(
+            maxQueuePairs: 2, netConfig: VirtioNetConfig(mac: [2, 1, 2, 3, 4, 5], mtu: 9000)))
+        // Not negotiated: zero-length reply is the spec's error.
+        let pre = s.send(msg(.getConfig, .config(ConfigPayload(offset: 0, size: 6, bytes: [0, 0, 0, 0, 0, 0]))))
+        XCTAssertEqual(pre.reply?.header.size, 0)
+        _ = s.send(msg(.setProtocolFeatures, .u64(VhostUserProtocolFeature.config.mask)))
+        let o = s.send(msg(.getConfig, .config(ConfigPayload(offset: 0, size: 12, bytes: [UInt8](repeating: 0, count: 12)))))
+        guard case let .config(c)? = o.reply?.payload else { return XCTFail("no config reply") }
+        XCTAssertEqual(Array(c.bytes[0..<6]), [2, 1, 2, 3, 4, 5])
+        XCTAssertEqual(VirtioNetConfig(bytes: c.bytes).maxVirtqueuePairs, 2)
+        XCTAssertEqual(VirtioNetConfig(bytes: c.bytes).mtu, 9000)
+        for (off, size) in [(UInt32(0), UInt32(13)), (12, 1), (11, 2), (UInt32.max, 2)] {
+            let r = s.send(msg(.getConfig, .config(ConfigPayload(offset: off, size: size, bytes: [UInt8](repeating: 0, count: Int(size))))))
+            XCTAssertEqual(r.reply?.header.size, 0, "offset \(off) size \(size)")
+            XCTAssertNotNil(r.error)
+        }
+        // Config payload size must match the declared size.
+        var w = WireWriter()
+        w.u32(0); w.u32(6); w.u32(0); w.zeros(4)
+        XCTAssertEqual(s.sendRaw(request: 24, payload: w.bytes).error?.reason, .payloadSize(got: 16, expected: "18"))
+        // SET_CONFIG: the driver may write the MAC, not the MTU; migration may write anything.
+        XCTAssertTrue(s.send(msg(.setConfig, .config(ConfigPayload(offset: 0, size: 6, bytes: [2, 9, 9, 9, 9, 9])))).ok)
+        XCTAssertEqual(s.netConfig.mac, [2, 9, 9, 9, 9, 9])
+        XCTAssertFalse(s.send(msg(.setConfig, .config(ConfigPayload(offset: 10, size: 2, bytes: [0, 4])))).ok)
+        XCTAssertTrue(s.send(msg(.setConfig, .config(ConfigPayload(offset: 10, size: 2, flags: 1, bytes: [0, 4])))).ok)
+        XCTAssertEqual(s.netConfig.mtu, 1024)
+    }
+}
+
+/// Every request code, one by one: wrong payload size refused; descriptors on a request that takes
+/// none closed; a request that needs one refused without it; unsupported ones refused and their
+/// descriptors closed.
+final class VhostUserPerRequestValidationTests: XCTestCase {
+    func validSize(_ kind: PayloadKind) -> Int {
+        switch kind {
+        case .none: return 0
+        case .u64, .vringState: return 8
+        case .vringAddress, .memoryRegion: return 40
+        case .memoryTable: return 8
+        case .log: return 16
+        case .inflight: return 24
+        case .config: return 12
+        }
+    }
+
+    func testEveryRequest() {
+        let v = VhostUserMessageValidator(queueCount: 2)
+        for request in VhostUserRequest.allCases {
+            func decode(_ size: Int, _ fds: [Int32]) -> Result<VhostUserMessage, VhostUserError> {
+                let h = VhostUserHeader(request: request.rawValue, size: UInt32(size))
+                return Result { () throws(VhostUserError) in try v.decodeRequest(header: h, payload: [UInt8](repeating: 0, count: size), fds: fds) }
+            }
+            guard let (kind, policy) = request.requestLayout else {
+                let fd = makeEventFD()
+                guard case let .failure(e) = decode(8, [fd]), case .unsupported = e.reason else {
+                    XCTFail("\(request) should be unsupported"); continue
+                }
+                XCTAssertFalse(isOpen(fd), "\(request)")
+                continue
+            }
+            let good = validSize(kind)
+            // Wrong size: one byte more than the valid one.
+            let fdW = makeEventFD()
+            if case .success = decode(good + 1, [fdW]) { XCTFail("\(request): oversize payload accepted") }
+            XCTAssertFalse(isOpen(fdW), "\(request): descriptor of a refused message must be closed")
+            switch policy {
+            case .none:
+                let fd = makeEventFD()
+                guard case let .failure(e) = decode(good, [fd]) else { XCTFail("\(request): fd accepted"); continue }
+                XCTAssertEqual(e.reason, .unexpectedFDs(1), "\(request)")
+                XCTAssertFalse(isOpen(fd), "\(request)")
+                guard case let .success(m) = decode(good, []) else { XCTFail("\(request): valid message refused"); continue }
+                XCTAssertEqual(m.request, request)
+            case .one:
+                guard case let .failure(e) = decode(good, []) else { XCTFail("\(request): missing fd accepted"); continue }
+                XCTAssertEqual(e.reason, .fdCount(got: 0, expected: 1), "\(request)")
+                let fd = makeEventFD()
+                guard case let .success(m) = decode(good, [fd]) else { XCTFail("\(request): valid message refused"); continue }
+                XCTAssertEqual(m.fds, [fd])
+                m.closeFDs()
+            case .perRegion:
+                let fd = makeEventFD()
+                guard case let .failure(e) = decode(good, [fd]) else { XCTFail("\(request): extra fd accepted"); continue }
+                XCTAssertEqual(e.reason, .fdCount(got: 1, expected: 0))
+                XCTAssertFalse(isOpen(fd))
+            case .toleratedOne:
+                let fd = makeEventFD()
+                guard case let .success(m) = decode(good, [fd]) else { XCTFail("\(request)"); continue }
+                XCTAssertEqual(m.fds, [])
+                XCTAssertFalse(isOpen(fd))
+            case .vringFile:
+                guard case let .failure(e) = decode(good, []) else { XCTFail("\(request): missing fd accepted"); continue }
+                XCTAssertEqual(e.reason, .fdCount(got: 0, expected: 1), "\(request)")
+            }
+        }
+    }
+}
