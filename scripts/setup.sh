@@ -8,7 +8,7 @@ for p in liburing-dev pkg-config iproute2; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${WARMSTART_WITH_DPDK:-0}" = 1 ] && ! command -v dpdk-testpmd >/dev/null 2>&1; then
-  need_pkgs+=(dpdk)
+  need_pkgs+=(dpdk dpdk-dev)
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

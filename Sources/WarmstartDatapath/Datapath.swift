@@ -1,0 +1,251 @@
+import CWarmstartShim
+import WarmstartPools
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The forwarding plane: declared port slots, the queues that have joined them, and the polling
+/// threads that move bursts between them.
+///
+/// Ports join and leave while the threads run (a device that becomes ready joins; one whose peer
+/// goes away leaves). The control side never touches a running thread's state: it publishes a new
+/// *generation* (a new plan of which thread polls which queue) and waits until every thread has
+/// acknowledged it at a burst boundary. After that, nothing still refers to a removed queue.
+/// `pause()` uses the same handshake to quiesce all threads between bursts (hot upgrade).
+public final class Datapath: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var mode: ForwardMode
+        /// CPUs to pin polling threads to; one thread per entry. Empty: one unpinned thread.
+        public var cores: [Int]
+        public var burst: Int
+        /// Empty polls before a thread starts napping (so an idle datapath does not burn a core).
+        public var spinBeforeNap: Int
+        public var napMicroseconds: UInt32
+        public init(mode: ForwardMode = .io, cores: [Int] = [], burst: Int = 32, spinBeforeNap: Int = 20_000,
+                    napMicroseconds: UInt32 = 50) {
+            self.mode = mode; self.cores = cores; self.burst = max(1, min(burst, 256))
+            self.spinBeforeNap = spinBeforeNap; self.napMicroseconds = napMicroseconds
+        }
+    }
+
+    public let options: Options
+    public let pool: MbufPool
+    public let portNames: [String]
+    public let macTable = MACTable()
+    let lock = PThreadMutex()
+    /// Queues per port slot, control side (strong references).
+    var slots: [[DatapathQueue]]
+    var threads: [PollingThread] = []
+    /// Plan currently published (per thread: its queues), kept alive until every thread acks a newer one.
+    var published: Plan
+    var retired: [Plan] = []
+    let generation = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    let pauseRequested = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    /// Per slot: monotonic ns of the first packet received, 0 until then.
+    public let firstPacketNs: UnsafeMutablePointer<UInt64>
+
+    /// `ports`: the declared port names, in order (io mode pairs slot 0 with 1, 2 with 3, …).
+    public init(pool: MbufPool, ports: [String], options: Options = Options()) {
+        self.pool = pool
+        self.portNames = ports
+        self.options = options
+        slots = Array(repeating: [], count: ports.count)
+        published = Plan(threads: max(1, options.cores.count))
+        generation.initialize(to: 0)
+        pauseRequested.initialize(to: 0)
+        firstPacketNs = .allocate(capacity: max(1, ports.count))
+        firstPacketNs.initialize(repeating: 0, count: max(1, ports.count))
+    }
+
+    deinit {
+        stop()
+        generation.deallocate()
+        pauseRequested.deallocate()
+        firstPacketNs.deallocate()
+    }
+
+    /// The slot that receives what `slot` receives, in io mode.
+    public func ioPeer(of slot: Int) -> Int {
+        let n = portNames.count
+        if slot % 2 == 0 { return slot + 1 < n ? slot + 1 : slot }
+        return slot - 1
+    }
+
+    // MARK: joining and leaving
+
+    /// Adds a port's queue pairs to slot `slot` (replacing any it had) and returns when every
+    /// polling thread runs the new plan.
+    public func attach(slot: Int, queues: [BurstQueue]) {
+        precondition(slot >= 0 && slot < portNames.count, "port slot \(slot) out of range")
+        lock.locked {
+            slots[slot] = queues.enumerated().map { DatapathQueue(slot: slot, index: $0.offset, queue: $0.element) }
+            publishLocked()
+        }
+        waitForAllThreads()
+    }
+
+    /// Removes slot `slot`'s queues; when this returns no polling thread refers to them any more,
+    /// and their counters are folded into the slot's history.
+    public func detach(slot: Int) {
+        lock.locked {
+            for q in slots[slot] { history[slot] = (history[slot] ?? QueueCounters()) + q.counters.pointee }
+            slots[slot] = []
+            publishLocked()
+        }
+        waitForAllThreads()
+    }
+
+    var history: [Int: QueueCounters] = [:]
+
+    /// Builds a new plan from the slots (queues dealt round-robin to threads) and publishes it.
+    func publishLocked() {
+        let n = max(1, options.cores.count)
+        let plan = Plan(threads: n)
+        var k = 0
+        for (slot, queues) in slots.enumerated() {
+            for q in queues {
+                q.peers = peers(of: slot, queueIndex: q.index)
+                plan.add(q, toThread: k % n)
+                k += 1
+            }
+        }
+        retired.append(published)
+        published = plan
+        ws_fetch_add_u64(generation, 1)
+    }
+
+    func peers(of slot: Int, queueIndex: Int) -> [DatapathQueue] {
+        switch options.mode {
+        case .io:
+            let peer = slots[ioPeer(of: slot)]
+            return peer.isEmpty ? [] : [peer[queueIndex % peer.count]]
+        case .macswap:
+            return [slots[slot][queueIndex]]
+        case .l2:
+            // Every port, by slot (index = slot); the engine picks the learned one or floods.
+            return slots.indices.map { s in
+                let q = slots[s]
+                return q.isEmpty ? DatapathQueue.absent(slot: s) : q[queueIndex % q.count]
+            }
+        }
+    }
+
+    /// Waits until every running thread has acknowledged the current generation, then lets the
+    /// plans they no longer use go.
+    func waitForAllThreads() {
+        let target = ws_load_acquire_u64(generation)
+        for t in threads where t.isRunning {
+            while ws_load_acquire_u64(t.ackedGeneration) < target && t.isRunning { ws_cpu_relax(); sched_yield() }
+        }
+        lock.locked { retired.removeAll() }
+    }
+
+    // MARK: threads
+
+    public func start() {
+        lock.locked {
+            guard threads.isEmpty else { return }
+            let cores = options.cores.isEmpty ? [-1] : options.cores
+            for (i, cpu) in cores.enumerated() {
+                threads.append(PollingThread(datapath: self, index: i, cpu: cpu))
+            }
+        }
+        for t in threads { t.start() }
+    }
+
+    public func stop() {
+        let ts = lock.locked { () -> [PollingThread] in
+            let t = threads
+            threads = []
+            return t
+        }
+        for t in ts { t.stopAndJoin() }
+    }
+
+    /// Quiesces every polling thread at a burst boundary; returns once all of them are parked.
+    public func pause() {
+        ws_store_release_u32(pauseRequested, 1)
+        for t in threads where t.isRunning {
+            while ws_load_acquire_u32(t.parked) == 0 && t.isRunning { ws_cpu_relax(); sched_yield() }
+        }
+    }
+
+    public func resume() { ws_store_release_u32(pauseRequested, 0) }
+
+    // MARK: stats
+
+    public struct PortStats: Sendable, Codable, Equatable {
+        public var name: String
+        public var slot: Int
+        public var total: QueueCounters
+        public var queues: [QueueCounters]
+        public var firstPacketNs: UInt64?
+
+        enum CodingKeys: String, CodingKey { case name, slot, total, queues, firstPacketNs = "first_packet_ns" }
+    }
+
+    /// Counters of every port: live queues plus what left ports counted before.
+    public func stats() -> [PortStats] {
+        lock.locked {
+            slots.enumerated().map { slot, queues in
+                let qs = queues.map { q -> QueueCounters in
+                    var c = q.counters.pointee
+                    c.errors &+= q.queue?.errorCount ?? 0
+                    return c
+                }
+                let past = history[slot] ?? QueueCounters()
+                let total = qs.reduce(past, +)
+                let first = firstPacketNs[slot]
+                return PortStats(name: portNames[slot], slot: slot, total: total, queues: qs,
+                                 firstPacketNs: first == 0 ? nil : first)
+            }
+        }
+    }
+}
+
+/// A queue pair that has joined the datapath, with its counters.
+public final class DatapathQueue: @unchecked Sendable {
+    public let slot: Int
+    public let index: Int
+    public let queue: BurstQueue?
+    public let counters: UnsafeMutablePointer<QueueCounters>
+    /// Where its packets go (io: one; macswap: itself; l2: every slot, by slot).
+    var peers: [DatapathQueue] = []
+    /// Held while transmitting in l2 mode, where several threads may send to one queue.
+    let txLock = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+
+    init(slot: Int, index: Int, queue: BurstQueue?) {
+        self.slot = slot
+        self.index = index
+        self.queue = queue
+        counters = .allocate(capacity: 1)
+        counters.initialize(to: QueueCounters())
+        txLock.initialize(to: 0)
+    }
+
+    static func absent(slot: Int) -> DatapathQueue { DatapathQueue(slot: slot, index: 0, queue: nil) }
+
+    deinit {
+        counters.deallocate()
+        txLock.deallocate()
+    }
+}
+
+/// Which queues each thread polls, in one generation.
+final class Plan: @unchecked Sendable {
+    var perThread: [[DatapathQueue]]
+    init(threads: Int) { perThread = Array(repeating: [], count: threads) }
+    func add(_ q: DatapathQueue, toThread t: Int) { perThread[t].append(q) }
+}
+
+/// A pthread mutex (Foundation-free).
+final class PThreadMutex: @unchecked Sendable {
+    private let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    init() { pthread_mutex_init(m, nil) }
+    deinit { pthread_mutex_destroy(m); m.deallocate() }
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(m)
+        defer { pthread_mutex_unlock(m) }
+        return try body()
+    }
+}

@@ -1,1 +1,0 @@
-// WarmstartDatapath: see Docs/ARCHITECTURE.md
