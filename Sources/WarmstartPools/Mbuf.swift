@@ -176,3 +176,51 @@ public struct VirtioNetHeader: Equatable, Sendable {
         p.storeBytes(of: numBuffers.littleEndian, toByteOffset: 10, as: UInt16.self)
     }
 }
+
+extension Mbuf {
+    /// Writes the whole 64-byte header as a freshly allocated single-segment mbuf: data at the
+    /// headroom, lengths 0, one segment, no next, refCount 1, identity words, offload and vnet
+    /// fields 0, user data 0. Eight 8-byte stores, so nothing an earlier run left is kept.
+    @inlinable @inline(__always)
+    public func reset(index: UInt32, poolID: UInt16, headroom: UInt16, bufferLength: UInt16) {
+        #if _endian(little)
+        let h = header
+        // Bytes 0..<8: dataOffset, dataLength 0, packetLength 0.
+        h.storeBytes(of: UInt64(headroom), toByteOffset: 0, as: UInt64.self)
+        // 8..<16: segmentCount 1, port 0, refCount 1, poolID.
+        h.storeBytes(of: 1 | (1 << 32) | (UInt64(poolID) << 48), toByteOffset: 8, as: UInt64.self)
+        // 16..<24: next = noNext, index.
+        h.storeBytes(of: UInt64(MbufLayout.noNext) | (UInt64(index) << 32), toByteOffset: 16, as: UInt64.self)
+        // 24..<32: offload flags.
+        h.storeBytes(of: 0, toByteOffset: 24, as: UInt64.self)
+        // 32..<40: bufferLength, queue 0, hash 0.
+        h.storeBytes(of: UInt64(bufferLength), toByteOffset: 32, as: UInt64.self)
+        // 40..<48: vnet flags, gsoType, headerLength, gsoSize, csumStart.
+        h.storeBytes(of: 0, toByteOffset: 40, as: UInt64.self)
+        // 48..<56: vnet csumOffset, numBuffers, magic.
+        h.storeBytes(of: UInt64(MbufLayout.identityMagic) << 32, toByteOffset: 48, as: UInt64.self)
+        // 56..<64: user data.
+        h.storeBytes(of: 0, toByteOffset: 56, as: UInt64.self)
+        #else
+        header.initializeMemory(as: UInt8.self, repeating: 0, count: MbufLayout.headerSize)
+        dataOffset = headroom
+        segmentCount = 1
+        refCount = 1
+        nextIndex = MbufLayout.noNext
+        writeIdentity(index: index, poolID: poolID, bufferLength: bufferLength)
+        #endif
+    }
+
+    /// Writes only the identity words (index, poolID, bufferLength, magic): the pool's lay-out
+    /// step, which must not touch anything else.
+    @inlinable @inline(__always)
+    public func writeIdentity(index: UInt32, poolID: UInt16, bufferLength: UInt16) {
+        header.storeBytes(of: index, toByteOffset: MbufLayout.index, as: UInt32.self)
+        header.storeBytes(of: poolID, toByteOffset: MbufLayout.poolID, as: UInt16.self)
+        header.storeBytes(of: bufferLength, toByteOffset: MbufLayout.bufferLength, as: UInt16.self)
+        header.storeBytes(of: MbufLayout.identityMagic, toByteOffset: MbufLayout.magic, as: UInt32.self)
+    }
+
+    /// The identity magic word ("WSMB" when the header belongs to a pool).
+    @inlinable public var magic: UInt32 { header.load(fromByteOffset: MbufLayout.magic, as: UInt32.self) }
+}

@@ -1,0 +1,155 @@
+/// A per-thread cache of free element indices in front of a pool's shared ring (DPDK's
+/// rte_mempool_cache): alloc and free are a pop or push on a private stack, and the ring is only
+/// touched to refill or flush `chunk` (size/2) indices at a time.
+///
+/// Owned by exactly one thread; not for sharing. `flush()` returns everything to the ring (call it
+/// when the thread quiesces; deinit does it too).
+public final class MbufCache {
+    public let pool: MbufPool
+    /// The level a flush brings the cache back to.
+    public let size: Int
+    @usableFromInline let stack: UnsafeMutablePointer<UInt32>
+    @usableFromInline var length = 0
+    /// size + chunk: the flush threshold (DPDK flushes at 1.5 × size).
+    @usableFromInline let capacity: Int
+    /// How many indices one refill or flush moves.
+    @usableFromInline let chunk: Int
+
+    /// A cache of `size` mbufs (default: the pool's cacheSize), at most MbufPoolConfig.maxCacheSize.
+    /// Size 0 makes a pass-through to the pool.
+    public init(pool: MbufPool, size: Int? = nil) {
+        let s = Swift.max(0, Swift.min(size ?? pool.config.cacheSize, MbufPoolConfig.maxCacheSize))
+        self.pool = pool
+        self.size = s
+        chunk = s == 0 ? 0 : Swift.max(1, s / 2)
+        capacity = s + chunk
+        stack = .allocate(capacity: Swift.max(1, capacity))
+    }
+
+    deinit {
+        flush()
+        stack.deallocate()
+    }
+
+    /// Mbufs held by this cache.
+    public var count: Int { length }
+
+    @inlinable
+    public func alloc() -> Mbuf? {
+        if length == 0 {
+            if capacity == 0 { return pool.alloc() }
+            refill(1)
+            if length == 0 { return nil }
+        }
+        length &-= 1
+        return pool.initialize(stack[length])
+    }
+
+    /// `n` mbufs into `out`, or none and false.
+    @inlinable
+    public func allocBulk(_ out: UnsafeMutablePointer<Mbuf>, count n: Int) -> Bool {
+        if n > length {
+            if n > capacity { return pool.allocBulk(out, count: n) }
+            refill(n)
+            if n > length { return false }
+        }
+        let top = stack + (length &- n)
+        var i = 0
+        while i < n {
+            out[i] = pool.initialize(top[i])
+            i &+= 1
+        }
+        length &-= n
+        return true
+    }
+
+    /// Frees the chain at `m` (see MbufPool.free): each segment whose refCount reaches 0 comes
+    /// back to this cache.
+    @inlinable
+    public func free(_ m: Mbuf) {
+        if m.nextIndex == MbufLayout.noNext {
+            if pool.prefree(m) > 0 { push(m.index) }
+        } else {
+            freeChain(m)
+        }
+    }
+
+    @inlinable
+    public func freeBulk(_ ms: UnsafePointer<Mbuf>, count n: Int) {
+        var i = 0
+        while i < n {
+            free(ms[i])
+            i &+= 1
+        }
+    }
+
+    @inlinable @inline(__always)
+    func push(_ index: UInt32) {
+        if length == capacity {
+            if capacity == 0 { pool.putOne(index); return }
+            flushChunk()
+        }
+        stack[length] = index
+        length &+= 1
+    }
+
+    @usableFromInline
+    func freeChain(_ m: Mbuf) {
+        var seg = m
+        var budget = pool.count32
+        while true {
+            let next = seg.nextIndex
+            let r = pool.prefree(seg)
+            if r < 0 { return }
+            if r > 0 { push(seg.index) }
+            if next == MbufLayout.noNext { return }
+            budget &-= 1
+            guard next < pool.count32, budget > 0 else {
+                pool.reportBadFree(index: next, double: false,
+                                   "mbuf pool \(pool.poolID): chain has a bad next index \(next)")
+                return
+            }
+            seg = pool.element(next)
+        }
+    }
+
+    /// Fills the cache so it holds at least `n` (if the pool has them) plus a chunk to spare:
+    /// from the ring first, then from never-used elements.
+    @usableFromInline
+    func refill(_ n: Int) {
+        let want = Swift.min(capacity, n + chunk) - length
+        if want <= 0 { return }
+        var got = pool.ring.dequeueBurst(stack + length, max: want)
+        if got < want {
+            let f = pool.takeFresh(want - got)
+            var i = 0
+            while i < f.count {
+                stack[length + got] = f.start &+ UInt32(truncatingIfNeeded: i)
+                got += 1
+                i += 1
+            }
+        }
+        length += got
+    }
+
+    /// Returns the top `chunk` indices to the ring.
+    @usableFromInline
+    func flushChunk() {
+        let n = pool.ring.enqueueBurst(stack + (length - chunk), count: chunk)
+        if n < chunk {
+            // The ring holds every element, so it is only full after a double insert; drop the rest.
+            for i in n..<chunk { pool.ringOverflow(stack[length - chunk + i]) }
+        }
+        length -= chunk
+    }
+
+    /// Returns every cached mbuf to the pool's ring.
+    public func flush() {
+        guard length > 0 else { return }
+        let n = pool.ring.enqueueBurst(stack, count: length)
+        if n < length {
+            for i in n..<length { pool.ringOverflow(stack[i]) }
+        }
+        length = 0
+    }
+}

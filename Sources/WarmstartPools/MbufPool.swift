@@ -1,0 +1,329 @@
+import CWarmstartShim
+import WarmstartMemory
+
+/// A pool of fixed-size packet buffers at an offset inside a `MemoryRegion`.
+///
+/// Free state is the free ring plus a bump counter, `nextFresh`: elements in [nextFresh, count)
+/// were never handed out. A pristine pool is therefore "ring empty, nextFresh 0", which `restore`
+/// writes in O(1) without visiting a single element. Allocation takes from the ring first, then
+/// bumps; every allocation writes the whole header, so no header content from an earlier run is
+/// trusted. Nothing in shared memory is a pointer: the pool may be mapped at any address.
+///
+/// Hot-path methods are `@inlinable` so callers in other modules get them inlined. Dataplane
+/// threads should go through an `MbufCache`; the pool's own alloc/free touch the shared ring on
+/// every call.
+public final class MbufPool: @unchecked Sendable {
+    public let config: MbufPoolConfig
+    public let poolID: UInt16
+    /// Where the pool starts inside `region`.
+    public let offset: Int
+    /// Keeps the mapping alive as long as the pool is used.
+    public let region: MemoryRegion
+    /// The pool's control block, in this process's mapping.
+    public let base: UnsafeMutableRawPointer
+    public let ringMode: PoolRing.Mode
+
+    @usableFromInline let ring: PoolRing
+    @usableFromInline let elements: UnsafeMutableRawPointer
+    @usableFromInline let elementStride: Int
+    @usableFromInline let count32: UInt32
+    @usableFromInline let headroom16: UInt16
+    @usableFromInline let bufferLength16: UInt16
+    @usableFromInline let nextFresh: UnsafeMutablePointer<UInt64>
+    @usableFromInline let doubleFrees: UnsafeMutablePointer<UInt64>
+    @usableFromInline let badFrees: UnsafeMutablePointer<UInt64>
+    /// A bad or double free traps in debug builds (assertionFailure) and is counted in every build;
+    /// tests clear this to check the counting without trapping.
+    @usableFromInline var trapOnBadFree = true
+
+    private init(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
+                 mode: PoolRing.Mode, geometry g: PoolControl.Geometry) {
+        self.config = config
+        self.poolID = poolID
+        self.offset = offset
+        self.region = region
+        self.ringMode = mode
+        let b = region.base + offset
+        base = b
+        ring = PoolRing(header: b + PoolControl.ringHeaderOffset, slots: b + g.ringOffset,
+                        capacity: g.capacity, mode: mode)
+        elements = b + g.elementsOffset
+        elementStride = g.elementSize
+        count32 = UInt32(config.count)
+        headroom16 = UInt16(config.headroom)
+        bufferLength16 = UInt16(config.bufferLength)
+        nextFresh = (b + PoolControl.nextFreshOffset).bindMemory(to: UInt64.self, capacity: 1)
+        doubleFrees = (b + PoolControl.doubleFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
+        badFrees = (b + PoolControl.badFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
+    }
+
+    /// Checks the config and that the pool fits in the region at `offset`.
+    static func placement(_ config: MbufPoolConfig, _ region: MemoryRegion, _ offset: Int,
+                          _ poolID: UInt16) throws -> PoolControl.Geometry {
+        try config.validate()
+        guard offset >= 0, offset % MbufPoolConfig.pageAlignment == 0 else {
+            throw PoolError.misalignedOffset(poolID: poolID, offset: offset, alignment: MbufPoolConfig.pageAlignment)
+        }
+        let g = PoolControl.Geometry(config)
+        guard offset <= region.size, g.totalBytes <= region.size - offset else {
+            throw PoolError.regionTooSmall(poolID: poolID, needed: g.totalBytes, offset: offset, regionSize: region.size)
+        }
+        return g
+    }
+
+    // MARK: lay out, restore, attach
+
+    /// The mbuf init phase: writes each element's identity words (never its data room), then a
+    /// pristine control block. Touching every header faults in every page that holds one (all of
+    /// them when elementSize ≤ the page size), which is where the time goes.
+    public static func layOut(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
+                              mode: PoolRing.Mode = .mpmc) throws -> MbufPool {
+        let g = try placement(config, region, offset, poolID)
+        let b = region.base + offset
+        // Invalidate first: a crash during the loop must leave a block `attach` rejects.
+        ws_store_release_u32(b.bindMemory(to: UInt32.self, capacity: 1), 0)
+        var p = b + g.elementsOffset
+        let stride = g.elementSize
+        let n = UInt32(config.count)
+        let len = UInt16(config.bufferLength)
+        var i: UInt32 = 0
+        while i < n {
+            Mbuf(header: p).writeIdentity(index: i, poolID: poolID, bufferLength: len)
+            p += stride
+            i &+= 1
+        }
+        PoolControl.writePristine(at: b, config: config, geometry: g, poolID: poolID)
+        return MbufPool(config: config, region: region, offset: offset, poolID: poolID, mode: mode, geometry: g)
+    }
+
+    /// O(1) restore of a laid-out image (a snapshot, or this pool after arbitrary use): rewrites the
+    /// control block pristine (ring empty, nextFresh 0, counters 0). Never reads an element: each
+    /// one's header is rewritten when it is next allocated.
+    public static func restore(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
+                               mode: PoolRing.Mode = .mpmc) throws -> MbufPool {
+        let g = try placement(config, region, offset, poolID)
+        PoolControl.writePristine(at: region.base + offset, config: config, geometry: g, poolID: poolID)
+        return MbufPool(config: config, region: region, offset: offset, poolID: poolID, mode: mode, geometry: g)
+    }
+
+    /// Hot upgrade: adopts a live pool, keeping its ring and bump state, after checking the control
+    /// block (magic, version, config, geometry, a quiescent and plausible ring).
+    public static func attach(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
+                              mode: PoolRing.Mode = .mpmc) throws -> MbufPool {
+        let g = try placement(config, region, offset, poolID)
+        try PoolControl.validate(at: region.base + offset, config: config, geometry: g, poolID: poolID,
+                                 offset: offset)
+        return MbufPool(config: config, region: region, offset: offset, poolID: poolID, mode: mode, geometry: g)
+    }
+
+    // MARK: allocation
+
+    /// The element at `index`, without a bounds check.
+    @inlinable @inline(__always)
+    func element(_ index: UInt32) -> Mbuf { Mbuf(header: elements + Int(index) &* elementStride) }
+
+    /// The element at `index` after a reset of its whole header.
+    @inlinable @inline(__always)
+    func initialize(_ index: UInt32) -> Mbuf {
+        let m = element(index)
+        m.reset(index: index, poolID: poolID, headroom: headroom16, bufferLength: bufferLength16)
+        return m
+    }
+
+    /// Takes up to `n` never-used elements from the bump counter.
+    @inlinable @inline(__always)
+    func takeFresh(_ n: Int) -> (start: UInt32, count: Int) {
+        let total = UInt64(count32)
+        // Once exhausted, do not keep dirtying the shared line.
+        if ws_load_relaxed_u64(nextFresh) >= total { return (0, 0) }
+        let old = ws_fetch_add_u64(nextFresh, UInt64(n))
+        if old >= total { return (0, 0) }
+        return (UInt32(truncatingIfNeeded: old), Int(Swift.min(UInt64(n), total - old)))
+    }
+
+    /// One mbuf, or nil when the pool is empty.
+    @inlinable
+    public func alloc() -> Mbuf? {
+        let r = ring.reserveDequeue(1, exact: true)
+        if r.count == 1 {
+            let index = ring.slot(r.start)
+            ring.publishDequeue(start: r.start, count: 1)
+            return initialize(index)
+        }
+        let f = takeFresh(1)
+        return f.count == 1 ? initialize(f.start) : nil
+    }
+
+    /// `n` mbufs into `out`, or none and false (rte_pktmbuf_alloc_bulk).
+    @inlinable
+    public func allocBulk(_ out: UnsafeMutablePointer<Mbuf>, count n: Int) -> Bool {
+        if n <= 0 { return n == 0 }
+        var got = 0
+        let r = ring.reserveDequeue(n, exact: false)
+        if r.count > 0 {
+            while got < r.count {
+                out[got] = initialize(ring.slot(r.start &+ UInt64(got)))
+                got += 1
+            }
+            ring.publishDequeue(start: r.start, count: r.count)
+        }
+        if got < n {
+            let f = takeFresh(n - got)
+            var i = 0
+            while i < f.count {
+                out[got] = initialize(f.start &+ UInt32(truncatingIfNeeded: i))
+                got += 1
+                i += 1
+            }
+            if got < n {
+                giveBack(out, got)
+                return false
+            }
+        }
+        return true
+    }
+
+    /// Returns mbufs taken by a failed bulk allocation (headers already reset).
+    @usableFromInline
+    func giveBack(_ ms: UnsafeMutablePointer<Mbuf>, _ n: Int) {
+        for i in 0..<n {
+            ms[i].refCount = 0
+            putOne(ms[i].index)
+        }
+    }
+
+    /// Puts one index on the ring. The ring can hold every element, so this only fails when
+    /// something was put back twice; the element is then dropped and counted.
+    @inlinable @inline(__always)
+    func putOne(_ index: UInt32) {
+        let r = ring.reserveEnqueue(1, exact: true)
+        if r.count == 1 {
+            ring.setSlot(r.start, index)
+            ring.publishEnqueue(start: r.start, count: 1)
+        } else {
+            ringOverflow(index)
+        }
+    }
+
+    @usableFromInline
+    func ringOverflow(_ index: UInt32) {
+        reportBadFree(index: index, double: false,
+                      "mbuf pool \(poolID): free ring full when returning mbuf \(index) (an mbuf was freed twice)")
+    }
+
+    // MARK: free
+
+    /// Checks a segment being freed and drops one reference. Returns 1 when the segment must go
+    /// back to the free list, 0 when someone still holds it, -1 when the free was bad (counted).
+    /// Like DPDK, the refCount 1 case uses no atomic operation: two threads freeing the same
+    /// mbuf at the same moment is a race the counters may miss; a later second free is caught.
+    @inlinable @inline(__always)
+    func prefree(_ m: Mbuf) -> Int {
+        let index = m.index
+        guard index < count32, elements + Int(index) &* elementStride == m.header,
+              m.poolID == poolID, m.magic == MbufLayout.identityMagic else {
+            badIdentity(m)
+            return -1
+        }
+        let rc = m.refCount
+        if rc == 1 {
+            m.refCount = 0
+            return 1
+        }
+        if rc == 0 {
+            reportBadFree(index: index, double: true, "mbuf pool \(poolID): double free of mbuf \(index)")
+            return -1
+        }
+        return dropSharedReference(m)
+    }
+
+    @usableFromInline
+    func dropSharedReference(_ m: Mbuf) -> Int {
+        let p = (m.header + MbufLayout.refCount).assumingMemoryBound(to: UInt16.self)
+        let old = ws_fetch_add_u16(p, 0xFFFF) // - 1
+        if old == 1 { return 1 }
+        if old == 0 {
+            ws_store_relaxed_u16(p, 0)
+            reportBadFree(index: m.index, double: true, "mbuf pool \(poolID): double free of mbuf \(m.index)")
+            return -1
+        }
+        return 0
+    }
+
+    @usableFromInline
+    func badIdentity(_ m: Mbuf) {
+        reportBadFree(index: m.index, double: false,
+                      "mbuf pool \(poolID): free of a buffer that is not one of its mbufs (header \(m.header), "
+                      + "index word \(m.index), pool id \(m.poolID), magic 0x\(String(m.magic, radix: 16)))")
+    }
+
+    @usableFromInline
+    func reportBadFree(index: UInt32, double: Bool, _ message: @autoclosure () -> String) {
+        _ = ws_fetch_add_u64(double ? doubleFrees : badFrees, 1)
+        if trapOnBadFree { assertionFailure(message()) }
+    }
+
+    /// Frees every segment of the chain starting at `m`; each segment goes back when its own
+    /// refCount reaches 0 (rte_pktmbuf_free). Bad frees are counted and stop the walk.
+    @inlinable
+    public func free(_ m: Mbuf) {
+        var seg = m
+        var budget = count32
+        while true {
+            let next = seg.nextIndex // before the segment goes back and may be reused
+            let r = prefree(seg)
+            if r < 0 { return }
+            if r > 0 { putOne(seg.index) }
+            if next == MbufLayout.noNext { return }
+            budget &-= 1
+            guard next < count32, budget > 0 else {
+                reportBadFree(index: next, double: false, "mbuf pool \(poolID): chain has a bad next index \(next)")
+                return
+            }
+            seg = element(next)
+        }
+    }
+
+    @inlinable
+    public func freeBulk(_ ms: UnsafePointer<Mbuf>, count n: Int) {
+        var i = 0
+        while i < n {
+            free(ms[i])
+            i += 1
+        }
+    }
+
+    // MARK: lookup and counters
+
+    /// The mbuf with element index `index`, or nil when out of range.
+    @inlinable
+    public func mbuf(at index: UInt32) -> Mbuf? { index < count32 ? element(index) : nil }
+
+    @inlinable
+    public func nextSegment(of m: Mbuf) -> Mbuf? {
+        let next = m.nextIndex
+        return next < count32 ? element(next) : nil
+    }
+
+    /// Elements never handed out since lay-out or restore.
+    public var neverUsedCount: Int {
+        let n = ws_load_relaxed_u64(nextFresh)
+        return config.count - Int(Swift.min(n, UInt64(count32)))
+    }
+
+    /// Elements on the shared free ring.
+    public var ringCount: Int { ring.count }
+
+    /// Ring plus never used (approximate while other threads run). Mbufs sitting in per-thread
+    /// caches count as in use until the cache is flushed.
+    public var availableCount: Int { ringCount + neverUsedCount }
+
+    public var inUseCount: Int { config.count - availableCount }
+
+    /// Frees of an mbuf whose refCount was already 0.
+    public var doubleFreeCount: Int { Int(ws_load_relaxed_u64(doubleFrees)) }
+
+    /// Frees of something that is not one of this pool's mbufs (wrong identity, bad chain), and
+    /// elements dropped because the ring was full.
+    public var badFreeCount: Int { Int(ws_load_relaxed_u64(badFrees)) }
+}
