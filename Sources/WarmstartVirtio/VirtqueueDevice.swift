@@ -18,18 +18,6 @@ public struct VirtqueueState: Sendable, Equatable {
     }
 }
 
-/// Where the copy paths get and return packet buffers. `MbufPool` and `MbufCache` conform; the
-/// calls happen once per burst (bulk) or once per extra segment, never per byte.
-public protocol MbufSource: AnyObject {
-    /// Fills `out[0..<count]` with fresh single-segment mbufs, or takes none and returns false.
-    func allocBulk(_ out: UnsafeMutablePointer<Mbuf>, count: Int) -> Bool
-    func alloc() -> Mbuf?
-    /// Frees the whole chain starting at `m`.
-    func free(_ m: Mbuf)
-    /// The segment after `m` in its chain, or nil.
-    func nextSegment(of m: Mbuf) -> Mbuf?
-}
-
 /// One piece of a guest buffer that is contiguous in host memory.
 @usableFromInline struct Segment {
     var host: UnsafeMutableRawPointer
