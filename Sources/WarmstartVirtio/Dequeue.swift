@@ -15,7 +15,7 @@ extension VirtqueueDevice {
     /// with their virtio-net header in `vnetHeader`. Bad chains are dropped, returned to the
     /// guest, and counted. Returns how many mbufs were written to `out`.
     public func dequeueBurst(pool: MbufSource, into out: UnsafeMutablePointer<Mbuf>, maxCount: Int) -> Int {
-        if brokenReason != nil || maxCount <= 0 { return 0 }
+        if st.pointee.broken || maxCount <= 0 { return 0 }
         let want = min(maxCount, options.burstSize)
         switch layout {
         case .split: return dequeueSplit(split.unsafelyUnwrapped, pool, out, want)
@@ -129,19 +129,19 @@ extension VirtqueueDevice {
             } else if let m = pool.alloc() {
                 head = m
             } else {
-                counters.allocFailures &+= 1
+                st.pointee.allocFailures &+= 1
                 bulk = false
                 return (k, produced)
             }
             if copyChain(c, into: head, pool) {
                 out[produced] = head
                 produced &+= 1
-                counters.packets &+= 1
-                counters.bytes &+= UInt64(c.capacity &- netHeaderSize)
+                st.pointee.packets &+= 1
+                st.pointee.bytes &+= UInt64(c.capacity &- netHeaderSize)
             } else {
                 pool.free(head)
-                counters.allocFailures &+= 1
-                counters.dropped &+= 1
+                st.pointee.allocFailures &+= 1
+                st.pointee.dropped &+= 1
             }
             k &+= 1
         }

@@ -39,27 +39,46 @@ public final class DriverQueue {
     public let driverAreaAddress: UInt64
     public let deviceAreaAddress: UInt64
 
-    // Split state.
-    var freeHead: Int = 0
-    var availShadow: UInt16 = 0
-    var kickedAvail: UInt16 = 0
-    var lastUsedSeen: UInt16 = 0
+    /// Mutable state behind a pointer (no dynamic exclusivity checks; see VirtqueueDevice.State).
+    struct State {
+        // Split.
+        var freeHead = 0
+        var availShadow: UInt16 = 0
+        var kickedAvail: UInt16 = 0
+        var lastUsedSeen: UInt16 = 0
+        // Packed.
+        var nextAvail = 0
+        var availWrap = true
+        var nextUsed = 0
+        var usedWrap = true
+        var kickedSlot = 0
+        var kickedWrap = true
+        var freeIDCount = 0
+        /// First descriptor of the batch not yet published: its flags are written by `publish()`.
+        var pendingSlot = -1
+        var pendingFlags: UInt16 = 0
+        // Both.
+        var numFree = 0
+    }
+    let st: UnsafeMutablePointer<State>
+    var freeHead: Int { get { st.pointee.freeHead } set { st.pointee.freeHead = newValue } }
+    var availShadow: UInt16 { get { st.pointee.availShadow } set { st.pointee.availShadow = newValue } }
+    var kickedAvail: UInt16 { get { st.pointee.kickedAvail } set { st.pointee.kickedAvail = newValue } }
+    var lastUsedSeen: UInt16 { get { st.pointee.lastUsedSeen } set { st.pointee.lastUsedSeen = newValue } }
+    var nextAvail: Int { get { st.pointee.nextAvail } set { st.pointee.nextAvail = newValue } }
+    var availWrap: Bool { get { st.pointee.availWrap } set { st.pointee.availWrap = newValue } }
+    var nextUsed: Int { get { st.pointee.nextUsed } set { st.pointee.nextUsed = newValue } }
+    var usedWrap: Bool { get { st.pointee.usedWrap } set { st.pointee.usedWrap = newValue } }
+    var kickedSlot: Int { get { st.pointee.kickedSlot } set { st.pointee.kickedSlot = newValue } }
+    var kickedWrap: Bool { get { st.pointee.kickedWrap } set { st.pointee.kickedWrap = newValue } }
+    var freeIDCount: Int { get { st.pointee.freeIDCount } set { st.pointee.freeIDCount = newValue } }
+    var pendingSlot: Int { get { st.pointee.pendingSlot } set { st.pointee.pendingSlot = newValue } }
+    var pendingFlags: UInt16 { get { st.pointee.pendingFlags } set { st.pointee.pendingFlags = newValue } }
+    /// Descriptors (split) / ring slots (packed) free for new chains.
+    public internal(set) var numFree: Int { get { st.pointee.numFree } set { st.pointee.numFree = newValue } }
     /// Private "next" links: the free list and each chain's order.
     let shadowNext: UnsafeMutablePointer<UInt16>
-    // Packed state.
-    var nextAvail = 0
-    var availWrap = true
-    var nextUsed = 0
-    var usedWrap = true
-    var kickedSlot = 0
-    var kickedWrap = true
     let freeIDs: UnsafeMutablePointer<UInt16>
-    var freeIDCount = 0
-    /// First descriptor of the batch not yet published: its flags are written by `publish()`.
-    var pendingSlot = -1
-    var pendingFlags: UInt16 = 0
-    // Both.
-    public internal(set) var numFree: Int
     let tokens: UnsafeMutablePointer<UInt64>
     let chainLength: UnsafeMutablePointer<UInt16>
     let chainTail: UnsafeMutablePointer<UInt16>
@@ -107,12 +126,15 @@ public final class DriverQueue {
             driverAreaAddress = guest + UInt64(d)
             deviceAreaAddress = guest + UInt64(d + 4)
         }
-        numFree = size
+        st = .allocate(capacity: 1)
+        var initial = State()
+        initial.numFree = size
+        initial.freeIDCount = size
+        st.initialize(to: initial)
         shadowNext = .allocate(capacity: size)
         for i in 0..<size { shadowNext[i] = UInt16(truncatingIfNeeded: i + 1) }
         freeIDs = .allocate(capacity: size)
         for i in 0..<size { freeIDs[i] = UInt16(truncatingIfNeeded: size - 1 - i) }
-        freeIDCount = size
         tokens = .allocate(capacity: size)
         tokens.initialize(repeating: 0, count: size)
         chainLength = .allocate(capacity: size)
@@ -124,7 +146,7 @@ public final class DriverQueue {
     }
 
     deinit {
-        shadowNext.deallocate(); freeIDs.deallocate(); tokens.deallocate()
+        st.deallocate(); shadowNext.deallocate(); freeIDs.deallocate(); tokens.deallocate()
         chainLength.deallocate(); chainTail.deallocate(); inUse.deallocate()
     }
 

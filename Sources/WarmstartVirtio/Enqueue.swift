@@ -93,7 +93,7 @@ extension VirtqueueDevice {
     /// large); the rest found no guest buffer and were not attempted. The caller keeps ownership
     /// of every mbuf (free or retry them).
     public func enqueueBurst(pool: MbufSource, _ packets: UnsafePointer<Mbuf>, count: Int) -> Int {
-        if brokenReason != nil || count <= 0 { return 0 }
+        if st.pointee.broken || count <= 0 { return 0 }
         let want = min(count, options.burstSize)
         switch layout {
         case .split:
@@ -206,8 +206,8 @@ extension VirtqueueDevice {
                 guard let next = pool.nextSegment(of: seg) else { break }
                 seg = next
             }
-            counters.packets &+= 1
-            counters.bytes &+= UInt64(total)
+            st.pointee.packets &+= 1
+            st.pointee.bytes &+= UInt64(total)
         }
     }
 }

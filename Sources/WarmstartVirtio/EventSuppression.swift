@@ -71,7 +71,7 @@ extension VirtqueueDevice {
             signalledUsed = lastUsedIndex
             signalledUsedWrap = usedWrapCounter
         }
-        if result { counters.calls &+= 1 }
+        if result { st.pointee.calls &+= 1 }
         return result
     }
 

@@ -53,22 +53,67 @@ public final class VirtqueueDevice {
     @usableFromInline let packed: PackedRing?
     @usableFromInline let memory: GuestMemoryMap
 
+    /// The mutable per-queue state lives behind a pointer allocated at set-up, not in stored
+    /// `var`s: a class's stored vars pay a dynamic exclusivity check on every access, which on
+    /// this path cost more than the ring work (measured). Only the owner thread touches it.
+    @usableFromInline struct State {
+        var lastAvail: UInt16
+        var lastUsed: UInt16
+        var availWrap: Bool
+        var usedWrap: Bool
+        var signalledUsed: UInt16
+        var signalledWrap: Bool
+        var notifications: Bool = true
+        var broken: Bool = false
+        var packets: UInt64 = 0
+        var bytes: UInt64 = 0
+        var dropped: UInt64 = 0
+        var allocFailures: UInt64 = 0
+        var calls: UInt64 = 0
+    }
+    @usableFromInline let st: UnsafeMutablePointer<State>
+    @usableFromInline let errorCounts: UnsafeMutablePointer<UInt64>
+
     /// Split: next avail ring index to read. Packed: next descriptor slot to read.
-    public internal(set) var lastAvailIndex: UInt16
+    public internal(set) var lastAvailIndex: UInt16 {
+        get { st.pointee.lastAvail } set { st.pointee.lastAvail = newValue }
+    }
     /// Split: used idx shadow. Packed: next descriptor slot to write as used.
-    public internal(set) var lastUsedIndex: UInt16
-    public internal(set) var availWrapCounter: Bool
-    public internal(set) var usedWrapCounter: Bool
+    public internal(set) var lastUsedIndex: UInt16 {
+        get { st.pointee.lastUsed } set { st.pointee.lastUsed = newValue }
+    }
+    public internal(set) var availWrapCounter: Bool {
+        get { st.pointee.availWrap } set { st.pointee.availWrap = newValue }
+    }
+    public internal(set) var usedWrapCounter: Bool {
+        get { st.pointee.usedWrap } set { st.pointee.usedWrap = newValue }
+    }
     /// Set when the guest broke the ring in a way one dropped chain cannot contain.
     public internal(set) var brokenReason: BrokenReason?
-    public var isBroken: Bool { brokenReason != nil }
-    public internal(set) var counters = VirtqueueCounters()
+    public var isBroken: Bool { st.pointee.broken }
+    /// A copy of the counters.
+    public var counters: VirtqueueCounters {
+        var c = VirtqueueCounters()
+        c.packets = st.pointee.packets
+        c.bytes = st.pointee.bytes
+        c.dropped = st.pointee.dropped
+        c.allocFailures = st.pointee.allocFailures
+        c.calls = st.pointee.calls
+        for i in 0..<c.errors.count { c.errors[i] = errorCounts[i] }
+        return c
+    }
 
     /// Used index (split) / slot+wrap (packed) at the last call decision, for event idx (§2.6.8.3).
-    var signalledUsed: UInt16
-    var signalledUsedWrap: Bool
+    var signalledUsed: UInt16 {
+        get { st.pointee.signalledUsed } set { st.pointee.signalledUsed = newValue }
+    }
+    var signalledUsedWrap: Bool {
+        get { st.pointee.signalledWrap } set { st.pointee.signalledWrap = newValue }
+    }
     /// Whether the device asks for kicks (false while polling).
-    public internal(set) var notificationsEnabled = true
+    public internal(set) var notificationsEnabled: Bool {
+        get { st.pointee.notifications } set { st.pointee.notifications = newValue }
+    }
 
     // Scratch, allocated once here: no allocation on the fast path.
     @usableFromInline let segments: UnsafeMutablePointer<Segment>
@@ -105,12 +150,12 @@ public final class VirtqueueDevice {
         self.options = options
         self.netHeaderSize = options.netHeaderSize
         self.memory = GuestMemoryMap(table: memory)
-        self.lastAvailIndex = state.lastAvailIndex
-        self.lastUsedIndex = state.lastUsedIndex
-        self.availWrapCounter = state.availWrapCounter
-        self.usedWrapCounter = state.usedWrapCounter
-        self.signalledUsed = state.lastUsedIndex
-        self.signalledUsedWrap = state.usedWrapCounter
+        st = .allocate(capacity: 1)
+        st.initialize(to: State(lastAvail: state.lastAvailIndex, lastUsed: state.lastUsedIndex,
+                                availWrap: state.availWrapCounter, usedWrap: state.usedWrapCounter,
+                                signalledUsed: state.lastUsedIndex, signalledWrap: state.usedWrapCounter))
+        errorCounts = .allocate(capacity: ChainError.allCases.count)
+        errorCounts.initialize(repeating: 0, count: ChainError.allCases.count)
         // A chain has at most `size` descriptors (or indirect entries); allow each a few pieces.
         segmentCapacity = max(1024, min(4 * size, 16384))
         segments = .allocate(capacity: segmentCapacity)
@@ -122,6 +167,8 @@ public final class VirtqueueDevice {
     }
 
     deinit {
+        st.deallocate()
+        errorCounts.deallocate()
         segments.deallocate()
         chains.deallocate()
         packetChains.deallocate()
@@ -130,11 +177,11 @@ public final class VirtqueueDevice {
     }
 
     @usableFromInline func count(_ e: ChainError) {
-        counters.errors[e.rawValue] &+= 1
-        counters.dropped &+= 1
+        errorCounts[e.rawValue] &+= 1
+        st.pointee.dropped &+= 1
     }
 
     func markBroken(_ r: BrokenReason) {
-        if brokenReason == nil { brokenReason = r }
+        if !st.pointee.broken { brokenReason = r; st.pointee.broken = true }
     }
 }
