@@ -153,19 +153,28 @@ extension VirtqueueDevice {
     func copyChain(_ c: ChainInfo, into head: Mbuf, _ pool: MbufSource) -> Bool {
         var seg = Int(c.segmentStart)
         var off = 0
-        // The header, gathered into a local (it may straddle pieces).
-        var raw: (UInt64, UInt32) = (0, 0)
-        let hdr: VirtioNetHeader = withUnsafeMutableBytes(of: &raw) { buf in
-            var got = 0
-            while got < netHeaderSize {
-                let s = segments[seg]
-                let n = min(netHeaderSize &- got, s.length &- off)
-                (buf.baseAddress! + got).copyMemory(from: s.host + off, byteCount: n)
-                got &+= n
-                off &+= n
-                if off == s.length { seg &+= 1; off = 0 }
+        // The header: read in place when the first piece holds it (the usual case), else
+        // gathered into a local (it may straddle pieces).
+        let hdr: VirtioNetHeader
+        let first = segments[seg]
+        if netHeaderSize == VirtioNetHeader.size && first.length >= VirtioNetHeader.size {
+            hdr = VirtioNetHeader(loadingFrom: UnsafeRawPointer(first.host))
+            off = VirtioNetHeader.size
+            if off == first.length { seg &+= 1; off = 0 }
+        } else {
+            var raw: (UInt64, UInt32) = (0, 0)
+            hdr = withUnsafeMutableBytes(of: &raw) { buf in
+                var got = 0
+                while got < netHeaderSize {
+                    let s = segments[seg]
+                    let n = min(netHeaderSize &- got, s.length &- off)
+                    (buf.baseAddress! + got).copyMemory(from: s.host + off, byteCount: n)
+                    got &+= n
+                    off &+= n
+                    if off == s.length { seg &+= 1; off = 0 }
+                }
+                return VirtioNetHeader(loadingFrom: UnsafeRawPointer(buf.baseAddress!))
             }
-            return VirtioNetHeader(loadingFrom: UnsafeRawPointer(buf.baseAddress!))
         }
         var header = hdr
         if netHeaderSize < 12 { header.numBuffers = 0 }
@@ -214,11 +223,13 @@ extension VirtqueueDevice {
         m.dataLength = UInt16(truncatingIfNeeded: filled)
         head.packetLength = UInt32(truncatingIfNeeded: total)
         head.segmentCount = segmentCount
-        var flags: MbufOffload = .vnetHeaderValid
-        if header.flags & VirtioNetHeader.flagNeedsCsum != 0 { flags.insert(.needsChecksum) }
-        if header.flags & VirtioNetHeader.flagDataValid != 0 { flags.insert(.dataValid) }
-        if header.gsoType != VirtioNetHeader.gsoNone { flags.insert(.gso) }
-        head.offload = flags
+        // MbufOffload bits spelled as literals: the library's static lets are not inlinable and
+        // would cost a global accessor call per packet.
+        var flags: UInt64 = 1 << 0 // vnetHeaderValid
+        if header.flags & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
+        if header.flags & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
+        if header.gsoType != 0 { flags |= 1 << 3 }   // gso
+        head.offload = MbufOffload(rawValue: flags)
         head.vnetHeader = header
         return true
     }

@@ -190,14 +190,23 @@ extension VirtqueueDevice {
             let (first, chainCount) = packetChains[p]
             if chainCount == 0 { continue }
             let m = packets[p]
-            var header = m.offload.contains(.vnetHeaderValid) ? m.vnetHeader : VirtioNetHeader()
+            var header = m.offload.rawValue & 1 != 0 ? m.vnetHeader : VirtioNetHeader() // vnetHeaderValid
             header.numBuffers = options.mergeableRxBuffers ? UInt16(truncatingIfNeeded: chainCount) : 1
-            var s = ScatterCursor(chain: Int(first), endChain: Int(first + chainCount),
-                                  seg: Int(chains[Int(first)].segmentStart))
-            var raw: (UInt64, UInt32) = (0, 0)
-            withUnsafeMutableBytes(of: &raw) { header.store(to: $0.baseAddress!) }
+            let fc = Int(first)
+            var s = ScatterCursor(chain: fc, endChain: fc &+ Int(chainCount), seg: Int(chains[fc].segmentStart))
             let hs = netHeaderSize
-            _ = withUnsafeBytes(of: &raw) { s.put(self, $0.baseAddress!, hs) }
+            let hasPiece = chains[fc].segmentEnd > chains[fc].segmentStart
+            let firstPiece = hasPiece ? segments[s.seg] : Segment(host: UnsafeMutableRawPointer(bitPattern: 1)!, length: 0)
+            if hs == VirtioNetHeader.size && firstPiece.length >= hs {
+                // The usual case: the header goes straight into the first piece.
+                header.store(to: firstPiece.host)
+                chains[fc].usedLength &+= UInt32(hs)
+                if firstPiece.length == hs { s.seg &+= 1 } else { s.off = hs }
+            } else {
+                var raw: (UInt64, UInt32) = (0, 0)
+                withUnsafeMutableBytes(of: &raw) { header.store(to: $0.baseAddress!) }
+                _ = withUnsafeBytes(of: &raw) { s.put(self, $0.baseAddress!, hs) }
+            }
             var seg = m
             var total = 0
             while true {
