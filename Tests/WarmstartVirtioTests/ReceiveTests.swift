@@ -125,6 +125,8 @@ final class ReceiveTests: XCTestCase {
         postRX(fx, count: size, size: 2048)
         var sent = 0
         var got = 0
+        var flips = 0
+        var lastWrap = fx.device.usedWrapCounter
         let pk = fx.makeHostPacket(length: 3000, seed: 0) // 2 buffers each
         let small = fx.makeHostPacket(length: 200, seed: 7)
         while got < 10 * size {
@@ -137,7 +139,9 @@ final class ReceiveTests: XCTestCase {
                 XCTAssertNotNil(fx.driver.addRX(addr: fx.rxAddress(Int(c.token), size: 2048), len: 2048, token: c.token))
             }
             fx.driver.publish()
+            if fx.device.usedWrapCounter != lastWrap { flips += 1; lastWrap = fx.device.usedWrapCounter }
         }
+        if layout == .packed { XCTAssertGreaterThanOrEqual(flips, 9) }
         XCTAssertEqual(fx.device.counters.dropped, 0)
         XCTAssertEqual(fx.device.counters.packets, UInt64(sent))
         fx.hostPool.free(pk)
