@@ -182,3 +182,57 @@ final class TransmitTests: XCTestCase {
         }
     }
 }
+
+/// Legacy 10-byte header (no VERSION_1, no MRG_RXBUF) and a per-thread MbufCache as the source.
+final class HeaderAndSourceTests: XCTestCase {
+    func testLegacyHeaderBothWays() throws {
+        for layout in [VirtqueueLayout.split, .packed] {
+            let fx = try Fixture(layout: layout, features: [])
+            XCTAssertEqual(fx.device.netHeaderSize, 10)
+            var h = VirtioNetHeader()
+            h.flags = VirtioNetHeader.flagNeedsCsum
+            h.csumStart = 14
+            h.csumOffset = 6
+            fx.postTX(length: 300, seed: 3, header: h)
+            fx.driver.publish()
+            let got = fx.dequeue()
+            XCTAssertEqual(got.count, 1)
+            XCTAssertEqual(got.first?.vnetHeader, h)
+            XCTAssertEqual(fx.bytes(of: got[0], pool: fx.hostPool), Fixture.expected(length: 300, seed: 3))
+            // And back: 10 header bytes, then the data.
+            fx.driver.addRX(addr: fx.rxAddress(0, size: 2048), len: 2048, token: 0)
+            fx.driver.publish()
+            XCTAssertEqual(got.withUnsafeBufferPointer { fx.device.enqueueBurst(pool: fx.hostPool, $0.baseAddress!, count: 1) }, 1)
+            let n = fx.driver.reap(fx.completions, max: 8)
+            XCTAssertEqual(n, 2)
+            XCTAssertEqual(fx.completions[1].length, 310)
+            let p = fx.host(fx.rxAddress(0, size: 2048), 310)
+            XCTAssertEqual(p.load(as: UInt8.self), VirtioNetHeader.flagNeedsCsum)
+            XCTAssertEqual(Array(UnsafeRawBufferPointer(start: p + 10, count: 300)), Fixture.expected(length: 300, seed: 3))
+            got.forEach { fx.hostPool.free($0) }
+        }
+    }
+
+    func testMbufCacheSource() throws {
+        for layout in [VirtqueueLayout.split, .packed] {
+            let fx = try Fixture(layout: layout)
+            let cache = MbufCache(pool: fx.hostPool, size: 64)
+            for i in 0..<40 { fx.postTX(length: 64 + i * 100, seed: UInt8(i)) }
+            fx.driver.publish()
+            var seen = 0
+            while seen < 40 {
+                let n = fx.device.dequeueBurst(pool: cache, into: fx.out, maxCount: 32)
+                XCTAssertGreaterThan(n, 0)
+                for k in 0..<n {
+                    XCTAssertEqual(fx.bytes(of: fx.out[k], pool: fx.hostPool),
+                                   Fixture.expected(length: 64 + (seen + k) * 100, seed: UInt8(seen + k)))
+                }
+                cache.freeBulk(fx.out, count: n)
+                seen += n
+            }
+            cache.flush()
+            XCTAssertEqual(fx.hostPool.inUseCount, 0)
+            XCTAssertEqual(fx.reapTX().count, 40)
+        }
+    }
+}
