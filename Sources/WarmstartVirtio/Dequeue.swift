@@ -7,6 +7,9 @@ import WarmstartPools
 // descriptors), then data, chaining mbufs when a frame outgrows one data room; (3) return every
 // consumed chain to the used ring with len 0 and publish once.
 
+/// `MbufLayout.noNext`, spelled here so the hot loops need no cross-module global.
+@usableFromInline let mbufNoNext: UInt32 = 0xFFFF_FFFF
+
 /// Longest frame accepted from a guest: a 64 KiB GSO frame plus link headers.
 public let virtioMaxPacketLength = 65_536 + 32
 
@@ -186,8 +189,14 @@ extension VirtqueueDevice {
         var segmentCount: UInt16 = 1
         var left = total
         m.dataLength = 0
-        m.nextIndex = MbufLayout.noNext
+        m.nextIndex = mbufNoNext
         let end = Int(c.segmentEnd)
+        if end == seg &+ 1 && total <= room {
+            // Fast path: the data is one piece and fits the head mbuf.
+            dst.copyMemory(from: segments[seg].host + off, byteCount: total)
+            filled = total
+            left = 0
+        }
         while left > 0 && seg < end {
             let s = segments[seg]
             var avail = s.length &- off
@@ -200,7 +209,7 @@ extension VirtqueueDevice {
                         return false
                     }
                     next.dataLength = 0
-                    next.nextIndex = MbufLayout.noNext
+                    next.nextIndex = mbufNoNext
                     m.nextIndex = next.index
                     m = next
                     segmentCount &+= 1

@@ -209,9 +209,18 @@ extension VirtqueueDevice {
             }
             var seg = m
             var total = 0
+            let dataLength = Int(m.dataLength)
+            if s.chain == fc && s.seg == Int(chains[fc].segmentStart) && s.off == hs && m.nextIndex == mbufNoNext && firstPiece.length &- hs >= dataLength {
+                // Fast path: one mbuf segment into the rest of the first piece.
+                (firstPiece.host + hs).copyMemory(from: m.data, byteCount: dataLength)
+                chains[fc].usedLength &+= UInt32(truncatingIfNeeded: dataLength)
+                st.pointee.packets &+= 1
+                st.pointee.bytes &+= UInt64(dataLength)
+                continue
+            }
             while true {
                 total &+= s.put(self, UnsafeRawPointer(seg.data), Int(seg.dataLength))
-                if seg.nextIndex == MbufLayout.noNext { break }
+                if seg.nextIndex == mbufNoNext { break }
                 guard let next = pool.nextSegment(of: seg) else { break }
                 seg = next
             }
