@@ -1,0 +1,278 @@
+import WarmstartPools
+
+// Guest TX → mbufs (the device reads driver-written buffers, §2.6.8 / §2.7.8, §5.1.6.2).
+//
+// Three phases per burst: (1) walk up to a burst of chains, collecting host pieces into the
+// per-queue scratch; (2) take head mbufs in bulk and copy — header first (it may be split across
+// descriptors), then data, chaining mbufs when a frame outgrows one data room; (3) return every
+// consumed chain to the used ring with len 0 and publish once.
+
+/// `MbufLayout.noNext`, spelled here so the hot loops need no cross-module global.
+@usableFromInline let mbufNoNext: UInt32 = 0xFFFF_FFFF
+
+/// Longest frame accepted from a guest: a 64 KiB GSO frame plus link headers.
+public let virtioMaxPacketLength = 65_536 + 32
+
+extension VirtqueueDevice {
+    /// Takes up to `maxCount` packets the guest transmitted, as mbufs (chained for large frames)
+    /// with their virtio-net header in `vnetHeader`. Bad chains are dropped, returned to the
+    /// guest, and counted. Returns how many mbufs were written to `out`.
+    public func dequeueBurst(pool: MbufSource, into out: UnsafeMutablePointer<Mbuf>, maxCount: Int) -> Int {
+        if st.pointee.broken || maxCount <= 0 { return 0 }
+        let want = min(maxCount, options.burstSize)
+        switch layout {
+        case .split: return dequeueSplit(split.unsafelyUnwrapped, pool, out, want)
+        case .packed: return dequeuePacked(packed.unsafelyUnwrapped, pool, out, want)
+        }
+    }
+
+    func dequeueSplit(_ ring: SplitRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        let availIndex = ring.loadAvailIndex()
+        let pending = Int(availIndex &- lastAvailIndex)
+        if pending > size {
+            markBroken(.availIndexTooFarAhead(availIndex: availIndex, lastAvailIndex: lastAvailIndex))
+            return 0
+        }
+        var n = min(pending, want)
+        if n == 0 { return 0 }
+        // Phase 1: walk.
+        var cursor = 0
+        var walked = 0
+        while walked < n {
+            let head = ring.availEntry(lastAvailIndex &+ UInt16(truncatingIfNeeded: walked))
+            var info = ChainInfo()
+            if Int(head) >= size {
+                info.id = head
+                info.error = Int8(ChainError.indexOutOfRange.rawValue)
+            } else {
+                walkSplit(ring: ring, head: head, writable: false, cursor: &cursor, info: &info)
+                if info.error == Int8(ChainError.tooFragmented.rawValue) && walked > 0 { break } // next burst
+            }
+            checkHeader(&info, &cursor)
+            chains[walked] = info
+            walked &+= 1
+        }
+        n = walked
+        // Phase 2: copy.
+        let (consumed, produced) = copyOut(pool, out, n)
+        // Phase 3: used ring, once. Chains whose head index was out of range have no id to return.
+        var used = lastUsedIndex
+        for k in 0..<consumed {
+            let c = chains[k]
+            if c.error == Int8(ChainError.indexOutOfRange.rawValue) && Int(c.id) >= size { continue }
+            ring.setUsedElement(used, id: UInt32(c.id), len: 0)
+            used &+= 1
+        }
+        lastAvailIndex &+= UInt16(truncatingIfNeeded: consumed)
+        if used != lastUsedIndex {
+            ring.storeUsedIndex(used)
+            lastUsedIndex = used
+        }
+        if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
+        return produced
+    }
+
+    func dequeuePacked(_ ring: PackedRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        var slot = Int(lastAvailIndex)
+        var wrap = availWrapCounter
+        var cursor = 0
+        var walked = 0
+        while walked < want {
+            let f = ring.loadFlags(slot)
+            if !PackedRing.isAvailable(f, wrap: wrap) { break }
+            var info = ChainInfo()
+            let start = cursor
+            if !walkPacked(ring: ring, slot: slot, firstFlags: f, writable: false, cursor: &cursor, info: &info) {
+                markBroken(.packedChainEndless(slot: slot))
+                cursor = start
+                break
+            }
+            if info.error == Int8(ChainError.tooFragmented.rawValue) && walked > 0 { break }
+            checkHeader(&info, &cursor)
+            chains[walked] = info
+            walked &+= 1
+            slot &+= Int(info.descriptorCount)
+            if slot >= size { slot &-= size; wrap.toggle() }
+        }
+        if walked == 0 { return 0 }
+        let (consumed, produced) = copyOut(pool, out, walked)
+        publishPackedUsed(ring, consumed, advanceAvail: true)
+        return produced
+    }
+
+    /// Refuses a good chain too short for the net header (before any subtraction), and one too long.
+    @inline(__always)
+    func checkHeader(_ info: inout ChainInfo, _ cursor: inout Int) {
+        if info.error >= 0 { count(ChainError(rawValue: Int(info.error))!); return }
+        if info.capacity < netHeaderSize {
+            fail(&info, .headerTooShort, &cursor)
+            count(.headerTooShort)
+        } else if info.capacity - netHeaderSize > virtioMaxPacketLength {
+            fail(&info, .packetTooLong, &cursor)
+            count(.packetTooLong)
+        }
+    }
+
+    /// Copies the walked chains `0..<n` into mbufs. Returns how many chains were consumed (a
+    /// shortage of mbufs stops early, leaving the rest in the ring) and how many mbufs produced.
+    func copyOut(_ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ n: Int) -> (Int, Int) {
+        var good = 0
+        for k in 0..<n where chains[k].error < 0 { good &+= 1 }
+        var bulk = good > 0 && pool.allocBulk(mbufs, count: good)
+        var taken = 0
+        var produced = 0
+        var k = 0
+        while k < n {
+            let c = chains[k]
+            if c.error >= 0 { k &+= 1; continue }
+            let head: Mbuf
+            if bulk {
+                head = mbufs[taken]
+                taken &+= 1
+            } else if let m = pool.alloc() {
+                head = m
+            } else {
+                st.pointee.allocFailures &+= 1
+                bulk = false
+                return (k, produced)
+            }
+            if copyChain(c, into: head, pool) {
+                out[produced] = head
+                produced &+= 1
+                st.pointee.packets &+= 1
+                st.pointee.bytes &+= UInt64(c.capacity &- netHeaderSize)
+            } else {
+                pool.free(head)
+                st.pointee.allocFailures &+= 1
+                st.pointee.dropped &+= 1
+            }
+            k &+= 1
+        }
+        return (n, produced)
+    }
+
+    /// Header then data, from the chain's pieces into `head` (+ segments as needed).
+    @inline(__always)
+    func copyChain(_ c: ChainInfo, into head: Mbuf, _ pool: MbufSource) -> Bool {
+        var seg = Int(c.segmentStart)
+        var off = 0
+        // The header: read in place when the first piece holds it (the usual case), else
+        // gathered into a local (it may straddle pieces).
+        let hdr: VirtioNetHeader
+        let first = segments[seg]
+        if netHeaderSize == VirtioNetHeader.size && first.length >= VirtioNetHeader.size {
+            hdr = VirtioNetHeader(loadingFrom: UnsafeRawPointer(first.host))
+            off = VirtioNetHeader.size
+            if off == first.length { seg &+= 1; off = 0 }
+        } else {
+            var raw: (UInt64, UInt32) = (0, 0)
+            hdr = withUnsafeMutableBytes(of: &raw) { buf in
+                var got = 0
+                while got < netHeaderSize {
+                    let s = segments[seg]
+                    let n = min(netHeaderSize &- got, s.length &- off)
+                    (buf.baseAddress! + got).copyMemory(from: s.host + off, byteCount: n)
+                    got &+= n
+                    off &+= n
+                    if off == s.length { seg &+= 1; off = 0 }
+                }
+                return VirtioNetHeader(loadingFrom: UnsafeRawPointer(buf.baseAddress!))
+            }
+        }
+        var header = hdr
+        if netHeaderSize < 12 { header.numBuffers = 0 }
+        let total = c.capacity &- netHeaderSize
+        var m = head
+        var dst = m.data
+        var room = m.tailroom
+        var filled = 0
+        var segmentCount: UInt16 = 1
+        var left = total
+        m.dataLength = 0
+        m.nextIndex = mbufNoNext
+        let end = Int(c.segmentEnd)
+        if end == seg &+ 1 && total <= room {
+            // Fast path: the data is one piece and fits the head mbuf.
+            dst.copyMemory(from: segments[seg].host + off, byteCount: total)
+            filled = total
+            left = 0
+        }
+        while left > 0 && seg < end {
+            let s = segments[seg]
+            var avail = s.length &- off
+            var src = s.host + off
+            while avail > 0 {
+                if room == 0 {
+                    m.dataLength = UInt16(truncatingIfNeeded: filled)
+                    guard let next = pool.alloc() else {
+                        head.segmentCount = segmentCount
+                        return false
+                    }
+                    next.dataLength = 0
+                    next.nextIndex = mbufNoNext
+                    m.nextIndex = next.index
+                    m = next
+                    segmentCount &+= 1
+                    dst = m.data
+                    room = m.tailroom
+                    filled = 0
+                }
+                let n = min(avail, room)
+                dst.copyMemory(from: src, byteCount: n)
+                dst += n
+                src += n
+                room &-= n
+                filled &+= n
+                avail &-= n
+                left &-= n
+            }
+            seg &+= 1
+            off = 0
+        }
+        m.dataLength = UInt16(truncatingIfNeeded: filled)
+        head.packetLength = UInt32(truncatingIfNeeded: total)
+        head.segmentCount = segmentCount
+        // MbufOffload bits spelled as literals: the library's static lets are not inlinable and
+        // would cost a global accessor call per packet.
+        var flags: UInt64 = 1 << 0 // vnetHeaderValid
+        if header.flags & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
+        if header.flags & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
+        if header.gsoType != 0 { flags |= 1 << 3 }   // gso
+        head.offload = MbufOffload(rawValue: flags)
+        head.vnetHeader = header
+        return true
+    }
+
+    /// Writes the used descriptors of chains `0..<n` (packed, §2.7.8) — ids and lengths first, the
+    /// first descriptor's flags last with release, so the driver sees the burst at once — and
+    /// moves the avail position past them when `advanceAvail`.
+    func publishPackedUsed(_ ring: PackedRing, _ n: Int, advanceAvail: Bool) {
+        if n == 0 { return }
+        var slot = Int(lastUsedIndex)
+        var wrap = usedWrapCounter
+        let firstSlot = slot
+        let firstFlags = PackedRing.usedFlags(wrap: wrap)
+        for k in 0..<n {
+            let c = chains[k]
+            ring.setUsedBody(slot, id: c.id, len: c.usedLength)
+            if k > 0 { ring.storeFlags(slot, PackedRing.usedFlags(wrap: wrap)) }
+            slot &+= Int(c.descriptorCount)
+            if slot >= size { slot &-= size; wrap.toggle() }
+        }
+        ring.storeFlags(firstSlot, firstFlags)
+        lastUsedIndex = UInt16(truncatingIfNeeded: slot)
+        usedWrapCounter = wrap
+        if advanceAvail {
+            // The same chains, in the same order, leave the avail side (in-flight chains handed
+            // over by a hot upgrade may keep the two positions apart).
+            var a = Int(lastAvailIndex)
+            var aw = availWrapCounter
+            for k in 0..<n {
+                a &+= Int(chains[k].descriptorCount)
+                if a >= size { a &-= size; aw.toggle() }
+            }
+            lastAvailIndex = UInt16(truncatingIfNeeded: a)
+            availWrapCounter = aw
+        }
+    }
+}

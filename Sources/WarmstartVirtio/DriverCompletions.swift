@@ -1,0 +1,178 @@
+import CWarmstartShim
+import WarmstartPools
+
+// Driver side, continued: used buffers (§2.6.14, §2.7.14), notifications (§2.6.10, §2.7.10) and
+// the packet helpers the mock driver and a virtio-user frontend use.
+
+extension DriverQueue {
+    /// Takes up to `max` completed chains. A device-returned id the driver did not post (out of
+    /// range or not in flight) is reported with token `UInt64.max` and frees nothing.
+    public func reap(_ out: UnsafeMutablePointer<DriverCompletion>, max: Int) -> Int {
+        var n = 0
+        switch layout {
+        case .split:
+            let ring = split.unsafelyUnwrapped
+            let usedIndex = ring.loadUsedIndex()
+            while n < max && lastUsedSeen != usedIndex {
+                let (id32, len) = ring.usedElement(lastUsedSeen)
+                lastUsedSeen &+= 1
+                let id = Int(id32)
+                if id < size && inUse[id] {
+                    out[n] = DriverCompletion(token: tokens[id], length: len, id: UInt16(id))
+                    inUse[id] = false
+                    let tail = Int(chainTail[id])
+                    shadowNext[tail] = UInt16(truncatingIfNeeded: freeHead)
+                    freeHead = id
+                    numFree += Int(chainLength[id])
+                } else {
+                    out[n] = DriverCompletion(token: .max, length: len, id: UInt16(truncatingIfNeeded: id32))
+                }
+                n += 1
+            }
+        case .packed:
+            let ring = packed.unsafelyUnwrapped
+            while n < max {
+                let f = ring.loadFlags(nextUsed)
+                if !PackedRing.isUsed(f, wrap: usedWrap) { break }
+                let d = ring.descriptor(nextUsed, flags: f)
+                let id = Int(d.id)
+                var advance = 1
+                if id < size && inUse[id] {
+                    out[n] = DriverCompletion(token: tokens[id], length: d.len, id: d.id)
+                    inUse[id] = false
+                    advance = Int(chainLength[id])
+                    freeIDs[freeIDCount] = d.id
+                    freeIDCount += 1
+                    numFree += advance
+                } else {
+                    out[n] = DriverCompletion(token: .max, length: d.len, id: d.id)
+                }
+                nextUsed += advance
+                if nextUsed >= size { nextUsed -= size; usedWrap.toggle() }
+                n += 1
+            }
+        }
+        return n
+    }
+
+    /// After `publish()`: whether the device wants a kick (§2.6.10.1 / §2.7.10.1). Covers
+    /// everything published since the previous call.
+    public func needsKick() -> Bool {
+        ws_fence_seq_cst()
+        switch layout {
+        case .split:
+            let ring = split.unsafelyUnwrapped
+            let old = kickedAvail
+            let new = availShadow
+            kickedAvail = new
+            if old == new { return false }
+            if options.eventIndex { return virqNeedEventDriver(ring.availEvent, new, old) }
+            return ring.usedFlags & SplitRing.usedNoNotify == 0
+        case .packed:
+            let ring = packed.unsafelyUnwrapped
+            let (offWrap, flags) = PackedRing.loadEvent(ring.deviceEvent)
+            let new = nextAvail
+            var old = kickedSlot
+            let moved = kickedSlot != nextAvail || kickedWrap != availWrap
+            kickedSlot = nextAvail
+            kickedWrap = availWrap
+            if !moved || flags == PackedRing.eventFlagsDisable { return false }
+            if flags == PackedRing.eventFlagsDesc && options.eventIndex {
+                if new <= old { old -= size }
+                var off = Int(offWrap & 0x7FFF)
+                if (offWrap >> 15 != 0) != availWrap { off -= size }
+                return virqNeedEventDriver(UInt16(truncatingIfNeeded: off), UInt16(truncatingIfNeeded: new),
+                                           UInt16(truncatingIfNeeded: old))
+            }
+            return true
+        }
+    }
+
+    @inline(__always)
+    func virqNeedEventDriver(_ e: UInt16, _ n: UInt16, _ o: UInt16) -> Bool { virtqNeedEvent(event: e, new: n, old: o) }
+
+    /// Asks for a used-buffer notification once `count` more chains have been used (EVENT_IDX:
+    /// used_event / desc mode), or for every one (`count` 1 without EVENT_IDX).
+    public func requestCall(afterUsed count: Int = 1) {
+        switch layout {
+        case .split:
+            let ring = split.unsafelyUnwrapped
+            if options.eventIndex { ring.usedEvent = lastUsedSeen &+ UInt16(truncatingIfNeeded: count - 1) }
+            ring.availFlags = 0
+        case .packed:
+            let ring = packed.unsafelyUnwrapped
+            if options.eventIndex {
+                var slot = nextUsed + count - 1
+                var w = usedWrap
+                while slot >= size { slot -= size; w.toggle() }
+                PackedRing.storeEvent(ring.driverEvent, offWrap: UInt16(slot) | (w ? 0x8000 : 0),
+                                      flags: PackedRing.eventFlagsDesc)
+            } else {
+                PackedRing.storeEvent(ring.driverEvent, offWrap: 0, flags: PackedRing.eventFlagsEnable)
+            }
+        }
+        ws_fence_seq_cst()
+    }
+
+    /// Asks for no used-buffer notifications (the driver polls).
+    public func disableCalls() {
+        switch layout {
+        case .split: split.unsafelyUnwrapped.availFlags = SplitRing.availNoInterrupt
+        case .packed:
+            PackedRing.storeEvent(packed.unsafelyUnwrapped.driverEvent, offWrap: 0, flags: PackedRing.eventFlagsDisable)
+        }
+    }
+
+    // MARK: packets
+
+    /// Posts a TX packet: the virtio-net header is written into the mbuf's headroom, in front of
+    /// the data, so header and first segment are one descriptor; one descriptor per further
+    /// segment. The mbufs must lie in guest memory (`memory`). Token is the head mbuf's index.
+    @discardableResult
+    public func addTX(_ m: Mbuf, pool: MbufSource, memory: GuestMemoryMap,
+                      scratch: UnsafeMutablePointer<DriverBuffer>, scratchCapacity: Int) -> UInt16? {
+        let hs = options.netHeaderSize
+        guard m.headroom >= hs else { return nil }
+        var header = m.offload.contains(.vnetHeaderValid) ? m.vnetHeader : VirtioNetHeader()
+        header.numBuffers = 0
+        var raw: (UInt64, UInt32) = (0, 0)
+        withUnsafeMutableBytes(of: &raw) { header.store(to: $0.baseAddress!) }
+        let start = m.data - hs
+        withUnsafeBytes(of: &raw) { start.copyMemory(from: $0.baseAddress!, byteCount: hs) }
+        guard let g = memory.guestAddress(of: start, length: hs + Int(m.dataLength)) else { return nil }
+        scratch[0] = DriverBuffer(addr: g, len: UInt32(hs + Int(m.dataLength)), writable: false)
+        var n = 1
+        var s = m
+        while s.nextIndex != MbufLayout.noNext, let next = pool.nextSegment(of: s) {
+            s = next
+            guard n < scratchCapacity,
+                  let ga = memory.guestAddress(of: s.data, length: max(Int(s.dataLength), 1)) else { return nil }
+            scratch[n] = DriverBuffer(addr: ga, len: UInt32(s.dataLength), writable: false)
+            n += 1
+        }
+        return add(scratch, count: n, token: UInt64(m.index))
+    }
+
+    /// Posts one device-writable receive buffer.
+    @discardableResult
+    public func addRX(addr: UInt64, len: UInt32, token: UInt64) -> UInt16? {
+        var b = DriverBuffer(addr: addr, len: len, writable: true)
+        return add(&b, count: 1, token: token)
+    }
+
+    // MARK: test hooks (hostile drivers)
+
+    /// Split: puts a raw head index in the avail ring (no bookkeeping); visible after `publish()`.
+    public func postRawHead(_ head: UInt16) {
+        split.unsafelyUnwrapped.setAvailEntry(availShadow, head)
+        availShadow &+= 1
+    }
+
+    /// Split: publishes an arbitrary avail idx.
+    public func publishRawAvailIndex(_ idx: UInt16) { split.unsafelyUnwrapped.storeAvailIndex(idx) }
+
+    /// The avail index (split shadow) / next avail slot (packed) and wrap counter.
+    public var availPosition: (index: Int, wrap: Bool) {
+        layout == .split ? (Int(availShadow), true) : (nextAvail, availWrap)
+    }
+}

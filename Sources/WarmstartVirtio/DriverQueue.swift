@@ -1,0 +1,277 @@
+import CWarmstartShim
+import WarmstartPools
+
+/// One buffer a driver posts: guest address, length, and whether the device may write it.
+@frozen
+public struct DriverBuffer: Sendable, Equatable {
+    public var addr: UInt64
+    public var len: UInt32
+    public var writable: Bool
+    @inlinable public init(addr: UInt64, len: UInt32, writable: Bool) {
+        self.addr = addr; self.len = len; self.writable = writable
+    }
+}
+
+/// A completed buffer: the token given when it was posted and the used length.
+@frozen
+public struct DriverCompletion: Sendable, Equatable {
+    public var token: UInt64
+    public var length: UInt32
+    /// The id the device returned (head index / buffer id).
+    public var id: UInt16
+}
+
+/// The driver side of one virtqueue (§2.6.13 / §2.7.13 "supplying buffers", §2.6.14 / §2.7.14
+/// "receiving used buffers"): what a virtio-user frontend and the in-process mock driver run.
+/// Rings are laid out inside a host buffer the caller owns, whose guest address is given, so a
+/// frontend can place them in its own shared regions.
+///
+/// Driver bookkeeping (free descriptors, chain lengths, tokens) lives in private memory, never in
+/// the rings: a device that scribbles on the rings cannot corrupt it.
+public final class DriverQueue {
+    public let layout: VirtqueueLayout
+    public let size: Int
+    public let options: VirtqueueOptions
+    public let split: SplitRing?
+    public let packed: PackedRing?
+    /// Guest addresses of the three areas (split: desc/avail/used; packed: desc/driver/device event).
+    public let descAddress: UInt64
+    public let driverAreaAddress: UInt64
+    public let deviceAreaAddress: UInt64
+
+    /// Mutable state behind a pointer (no dynamic exclusivity checks; see VirtqueueDevice.State).
+    struct State {
+        // Split.
+        var freeHead = 0
+        var availShadow: UInt16 = 0
+        var kickedAvail: UInt16 = 0
+        var lastUsedSeen: UInt16 = 0
+        // Packed.
+        var nextAvail = 0
+        var availWrap = true
+        var nextUsed = 0
+        var usedWrap = true
+        var kickedSlot = 0
+        var kickedWrap = true
+        var freeIDCount = 0
+        /// First descriptor of the batch not yet published: its flags are written by `publish()`.
+        var pendingSlot = -1
+        var pendingFlags: UInt16 = 0
+        // Both.
+        var numFree = 0
+    }
+    let st: UnsafeMutablePointer<State>
+    var freeHead: Int { get { st.pointee.freeHead } set { st.pointee.freeHead = newValue } }
+    var availShadow: UInt16 { get { st.pointee.availShadow } set { st.pointee.availShadow = newValue } }
+    var kickedAvail: UInt16 { get { st.pointee.kickedAvail } set { st.pointee.kickedAvail = newValue } }
+    var lastUsedSeen: UInt16 { get { st.pointee.lastUsedSeen } set { st.pointee.lastUsedSeen = newValue } }
+    var nextAvail: Int { get { st.pointee.nextAvail } set { st.pointee.nextAvail = newValue } }
+    var availWrap: Bool { get { st.pointee.availWrap } set { st.pointee.availWrap = newValue } }
+    var nextUsed: Int { get { st.pointee.nextUsed } set { st.pointee.nextUsed = newValue } }
+    var usedWrap: Bool { get { st.pointee.usedWrap } set { st.pointee.usedWrap = newValue } }
+    var kickedSlot: Int { get { st.pointee.kickedSlot } set { st.pointee.kickedSlot = newValue } }
+    var kickedWrap: Bool { get { st.pointee.kickedWrap } set { st.pointee.kickedWrap = newValue } }
+    var freeIDCount: Int { get { st.pointee.freeIDCount } set { st.pointee.freeIDCount = newValue } }
+    var pendingSlot: Int { get { st.pointee.pendingSlot } set { st.pointee.pendingSlot = newValue } }
+    var pendingFlags: UInt16 { get { st.pointee.pendingFlags } set { st.pointee.pendingFlags = newValue } }
+    /// Descriptors (split) / ring slots (packed) free for new chains.
+    public internal(set) var numFree: Int { get { st.pointee.numFree } set { st.pointee.numFree = newValue } }
+    /// Private "next" links: the free list and each chain's order.
+    let shadowNext: UnsafeMutablePointer<UInt16>
+    let freeIDs: UnsafeMutablePointer<UInt16>
+    let tokens: UnsafeMutablePointer<UInt64>
+    let chainLength: UnsafeMutablePointer<UInt16>
+    let chainTail: UnsafeMutablePointer<UInt16>
+    let inUse: UnsafeMutablePointer<Bool>
+
+    /// Bytes the rings of `layout` and `size` need (areas 16/2/4-aligned, 16-byte aligned start).
+    public static func ringBytes(layout: VirtqueueLayout, size: Int) -> Int {
+        switch layout {
+        case .split:
+            let usedOffset = (SplitRing.descriptorTableBytes(size: size) + SplitRing.availBytes(size: size) + 3) & ~3
+            return usedOffset + SplitRing.usedBytes(size: size)
+        case .packed:
+            return PackedRing.descriptorRingBytes(size: size) + 2 * PackedRing.eventSuppressionBytes
+        }
+    }
+
+    /// Lays the rings out at `host` (guest address `guest`), zeroed.
+    public init(layout: VirtqueueLayout, size: Int, host: UnsafeMutableRawPointer, guest: UInt64,
+                length: Int, options: VirtqueueOptions) throws {
+        let need = Self.ringBytes(layout: layout, size: size)
+        guard layout == .split ? SplitRing.isValidSize(size) : PackedRing.isValidSize(size) else {
+            throw VirtqueueError.invalidSize(size, layout: layout)
+        }
+        guard length >= need else { throw VirtqueueError.bufferTooSmall(needed: need, available: length) }
+        guard guest & 15 == 0, UInt(bitPattern: host) & 15 == 0 else {
+            throw VirtqueueError.misaligned(area: "ring buffer", address: guest, alignment: 16)
+        }
+        host.initializeMemory(as: UInt8.self, repeating: 0, count: need)
+        self.layout = layout
+        self.size = size
+        self.options = options
+        let d = 16 * size
+        switch layout {
+        case .split:
+            let usedOffset = (d + SplitRing.availBytes(size: size) + 3) & ~3
+            split = try SplitRing(size: size, desc: host, avail: host + d, used: host + usedOffset)
+            packed = nil
+            descAddress = guest
+            driverAreaAddress = guest + UInt64(d)
+            deviceAreaAddress = guest + UInt64(usedOffset)
+        case .packed:
+            packed = try PackedRing(size: size, desc: host, driverEvent: host + d, deviceEvent: host + d + 4)
+            split = nil
+            descAddress = guest
+            driverAreaAddress = guest + UInt64(d)
+            deviceAreaAddress = guest + UInt64(d + 4)
+        }
+        st = .allocate(capacity: 1)
+        var initial = State()
+        initial.numFree = size
+        initial.freeIDCount = size
+        st.initialize(to: initial)
+        shadowNext = .allocate(capacity: size)
+        for i in 0..<size { shadowNext[i] = UInt16(truncatingIfNeeded: i + 1) }
+        freeIDs = .allocate(capacity: size)
+        for i in 0..<size { freeIDs[i] = UInt16(truncatingIfNeeded: size - 1 - i) }
+        tokens = .allocate(capacity: size)
+        tokens.initialize(repeating: 0, count: size)
+        chainLength = .allocate(capacity: size)
+        chainLength.initialize(repeating: 0, count: size)
+        chainTail = .allocate(capacity: size)
+        chainTail.initialize(repeating: 0, count: size)
+        inUse = .allocate(capacity: size)
+        inUse.initialize(repeating: false, count: size)
+    }
+
+    deinit {
+        st.deallocate(); shadowNext.deallocate(); freeIDs.deallocate(); tokens.deallocate()
+        chainLength.deallocate(); chainTail.deallocate(); inUse.deallocate()
+    }
+
+    // MARK: supplying buffers
+
+    /// Adds one chain of `count` buffers (readable ones first). Returns the head index (split) or
+    /// buffer id (packed), or nil when the ring has no room. Visible to the device after `publish()`.
+    @discardableResult
+    public func add(_ buffers: UnsafePointer<DriverBuffer>, count: Int, token: UInt64) -> UInt16? {
+        guard count > 0, count <= numFree else { return nil }
+        switch layout {
+        case .split:
+            let ring = split.unsafelyUnwrapped
+            let head = freeHead
+            var i = head
+            for k in 0..<count {
+                let b = buffers[k]
+                var flags: UInt16 = b.writable ? VirtqDescriptorFlags.write : 0
+                let next = Int(shadowNext[i])
+                if k < count - 1 { flags |= VirtqDescriptorFlags.next }
+                ring.setDescriptor(i, SplitDescriptor(addr: b.addr, len: b.len, flags: flags,
+                                                      next: k < count - 1 ? UInt16(truncatingIfNeeded: next) : 0))
+                if k < count - 1 { i = next }
+            }
+            freeHead = Int(shadowNext[i])
+            numFree -= count
+            finishSplit(ring, head: head, tail: i, count: count, token: token)
+            return UInt16(truncatingIfNeeded: head)
+        case .packed:
+            let ring = packed.unsafelyUnwrapped
+            freeIDCount -= 1
+            let id = freeIDs[freeIDCount]
+            for k in 0..<count {
+                let b = buffers[k]
+                var flags: UInt16 = (b.writable ? VirtqDescriptorFlags.write : 0) | PackedRing.availFlags(wrap: availWrap)
+                if k < count - 1 { flags |= VirtqDescriptorFlags.next }
+                ring.setBody(nextAvail, addr: b.addr, len: b.len, id: id)
+                placePacked(ring, flags)
+            }
+            numFree -= count
+            chainLength[Int(id)] = UInt16(truncatingIfNeeded: count)
+            tokens[Int(id)] = token
+            inUse[Int(id)] = true
+            return id
+        }
+    }
+
+    /// Adds one chain made of a single indirect descriptor pointing at `table` (guest `tableGuest`,
+    /// room for `count` 16-byte entries), which this call fills (§2.6.5.3 / §2.7.7).
+    @discardableResult
+    public func addIndirect(_ buffers: UnsafePointer<DriverBuffer>, count: Int, token: UInt64,
+                            table: UnsafeMutableRawPointer, tableGuest: UInt64) -> UInt16? {
+        guard count > 0, numFree >= 1 else { return nil }
+        for k in 0..<count {
+            let b = buffers[k]
+            let w: UInt16 = b.writable ? VirtqDescriptorFlags.write : 0
+            let p = table + 16 * k
+            if layout == .split {
+                let f = w | (k < count - 1 ? VirtqDescriptorFlags.next : 0)
+                SplitRing.storeDescriptor(p, SplitDescriptor(addr: b.addr, len: b.len, flags: f,
+                                                             next: UInt16(truncatingIfNeeded: k + 1)))
+            } else {
+                p.storeBytes(of: b.addr.littleEndian, as: UInt64.self)
+                p.storeBytes(of: b.len.littleEndian, toByteOffset: 8, as: UInt32.self)
+                p.storeBytes(of: UInt16(0), toByteOffset: 12, as: UInt16.self)
+                p.storeBytes(of: w.littleEndian, toByteOffset: 14, as: UInt16.self)
+            }
+        }
+        let len = UInt32(16 * count)
+        switch layout {
+        case .split:
+            let ring = split.unsafelyUnwrapped
+            let head = freeHead
+            ring.setDescriptor(head, SplitDescriptor(addr: tableGuest, len: len, flags: VirtqDescriptorFlags.indirect, next: 0))
+            freeHead = Int(shadowNext[head])
+            numFree -= 1
+            finishSplit(ring, head: head, tail: head, count: 1, token: token)
+            return UInt16(truncatingIfNeeded: head)
+        case .packed:
+            let ring = packed.unsafelyUnwrapped
+            freeIDCount -= 1
+            let id = freeIDs[freeIDCount]
+            ring.setBody(nextAvail, addr: tableGuest, len: len, id: id)
+            placePacked(ring, VirtqDescriptorFlags.indirect | PackedRing.availFlags(wrap: availWrap))
+            numFree -= 1
+            chainLength[Int(id)] = 1
+            tokens[Int(id)] = token
+            inUse[Int(id)] = true
+            return id
+        }
+    }
+
+    func finishSplit(_ ring: SplitRing, head: Int, tail: Int, count: Int, token: UInt64) {
+        chainLength[head] = UInt16(truncatingIfNeeded: count)
+        chainTail[head] = UInt16(truncatingIfNeeded: tail)
+        tokens[head] = token
+        inUse[head] = true
+        ring.setAvailEntry(availShadow, UInt16(truncatingIfNeeded: head))
+        availShadow &+= 1
+    }
+
+    /// Writes the flags of the descriptor at `nextAvail` — except the first one of a batch, kept
+    /// for `publish()` — and advances (§2.7.21: make the first descriptor available last).
+    @inline(__always)
+    func placePacked(_ ring: PackedRing, _ flags: UInt16) {
+        if pendingSlot < 0 {
+            pendingSlot = nextAvail
+            pendingFlags = flags
+        } else {
+            ring.storeFlags(nextAvail, flags)
+        }
+        nextAvail += 1
+        if nextAvail == size { nextAvail = 0; availWrap.toggle() }
+    }
+
+    /// Makes everything added since the last publish visible to the device (release store of
+    /// avail idx, or of the first pending packed descriptor's flags).
+    public func publish() {
+        switch layout {
+        case .split: split.unsafelyUnwrapped.storeAvailIndex(availShadow)
+        case .packed:
+            if pendingSlot >= 0 {
+                packed.unsafelyUnwrapped.storeFlags(pendingSlot, pendingFlags)
+                pendingSlot = -1
+            }
+        }
+    }
+}

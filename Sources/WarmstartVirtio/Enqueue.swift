@@ -1,0 +1,231 @@
+import WarmstartPools
+
+// Mbufs → guest RX (the device writes driver-supplied buffers, §5.1.6.3, §5.1.6.4).
+//
+// Per burst: (1) reserve chains for each packet — one chain that must hold header + packet, or,
+// with VIRTIO_NET_F_MRG_RXBUF, as many chains as it takes (num_buffers = their count); (2) copy
+// header then data, consecutively, across the reserved pieces; (3) publish the used entries once.
+// A packet the guest has no room for yet stops the burst and is left to the caller.
+
+/// Where the next available chain comes from; one conformer per layout, so the reservation loop is
+/// specialised per layout at compile time (no per-packet layout test).
+protocol AvailChainCursor {
+    /// Walks the next available chain into `info` (writable buffers); false when none is available.
+    mutating func next(_ dev: VirtqueueDevice, cursor: inout Int, info: inout ChainInfo) -> Bool
+}
+
+struct SplitAvailCursor: AvailChainCursor {
+    let ring: SplitRing
+    let base: UInt16
+    let pending: Int
+    var taken = 0
+    @inline(__always)
+    mutating func next(_ dev: VirtqueueDevice, cursor: inout Int, info: inout ChainInfo) -> Bool {
+        if taken >= pending { return false }
+        let head = ring.availEntry(base &+ UInt16(truncatingIfNeeded: taken))
+        taken &+= 1
+        if Int(head) >= dev.size {
+            info = ChainInfo()
+            info.id = head
+            info.error = Int8(ChainError.indexOutOfRange.rawValue)
+            info.segmentStart = Int32(truncatingIfNeeded: cursor)
+            info.segmentEnd = info.segmentStart
+            return true
+        }
+        dev.walkSplit(ring: ring, head: head, writable: true, cursor: &cursor, info: &info)
+        return true
+    }
+}
+
+struct PackedAvailCursor: AvailChainCursor {
+    let ring: PackedRing
+    var slot: Int
+    var wrap: Bool
+    @inline(__always)
+    mutating func next(_ dev: VirtqueueDevice, cursor: inout Int, info: inout ChainInfo) -> Bool {
+        let f = ring.loadFlags(slot)
+        if !PackedRing.isAvailable(f, wrap: wrap) { return false }
+        if !dev.walkPacked(ring: ring, slot: slot, firstFlags: f, writable: true, cursor: &cursor, info: &info) {
+            dev.markBroken(.packedChainEndless(slot: slot))
+            return false
+        }
+        slot &+= Int(info.descriptorCount)
+        if slot >= dev.size { slot &-= dev.size; wrap.toggle() }
+        return true
+    }
+}
+
+/// Writes bytes consecutively across the pieces of a packet's reserved chains, never past them,
+/// and adds what it wrote to each chain's used length.
+struct ScatterCursor {
+    var chain: Int
+    let endChain: Int
+    var seg: Int
+    var off = 0
+
+    @inline(__always)
+    mutating func put(_ dev: VirtqueueDevice, _ source: UnsafeRawPointer, _ count: Int) -> Int {
+        var src = source
+        var left = count
+        while left > 0 {
+            while seg == Int(dev.chains[chain].segmentEnd) {
+                chain &+= 1
+                if chain >= endChain { return count &- left }
+                seg = Int(dev.chains[chain].segmentStart)
+                off = 0
+            }
+            let s = dev.segments[seg]
+            let n = min(left, s.length &- off)
+            (s.host + off).copyMemory(from: src, byteCount: n)
+            dev.chains[chain].usedLength &+= UInt32(truncatingIfNeeded: n)
+            src += n
+            left &-= n
+            off &+= n
+            if off == s.length { seg &+= 1; off = 0 }
+        }
+        return count
+    }
+}
+
+extension VirtqueueDevice {
+    /// Copies up to a burst of packets into the guest's receive buffers. Returns how many leading
+    /// packets of `packets` were handled — delivered, or dropped and counted (bad chain, too
+    /// large); the rest found no guest buffer and were not attempted. The caller keeps ownership
+    /// of every mbuf (free or retry them).
+    public func enqueueBurst(pool: MbufSource, _ packets: UnsafePointer<Mbuf>, count: Int) -> Int {
+        if st.pointee.broken || count <= 0 { return 0 }
+        let want = min(count, options.burstSize)
+        switch layout {
+        case .split:
+            let ring = split.unsafelyUnwrapped
+            let availIndex = ring.loadAvailIndex()
+            let pending = Int(availIndex &- lastAvailIndex)
+            if pending > size {
+                markBroken(.availIndexTooFarAhead(availIndex: availIndex, lastAvailIndex: lastAvailIndex))
+                return 0
+            }
+            if pending == 0 { return 0 }
+            var c = SplitAvailCursor(ring: ring, base: lastAvailIndex, pending: pending)
+            let (handled, chainCount) = reserve(&c, packets, want)
+            copyIn(pool, packets, handled)
+            var used = lastUsedIndex
+            for k in 0..<chainCount {
+                let ch = chains[k]
+                if Int(ch.id) >= size { continue } // a head out of range has no id to return
+                ring.setUsedElement(used, id: UInt32(ch.id), len: ch.usedLength)
+                used &+= 1
+            }
+            lastAvailIndex &+= UInt16(truncatingIfNeeded: c.taken)
+            if used != lastUsedIndex {
+                ring.storeUsedIndex(used)
+                lastUsedIndex = used
+            }
+            if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
+            return handled
+        case .packed:
+            let ring = packed.unsafelyUnwrapped
+            var c = PackedAvailCursor(ring: ring, slot: Int(lastAvailIndex), wrap: availWrapCounter)
+            let (handled, chainCount) = reserve(&c, packets, want)
+            copyIn(pool, packets, handled)
+            publishPackedUsed(ring, chainCount, advanceAvail: true)
+            return handled
+        }
+    }
+
+    /// Phase 1: reserves chains for packets `0..<want`. Returns the packets handled and the chains
+    /// taken (only chains of handled packets; a packet that could not be given all its chains
+    /// gives them back to the ring untouched).
+    @inline(__always)
+    func reserve<C: AvailChainCursor>(_ c: inout C, _ packets: UnsafePointer<Mbuf>, _ want: Int) -> (Int, Int) {
+        let mergeable = options.mergeableRxBuffers
+        var cursor = 0
+        var taken = 0
+        var p = 0
+        outer: while p < want {
+            let needed = netHeaderSize &+ Int(packets[p].packetLength)
+            let saved = c
+            let first = taken
+            var capacity = 0
+            var dropped = false
+            repeat {
+                if taken >= chainCapacity { c = saved; taken = first; break outer }
+                var info = ChainInfo()
+                if !c.next(self, cursor: &cursor, info: &info) {
+                    c = saved; taken = first
+                    break outer
+                }
+                if info.error == Int8(ChainError.tooFragmented.rawValue) && p > 0 {
+                    c = saved; taken = first // scratch full: the rest next burst
+                    break outer
+                }
+                chains[taken] = info
+                taken &+= 1
+                if info.error >= 0 {
+                    count(ChainError(rawValue: Int(info.error))!)
+                    dropped = true
+                    break
+                }
+                capacity &+= info.capacity
+                if !mergeable && capacity < needed {
+                    count(.packetTooLarge)
+                    dropped = true
+                    break
+                }
+            } while capacity < needed
+            if dropped {
+                for k in first..<taken { chains[k].usedLength = 0; chains[k].segmentEnd = chains[k].segmentStart }
+                packetChains[p] = (Int32(first), 0)
+            } else {
+                packetChains[p] = (Int32(first), Int32(taken &- first))
+            }
+            p &+= 1
+        }
+        return (p, taken)
+    }
+
+    /// Phase 2: header (num_buffers = chains used) and data of each packet that got its chains.
+    @inline(__always)
+    func copyIn(_ pool: MbufSource, _ packets: UnsafePointer<Mbuf>, _ n: Int) {
+        for p in 0..<n {
+            let (first, chainCount) = packetChains[p]
+            if chainCount == 0 { continue }
+            let m = packets[p]
+            var header = m.offload.rawValue & 1 != 0 ? m.vnetHeader : VirtioNetHeader() // vnetHeaderValid
+            header.numBuffers = options.mergeableRxBuffers ? UInt16(truncatingIfNeeded: chainCount) : 1
+            let fc = Int(first)
+            var s = ScatterCursor(chain: fc, endChain: fc &+ Int(chainCount), seg: Int(chains[fc].segmentStart))
+            let hs = netHeaderSize
+            let hasPiece = chains[fc].segmentEnd > chains[fc].segmentStart
+            let firstPiece = hasPiece ? segments[s.seg] : Segment(host: UnsafeMutableRawPointer(bitPattern: 1)!, length: 0)
+            if hs == VirtioNetHeader.size && firstPiece.length >= hs {
+                // The usual case: the header goes straight into the first piece.
+                header.store(to: firstPiece.host)
+                chains[fc].usedLength &+= UInt32(hs)
+                if firstPiece.length == hs { s.seg &+= 1 } else { s.off = hs }
+            } else {
+                var raw: (UInt64, UInt32) = (0, 0)
+                withUnsafeMutableBytes(of: &raw) { header.store(to: $0.baseAddress!) }
+                _ = withUnsafeBytes(of: &raw) { s.put(self, $0.baseAddress!, hs) }
+            }
+            var seg = m
+            var total = 0
+            let dataLength = Int(m.dataLength)
+            if s.chain == fc && s.seg == Int(chains[fc].segmentStart) && s.off == hs && m.nextIndex == mbufNoNext && firstPiece.length &- hs >= dataLength {
+                // Fast path: one mbuf segment into the rest of the first piece.
+                (firstPiece.host + hs).copyMemory(from: m.data, byteCount: dataLength)
+                chains[fc].usedLength &+= UInt32(truncatingIfNeeded: dataLength)
+                st.pointee.packets &+= 1
+                st.pointee.bytes &+= UInt64(dataLength)
+                continue
+            }
+            while true {
+                total &+= s.put(self, UnsafeRawPointer(seg.data), Int(seg.dataLength))
+                if seg.nextIndex == mbufNoNext { break }
+                guard let next = pool.nextSegment(of: seg) else { break }
+                seg = next
+            }
+            st.pointee.packets &+= 1
+            st.pointee.bytes &+= UInt64(total)
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// WarmstartVirtio: see Docs/ARCHITECTURE.md

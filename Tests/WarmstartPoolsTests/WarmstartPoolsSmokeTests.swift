@@ -1,6 +1,0 @@
-import XCTest
-@testable import WarmstartPools
-
-final class WarmstartPoolsSmokeTests: XCTestCase {
-    func testModuleLinks() { XCTAssertTrue(true) }
-}

@@ -1,0 +1,153 @@
+import XCTest
+import WarmstartMemory
+import WarmstartPools
+@testable import WarmstartVirtio
+
+/// Device enqueue → guest RX, both layouts, with and without mergeable buffers.
+final class ReceiveTests: XCTestCase {
+    /// Posts `count` RX buffers of `size` bytes; token = buffer number.
+    func postRX(_ fx: Fixture, count: Int, size: Int, from: Int = 0) {
+        for i in from..<(from + count) {
+            XCTAssertNotNil(fx.driver.addRX(addr: fx.rxAddress(i, size: size), len: UInt32(size), token: UInt64(i)))
+        }
+        fx.driver.publish()
+    }
+
+    func enqueue(_ fx: Fixture, _ packets: [Mbuf]) -> Int {
+        packets.withUnsafeBufferPointer { fx.device.enqueueBurst(pool: fx.hostPool, $0.baseAddress!, count: $0.count) }
+    }
+
+    func reap(_ fx: Fixture) -> [DriverCompletion] {
+        let n = fx.driver.reap(fx.completions, max: 4096)
+        return (0..<n).map { fx.completions[$0] }
+    }
+
+    func checkNoMerge(_ layout: VirtqueueLayout) throws {
+        let fx = try Fixture(layout: layout)
+        let size = 10_000
+        postRX(fx, count: 8, size: size)
+        var h = VirtioNetHeader()
+        h.flags = VirtioNetHeader.flagDataValid
+        h.gsoType = VirtioNetHeader.gsoTCPv6
+        h.gsoSize = 1440
+        let lengths = [64, 1518, 9000]
+        let pk = lengths.enumerated().map { fx.makeHostPacket(length: $1, seed: UInt8($0 * 5), header: $0 == 2 ? h : nil) }
+        XCTAssertEqual(enqueue(fx, pk), 3)
+        let done = reap(fx)
+        XCTAssertEqual(done.count, 3)
+        for (i, c) in done.enumerated() {
+            XCTAssertEqual(Int(c.token), i)
+            XCTAssertEqual(Int(c.length), 12 + lengths[i])
+            let p = fx.host(fx.rxAddress(i, size: size), size)
+            var want = i == 2 ? h : VirtioNetHeader()
+            want.numBuffers = 1
+            XCTAssertEqual(VirtioNetHeader(loadingFrom: p), want)
+            XCTAssertEqual(Array(UnsafeRawBufferPointer(start: p + 12, count: lengths[i])),
+                           Fixture.expected(length: lengths[i], seed: UInt8(i * 5)))
+        }
+        pk.forEach { fx.hostPool.free($0) }
+        XCTAssertEqual(fx.device.counters.packets, 3)
+        XCTAssertEqual(fx.device.counters.dropped, 0)
+    }
+
+    func testRXSplit() throws { try checkNoMerge(.split) }
+    func testRXPacked() throws { try checkNoMerge(.packed) }
+
+    /// Without MRG_RXBUF a packet that does not fit one buffer is dropped, the buffer returned
+    /// with length 0, and the next packet takes the next buffer.
+    func checkTooLarge(_ layout: VirtqueueLayout) throws {
+        let fx = try Fixture(layout: layout)
+        postRX(fx, count: 4, size: 2048)
+        let pk = [fx.makeHostPacket(length: 9000, seed: 1), fx.makeHostPacket(length: 100, seed: 2)]
+        XCTAssertEqual(enqueue(fx, pk), 2)
+        let done = reap(fx)
+        XCTAssertEqual(done.map { $0.length }, [0, 112])
+        XCTAssertEqual(fx.device.counters.count(.packetTooLarge), 1)
+        XCTAssertEqual(fx.device.counters.dropped, 1)
+        XCTAssertEqual(Array(UnsafeRawBufferPointer(start: fx.host(fx.rxAddress(1, size: 2048)) + 12, count: 100)),
+                       Fixture.expected(length: 100, seed: 2))
+        pk.forEach { fx.hostPool.free($0) }
+    }
+
+    func testTooLargeSplit() throws { try checkTooLarge(.split) }
+    func testTooLargePacked() throws { try checkTooLarge(.packed) }
+
+    /// MRG_RXBUF: 9000 B into 2048 B buffers takes 5 buffers, num_buffers = 5.
+    func checkMergeable(_ layout: VirtqueueLayout) throws {
+        let fx = try Fixture(layout: layout, features: [.version1, .mergeableRxBuffers])
+        postRX(fx, count: 12, size: 2048)
+        let pk = [fx.makeHostPacket(length: 9000, seed: 9), fx.makeHostPacket(length: 64, seed: 3),
+                  fx.makeHostPacket(length: 2036, seed: 4), fx.makeHostPacket(length: 2037, seed: 5)]
+        XCTAssertEqual(enqueue(fx, pk), 4)
+        let done = reap(fx)
+        XCTAssertEqual(done.map { Int($0.token) }, Array(0..<9))
+        XCTAssertEqual(done.map { $0.length }, [2048, 2048, 2048, 2048, 820, 76, 2048, 2048, 1])
+        // Reassemble packet 0 from its five buffers.
+        var bytes: [UInt8] = []
+        for i in 0..<5 {
+            let p = fx.host(fx.rxAddress(i, size: 2048), 2048)
+            bytes += Array(UnsafeRawBufferPointer(start: p, count: Int(done[i].length)))
+        }
+        XCTAssertEqual(VirtioNetHeader(loadingFrom: bytes).numBuffers, 5)
+        XCTAssertEqual(Array(bytes[12...]), Fixture.expected(length: 9000, seed: 9))
+        XCTAssertEqual(VirtioNetHeader(loadingFrom: fx.host(fx.rxAddress(5, size: 2048))).numBuffers, 1)
+        XCTAssertEqual(VirtioNetHeader(loadingFrom: fx.host(fx.rxAddress(7, size: 2048))).numBuffers, 2)
+        XCTAssertEqual(fx.device.counters.packets, 4)
+        pk.forEach { fx.hostPool.free($0) }
+    }
+
+    func testMergeableSplit() throws { try checkMergeable(.split) }
+    func testMergeablePacked() throws { try checkMergeable(.packed) }
+
+    /// No buffers: nothing handled; a packet needing more buffers than posted waits whole.
+    func checkNoRoom(_ layout: VirtqueueLayout) throws {
+        let fx = try Fixture(layout: layout, features: [.version1, .mergeableRxBuffers])
+        let pk = [fx.makeHostPacket(length: 100, seed: 1), fx.makeHostPacket(length: 9000, seed: 2)]
+        XCTAssertEqual(enqueue(fx, pk), 0)
+        postRX(fx, count: 3, size: 2048)
+        XCTAssertEqual(enqueue(fx, pk), 1) // the 9000 B packet needs 5 buffers, only 2 left
+        XCTAssertEqual(reap(fx).count, 1)
+        postRX(fx, count: 3, size: 2048, from: 3)
+        XCTAssertEqual(enqueue(fx, Array(pk[1...])), 1)
+        let done = reap(fx)
+        XCTAssertEqual(done.map { Int($0.token) }, [1, 2, 3, 4, 5])
+        XCTAssertEqual(fx.device.counters.dropped, 0)
+        pk.forEach { fx.hostPool.free($0) }
+    }
+
+    func testNoRoomSplit() throws { try checkNoRoom(.split) }
+    func testNoRoomPacked() throws { try checkNoRoom(.packed) }
+
+    /// Ten times the ring through RX, buffers recycled as they complete.
+    func checkWrap(_ layout: VirtqueueLayout) throws {
+        let size = 64
+        let fx = try Fixture(layout: layout, size: size, features: [.version1, .mergeableRxBuffers])
+        postRX(fx, count: size, size: 2048)
+        var sent = 0
+        var got = 0
+        var flips = 0
+        var lastWrap = fx.device.usedWrapCounter
+        let pk = fx.makeHostPacket(length: 3000, seed: 0) // 2 buffers each
+        let small = fx.makeHostPacket(length: 200, seed: 7)
+        while got < 10 * size {
+            let batch = [pk, small, pk]
+            let n = enqueue(fx, batch)
+            sent += n
+            for c in reap(fx) {
+                got += 1
+                XCTAssertEqual(c.length == 0, false)
+                XCTAssertNotNil(fx.driver.addRX(addr: fx.rxAddress(Int(c.token), size: 2048), len: 2048, token: c.token))
+            }
+            fx.driver.publish()
+            if fx.device.usedWrapCounter != lastWrap { flips += 1; lastWrap = fx.device.usedWrapCounter }
+        }
+        if layout == .packed { XCTAssertGreaterThanOrEqual(flips, 9) }
+        XCTAssertEqual(fx.device.counters.dropped, 0)
+        XCTAssertEqual(fx.device.counters.packets, UInt64(sent))
+        fx.hostPool.free(pk)
+        fx.hostPool.free(small)
+    }
+
+    func testRXWrapSplit() throws { try checkWrap(.split) }
+    func testRXWrapPacked() throws { try checkWrap(.packed) }
+}
