@@ -1,0 +1,187 @@
+import CWarmstartShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the old process lets the handoff do to it. The donor calls these from the thread that
+/// serves the handoff connection.
+public struct HandoffDonorHooks {
+    /// Quiesces every polling thread at a burst boundary (Datapath.pause, which also flushes their
+    /// mbuf caches) and stops the control loops from reading their sockets. Returns the monotonic
+    /// time of the last forwarded packet when known, else nil (the quiesce time stands for it).
+    public var quiesce: () throws -> UInt64?
+    /// Describes and lends everything: regions, pools, ports (sessions at the quiesced ring
+    /// positions), counters.
+    public var export: (inout HandoffStateBuilder) throws -> Void
+    /// Before the commit point only: forwarding resumes (Datapath.resume) because of `reason`.
+    public var resume: (_ reason: String) -> Void
+    /// After the commit point: stop the polling threads for good and drop every resource (unmap,
+    /// close). The process exits after the handoff returns.
+    public var release: () -> Void
+    public init(quiesce: @escaping () throws -> UInt64?, export: @escaping (inout HandoffStateBuilder) throws -> Void,
+                resume: @escaping (String) -> Void, release: @escaping () -> Void) {
+        self.quiesce = quiesce; self.export = export; self.resume = resume; self.release = release
+    }
+}
+
+public struct HandoffTimeouts: Sendable {
+    /// Each message exchange but the two below.
+    public var stepMs: Int
+    /// The new process maps everything between `state` and `ready`.
+    public var mapMs: Int
+    public init(stepMs: Int = 5000, mapMs: Int = 10000) { self.stepMs = stepMs; self.mapMs = mapMs }
+}
+
+/// How one handoff ended, on the donor side.
+public enum HandoffDonorOutcome: Sendable, Equatable {
+    /// The new process owns everything; this one holds nothing and should exit.
+    case committed(newPid: Int32)
+    /// Nothing changed hands; forwarding resumed (or was never paused). The reason says why.
+    case rolledBack(reason: String)
+    /// Refused before anything happened (another handoff running, version, already handed over).
+    case refused(reason: String)
+}
+
+/// The old process's side. Serves handoff connections (from the control socket), one at a time:
+/// a second one while the first runs is refused with a message that says so. Ownership stays here
+/// until the commit message is sent; any failure, timeout or peer exit before that resumes
+/// forwarding and says why.
+public final class HandoffDonor: @unchecked Sendable {
+    public let hooks: HandoffDonorHooks
+    public let timeouts: HandoffTimeouts
+    public let configuration: HandoffConfiguration
+    /// Where the donor says what happens (stderr in the CLI).
+    public var log: (String) -> Void
+
+    private enum Phase { case idle, busy(pid: Int32, step: HandoffStepName), handedOver(pid: Int32) }
+    private var phase = Phase.idle
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    public init(hooks: HandoffDonorHooks, configuration: HandoffConfiguration = HandoffConfiguration(),
+                timeouts: HandoffTimeouts = HandoffTimeouts(), log: @escaping (String) -> Void = { _ in }) {
+        self.hooks = hooks
+        self.configuration = configuration
+        self.timeouts = timeouts
+        self.log = log
+        pthread_mutex_init(lock, nil)
+    }
+
+    deinit { pthread_mutex_destroy(lock); lock.deallocate() }
+
+    private func locked<T>(_ body: () -> T) -> T { pthread_mutex_lock(lock); defer { pthread_mutex_unlock(lock) }; return body() }
+
+    public var isHandedOver: Bool { locked { if case .handedOver = phase { return true } else { return false } } }
+    public var isBusy: Bool { locked { if case .busy = phase { return true } else { return false } } }
+
+    private func setStep(_ s: HandoffStepName) {
+        locked { if case let .busy(pid, _) = phase { phase = .busy(pid: pid, step: s) } }
+    }
+
+    /// Serves one handoff on `channel` (a connection accepted on the control socket whose first
+    /// message was — or will be — `hello`). Blocks until the handoff ends; safe to call from
+    /// several threads: only one handoff runs, the others are refused.
+    @discardableResult
+    public func serve(_ channel: HandoffChannel) -> HandoffDonorOutcome {
+        // hello: who asks, and can we talk.
+        let hello: HandoffHello
+        do {
+            let f = try channel.expect(.hello, step: .hello, timeoutMs: timeouts.stepMs)
+            hello = try HandoffJSON.decode(HandoffHello.self, f.payload, step: .hello)
+        } catch {
+            log("handoff: \(error); nothing changed")
+            return .refused(reason: error.description)
+        }
+        let refusal: String? = locked {
+            switch phase {
+            case let .busy(pid, step):
+                return "a handoff is already running (to pid \(pid), step '\(step.rawValue)'); one at a time"
+            case let .handedOver(pid):
+                return "this process (pid \(getpid())) has already handed over to pid \(pid) and is exiting"
+            case .idle:
+                if !hello.version.canRead(HandoffVersion.current) && !HandoffVersion.current.canRead(hello.version) {
+                    return "protocol version \(hello.version) is incompatible with this process's \(HandoffVersion.current)"
+                }
+                phase = .busy(pid: hello.pid, step: .hello)
+                return nil
+            }
+        }
+        if let refusal {
+            log("handoff: refused takeover from pid \(hello.pid): \(refusal)")
+            try? channel.send(.refused, (try? HandoffJSON.encode(HandoffRefusal(reason: refusal), step: .hello)) ?? [], step: .hello)
+            return .refused(reason: refusal)
+        }
+        let outcome = run(channel, newPid: hello.pid)
+        locked {
+            if case .committed = outcome { phase = .handedOver(pid: hello.pid) } else { phase = .idle }
+        }
+        return outcome
+    }
+
+    private func run(_ ch: HandoffChannel, newPid: Int32) -> HandoffDonorOutcome {
+        var paused = false
+        var step = HandoffStepName.hello
+        func rollBack(_ reason: String) -> HandoffDonorOutcome {
+            let why = "takeover by pid \(newPid) failed at step '\(step.rawValue)': \(reason)"
+            if paused {
+                hooks.resume(why)
+                log("handoff: \(why); resumed forwarding")
+            } else {
+                log("handoff: \(why); forwarding was never paused")
+            }
+            // Tell the new process, if it is still there, so it exits instead of waiting.
+            if let p = try? HandoffJSON.encode(HandoffAbort(step: step.rawValue, reason: reason), step: step) {
+                try? ch.send(.abort, p, step: step)
+            }
+            return .rolledBack(reason: why)
+        }
+        do {
+            let me = HandoffHello(version: .current, pid: getpid())
+            try ch.send(.welcome, try HandoffJSON.encode(me, step: .hello), step: .hello)
+
+            step = .quiesce
+            setStep(step)
+            _ = try ch.expect(.prepare, step: step, timeoutMs: timeouts.stepMs)
+            let lastForward: UInt64?
+            do { lastForward = try hooks.quiesce() } catch { return rollBack("cannot quiesce: \(error)") }
+            paused = true
+            let quiescedAt = ws_monotonic_ns()
+            log("handoff: quiesced for pid \(newPid)")
+            try ch.send(.quiesced, try HandoffJSON.encode(HandoffQuiesced(quiescedAtNs: quiescedAt), step: step), step: step)
+
+            step = .transfer
+            setStep(step)
+            var builder = HandoffStateBuilder(configuration: configuration, quiescedAtNs: quiescedAt, lastForwardNs: lastForward)
+            do { try hooks.export(&builder) } catch { return rollBack("cannot describe this process's state: \(error)") }
+            try ch.send(.state, try HandoffJSON.encode(builder.state, step: step), step: step)
+            try ch.sendFDs(builder.fds, names: builder.state.fds, step: step)
+
+            step = .map
+            setStep(step)
+            _ = try ch.expect(.ready, step: step, timeoutMs: timeouts.mapMs)
+
+            // The commit point. Before the message goes out we could still resume; once it is sent
+            // the new process may be polling the same rings, so this one must never touch them again.
+            step = .commit
+            setStep(step)
+            do {
+                try ch.send(.commit, step: step)
+            } catch {
+                // The new process is gone before it could know: nothing changed hands.
+                return rollBack(error.reason)
+            }
+            log("handoff: committed to pid \(newPid); releasing everything")
+            hooks.release()
+            step = .resume
+            setStep(step)
+            // Wait (bounded) for the new process to say it forwards; it owns everything either way.
+            if (try? ch.expect(.resumed, step: step, timeoutMs: timeouts.stepMs)) != nil {
+                log("handoff: pid \(newPid) is forwarding; exiting")
+            } else {
+                log("handoff: pid \(newPid) did not confirm it resumed; it owns everything now, exiting anyway")
+            }
+            return .committed(newPid: newPid)
+        } catch {
+            return rollBack(error.reason)
+        }
+    }
+}

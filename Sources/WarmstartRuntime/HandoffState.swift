@@ -1,0 +1,234 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+#if canImport(Glibc)
+import Glibc
+#endif
+import SystemPackage
+import WarmstartDatapath
+import WarmstartMemory
+import WarmstartPools
+import WarmstartVhostUser
+
+// The state document: everything the new process needs besides the descriptors, which it names by
+// index into `fds` (the descriptor index: what each one is). Memory is described by region (one fd
+// each, never one per page) and pools by where they sit in a region, so the new process maps the
+// live pools themselves — not a snapshot — and adopts them with their ring state.
+
+public struct HandoffConfiguration: Codable, Sendable, Equatable {
+    /// The old process's command line, for the log and for a new binary that wants to compare.
+    public var arguments: [String]
+    /// Named settings (forward mode, cores, burst, …) the runtime chooses to pass on.
+    public var values: [String: String]
+    public init(arguments: [String] = [], values: [String: String] = [:]) { self.arguments = arguments; self.values = values }
+}
+
+public struct HandoffRegionState: Codable, Sendable, Equatable {
+    public var name: String
+    public var fd: Int
+    public var size: Int
+    public var fileOffset: Int
+    public var ioAddress: UInt64
+    public var pageSize: Int
+    public var backing: String
+}
+
+public struct HandoffPoolState: Codable, Sendable, Equatable {
+    public var config: MbufPoolConfig
+    /// Index into `regions`.
+    public var region: Int
+    public var offset: Int
+    public var poolID: UInt16
+}
+
+public struct HandoffPortState: Codable, Sendable, Equatable {
+    public var name: String
+    /// "vhost-user", "tap", … (the port spec's kind).
+    public var kind: String
+    /// Socket path (vhost-user) or interface name (TAP).
+    public var path: String?
+    /// vhost-user server mode: the listening socket, so later front-ends can still connect.
+    public var listenFD: Int?
+    /// The connected vhost-user socket.
+    public var connectionFD: Int?
+    public var session: VhostUserSessionState?
+    public var tapFDs: [Int]?
+    /// 1.1: the port's counters so far (the new process continues them).
+    public var counters: QueueCounters?
+    public init(name: String, kind: String, path: String? = nil, listenFD: Int? = nil, connectionFD: Int? = nil,
+                session: VhostUserSessionState? = nil, tapFDs: [Int]? = nil, counters: QueueCounters? = nil) {
+        self.name = name; self.kind = kind; self.path = path; self.listenFD = listenFD; self.connectionFD = connectionFD
+        self.session = session; self.tapFDs = tapFDs; self.counters = counters
+    }
+}
+
+public struct HandoffState: Codable, Sendable, Equatable {
+    public var version: HandoffVersion
+    public var donorPid: Int32
+    /// CLOCK_MONOTONIC (system-wide, so comparable across processes) when the donor's polling
+    /// threads were all parked.
+    public var quiescedAtNs: UInt64
+    /// 1.1: the donor's last forwarded packet, when it knows (else the quiesce time stands for it).
+    public var lastForwardNs: UInt64?
+    public var configuration: HandoffConfiguration
+    /// The descriptor index: entry i says what descriptor i is.
+    public var fds: [String]
+    public var regions: [HandoffRegionState]
+    public var pools: [HandoffPoolState]
+    public var ports: [HandoffPortState]
+}
+
+/// Builds the state on the donor side: registers descriptors (lent, not duplicated) and describes
+/// regions, pools and ports.
+public struct HandoffStateBuilder {
+    public var state: HandoffState
+    public private(set) var fds: [Int32] = []
+
+    public init(configuration: HandoffConfiguration, quiescedAtNs: UInt64, lastForwardNs: UInt64? = nil) {
+        state = HandoffState(version: .current, donorPid: getpid(), quiescedAtNs: quiescedAtNs, lastForwardNs: lastForwardNs,
+                             configuration: configuration, fds: [], regions: [], pools: [], ports: [])
+    }
+
+    /// Adds a descriptor to the index; returns its index.
+    public mutating func register(_ fd: Int32, _ what: String) -> Int {
+        fds.append(fd)
+        state.fds.append(what)
+        return fds.count - 1
+    }
+
+    /// Adds a memory region (the live one: same fd, same offset, same I/O address).
+    @discardableResult
+    public mutating func addRegion(_ r: MemoryRegion) -> Int {
+        let i = register(r.fd.rawValue, "memory region '\(r.name)'")
+        state.regions.append(HandoffRegionState(name: r.name, fd: i, size: r.size, fileOffset: r.fileOffset, ioAddress: r.ioAddress,
+                                                pageSize: r.pageSize.bytes, backing: r.backing.rawValue))
+        return state.regions.count - 1
+    }
+
+    /// Adds a pool; its region must have been added (matched by identity).
+    public mutating func addPool(_ p: MbufPool, regions: [MemoryRegion]) throws(HandoffError) {
+        guard let k = regions.firstIndex(where: { $0 === p.region }) else {
+            throw HandoffError(.transfer, "pool \(p.poolID) lives in a region that is not handed over")
+        }
+        state.pools.append(HandoffPoolState(config: p.config, region: k, offset: p.offset, poolID: p.poolID))
+    }
+
+    /// Adds a vhost-user port: its sockets and its session, rings at the datapath's positions.
+    public mutating func addVhostUserPort(name: String, path: String?, listenFD: Int32?, connectionFD: Int32?,
+                                          session: VhostUserBackendSession?, positions: (Int) -> VringBase? = { _ in nil },
+                                          counters: QueueCounters? = nil) {
+        let l = listenFD.map { register($0, "port '\(name)' listening socket") }
+        let c = connectionFD.map { register($0, "port '\(name)' vhost-user connection") }
+        let s = session.map { session in
+            // register never throws: the closure form is for other callers.
+            try! session.exportHandoffState(register: { fd, what in self.register(fd, "port '\(name)' \(what)") },
+                                            position: positions)
+        }
+        state.ports.append(HandoffPortState(name: name, kind: "vhost-user", path: path, listenFD: l, connectionFD: c,
+                                            session: s, counters: counters))
+    }
+
+    public mutating func addTapPort(name: String, interface: String, fds tapFDs: [Int32], counters: QueueCounters? = nil) {
+        let idx = tapFDs.enumerated().map { register($0.element, "port '\(name)' TAP queue \($0.offset)") }
+        state.ports.append(HandoffPortState(name: name, kind: "tap", path: interface, tapFDs: idx, counters: counters))
+    }
+}
+
+/// The received descriptors on the taker side. Each is taken once (ownership moves to whoever
+/// takes it); whatever nobody took is closed when the table goes, so a failed or partial adoption
+/// leaks nothing.
+public final class HandoffFDTable: @unchecked Sendable {
+    public let names: [String]
+    private var fds: [Int32]
+
+    public init(fds: [Int32], names: [String]) { self.fds = fds; self.names = names }
+    deinit { for f in fds where f >= 0 { _ = close(f) } }
+
+    public var count: Int { fds.count }
+    public var untaken: Int { fds.filter { $0 >= 0 }.count }
+
+    public func take(_ i: Int, step: HandoffStepName = .map) throws(HandoffError) -> Int32 {
+        guard i >= 0, i < fds.count else { throw HandoffError(step, "descriptor index \(i) is outside the table of \(fds.count)") }
+        let f = fds[i]
+        guard f >= 0 else { throw HandoffError(step, "descriptor \(i) (\(names[i])) is used twice") }
+        fds[i] = -1
+        return f
+    }
+}
+
+/// What the taker received: the state and its descriptors, with helpers that adopt them.
+public final class HandoffReceived: @unchecked Sendable {
+    public let state: HandoffState
+    public let fds: HandoffFDTable
+    init(state: HandoffState, fds: HandoffFDTable) { self.state = state; self.fds = fds }
+
+    /// Maps every region from its passed descriptor and attaches every pool with its live ring
+    /// state (`MbufPool.attach` checks the control block: a pool that is not quiescent is refused).
+    public func adoptMemory() throws(HandoffError) -> (regions: [MemoryRegion], pools: [MbufPool]) {
+        var regions: [MemoryRegion] = []
+        for (k, r) in state.regions.enumerated() {
+            guard let ps = PageSize(bytes: r.pageSize), let backing = MemoryBacking(rawValue: r.backing) else {
+                throw HandoffError(.map, "region \(k) '\(r.name)': unknown page size \(r.pageSize) or backing '\(r.backing)'")
+            }
+            let fd = try fds.take(r.fd)
+            do {
+                regions.append(try MemoryRegion(name: r.name, fd: FileDescriptor(rawValue: fd), fileOffset: r.fileOffset, size: r.size,
+                                                pageSize: ps, backing: backing, ioAddress: r.ioAddress, ownsFD: true))
+            } catch {
+                throw HandoffError(.map, "cannot map region \(k) '\(r.name)' (\(r.size) bytes, \(ps) pages): \(error)")
+            }
+        }
+        var pools: [MbufPool] = []
+        for p in state.pools {
+            guard p.region >= 0, p.region < regions.count else { throw HandoffError(.map, "pool \(p.poolID) names region \(p.region)") }
+            do {
+                pools.append(try MbufPool.attach(config: p.config, region: regions[p.region], offset: p.offset, poolID: p.poolID))
+            } catch {
+                throw HandoffError(.map, "cannot adopt pool \(p.poolID): \(error)")
+            }
+        }
+        return (regions, pools)
+    }
+
+    /// Rebuilds a vhost-user port's session (memory re-mapped from the passed fds, rings at the
+    /// handed-over positions) and takes its socket descriptors.
+    public func adoptVhostUserPort(_ port: HandoffPortState, configuration: VhostUserBackendConfiguration)
+        throws(HandoffError) -> (session: VhostUserBackendSession?, rings: [VringSetup], listenFD: Int32?, connectionFD: Int32?) {
+        let listen = try port.listenFD.map { i throws(HandoffError) in try fds.take(i) }
+        let conn = try port.connectionFD.map { i throws(HandoffError) in try fds.take(i) }
+        guard let st = port.session else { return (nil, [], listen, conn) }
+        do {
+            let table = fds
+            let (s, rings) = try VhostUserBackendSession.importHandoffState(st, configuration: configuration, take: { i throws(VhostUserError) in
+                do { return try table.take(i) } catch {
+                    throw VhostUserError(request: nil, reason: .invalid("\(error)"))
+                }
+            })
+            return (s, rings, listen, conn)
+        } catch {
+            if let listen { _ = close(listen) }
+            if let conn { _ = close(conn) }
+            throw HandoffError(.map, "port '\(port.name)': \(error)")
+        }
+    }
+}
+
+enum HandoffJSON {
+    static func encode<T: Encodable>(_ v: T, step: HandoffStepName) throws(HandoffError) -> [UInt8] {
+        do {
+            let e = JSONEncoder()
+            e.outputFormatting = [.sortedKeys]
+            return Array(try e.encode(v))
+        } catch {
+            throw HandoffError(step, "cannot encode \(T.self): \(error)")
+        }
+    }
+
+    static func decode<T: Decodable>(_ t: T.Type, _ bytes: [UInt8], step: HandoffStepName) throws(HandoffError) -> T {
+        do { return try JSONDecoder().decode(t, from: Data(bytes)) } catch {
+            throw HandoffError(step, "cannot read the \(T.self) document: \(error)")
+        }
+    }
+}

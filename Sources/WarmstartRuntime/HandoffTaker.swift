@@ -1,0 +1,190 @@
+import CWarmstartShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the new process does with what it receives.
+public struct HandoffTakerHooks {
+    /// Maps and adopts everything (regions, pools, sessions, ports) and builds the datapath without
+    /// starting it. Throwing aborts the handoff: the old process resumes.
+    public var adopt: (HandoffReceived) throws -> Void
+    /// After the commit: start forwarding.
+    public var resume: () throws -> Void
+    /// Monotonic time of the first packet forwarded since `resume`, nil until then (blackout).
+    public var firstPacketNs: () -> UInt64?
+    /// Drops what `adopt` built, when the handoff fails before the commit.
+    public var abandon: () -> Void
+    public init(adopt: @escaping (HandoffReceived) throws -> Void, resume: @escaping () throws -> Void,
+                firstPacketNs: @escaping () -> UInt64? = { nil }, abandon: @escaping () -> Void = {}) {
+        self.adopt = adopt; self.resume = resume; self.firstPacketNs = firstPacketNs; self.abandon = abandon
+    }
+}
+
+/// Test and drill faults: the new process fails at the start of a step, the way it would for real.
+public enum HandoffFault: Sendable, Equatable {
+    /// Closes the connection as a crash would (in-process tests).
+    case crash(HandoffStepName)
+    /// SIGKILLs this process (kill -9 drills: `WARMSTART_HANDOFF_FAULT=kill:map`).
+    case kill(HandoffStepName)
+    /// Stops answering (the old process's timeout must fire).
+    case hang(HandoffStepName)
+    /// Fails the step with an error (e.g. "cannot map"): the new process aborts and says why.
+    case fail(HandoffStepName)
+
+    var step: HandoffStepName {
+        switch self { case let .crash(s), let .kill(s), let .hang(s), let .fail(s): s }
+    }
+
+    /// Parses "kill:map", "crash:transfer", "hang:quiesce", "fail:map".
+    public init?(parsing text: String) {
+        let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+        guard parts.count == 2, let step = HandoffStepName(rawValue: parts[1]) else { return nil }
+        switch parts[0] {
+        case "crash": self = .crash(step)
+        case "kill": self = .kill(step)
+        case "hang": self = .hang(step)
+        case "fail": self = .fail(step)
+        default: return nil
+        }
+    }
+}
+
+public struct HandoffTakerOptions: Sendable {
+    public var timeouts: HandoffTimeouts
+    /// How long to wait for the first forwarded packet after resuming, to measure the blackout.
+    public var trafficWaitMs: Int
+    /// How long to wait for the old process to let go of the connection (its exit).
+    public var oldExitWaitMs: Int
+    public var fault: HandoffFault?
+    public init(timeouts: HandoffTimeouts = HandoffTimeouts(), trafficWaitMs: Int = 1000, oldExitWaitMs: Int = 5000,
+                fault: HandoffFault? = nil) {
+        self.timeouts = timeouts; self.trafficWaitMs = trafficWaitMs; self.oldExitWaitMs = oldExitWaitMs; self.fault = fault
+    }
+}
+
+/// The new process's side of a handoff (`warmstart run --takeover PATH`).
+public enum HandoffTaker {
+    /// Connects to the old process's control socket and takes over. Returns the report for
+    /// `BootReport.handoff`; throws a `HandoffError` naming the step when the takeover failed (the
+    /// old process then keeps forwarding).
+    public static func takeover(path: String, hooks: HandoffTakerHooks, options: HandoffTakerOptions = HandoffTakerOptions(),
+                                log: (String) -> Void = { _ in }) throws(HandoffError) -> HandoffReport {
+        let t0 = ws_monotonic_ns()
+        let ch = try HandoffChannel.connect(path: path)
+        return try takeover(channel: ch, hooks: hooks, options: options, log: log, startNs: t0)
+    }
+
+    public static func takeover(channel ch: HandoffChannel, hooks: HandoffTakerHooks, options: HandoffTakerOptions = HandoffTakerOptions(),
+                                log: (String) -> Void = { _ in }, startNs: UInt64? = nil) throws(HandoffError) -> HandoffReport {
+        var steps: [HandoffStep] = []
+        var mark = startNs ?? ws_monotonic_ns()
+        func done(_ s: HandoffStepName) {
+            let now = ws_monotonic_ns()
+            steps.append(HandoffStep(name: s.rawValue, ms: Double(now &- mark) / 1e6))
+            mark = now
+        }
+        let t = options.timeouts
+        var adopted = false
+        // Before the commit, a failure here is reported to the old process, which resumes.
+        func abort(_ e: HandoffError) -> HandoffError {
+            if adopted { hooks.abandon() }
+            if let p = try? HandoffJSON.encode(HandoffAbort(step: e.step.rawValue, reason: e.reason), step: e.step) {
+                try? ch.send(.abort, p, step: e.step)
+            }
+            return e
+        }
+        func fault(_ s: HandoffStepName) throws(HandoffError) {
+            guard let f = options.fault, f.step == s else { return }
+            switch f {
+            case .kill: kill(getpid(), SIGKILL)
+            case .crash: shutdown(ch.fd, Int32(SHUT_RDWR)); throw HandoffError(s, "injected crash")
+            case .hang: while true { sleep(3600) }
+            case .fail: throw abort(HandoffError(s, "injected failure"))
+            }
+        }
+
+        // hello: versions both ways. We read the old process's state only if we know its major.
+        try fault(.hello)
+        try ch.send(.hello, try HandoffJSON.encode(HandoffHello(version: .current, pid: getpid()), step: .hello), step: .hello)
+        let welcome = try HandoffJSON.decode(HandoffHello.self, try ch.expect(.welcome, step: .hello, timeoutMs: t.stepMs).payload, step: .hello)
+        guard HandoffVersion.current.canRead(welcome.version) else {
+            throw abort(HandoffError(.hello, "the running process (pid \(welcome.pid)) speaks handoff \(welcome.version); this binary reads majors \(HandoffVersion.readableMajors.map(String.init).joined(separator: ", "))"))
+        }
+        log("handoff: taking over from pid \(welcome.pid) (protocol \(welcome.version))")
+        done(.hello)
+
+        try fault(.quiesce)
+        try ch.send(.prepare, step: .quiesce)
+        _ = try ch.expect(.quiesced, step: .quiesce, timeoutMs: t.stepMs)
+        done(.quiesce)
+
+        try fault(.transfer)
+        let stateFrame = try ch.expect(.state, step: .transfer, timeoutMs: t.stepMs)
+        let state: HandoffState
+        do {
+            state = try HandoffJSON.decode(HandoffState.self, stateFrame.payload, step: .transfer)
+        } catch {
+            throw abort(error)
+        }
+        guard HandoffVersion.current.canRead(state.version) else {
+            throw abort(HandoffError(.transfer, "cannot read state version \(state.version)"))
+        }
+        let fds = HandoffFDTable(fds: try ch.receiveFDs(names: state.fds, step: .transfer, timeoutMs: t.stepMs), names: state.fds)
+        done(.transfer)
+
+        try fault(.map)
+        do {
+            try hooks.adopt(HandoffReceived(state: state, fds: fds))
+            adopted = true
+        } catch let e as HandoffError {
+            adopted = true
+            throw abort(e)
+        } catch {
+            adopted = true
+            throw abort(HandoffError(.map, "\(error)"))
+        }
+        if fds.untaken > 0 {
+            log("handoff: \(fds.untaken) handed-over descriptors were not used; closing them")
+        }
+        done(.map)
+
+        try fault(.commit)
+        try ch.send(.ready, step: .commit)
+        do {
+            _ = try ch.expect(.commit, step: .commit, timeoutMs: t.stepMs)
+        } catch {
+            hooks.abandon()
+            throw error
+        }
+        done(.commit)
+        // From here on everything is ours: no failure sends anything back.
+
+        try fault(.resume)
+        do { try hooks.resume() } catch {
+            throw HandoffError(.resume, "after the commit, cannot start forwarding: \(error)")
+        }
+        let resumedAt = ws_monotonic_ns()
+        try? ch.send(.resumed, step: .resume)
+        done(.resume)
+
+        try fault(.oldExit)
+        // The old process closes the connection once it has released everything (or exits).
+        // Nothing more is expected: the next read ends with end-of-stream (or the wait runs out).
+        if let f = try? ch.receive(step: .oldExit, timeoutMs: options.oldExitWaitMs) {
+            for d in f.fds { _ = close(d) }
+            log("handoff: unexpected \(f.type) from the old process after the commit")
+        }
+        done(.oldExit)
+
+        // The blackout: from the old process's last forwarded packet (or its quiesce) to our first.
+        let last = state.lastForwardNs ?? state.quiescedAtNs
+        var first = hooks.firstPacketNs()
+        let waitEnd = resumedAt &+ UInt64(options.trafficWaitMs) * 1_000_000
+        while first == nil && ws_monotonic_ns() < waitEnd {
+            usleep(100)
+            first = hooks.firstPacketNs()
+        }
+        let blackout = first.map { Double(Int64(bitPattern: $0 &- last)) / 1e6 }
+        return HandoffReport(outcome: "committed", blackoutMs: blackout, steps: steps)
+    }
+}

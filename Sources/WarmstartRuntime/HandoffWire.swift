@@ -1,0 +1,271 @@
+import CWarmstartShim
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The handoff wire format: framed messages over a unix stream socket (the control socket), each
+//
+//   magic u32 "WSHO" | type u16 | flags u16 (0) | payload length u32 | fd count u32 | payload
+//
+// little-endian, 16-byte header. Descriptors ride with SCM_RIGHTS on the first sendmsg of their
+// frame, at most 16 per frame (the shim's control buffer); larger sets go as several `fds` frames.
+// Payloads are small JSON documents (control plane: readability and forward compatibility matter
+// more than bytes). The header is binary so that a peer speaking something else entirely (an old
+// binary without handoff, a stats client) is told apart from a version mismatch before any JSON.
+
+/// A protocol version. The major changes when an old reader could not use the new state; the minor
+/// when fields are added that a reader of the same major may ignore. A binary reads every state of
+/// its major and of the majors in `HandoffVersion.readableMajors` (the previous one, after a bump).
+public struct HandoffVersion: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var major: UInt16
+    public var minor: UInt16
+    public init(major: UInt16, minor: UInt16) { self.major = major; self.minor = minor }
+
+    /// 1.0: configuration, regions, pools, ports with vhost-user sessions and TAP fds.
+    /// 1.1: per-port counters and the donor's last-forward time (both optional: 1.0 states lack them).
+    public static let current = HandoffVersion(major: 1, minor: 1)
+    /// Majors whose state this binary can read (the current one; add the previous one on a bump and
+    /// keep its decoder).
+    public static let readableMajors: [UInt16] = [1]
+
+    public var description: String { "\(major).\(minor)" }
+    public func canRead(_ other: HandoffVersion) -> Bool { Self.readableMajors.contains(other.major) }
+}
+
+public enum HandoffMessageType: UInt16, Sendable, CustomStringConvertible {
+    /// new → old: {version, pid}
+    case hello = 1
+    /// old → new: {version, pid}
+    case welcome = 2
+    /// old → new: {reason}; the connection is closed after it.
+    case refused = 3
+    /// new → old: quiesce now and send everything.
+    case prepare = 4
+    /// old → new: {quiesced_at_ns}
+    case quiesced = 5
+    /// old → new: the state document (JSON), then its descriptors in `fds` frames.
+    case state = 6
+    /// old → new: {first, names}, with the descriptors attached.
+    case fds = 7
+    /// new → old: everything is mapped and adopted; waiting for commit.
+    case ready = 8
+    /// old → new: the commit point. The old process has stopped for good; the new one owns all.
+    case commit = 9
+    /// new → old: forwarding again.
+    case resumed = 10
+    /// either way: {step, reason}; before commit the old process resumes.
+    case abort = 11
+
+    public var description: String {
+        switch self {
+        case .hello: "hello"; case .welcome: "welcome"; case .refused: "refused"; case .prepare: "prepare"
+        case .quiesced: "quiesced"; case .state: "state"; case .fds: "fds"; case .ready: "ready"
+        case .commit: "commit"; case .resumed: "resumed"; case .abort: "abort"
+        }
+    }
+}
+
+/// The steps of a handoff, in order, as timed and reported.
+public enum HandoffStepName: String, CaseIterable, Sendable, Codable {
+    case hello, quiesce, transfer, map, commit, resume
+    case oldExit = "old-exit"
+}
+
+/// A handoff failure: the step and the reason, in words an operator can act on.
+public struct HandoffError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var step: HandoffStepName
+    public var reason: String
+    public init(_ step: HandoffStepName, _ reason: String) { self.step = step; self.reason = reason }
+    public var description: String { "handoff failed at step '\(step.rawValue)': \(reason)" }
+}
+
+public struct HandoffFrame {
+    public var type: HandoffMessageType
+    public var payload: [UInt8]
+    public var fds: [Int32]
+}
+
+/// One end of a handoff connection. Blocking with a deadline per receive (poll(2) before each
+/// read), so a peer that hangs is a timeout, not a hang. Owns its socket.
+public final class HandoffChannel {
+    public static let magic: UInt32 = 0x4F48_5357   // "WSHO" in little-endian byte order
+    public static let headerSize = 16
+    public static let maxFDsPerFrame = 16
+    public static let maxPayload = 16 << 20
+    public let fd: Int32
+    /// Descriptors received with a frame that could not be completed: closed on deinit.
+    private var stray: [Int32] = []
+
+    public init(fd: Int32) { self.fd = fd }
+    deinit {
+        for f in stray { _ = close(f) }
+        _ = close(fd)
+    }
+
+    /// Connects to the control socket at `path`.
+    public static func connect(path: String) throws(HandoffError) -> HandoffChannel {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw HandoffError(.hello, "socket(AF_UNIX): errno \(errno)") }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            _ = close(fd)
+            throw HandoffError(.hello, "control socket path '\(path)' is empty or too long")
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
+        let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, len) } }
+        guard rc == 0 else {
+            let e = errno
+            _ = close(fd)
+            throw HandoffError(.hello, "cannot connect to the running process's control socket \(path): \(String(cString: strerror(e)))")
+        }
+        return HandoffChannel(fd: fd)
+    }
+
+    // MARK: sending
+
+    public func send(_ type: HandoffMessageType, _ payload: [UInt8] = [], fds: [Int32] = [], step: HandoffStepName) throws(HandoffError) {
+        guard fds.count <= Self.maxFDsPerFrame else { throw HandoffError(step, "internal: \(fds.count) descriptors in one frame") }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(Self.headerSize + payload.count)
+        func put32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+        func put16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+        put32(Self.magic); put16(type.rawValue); put16(0); put32(UInt32(payload.count)); put32(UInt32(fds.count))
+        bytes.append(contentsOf: payload)
+        var sent = 0
+        var pending = fds
+        while sent < bytes.count {
+            let n = bytes.withUnsafeBytes { b in
+                pending.withUnsafeBufferPointer { f in
+                    ws_send_with_fds(fd, b.baseAddress! + sent, bytes.count - sent, f.baseAddress, Int32(f.count))
+                }
+            }
+            if n < 0 {
+                if -n == EAGAIN { var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0); _ = poll(&p, 1, 100); continue }
+                let why = -n == EPIPE || -n == ECONNRESET ? "the peer closed the connection" : "sendmsg: \(String(cString: strerror(Int32(-n))))"
+                throw HandoffError(step, "sending \(type): \(why)")
+            }
+            sent += n
+            pending = []   // the descriptors went with the first bytes
+        }
+    }
+
+    /// Sends `fds` (lent: the kernel duplicates them into the peer) in frames of at most 16, each
+    /// with the names of what it carries.
+    public func sendFDs(_ fds: [Int32], names: [String], step: HandoffStepName) throws(HandoffError) {
+        var first = 0
+        while first < fds.count {
+            let end = min(first + Self.maxFDsPerFrame, fds.count)
+            let doc = HandoffFDBatch(first: first, names: Array(names[first..<end]))
+            try send(.fds, try HandoffJSON.encode(doc, step: step), fds: Array(fds[first..<end]), step: step)
+            first = end
+        }
+    }
+
+    // MARK: receiving
+
+    /// Reads one frame, waiting at most `timeoutMs` for it to complete. A peer that closes (or
+    /// dies: the kernel closes its end) is an error naming the step.
+    public func receive(step: HandoffStepName, timeoutMs: Int) throws(HandoffError) -> HandoffFrame {
+        let deadline = ws_monotonic_ns() &+ UInt64(max(0, timeoutMs)) * 1_000_000
+        var fds: [Int32] = []
+        var ok = false
+        defer { if !ok { for f in fds { _ = close(f) } } }
+        let header = try read(Self.headerSize, into: &fds, deadline: deadline, step: step, timeoutMs: timeoutMs)
+        func u32(_ o: Int) -> UInt32 { UInt32(header[o]) | UInt32(header[o + 1]) << 8 | UInt32(header[o + 2]) << 16 | UInt32(header[o + 3]) << 24 }
+        let magic = u32(0)
+        guard magic == Self.magic else {
+            throw HandoffError(step, "the peer does not speak the handoff protocol (magic 0x\(String(magic, radix: 16)), expected 0x\(String(Self.magic, radix: 16)))")
+        }
+        let rawType = UInt16(header[4]) | UInt16(header[5]) << 8
+        guard let type = HandoffMessageType(rawValue: rawType) else { throw HandoffError(step, "unknown message type \(rawType)") }
+        let length = Int(u32(8)), fdCount = Int(u32(12))
+        guard length <= Self.maxPayload else { throw HandoffError(step, "\(type) message of \(length) bytes is larger than \(Self.maxPayload)") }
+        guard fdCount <= Self.maxFDsPerFrame else { throw HandoffError(step, "\(type) message claims \(fdCount) descriptors") }
+        let payload = length == 0 ? [] : try read(length, into: &fds, deadline: deadline, step: step, timeoutMs: timeoutMs)
+        guard fds.count == fdCount else {
+            throw HandoffError(step, "\(type) message carried \(fds.count) descriptors, \(fdCount) announced")
+        }
+        ok = true
+        return HandoffFrame(type: type, payload: payload, fds: fds)
+    }
+
+    /// Receives a frame and requires `type`; an `abort` or `refused` from the peer becomes the error.
+    public func expect(_ type: HandoffMessageType, step: HandoffStepName, timeoutMs: Int) throws(HandoffError) -> HandoffFrame {
+        let f = try receive(step: step, timeoutMs: timeoutMs)
+        if f.type == type { return f }
+        for d in f.fds { _ = close(d) }
+        switch f.type {
+        case .abort:
+            let a = try? HandoffJSON.decode(HandoffAbort.self, f.payload, step: step)
+            throw HandoffError(step, "the peer aborted at step '\(a?.step ?? "?")': \(a?.reason ?? "no reason given")")
+        case .refused:
+            let r = try? HandoffJSON.decode(HandoffRefusal.self, f.payload, step: step)
+            throw HandoffError(step, "refused by the running process: \(r?.reason ?? "no reason given")")
+        default:
+            throw HandoffError(step, "expected \(type), got \(f.type)")
+        }
+    }
+
+    /// Receives `count` descriptors sent by `sendFDs` and checks their names against `names`.
+    public func receiveFDs(names: [String], step: HandoffStepName, timeoutMs: Int) throws(HandoffError) -> [Int32] {
+        var got: [Int32] = []
+        var ok = false
+        defer { if !ok { for f in got { _ = close(f) } } }
+        while got.count < names.count {
+            let f = try expect(.fds, step: step, timeoutMs: timeoutMs)
+            got.append(contentsOf: f.fds)
+            let batch = try HandoffJSON.decode(HandoffFDBatch.self, f.payload, step: step)
+            guard batch.first == got.count - f.fds.count, batch.names.count == f.fds.count,
+                  batch.names == Array(names[batch.first..<min(names.count, batch.first + batch.names.count)]) else {
+                throw HandoffError(step, "descriptor batch at \(batch.first) does not match the state's descriptor index")
+            }
+        }
+        ok = true
+        return got
+    }
+
+    private func read(_ count: Int, into fds: inout [Int32], deadline: UInt64, step: HandoffStepName,
+                      timeoutMs: Int) throws(HandoffError) -> [UInt8] {
+        var buf = [UInt8](repeating: 0, count: count)
+        var have = 0
+        var got = [Int32](repeating: -1, count: Self.maxFDsPerFrame)
+        while have < count {
+            let now = ws_monotonic_ns()
+            guard now < deadline else { throw HandoffError(step, "timed out after \(timeoutMs) ms waiting for the peer") }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let left = Int32(min(UInt64(Int32.max), (deadline - now + 999_999) / 1_000_000))
+            let r = poll(&p, 1, left)
+            if r < 0 && errno == EINTR { continue }
+            if r == 0 { continue }
+            var nfds: Int32 = 0, truncated: Int32 = 0
+            let n = buf.withUnsafeMutableBytes { b in
+                got.withUnsafeMutableBufferPointer { f in
+                    ws_recv_with_fds(fd, b.baseAddress! + have, count - have, f.baseAddress, Int32(Self.maxFDsPerFrame), &nfds, &truncated)
+                }
+            }
+            fds.append(contentsOf: got[0..<Int(nfds)])
+            if n < 0 {
+                if -n == EAGAIN { continue }
+                if -n == ECONNRESET { throw HandoffError(step, "the peer closed the connection (it exited or crashed)") }
+                throw HandoffError(step, "recvmsg: \(String(cString: strerror(Int32(-n))))")
+            }
+            if truncated != 0 { throw HandoffError(step, "more descriptors than one frame may carry") }
+            if n == 0 { throw HandoffError(step, "the peer closed the connection (it exited or crashed)") }
+            have += n
+        }
+        return buf
+    }
+}
+
+// Small payload documents.
+struct HandoffHello: Codable { var version: HandoffVersion; var pid: Int32 }
+struct HandoffRefusal: Codable { var reason: String }
+struct HandoffAbort: Codable { var step: String; var reason: String }
+struct HandoffQuiesced: Codable {
+    var quiescedAtNs: UInt64
+    enum CodingKeys: String, CodingKey { case quiescedAtNs = "quiesced_at_ns" }
+}
+struct HandoffFDBatch: Codable { var first: Int; var names: [String] }
