@@ -59,6 +59,7 @@ public final class Datapath: @unchecked Sendable {
 
     deinit {
         stop()
+        for queues in slots { cutPeerLinks(queues) }
         generation.deallocate()
         pauseRequested.deallocate()
         firstPacketNs.deallocate()
@@ -77,22 +78,35 @@ public final class Datapath: @unchecked Sendable {
     /// polling thread runs the new plan.
     public func attach(slot: Int, queues: [BurstQueue]) {
         precondition(slot >= 0 && slot < portNames.count, "port slot \(slot) out of range")
-        lock.locked {
+        let replaced = lock.locked { () -> [DatapathQueue] in
+            let old = slots[slot]
             slots[slot] = queues.enumerated().map { DatapathQueue(slot: slot, index: $0.offset, queue: $0.element) }
             publishLocked()
+            return old
         }
         waitForAllThreads()
+        cutPeerLinks(replaced)
+    }
+
+    /// Queues point at their peers (io: each other; macswap: themselves), a reference cycle: once no
+    /// thread can reach a removed queue any more, cut it, or the queue — and the port resources it
+    /// holds (guest memory mappings, eventfds) — would never be released.
+    func cutPeerLinks(_ removed: [DatapathQueue]) {
+        for q in removed { q.peers = [] }
     }
 
     /// Removes slot `slot`'s queues; when this returns no polling thread refers to them any more,
     /// and their counters are folded into the slot's history.
     public func detach(slot: Int) {
-        lock.locked {
-            for q in slots[slot] { history[slot] = (history[slot] ?? QueueCounters()) + q.counters.pointee }
+        let removed = lock.locked { () -> [DatapathQueue] in
+            let old = slots[slot]
+            for q in old { history[slot] = (history[slot] ?? QueueCounters()) + q.counters.pointee }
             slots[slot] = []
             publishLocked()
+            return old
         }
         waitForAllThreads()
+        cutPeerLinks(removed)
     }
 
     var history: [Int: QueueCounters] = [:]

@@ -98,9 +98,8 @@ public final class HandoffDonor: @unchecked Sendable {
             case let .handedOver(pid):
                 return "this process (pid \(getpid())) has already handed over to pid \(pid) and is exiting"
             case .idle:
-                if !hello.version.canRead(HandoffVersion.current) && !HandoffVersion.current.canRead(hello.version) {
-                    return "protocol version \(hello.version) is incompatible with this process's \(HandoffVersion.current)"
-                }
+                // Versions: this process sends its own state in its own version; the new binary
+                // decides whether it can read it (a newer binary reads the previous major).
                 phase = .busy(pid: hello.pid, step: .hello)
                 return nil
             }

@@ -77,6 +77,7 @@ public enum HandoffTaker {
     public static func takeover(channel ch: HandoffChannel, hooks: HandoffTakerHooks, options: HandoffTakerOptions = HandoffTakerOptions(),
                                 log: (String) -> Void = { _ in }, startNs: UInt64? = nil) throws(HandoffError) -> HandoffReport {
         var steps: [HandoffStep] = []
+        var state: HandoffState?
         var mark = startNs ?? ws_monotonic_ns()
         func done(_ s: HandoffStepName) {
             let now = ws_monotonic_ns()
@@ -85,12 +86,14 @@ public enum HandoffTaker {
         }
         let t = options.timeouts
         var adopted = false
-        // Before the commit, a failure here is reported to the old process, which resumes.
+        // Before the commit, a failure here is reported to the old process, which resumes; what was
+        // adopted is dropped. `told` is set once the old process has been sent an abort.
+        var told = false
         func abort(_ e: HandoffError) -> HandoffError {
-            if adopted { hooks.abandon() }
             if let p = try? HandoffJSON.encode(HandoffAbort(step: e.step.rawValue, reason: e.reason), step: e.step) {
                 try? ch.send(.abort, p, step: e.step)
             }
+            told = true
             return e
         }
         func fault(_ s: HandoffStepName) throws(HandoffError) {
@@ -103,60 +106,64 @@ public enum HandoffTaker {
             }
         }
 
-        // hello: versions both ways. We read the old process's state only if we know its major.
-        try fault(.hello)
-        try ch.send(.hello, try HandoffJSON.encode(HandoffHello(version: .current, pid: getpid()), step: .hello), step: .hello)
-        let welcome = try HandoffJSON.decode(HandoffHello.self, try ch.expect(.welcome, step: .hello, timeoutMs: t.stepMs).payload, step: .hello)
-        guard HandoffVersion.current.canRead(welcome.version) else {
-            throw abort(HandoffError(.hello, "the running process (pid \(welcome.pid)) speaks handoff \(welcome.version); this binary reads majors \(HandoffVersion.readableMajors.map(String.init).joined(separator: ", "))"))
-        }
-        log("handoff: taking over from pid \(welcome.pid) (protocol \(welcome.version))")
-        done(.hello)
-
-        try fault(.quiesce)
-        try ch.send(.prepare, step: .quiesce)
-        _ = try ch.expect(.quiesced, step: .quiesce, timeoutMs: t.stepMs)
-        done(.quiesce)
-
-        try fault(.transfer)
-        let stateFrame = try ch.expect(.state, step: .transfer, timeoutMs: t.stepMs)
-        let state: HandoffState
         do {
-            state = try HandoffJSON.decode(HandoffState.self, stateFrame.payload, step: .transfer)
+            try preCommit()
         } catch {
-            throw abort(error)
-        }
-        guard HandoffVersion.current.canRead(state.version) else {
-            throw abort(HandoffError(.transfer, "cannot read state version \(state.version)"))
-        }
-        let fds = HandoffFDTable(fds: try ch.receiveFDs(names: state.fds, step: .transfer, timeoutMs: t.stepMs), names: state.fds)
-        done(.transfer)
-
-        try fault(.map)
-        do {
-            try hooks.adopt(HandoffReceived(state: state, fds: fds))
-            adopted = true
-        } catch let e as HandoffError {
-            adopted = true
-            throw abort(e)
-        } catch {
-            adopted = true
-            throw abort(HandoffError(.map, "\(error)"))
-        }
-        if fds.untaken > 0 {
-            log("handoff: \(fds.untaken) handed-over descriptors were not used; closing them")
-        }
-        done(.map)
-
-        try fault(.commit)
-        try ch.send(.ready, step: .commit)
-        do {
-            _ = try ch.expect(.commit, step: .commit, timeoutMs: t.stepMs)
-        } catch {
-            hooks.abandon()
+            if adopted { hooks.abandon() }
+            // When the old process gave up first (its timeout), its abort is waiting in our socket:
+            // its reason is the better one to report.
+            if !told, let why = ch.pendingAbortReason() {
+                throw HandoffError(error.step, "\(error.reason); the running process said: \(why)")
+            }
             throw error
         }
-        done(.commit)
+
+        func preCommit() throws(HandoffError) {
+            // hello: versions both ways. We read the old process's state only if we know its major.
+            try fault(.hello)
+            try ch.send(.hello, try HandoffJSON.encode(HandoffHello(version: .current, pid: getpid()), step: .hello), step: .hello)
+            let welcome = try HandoffJSON.decode(HandoffHello.self, try ch.expect(.welcome, step: .hello, timeoutMs: t.stepMs).payload, step: .hello)
+            guard HandoffVersion.current.canRead(welcome.version) else {
+                throw abort(HandoffError(.hello, "the running process (pid \(welcome.pid)) speaks handoff \(welcome.version); this binary reads majors \(HandoffVersion.readableMajors.map(String.init).joined(separator: ", "))"))
+            }
+            log("handoff: taking over from pid \(welcome.pid) (protocol \(welcome.version))")
+            done(.hello)
+
+            try fault(.quiesce)
+            try ch.send(.prepare, step: .quiesce)
+            _ = try ch.expect(.quiesced, step: .quiesce, timeoutMs: t.stepMs)
+            done(.quiesce)
+
+            try fault(.transfer)
+            let stateFrame = try ch.expect(.state, step: .transfer, timeoutMs: t.stepMs)
+            let decoded: HandoffState
+            do { decoded = try HandoffJSON.decode(HandoffState.self, stateFrame.payload, step: .transfer) } catch { throw abort(error) }
+            guard HandoffVersion.current.canRead(decoded.version) else {
+                throw abort(HandoffError(.transfer, "cannot read state version \(decoded.version)"))
+            }
+            state = decoded
+            let fds = HandoffFDTable(fds: try ch.receiveFDs(names: decoded.fds, step: .transfer, timeoutMs: t.stepMs), names: decoded.fds)
+            done(.transfer)
+
+            try fault(.map)
+            do {
+                adopted = true
+                try hooks.adopt(HandoffReceived(state: decoded, fds: fds))
+            } catch let e as HandoffError {
+                throw abort(e)
+            } catch {
+                throw abort(HandoffError(.map, "\(error)"))
+            }
+            if fds.untaken > 0 {
+                log("handoff: \(fds.untaken) handed-over descriptors were not used; closing them")
+            }
+            done(.map)
+
+            try fault(.commit)
+            try ch.send(.ready, step: .commit)
+            _ = try ch.expect(.commit, step: .commit, timeoutMs: t.stepMs)
+            done(.commit)
+        }
         // From here on everything is ours: no failure sends anything back.
 
         try fault(.resume)
@@ -177,7 +184,7 @@ public enum HandoffTaker {
         done(.oldExit)
 
         // The blackout: from the old process's last forwarded packet (or its quiesce) to our first.
-        let last = state.lastForwardNs ?? state.quiescedAtNs
+        let last = state.map { $0.lastForwardNs ?? $0.quiescedAtNs } ?? resumedAt
         var first = hooks.firstPacketNs()
         let waitEnd = resumedAt &+ UInt64(options.trafficWaitMs) * 1_000_000
         while first == nil && ws_monotonic_ns() < waitEnd {

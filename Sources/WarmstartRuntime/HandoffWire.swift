@@ -209,6 +209,15 @@ public final class HandoffChannel {
         }
     }
 
+    /// The reason of an `abort` the peer already sent (it is read from the socket buffer even when
+    /// the peer has closed since), or nil.
+    public func pendingAbortReason() -> String? {
+        guard let f = try? receive(step: .hello, timeoutMs: 50) else { return nil }
+        for d in f.fds { _ = close(d) }
+        guard f.type == .abort, let a = try? HandoffJSON.decode(HandoffAbort.self, f.payload, step: .hello) else { return nil }
+        return "aborted at step '\(a.step)': \(a.reason)"
+    }
+
     /// Receives `count` descriptors sent by `sendFDs` and checks their names against `names`.
     public func receiveFDs(names: [String], step: HandoffStepName, timeoutMs: Int) throws(HandoffError) -> [Int32] {
         var got: [Int32] = []

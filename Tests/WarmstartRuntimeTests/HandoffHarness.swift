@@ -1,0 +1,331 @@
+import CWarmstartShim
+import Foundation
+import XCTest
+import WarmstartDatapath
+import WarmstartMemory
+import WarmstartPools
+import WarmstartVhostUser
+import WarmstartVirtio
+@testable import WarmstartRuntime
+
+// Two "processes" in one: a guest (virtio driver rings in its own memfd, a VhostUserFrontend on a
+// socket) and backends (a session, a Datapath with polling threads, a vhost queue pair as a
+// BurstQueue). A handoff moves everything from one backend object to a new one over a real socket
+// with real SCM_RIGHTS: the new backend maps the memory from the passed descriptors, never shares
+// the old one's objects.
+
+func countOpenFDs() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
+func countMappings(containing text: String? = nil) -> Int {
+    (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8))?.split(separator: "\n")
+        .filter { text == nil || $0.contains(text!) }.count ?? -1
+}
+
+func fdList() -> [String] {
+    (0..<256).compactMap { f -> String? in
+        var b = [CChar](repeating: 0, count: 256)
+        let n = readlink("/proc/self/fd/\(f)", &b, 255)
+        return n > 0 ? "\(f)->\(String(cString: b))" : nil
+    }
+}
+
+func socketPair() -> (Int32, Int32) { VhostUserChannel.socketPair()! }
+
+/// The guest side: a split RX ring (vring 0) and TX ring (vring 1) in guest memory, a pool of TX
+/// packets there, 256 RX buffers kept posted. Packets carry a sequence number at byte 14.
+final class TestGuest: @unchecked Sendable {
+    static let io: UInt64 = 0x1_0000_0000
+    static let ringOffset = 4 << 20
+    static let rxOffset = 5 << 20
+    static let rxBuffer = 2048
+    let region: MemoryRegion
+    let pool: MbufPool
+    let map: GuestMemoryMap
+    let rx: DriverQueue
+    let tx: DriverQueue
+    let frontend: VhostUserFrontend
+    let options = VirtqueueOptions(features: [.version1])
+    let scratch = UnsafeMutablePointer<DriverBuffer>.allocate(capacity: 8)
+    let completions = UnsafeMutablePointer<DriverCompletion>.allocate(capacity: 512)
+    private(set) var nextSeq = 0
+    private(set) var received: [UInt32] = []
+    let lock = NSLock()
+    var receivedCount: Int { lock.lock(); defer { lock.unlock() }; return received.count }
+
+    init(socket fd: Int32) throws {
+        region = try MemoryRegion.memfd(name: "guest", size: 8 << 20, pageSize: .small4K, ioAddress: Self.io)
+        pool = try MbufPool.layOut(config: MbufPoolConfig(count: 1024, cacheSize: 0), region: region, offset: 0, poolID: 9)
+        map = GuestMemoryMap(table: MemoryTable(regions: [region]))
+        let r = Self.ringOffset
+        rx = try DriverQueue(layout: .split, size: 256, host: region.base + r, guest: Self.io + UInt64(r), length: 64 << 10, options: options)
+        tx = try DriverQueue(layout: .split, size: 256, host: region.base + r + (64 << 10), guest: Self.io + UInt64(r + (64 << 10)),
+                             length: 64 << 10, options: options)
+        frontend = VhostUserFrontend(channel: VhostUserChannel(fd: fd, readsReplies: true),
+                                     options: VhostUserFrontendOptions(mergeableRxBuffers: false, extraFeatures: 0))
+    }
+
+    deinit { map.deallocate(); scratch.deallocate(); completions.deallocate() }
+
+    func user(_ guest: UInt64) -> UInt64 { UInt64(UInt(bitPattern: region.base)) + (guest - Self.io) }
+    func rxAddress(_ i: Int) -> UInt64 { Self.io + UInt64(Self.rxOffset + i * Self.rxBuffer) }
+
+    /// The standard front-end sequence, once: features, memory table, both rings.
+    func connect() throws {
+        _ = try frontend.negotiate()
+        try frontend.setMemoryTable([FrontendMemoryRegion(fd: region.fd.rawValue, guestAddress: Self.io,
+                                                          userAddress: user(Self.io), size: UInt64(region.size))])
+        for (i, q) in [(0, rx), (1, tx)] {
+            try frontend.startRing(FrontendRing(index: i, size: 256, descriptorAddress: user(q.descAddress),
+                                                driverAddress: user(q.driverAreaAddress), deviceAddress: user(q.deviceAreaAddress),
+                                                kickFD: nil, callFD: nil))
+        }
+        for i in 0..<256 { rx.addRX(addr: rxAddress(i), len: UInt32(Self.rxBuffer), token: UInt64(i)) }
+        rx.publish()
+    }
+
+    /// One round of the driver: reap TX, reap and re-post RX, send up to `window` packets in flight.
+    func pump(total: Int, window: Int = 128) {
+        let n = tx.reap(completions, max: 512)
+        for i in 0..<n { if let m = pool.mbuf(at: UInt32(completions[i].token)) { pool.free(m) } }
+        let r = rx.reap(completions, max: 512)
+        if r > 0 {
+            lock.lock()
+            for i in 0..<r {
+                let c = completions[i]
+                let p = map.translate(rxAddress(Int(c.token)), 12 + 64)!
+                received.append(p.loadUnaligned(fromByteOffset: 12 + 14, as: UInt32.self))
+                rx.addRX(addr: rxAddress(Int(c.token)), len: UInt32(Self.rxBuffer), token: c.token)
+            }
+            lock.unlock()
+            rx.publish()
+        }
+        var posted = 0
+        while nextSeq < total && nextSeq - receivedCount < window, let m = pool.alloc() {
+            let d = m.data
+            for k in 0..<6 { d.storeBytes(of: 0x02, toByteOffset: k, as: UInt8.self); d.storeBytes(of: 0x04, toByteOffset: 6 + k, as: UInt8.self) }
+            d.storeBytes(of: UInt16(0xB588), toByteOffset: 12, as: UInt16.self)
+            d.storeBytes(of: UInt32(nextSeq), toByteOffset: 14, as: UInt32.self)
+            for k in 18..<64 { d.storeBytes(of: UInt8(truncatingIfNeeded: k), toByteOffset: k, as: UInt8.self) }
+            m.dataLength = 64
+            m.packetLength = 64
+            guard tx.addTX(m, pool: pool, memory: map, scratch: scratch, scratchCapacity: 8) != nil else { pool.free(m); break }
+            nextSeq += 1
+            posted += 1
+        }
+        if posted > 0 { tx.publish() }
+    }
+
+    /// Drives traffic on a thread until `total` packets came back or `seconds` passed.
+    func run(total: Int, seconds: Double = 30) -> Thread {
+        let t = Thread { [self] in
+            let end = Date().addingTimeInterval(seconds)
+            while receivedCount < total && Date() < end { pump(total: total) }
+            pump(total: total)   // a last reap of TX completions
+        }
+        t.start()
+        return t
+    }
+}
+
+/// The device side of one vhost-user queue pair: dequeue from the guest's TX ring, enqueue into
+/// its RX ring. Holds the setups (and so the memory and eventfds) it runs on.
+final class VhostPair: BurstQueue, @unchecked Sendable {
+    let setups: [VringSetup]
+    let toGuest: VirtqueueDevice     // vring 0
+    let fromGuest: VirtqueueDevice   // vring 1
+
+    init(_ ring0: VringSetup, _ ring1: VringSetup) throws {
+        func device(_ s: VringSetup) throws -> VirtqueueDevice {
+            let ring = try SplitRing(size: s.size, desc: s.descriptors, avail: s.driverArea, used: s.deviceArea)
+            return VirtqueueDevice(split: ring, memory: s.memory.table, options: VirtqueueOptions(features: VirtioFeatures(rawValue: s.features)),
+                                   state: VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
+                                                         availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter))
+        }
+        setups = [ring0, ring1]
+        toGuest = try device(ring0)
+        fromGuest = try device(ring1)
+    }
+
+    var errorCount: UInt64 { 0 }
+    func receiveBurst(into out: UnsafeMutablePointer<Mbuf>, max: Int, cache: MbufCache) -> Int {
+        fromGuest.dequeueBurst(pool: cache, into: out, maxCount: max)
+    }
+    func transmitBurst(_ pkts: UnsafeMutablePointer<Mbuf>, count: Int, cache: MbufCache) -> Int {
+        let n = toGuest.enqueueBurst(pool: cache, pkts, count: count)
+        for i in 0..<n { cache.free(pkts[i]) }
+        return n
+    }
+
+    /// Where ring `i` stands now (the datapath must be quiesced).
+    func position(_ i: Int) -> VringBase {
+        let s = (i == 0 ? toGuest : fromGuest).state
+        return VringBase(lastAvailIndex: s.lastAvailIndex, availWrapCounter: s.availWrapCounter,
+                         lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
+    }
+}
+
+/// Serves a session's vhost-user messages on a thread until stopped at a message boundary (the
+/// quiesce: the socket is left unread, so its next message waits for whichever process owns it).
+final class ControlLoop: @unchecked Sendable {
+    let channel: VhostUserChannel
+    let session: VhostUserBackendSession
+    let onEvents: ([VhostUserEvent]) -> Void
+    private let stopFlag = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(fd: Int32, session: VhostUserBackendSession, onEvents: @escaping ([VhostUserEvent]) -> Void) {
+        channel = VhostUserChannel(fd: fd, ownsFD: false)
+        self.session = session
+        self.onEvents = onEvents
+        stopFlag.initialize(to: 0)
+        Thread { [self] in
+            while ws_load_acquire_u32(stopFlag) == 0 {
+                var p = pollfd(fd: channel.fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 5) > 0 else { continue }
+                guard let f = try? channel.receiveFrame() else { break }
+                let o = session.receive(header: f.header, payload: f.payload, fds: f.fds)
+                if !o.events.isEmpty { onEvents(o.events) }
+                if let r = o.reply { try? channel.send(r) }
+            }
+            finished.signal()
+        }.start()
+    }
+
+    deinit { stopFlag.deallocate() }
+
+    func stop() {
+        ws_store_release_u32(stopFlag, 1)
+        finished.wait()
+    }
+}
+
+/// One backend "process": memory and pool, a session on a connection, a datapath.
+final class TestBackend: @unchecked Sendable {
+    let region: MemoryRegion
+    let pool: MbufPool
+    let datapath: Datapath
+    var session: VhostUserBackendSession?
+    var connFD: Int32
+    var pair: VhostPair?
+    var loop: ControlLoop?
+    var started: [Int: VringSetup] = [:]
+    static let dpOptions = Datapath.Options(mode: .macswap, spinBeforeNap: 2000, napMicroseconds: 20)
+
+    /// A first boot: fresh memory, a session waiting for the front-end's messages.
+    init(connection fd: Int32) throws {
+        let cfg = MbufPoolConfig(count: 2048, cacheSize: 64)
+        region = try MemoryRegion.memfd(name: "host", size: PageSize.small4K.roundUp(MbufPoolConfig.bytesNeeded(cfg))!, pageSize: .small4K,
+                                        ioAddress: 1 << 32)
+        pool = try MbufPool.layOut(config: cfg, region: region, offset: 0, poolID: 0)
+        datapath = Datapath(pool: pool, ports: ["vhost0"], options: Self.dpOptions)
+        connFD = fd
+        session = VhostUserBackendSession()
+        datapath.start()
+        startLoop()
+    }
+
+    /// A takeover: everything comes from the handed-over state and descriptors.
+    init(received: HandoffReceived) throws {
+        let (regions, pools) = try received.adoptMemory()
+        region = regions[0]
+        pool = pools[0]
+        datapath = Datapath(pool: pool, ports: ["vhost0"], options: Self.dpOptions)
+        let a = try received.adoptVhostUserPort(received.state.ports[0], configuration: VhostUserBackendConfiguration())
+        session = a.session
+        connFD = a.connectionFD ?? -1
+        for s in a.rings { started[s.index] = s }
+        if let r0 = started[0], let r1 = started[1] {
+            pair = try VhostPair(r0, r1)
+            datapath.attach(slot: 0, queues: [pair!])   // no thread runs yet: returns at once
+        }
+    }
+
+    deinit { if connFD >= 0 { close(connFD) } }
+
+    func startLoop() {
+        guard let session else { return }
+        loop = ControlLoop(fd: connFD, session: session) { [weak self] events in self?.handle(events) }
+    }
+
+    func handle(_ events: [VhostUserEvent]) {
+        for e in events {
+            if case let .ringStarted(s) = e { started[s.index] = s }
+        }
+        if pair == nil, let r0 = started[0], let r1 = started[1] {
+            pair = try! VhostPair(r0, r1)
+            datapath.attach(slot: 0, queues: [pair!])
+        }
+    }
+
+    var firstPacketNs: UInt64? { datapath.firstPacketNs[0] == 0 ? nil : datapath.firstPacketNs[0] }
+
+    /// The old process's side of the handoff.
+    func donorHooks() -> HandoffDonorHooks {
+        HandoffDonorHooks(
+            quiesce: { [self] in
+                loop?.stop()
+                loop = nil
+                datapath.pause()
+                return nil
+            },
+            export: { [self] b in
+                b.addRegion(region)
+                try b.addPool(pool, regions: [region])
+                b.addVhostUserPort(name: "vhost0", path: nil, listenFD: nil, connectionFD: connFD, session: session,
+                                   positions: { [pair] i in pair?.position(i) }, counters: datapath.stats()[0].total)
+            },
+            resume: { [self] _ in
+                datapath.resume()
+                startLoop()
+            },
+            release: { [self] in releaseAll() })
+    }
+
+    /// After the commit: hold nothing.
+    func releaseAll() {
+        loop?.stop()
+        loop = nil
+        datapath.stop()
+        datapath.detach(slot: 0)
+        pair = nil
+        started = [:]
+        session = nil
+        if connFD >= 0 { close(connFD) }
+        connFD = -1
+    }
+
+    /// The new process after the commit: forward and serve the connection.
+    func resumeAfterTakeover() {
+        datapath.start()
+        startLoop()
+    }
+}
+
+/// Runs a full handoff from `old` to a new backend over a fresh socket pair; returns the new
+/// backend (nil when it failed), the report or error, and the donor's outcome.
+func handOff(from old: TestBackend, fault: HandoffFault? = nil, timeouts: HandoffTimeouts = HandoffTimeouts(),
+             adoptDelay: useconds_t = 0, log: @escaping (String) -> Void = { _ in })
+    -> (TestBackend?, Result<HandoffReport, HandoffError>, HandoffDonorOutcome) {
+    let (d, t) = socketPair()
+    let donor = HandoffDonor(hooks: old.donorHooks(), timeouts: timeouts, log: log)
+    var outcome: HandoffDonorOutcome?
+    let done = DispatchSemaphore(value: 0)
+    Thread {
+        outcome = donor.serve(HandoffChannel(fd: d))
+        done.signal()
+    }.start()
+    var next: TestBackend?
+    let hooks = HandoffTakerHooks(
+        adopt: { r in
+            if adoptDelay > 0 { usleep(adoptDelay) }
+            next = try TestBackend(received: r)
+        },
+        resume: { next!.resumeAfterTakeover() },
+        firstPacketNs: { next?.firstPacketNs },
+        abandon: { next = nil })
+    let result = Result { () throws(HandoffError) in
+        try HandoffTaker.takeover(channel: HandoffChannel(fd: t), hooks: hooks,
+                                  options: HandoffTakerOptions(timeouts: timeouts, trafficWaitMs: 500, oldExitWaitMs: 2000, fault: fault))
+    }
+    done.wait()
+    return (next, result, outcome!)
+}

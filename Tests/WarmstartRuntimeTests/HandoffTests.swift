@@ -1,0 +1,167 @@
+import CWarmstartShim
+import Foundation
+import XCTest
+import WarmstartDatapath
+import WarmstartVhostUser
+@testable import WarmstartRuntime
+
+/// Hot upgrade in one process: a guest keeps sending through a backend while the backend is handed
+/// over (real socket, real SCM_RIGHTS, fresh mappings in the new backend); every packet sent comes
+/// back exactly once, in order.
+final class HandoffTests: XCTestCase {
+    var guest: TestGuest!
+    var backend: TestBackend!
+
+    override func setUpWithError() throws {
+        let (g, b) = socketPair()
+        backend = try TestBackend(connection: b)
+        guest = try TestGuest(socket: g)
+        try guest.connect()
+        let end = Date().addingTimeInterval(5)
+        while backend.pair == nil && Date() < end { usleep(1000) }
+        XCTAssertNotNil(backend.pair, "rings did not start")
+    }
+
+    override func tearDown() {
+        backend?.releaseAll()
+        backend = nil
+        guest = nil
+    }
+
+    func waitFor(_ count: Int, timeout: Double = 20) {
+        let end = Date().addingTimeInterval(timeout)
+        while guest.receivedCount < count && Date() < end { usleep(500) }
+    }
+
+    func finish(_ traffic: Thread, total: Int) {
+        waitFor(total)
+        while traffic.isExecuting { usleep(1000) }
+        XCTAssertEqual(guest.receivedCount, total, "packets sent = packets received")
+        XCTAssertEqual(guest.received, (0..<total).map { UInt32($0) }, "each packet exactly once, in order")
+        XCTAssertEqual(backend.datapath.stats()[0].total.drops, 0)
+    }
+
+    func testUpgradeUnderTrafficLosesNothing() throws {
+        let total = 300_000
+        let traffic = guest.run(total: total)
+        waitFor(50_000)
+        let (next, result, outcome) = handOff(from: backend)
+        let report = try result.get()
+        XCTAssertEqual(outcome, .committed(newPid: getpid()))
+        backend = next
+        XCTAssertEqual(report.outcome, "committed")
+        XCTAssertEqual(report.steps.map(\.name), HandoffStepName.allCases.map(\.rawValue))
+        XCTAssertNotNil(report.blackoutMs)
+        print("handoff under traffic: blackout \(report.blackoutMs ?? -1) ms; " + report.steps.map { "\($0.name) \(String(format: "%.3f", $0.ms)) ms" }.joined(separator: ", "))
+        finish(traffic, total: total)
+        // The front-end never reconnected: the same connection now talks to the new session.
+        XCTAssertEqual(try guest.frontend.getStatus(), backend.session?.status)
+        XCTAssertEqual(guest.pool.inUseCount, 0, "every TX buffer came back to the guest")
+    }
+
+    func testTenUpgradesInARowLeakNoFDMappingOrMbuf() throws {
+        let total = 400_000
+        let traffic = guest.run(total: total)
+        waitFor(10_000)
+        // One warm-up handoff: thread stacks and allocator arenas it creates are reused afterwards.
+        var (next, result, _) = handOff(from: backend)
+        _ = try result.get()
+        backend = next
+        let fds = countOpenFDs(), maps = countMappings(), shared = countMappings(containing: "memfd:")
+        let fdNames = fdList()
+        var blackouts: [Double] = []
+        for k in 0..<10 {
+            waitFor(10_000 * (k + 3))
+            (next, result, _) = handOff(from: backend)
+            let r = try result.get()
+            blackouts.append(r.blackoutMs ?? .nan)
+            backend = next
+        }
+        finish(traffic, total: total)
+        print("ten handoffs: blackout ms " + blackouts.map { String(format: "%.3f", $0) }.joined(separator: " "))
+        XCTAssertEqual(countOpenFDs(), fds, "descriptors after 10 handoffs: new " + Set(fdList()).subtracting(fdNames).sorted().joined(separator: " "))
+        // Every guest-memory and pool mapping is a memfd mapping: exactly as many as before. The
+        // process's other mappings may vary by a few (malloc arenas and stacks of finished threads).
+        XCTAssertEqual(countMappings(containing: "memfd:"), shared, "memory mappings after 10 handoffs")
+        print("ten handoffs: fds \(fds) -> \(countOpenFDs()), memfd mappings \(shared) -> \(countMappings(containing: "memfd:")), all mappings \(maps) -> \(countMappings())")
+        XCTAssertLessThanOrEqual(countMappings(), maps + 8, "mappings after 10 handoffs")
+        backend.datapath.stop()   // polling threads flush their caches on the way out
+        XCTAssertEqual(backend.pool.inUseCount, 0, "mbufs after 10 handoffs")
+    }
+
+    func testNewProcessFailingAtAnyStepLeavesTheOldOneForwarding() throws {
+        let total = 200_000
+        let traffic = guest.run(total: total)
+        var logs: [String] = []
+        let steps: [HandoffStepName] = [.hello, .quiesce, .transfer, .map, .commit]
+        for (k, step) in steps.enumerated() {
+            waitFor(20_000 * (k + 1))
+            let before = backend.datapath.stats()[0].total.rxPackets
+            let (next, result, outcome) = handOff(from: backend, fault: .crash(step), log: { logs.append($0) })
+            XCTAssertNil(next, "\(step): the new backend must be dropped")
+            guard case let .failure(e) = result else { XCTFail("\(step): takeover succeeded"); continue }
+            XCTAssertEqual(e.step, step)
+            switch outcome {
+            case .committed: XCTFail("\(step): committed")
+            case let .rolledBack(reason), let .refused(reason): XCTAssertFalse(reason.isEmpty)
+            }
+            // The old backend forwards again.
+            let end = Date().addingTimeInterval(5)
+            while backend.datapath.stats()[0].total.rxPackets <= before + 1000 && Date() < end { usleep(500) }
+            XCTAssertGreaterThan(backend.datapath.stats()[0].total.rxPackets, before + 1000, "\(step): old backend not forwarding")
+        }
+        // A failure the new process reports (cannot map) is named in the old one's log.
+        let (_, r2, o2) = handOff(from: backend, fault: .fail(.map), log: { logs.append($0) })
+        XCTAssertThrowsError(try r2.get())
+        guard case let .rolledBack(reason) = o2 else { return XCTFail("\(o2)") }
+        XCTAssertTrue(reason.contains("injected failure") && reason.contains("map"), reason)
+        XCTAssertTrue(logs.contains { $0.contains("resumed forwarding") }, logs.joined(separator: "\n"))
+        finish(traffic, total: total)
+    }
+
+    func testOldProcessTimesOutASlowNewOneAndResumes() throws {
+        let traffic = guest.run(total: 50_000)
+        waitFor(10_000)
+        let (next, result, outcome) = handOff(from: backend, timeouts: HandoffTimeouts(stepMs: 2000, mapMs: 200), adoptDelay: 600_000)
+        XCTAssertNil(next)
+        guard case let .failure(e) = result else { return XCTFail("should fail") }
+        XCTAssertTrue(e.description.contains("timed out"), e.description)
+        guard case let .rolledBack(reason) = outcome else { return XCTFail("\(outcome)") }
+        XCTAssertTrue(reason.contains("timed out"), reason)
+        finish(traffic, total: 50_000)
+    }
+
+    func testSecondTakeoverWhileOneRunsIsRefused() throws {
+        let donor = HandoffDonor(hooks: backend.donorHooks())
+        let gate = DispatchSemaphore(value: 0)
+        let (d1, t1) = socketPair()
+        let (d2, t2) = socketPair()
+        var first: HandoffDonorOutcome?
+        var next: TestBackend?
+        let served = DispatchSemaphore(value: 0)
+        Thread { first = donor.serve(HandoffChannel(fd: d1)); served.signal() }.start()
+        let taker = Thread {
+            _ = try? HandoffTaker.takeover(channel: HandoffChannel(fd: t1), hooks: HandoffTakerHooks(
+                adopt: { r in gate.wait(); next = try TestBackend(received: r) },
+                resume: { next!.resumeAfterTakeover() }))
+        }
+        taker.start()
+        while !donor.isBusy { usleep(1000) }
+        Thread { _ = donor.serve(HandoffChannel(fd: d2)) }.start()
+        XCTAssertThrowsError(try HandoffTaker.takeover(channel: HandoffChannel(fd: t2), hooks: HandoffTakerHooks(adopt: { _ in }, resume: {}))) { e in
+            XCTAssertTrue("\(e)".contains("a handoff is already running"), "\(e)")
+            XCTAssertEqual((e as? HandoffError)?.step, .hello)
+        }
+        gate.signal()
+        served.wait()
+        XCTAssertEqual(first, .committed(newPid: getpid()))
+        while taker.isExecuting { usleep(1000) }
+        backend = next
+        // A third one, after the handover, is refused too: this process holds nothing any more.
+        let (d3, t3) = socketPair()
+        Thread { _ = donor.serve(HandoffChannel(fd: d3)) }.start()
+        XCTAssertThrowsError(try HandoffTaker.takeover(channel: HandoffChannel(fd: t3), hooks: HandoffTakerHooks(adopt: { _ in }, resume: {}))) { e in
+            XCTAssertTrue("\(e)".contains("already handed over"), "\(e)")
+        }
+    }
+}
