@@ -4,23 +4,28 @@ import Glibc
 #endif
 
 /// What the old process lets the handoff do to it. The donor calls these from the thread that
-/// serves the handoff connection.
+/// serves the handoff connection, in this order: freeze, export, quiesce, then release (after the
+/// commit) or resume (on any failure before it).
 public struct HandoffDonorHooks {
-    /// Quiesces every polling thread at a burst boundary (Datapath.pause, which also flushes their
-    /// mbuf caches) and stops the control loops from reading their sockets. Returns the monotonic
-    /// time of the last forwarded packet when known, else nil (the quiesce time stands for it).
-    public var quiesce: () throws -> UInt64?
-    /// Describes and lends everything: regions, pools, ports (sessions at the quiesced ring
-    /// positions), counters.
+    /// Stops the control loops at a message boundary (vhost-user messages wait in their sockets,
+    /// so the memory table and rings cannot change under the transfer). Forwarding goes on.
+    public var freeze: () throws -> Void
+    /// Describes and lends everything: regions, pools, ports and sessions, counters. Called while
+    /// the datapath still forwards.
     public var export: (inout HandoffStateBuilder) throws -> Void
-    /// Before the commit point only: forwarding resumes (Datapath.resume) because of `reason`.
+    /// Quiesces every polling thread at a burst boundary (Datapath.pause, which also flushes their
+    /// mbuf caches) and returns where every ring stopped, the counters and, when known, the time of
+    /// the last forwarded packet.
+    public var quiesce: () throws -> HandoffLive
+    /// Before the commit point only: undo freeze and quiesce (Datapath.resume, control loops
+    /// restarted) because of `reason`.
     public var resume: (_ reason: String) -> Void
     /// After the commit point: stop the polling threads for good and drop every resource (unmap,
     /// close). The process exits after the handoff returns.
     public var release: () -> Void
-    public init(quiesce: @escaping () throws -> UInt64?, export: @escaping (inout HandoffStateBuilder) throws -> Void,
-                resume: @escaping (String) -> Void, release: @escaping () -> Void) {
-        self.quiesce = quiesce; self.export = export; self.resume = resume; self.release = release
+    public init(freeze: @escaping () throws -> Void = {}, export: @escaping (inout HandoffStateBuilder) throws -> Void,
+                quiesce: @escaping () throws -> HandoffLive, resume: @escaping (String) -> Void, release: @escaping () -> Void) {
+        self.freeze = freeze; self.export = export; self.quiesce = quiesce; self.resume = resume; self.release = release
     }
 }
 
@@ -117,11 +122,11 @@ public final class HandoffDonor: @unchecked Sendable {
     }
 
     private func run(_ ch: HandoffChannel, newPid: Int32) -> HandoffDonorOutcome {
-        var paused = false
+        var touched = false   // frozen or paused: resume must undo it
         var step = HandoffStepName.hello
         func rollBack(_ reason: String) -> HandoffDonorOutcome {
             let why = "takeover by pid \(newPid) failed at step '\(step.rawValue)': \(reason)"
-            if paused {
+            if touched {
                 hooks.resume(why)
                 log("handoff: \(why); resumed forwarding")
             } else {
@@ -137,31 +142,34 @@ public final class HandoffDonor: @unchecked Sendable {
             let me = HandoffHello(version: .current, pid: getpid())
             try ch.send(.welcome, try HandoffJSON.encode(me, step: .hello), step: .hello)
 
-            step = .quiesce
-            setStep(step)
-            _ = try ch.expect(.prepare, step: step, timeoutMs: timeouts.stepMs)
-            let lastForward: UInt64?
-            do { lastForward = try hooks.quiesce() } catch { return rollBack("cannot quiesce: \(error)") }
-            paused = true
-            let quiescedAt = ws_monotonic_ns()
-            log("handoff: quiesced for pid \(newPid)")
-            try ch.send(.quiesced, try HandoffJSON.encode(HandoffQuiesced(quiescedAtNs: quiescedAt), step: step), step: step)
-
+            // transfer: freeze the control plane, describe, lend every descriptor. Still forwarding.
             step = .transfer
             setStep(step)
-            var builder = HandoffStateBuilder(configuration: configuration, quiescedAtNs: quiescedAt, lastForwardNs: lastForward)
+            _ = try ch.expect(.prepare, step: step, timeoutMs: timeouts.stepMs)
+            touched = true
+            do { try hooks.freeze() } catch { return rollBack("cannot freeze the control plane: \(error)") }
+            var builder = HandoffStateBuilder(configuration: configuration, describedAtNs: ws_monotonic_ns())
             do { try hooks.export(&builder) } catch { return rollBack("cannot describe this process's state: \(error)") }
             try ch.send(.state, try HandoffJSON.encode(builder.state, step: step), step: step)
             try ch.sendFDs(builder.fds, names: builder.state.fds, step: step)
 
             step = .map
             setStep(step)
-            _ = try ch.expect(.ready, step: step, timeoutMs: timeouts.mapMs)
+            _ = try ch.expect(.mapped, step: step, timeoutMs: timeouts.mapMs)
 
-            // The commit point. Before the message goes out we could still resume; once it is sent
-            // the new process may be polling the same rings, so this one must never touch them again.
+            // quiesce: the blackout starts here.
+            step = .quiesce
+            setStep(step)
+            var live: HandoffLive
+            do { live = try hooks.quiesce() } catch { return rollBack("cannot quiesce: \(error)") }
+            live.quiescedAtNs = ws_monotonic_ns()
+            try ch.send(.quiesced, try HandoffJSON.encode(live, step: step), step: step)
+
             step = .commit
             setStep(step)
+            _ = try ch.expect(.ready, step: step, timeoutMs: timeouts.stepMs)
+            // The commit point. Before the message goes out we could still resume; once it is sent
+            // the new process may be polling the same rings, so this one must never touch them again.
             do {
                 try ch.send(.commit, step: step)
             } catch {

@@ -67,11 +67,9 @@ public struct HandoffPortState: Codable, Sendable, Equatable {
 public struct HandoffState: Codable, Sendable, Equatable {
     public var version: HandoffVersion
     public var donorPid: Int32
-    /// CLOCK_MONOTONIC (system-wide, so comparable across processes) when the donor's polling
-    /// threads were all parked.
-    public var quiescedAtNs: UInt64
-    /// 1.1: the donor's last forwarded packet, when it knows (else the quiesce time stands for it).
-    public var lastForwardNs: UInt64?
+    /// CLOCK_MONOTONIC (system-wide, so comparable across processes) when the state was described
+    /// (control plane frozen, datapath still forwarding).
+    public var describedAtNs: UInt64
     public var configuration: HandoffConfiguration
     /// The descriptor index: entry i says what descriptor i is.
     public var fds: [String]
@@ -80,14 +78,51 @@ public struct HandoffState: Codable, Sendable, Equatable {
     public var ports: [HandoffPortState]
 }
 
+/// Where one ring stands after the pause.
+public struct HandoffRingPosition: Codable, Sendable, Equatable {
+    public var port: String
+    public var index: Int
+    public var lastAvailIndex: UInt16
+    public var availWrapCounter: Bool
+    public var lastUsedIndex: UInt16
+    public var usedWrapCounter: Bool
+    public init(port: String, index: Int, base b: VringBase) {
+        self.port = port; self.index = index
+        lastAvailIndex = b.lastAvailIndex; availWrapCounter = b.availWrapCounter
+        lastUsedIndex = b.lastUsedIndex; usedWrapCounter = b.usedWrapCounter
+    }
+    public var base: VringBase {
+        VringBase(lastAvailIndex: lastAvailIndex, availWrapCounter: availWrapCounter,
+                  lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
+    }
+}
+
+/// What changes while the old process forwards and so crosses only once its datapath is paused:
+/// ring positions, counters, and the time of the pause.
+public struct HandoffLive: Codable, Sendable, Equatable {
+    public var quiescedAtNs: UInt64
+    /// The last forwarded packet, when the donor knows it (else the pause time stands for it).
+    public var lastForwardNs: UInt64?
+    public var rings: [HandoffRingPosition]
+    public var counters: [String: QueueCounters]
+    public init(quiescedAtNs: UInt64 = 0, lastForwardNs: UInt64? = nil, rings: [HandoffRingPosition] = [],
+                counters: [String: QueueCounters] = [:]) {
+        self.quiescedAtNs = quiescedAtNs; self.lastForwardNs = lastForwardNs; self.rings = rings; self.counters = counters
+    }
+    /// The positions of `port`'s rings, by ring index.
+    public func positions(of port: String) -> [Int: VringBase] {
+        Dictionary(rings.filter { $0.port == port }.map { ($0.index, $0.base) }, uniquingKeysWith: { _, b in b })
+    }
+}
+
 /// Builds the state on the donor side: registers descriptors (lent, not duplicated) and describes
 /// regions, pools and ports.
 public struct HandoffStateBuilder {
     public var state: HandoffState
     public private(set) var fds: [Int32] = []
 
-    public init(configuration: HandoffConfiguration, quiescedAtNs: UInt64, lastForwardNs: UInt64? = nil) {
-        state = HandoffState(version: .current, donorPid: getpid(), quiescedAtNs: quiescedAtNs, lastForwardNs: lastForwardNs,
+    public init(configuration: HandoffConfiguration, describedAtNs: UInt64) {
+        state = HandoffState(version: .current, donorPid: getpid(), describedAtNs: describedAtNs,
                              configuration: configuration, fds: [], regions: [], pools: [], ports: [])
     }
 
@@ -115,7 +150,8 @@ public struct HandoffStateBuilder {
         state.pools.append(HandoffPoolState(config: p.config, region: k, offset: p.offset, poolID: p.poolID))
     }
 
-    /// Adds a vhost-user port: its sockets and its session, rings at the datapath's positions.
+    /// Adds a vhost-user port: its sockets and its session. Ring positions here are provisional
+    /// (the datapath still runs); the final ones cross in `HandoffLive`.
     public mutating func addVhostUserPort(name: String, path: String?, listenFD: Int32?, connectionFD: Int32?,
                                           session: VhostUserBackendSession?, positions: (Int) -> VringBase? = { _ in nil },
                                           counters: QueueCounters? = nil) {
@@ -164,9 +200,9 @@ public final class HandoffReceived: @unchecked Sendable {
     public let fds: HandoffFDTable
     init(state: HandoffState, fds: HandoffFDTable) { self.state = state; self.fds = fds }
 
-    /// Maps every region from its passed descriptor and attaches every pool with its live ring
-    /// state (`MbufPool.attach` checks the control block: a pool that is not quiescent is refused).
-    public func adoptMemory() throws(HandoffError) -> (regions: [MemoryRegion], pools: [MbufPool]) {
+    /// Maps every region from its passed descriptor (done while the old process still forwards:
+    /// mapping is the slow part, and the pages are shared, not copied).
+    public func mapRegions() throws(HandoffError) -> [MemoryRegion] {
         var regions: [MemoryRegion] = []
         for (k, r) in state.regions.enumerated() {
             guard let ps = PageSize(bytes: r.pageSize), let backing = MemoryBacking(rawValue: r.backing) else {
@@ -180,16 +216,22 @@ public final class HandoffReceived: @unchecked Sendable {
                 throw HandoffError(.map, "cannot map region \(k) '\(r.name)' (\(r.size) bytes, \(ps) pages): \(error)")
             }
         }
+        return regions
+    }
+
+    /// Attaches every pool with its live ring state. Only once the old datapath is paused (its
+    /// caches flushed): `MbufPool.attach` checks the control block and refuses a pool in motion.
+    public func attachPools(in regions: [MemoryRegion]) throws(HandoffError) -> [MbufPool] {
         var pools: [MbufPool] = []
         for p in state.pools {
-            guard p.region >= 0, p.region < regions.count else { throw HandoffError(.map, "pool \(p.poolID) names region \(p.region)") }
+            guard p.region >= 0, p.region < regions.count else { throw HandoffError(.commit, "pool \(p.poolID) names region \(p.region)") }
             do {
                 pools.append(try MbufPool.attach(config: p.config, region: regions[p.region], offset: p.offset, poolID: p.poolID))
             } catch {
-                throw HandoffError(.map, "cannot adopt pool \(p.poolID): \(error)")
+                throw HandoffError(.commit, "cannot adopt pool \(p.poolID): \(error)")
             }
         }
-        return (regions, pools)
+        return pools
     }
 
     /// Rebuilds a vhost-user port's session (memory re-mapped from the passed fds, rings at the

@@ -5,18 +5,24 @@ import Glibc
 
 /// What the new process does with what it receives.
 public struct HandoffTakerHooks {
-    /// Maps and adopts everything (regions, pools, sessions, ports) and builds the datapath without
-    /// starting it. Throwing aborts the handoff: the old process resumes.
+    /// Maps and adopts everything (regions, sessions, ports) while the old process still forwards,
+    /// and builds what it can without ring positions. Throwing aborts the handoff: the old process
+    /// resumes.
     public var adopt: (HandoffReceived) throws -> Void
+    /// After the old process paused: attach the pools (`HandoffReceived.attachPools`), build the
+    /// queues at the final ring positions, continue the counters. Keep it short: it is inside the
+    /// blackout. Throwing aborts the handoff.
+    public var activate: (HandoffLive) throws -> Void
     /// After the commit: start forwarding.
     public var resume: () throws -> Void
     /// Monotonic time of the first packet forwarded since `resume`, nil until then (blackout).
     public var firstPacketNs: () -> UInt64?
     /// Drops what `adopt` built, when the handoff fails before the commit.
     public var abandon: () -> Void
-    public init(adopt: @escaping (HandoffReceived) throws -> Void, resume: @escaping () throws -> Void,
-                firstPacketNs: @escaping () -> UInt64? = { nil }, abandon: @escaping () -> Void = {}) {
-        self.adopt = adopt; self.resume = resume; self.firstPacketNs = firstPacketNs; self.abandon = abandon
+    public init(adopt: @escaping (HandoffReceived) throws -> Void, activate: @escaping (HandoffLive) throws -> Void = { _ in },
+                resume: @escaping () throws -> Void, firstPacketNs: @escaping () -> UInt64? = { nil },
+                abandon: @escaping () -> Void = {}) {
+        self.adopt = adopt; self.activate = activate; self.resume = resume; self.firstPacketNs = firstPacketNs; self.abandon = abandon
     }
 }
 
@@ -77,7 +83,7 @@ public enum HandoffTaker {
     public static func takeover(channel ch: HandoffChannel, hooks: HandoffTakerHooks, options: HandoffTakerOptions = HandoffTakerOptions(),
                                 log: (String) -> Void = { _ in }, startNs: UInt64? = nil) throws(HandoffError) -> HandoffReport {
         var steps: [HandoffStep] = []
-        var state: HandoffState?
+        var live: HandoffLive?
         var mark = startNs ?? ws_monotonic_ns()
         func done(_ s: HandoffStepName) {
             let now = ws_monotonic_ns()
@@ -129,19 +135,14 @@ public enum HandoffTaker {
             log("handoff: taking over from pid \(welcome.pid) (protocol \(welcome.version))")
             done(.hello)
 
-            try fault(.quiesce)
-            try ch.send(.prepare, step: .quiesce)
-            _ = try ch.expect(.quiesced, step: .quiesce, timeoutMs: t.stepMs)
-            done(.quiesce)
-
             try fault(.transfer)
+            try ch.send(.prepare, step: .transfer)
             let stateFrame = try ch.expect(.state, step: .transfer, timeoutMs: t.stepMs)
             let decoded: HandoffState
             do { decoded = try HandoffJSON.decode(HandoffState.self, stateFrame.payload, step: .transfer) } catch { throw abort(error) }
             guard HandoffVersion.current.canRead(decoded.version) else {
                 throw abort(HandoffError(.transfer, "cannot read state version \(decoded.version)"))
             }
-            state = decoded
             let fds = HandoffFDTable(fds: try ch.receiveFDs(names: decoded.fds, step: .transfer, timeoutMs: t.stepMs), names: decoded.fds)
             done(.transfer)
 
@@ -157,9 +158,20 @@ public enum HandoffTaker {
             if fds.untaken > 0 {
                 log("handoff: \(fds.untaken) handed-over descriptors were not used; closing them")
             }
+            try ch.send(.mapped, step: .map)
             done(.map)
 
+            try fault(.quiesce)
+            let liveFrame = try ch.expect(.quiesced, step: .quiesce, timeoutMs: t.stepMs)
+            let l: HandoffLive
+            do { l = try HandoffJSON.decode(HandoffLive.self, liveFrame.payload, step: .quiesce) } catch { throw abort(error) }
+            live = l
+            done(.quiesce)
+
             try fault(.commit)
+            do { try hooks.activate(l) } catch let e as HandoffError { throw abort(e) } catch {
+                throw abort(HandoffError(.commit, "cannot apply the final ring positions: \(error)"))
+            }
             try ch.send(.ready, step: .commit)
             _ = try ch.expect(.commit, step: .commit, timeoutMs: t.stepMs)
             done(.commit)
@@ -184,7 +196,7 @@ public enum HandoffTaker {
         done(.oldExit)
 
         // The blackout: from the old process's last forwarded packet (or its quiesce) to our first.
-        let last = state.map { $0.lastForwardNs ?? $0.quiescedAtNs } ?? resumedAt
+        let last = live.map { $0.lastForwardNs ?? $0.quiescedAtNs } ?? resumedAt
         var first = hooks.firstPacketNs()
         let waitEnd = resumedAt &+ UInt64(options.trafficWaitMs) * 1_000_000
         while first == nil && ws_monotonic_ns() < waitEnd {

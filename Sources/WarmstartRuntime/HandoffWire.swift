@@ -39,15 +39,15 @@ public enum HandoffMessageType: UInt16, Sendable, CustomStringConvertible {
     case welcome = 2
     /// old → new: {reason}; the connection is closed after it.
     case refused = 3
-    /// new → old: quiesce now and send everything.
+    /// new → old: freeze the control plane (forwarding goes on) and send everything.
     case prepare = 4
-    /// old → new: {quiesced_at_ns}
+    /// old → new: `HandoffLive` — the datapath is paused at a burst boundary; ring positions.
     case quiesced = 5
     /// old → new: the state document (JSON), then its descriptors in `fds` frames.
     case state = 6
     /// old → new: {first, names}, with the descriptors attached.
     case fds = 7
-    /// new → old: everything is mapped and adopted; waiting for commit.
+    /// new → old: the final positions are applied; waiting for commit.
     case ready = 8
     /// old → new: the commit point. The old process has stopped for good; the new one owns all.
     case commit = 9
@@ -55,19 +55,26 @@ public enum HandoffMessageType: UInt16, Sendable, CustomStringConvertible {
     case resumed = 10
     /// either way: {step, reason}; before commit the old process resumes.
     case abort = 11
+    /// new → old: everything is mapped; pause now.
+    case mapped = 12
 
     public var description: String {
         switch self {
         case .hello: "hello"; case .welcome: "welcome"; case .refused: "refused"; case .prepare: "prepare"
         case .quiesced: "quiesced"; case .state: "state"; case .fds: "fds"; case .ready: "ready"
-        case .commit: "commit"; case .resumed: "resumed"; case .abort: "abort"
+        case .commit: "commit"; case .resumed: "resumed"; case .abort: "abort"; case .mapped: "mapped"
         }
     }
 }
 
 /// The steps of a handoff, in order, as timed and reported.
+///
+/// The order keeps the blackout short: everything slow (describing, passing descriptors, mapping
+/// memory, rebuilding sessions) happens while the old process still forwards, with only its control
+/// plane frozen (vhost-user messages wait in their sockets). The datapath pauses at `quiesce`, after
+/// `map`, and only ring positions and counters cross after that.
 public enum HandoffStepName: String, CaseIterable, Sendable, Codable {
-    case hello, quiesce, transfer, map, commit, resume
+    case hello, transfer, map, quiesce, commit, resume
     case oldExit = "old-exit"
 }
 
@@ -273,8 +280,4 @@ public final class HandoffChannel {
 struct HandoffHello: Codable { var version: HandoffVersion; var pid: Int32 }
 struct HandoffRefusal: Codable { var reason: String }
 struct HandoffAbort: Codable { var step: String; var reason: String }
-struct HandoffQuiesced: Codable {
-    var quiescedAtNs: UInt64
-    enum CodingKeys: String, CodingKey { case quiescedAtNs = "quiesced_at_ns" }
-}
 struct HandoffFDBatch: Codable { var first: Int; var names: [String] }

@@ -224,4 +224,17 @@ extension VhostUserBackendSession {
         }
         return (s, started)
     }
+
+    /// Moves the started rings to the positions the old datapath stopped at (they were imported
+    /// with provisional ones while it still ran) and returns the updated setups, by ring index.
+    public func applyHandoffPositions(_ positions: [Int: VringBase]) throws(VhostUserError) -> [VringSetup] {
+        for (i, base) in positions {
+            guard var setup = setups[i] else {
+                throw VhostUserError(request: nil, reason: .ring(index: i, "handoff: a position for a ring that is not started"))
+            }
+            setup.base = base
+            setups[i] = setup
+        }
+        return startedRings
+    }
 }

@@ -223,16 +223,16 @@ final class TestBackend: @unchecked Sendable {
         startLoop()
     }
 
-    /// A takeover: everything comes from the handed-over state and descriptors.
-    init(received: HandoffReceived) throws {
-        let (regions, pools) = try received.adoptMemory()
-        region = regions[0]
-        pool = pools[0]
+    /// A takeover, second half (after the old datapath paused): pools attached with their live
+    /// state, rings at the final positions, a datapath ready to start.
+    init(pending p: PendingBackend, live: HandoffLive) throws {
+        region = p.regions[0]
+        pool = try p.received.attachPools(in: p.regions)[0]
         datapath = Datapath(pool: pool, ports: ["vhost0"], options: Self.dpOptions)
-        let a = try received.adoptVhostUserPort(received.state.ports[0], configuration: VhostUserBackendConfiguration())
-        session = a.session
-        connFD = a.connectionFD ?? -1
-        for s in a.rings { started[s.index] = s }
+        session = p.session
+        connFD = p.connFD
+        p.connFD = -1
+        for s in try p.session?.applyHandoffPositions(live.positions(of: "vhost0")) ?? [] { started[s.index] = s }
         if let r0 = started[0], let r1 = started[1] {
             pair = try VhostPair(r0, r1)
             datapath.attach(slot: 0, queues: [pair!])   // no thread runs yet: returns at once
@@ -261,21 +261,25 @@ final class TestBackend: @unchecked Sendable {
     /// The old process's side of the handoff.
     func donorHooks() -> HandoffDonorHooks {
         HandoffDonorHooks(
-            quiesce: { [self] in
+            freeze: { [self] in
                 loop?.stop()
                 loop = nil
-                datapath.pause()
-                return nil
             },
             export: { [self] b in
                 b.addRegion(region)
                 try b.addPool(pool, regions: [region])
                 b.addVhostUserPort(name: "vhost0", path: nil, listenFD: nil, connectionFD: connFD, session: session,
-                                   positions: { [pair] i in pair?.position(i) }, counters: datapath.stats()[0].total)
+                                   counters: datapath.stats()[0].total)
+            },
+            quiesce: { [self] in
+                datapath.pause()
+                var live = HandoffLive(counters: ["vhost0": datapath.stats()[0].total])
+                if let pair { live.rings = (0..<2).map { HandoffRingPosition(port: "vhost0", index: $0, base: pair.position($0)) } }
+                return live
             },
             resume: { [self] _ in
                 datapath.resume()
-                startLoop()
+                if loop == nil { startLoop() }
             },
             release: { [self] in releaseAll() })
     }
@@ -300,6 +304,25 @@ final class TestBackend: @unchecked Sendable {
     }
 }
 
+/// A takeover, first half (the old process still forwards): memory mapped from the passed
+/// descriptors, the session rebuilt, the connection taken.
+final class PendingBackend: @unchecked Sendable {
+    let received: HandoffReceived
+    let regions: [MemoryRegion]
+    let session: VhostUserBackendSession?
+    var connFD: Int32
+
+    init(_ received: HandoffReceived) throws {
+        self.received = received
+        regions = try received.mapRegions()
+        let a = try received.adoptVhostUserPort(received.state.ports[0], configuration: VhostUserBackendConfiguration())
+        session = a.session
+        connFD = a.connectionFD ?? -1
+    }
+
+    deinit { if connFD >= 0 { close(connFD) } }
+}
+
 /// Runs a full handoff from `old` to a new backend over a fresh socket pair; returns the new
 /// backend (nil when it failed), the report or error, and the donor's outcome.
 func handOff(from old: TestBackend, fault: HandoffFault? = nil, timeouts: HandoffTimeouts = HandoffTimeouts(),
@@ -313,15 +336,20 @@ func handOff(from old: TestBackend, fault: HandoffFault? = nil, timeouts: Handof
         outcome = donor.serve(HandoffChannel(fd: d))
         done.signal()
     }.start()
+    var pending: PendingBackend?
     var next: TestBackend?
     let hooks = HandoffTakerHooks(
         adopt: { r in
             if adoptDelay > 0 { usleep(adoptDelay) }
-            next = try TestBackend(received: r)
+            pending = try PendingBackend(r)
+        },
+        activate: { live in
+            next = try TestBackend(pending: pending!, live: live)
+            pending = nil
         },
         resume: { next!.resumeAfterTakeover() },
         firstPacketNs: { next?.firstPacketNs },
-        abandon: { next = nil })
+        abandon: { pending = nil; next = nil })
     let result = Result { () throws(HandoffError) in
         try HandoffTaker.takeover(channel: HandoffChannel(fd: t), hooks: hooks,
                                   options: HandoffTakerOptions(timeouts: timeouts, trafficWaitMs: 500, oldExitWaitMs: 2000, fault: fault))

@@ -93,7 +93,7 @@ final class HandoffTests: XCTestCase {
         let total = 200_000
         let traffic = guest.run(total: total)
         var logs: [String] = []
-        let steps: [HandoffStepName] = [.hello, .quiesce, .transfer, .map, .commit]
+        let steps: [HandoffStepName] = [.hello, .transfer, .map, .quiesce, .commit]
         for (k, step) in steps.enumerated() {
             waitFor(20_000 * (k + 1))
             let before = backend.datapath.stats()[0].total.rxPackets
@@ -137,12 +137,14 @@ final class HandoffTests: XCTestCase {
         let (d1, t1) = socketPair()
         let (d2, t2) = socketPair()
         var first: HandoffDonorOutcome?
+        var pending: PendingBackend?
         var next: TestBackend?
         let served = DispatchSemaphore(value: 0)
         Thread { first = donor.serve(HandoffChannel(fd: d1)); served.signal() }.start()
         let taker = Thread {
             _ = try? HandoffTaker.takeover(channel: HandoffChannel(fd: t1), hooks: HandoffTakerHooks(
-                adopt: { r in gate.wait(); next = try TestBackend(received: r) },
+                adopt: { r in gate.wait(); pending = try PendingBackend(r) },
+                activate: { live in next = try TestBackend(pending: pending!, live: live) },
                 resume: { next!.resumeAfterTakeover() }))
         }
         taker.start()

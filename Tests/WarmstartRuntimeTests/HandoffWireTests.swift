@@ -79,18 +79,17 @@ final class HandoffWireTests: XCTestCase {
         XCTAssertTrue(aborted?.hasPrefix("abort") ?? false, aborted ?? "nothing")
     }
 
-    /// A 1.1 binary reads a 1.0 state (no counters, no last-forward time), and ignores fields a
+    /// A 1.1 binary reads a 1.0 state (no per-port counters), and ignores fields a
     /// later 1.x adds.
     func testPreviousMinorStateIsRead() throws {
         let v10 = """
-        {"version":{"major":1,"minor":0},"donorPid":42,"quiescedAtNs":123,"configuration":{"arguments":["warmstart","run"],"values":{}},
+        {"version":{"major":1,"minor":0},"donorPid":42,"describedAtNs":123,"configuration":{"arguments":["warmstart","run"],"values":{}},
          "fds":["memory region 'mbufs'"],"regions":[{"name":"mbufs","fd":0,"size":4096,"fileOffset":0,"ioAddress":4294967296,"pageSize":4096,"backing":"memfd"}],
          "pools":[],"ports":[{"name":"vhost0","kind":"vhost-user","path":"/tmp/s"}],"addedIn1_7":{"x":1}}
         """
         let s = try HandoffJSON.decode(HandoffState.self, Array(v10.utf8), step: .transfer)
         XCTAssertEqual(s.version, HandoffVersion(major: 1, minor: 0))
         XCTAssertTrue(HandoffVersion.current.canRead(s.version))
-        XCTAssertNil(s.lastForwardNs)
         XCTAssertNil(s.ports[0].counters)
         XCTAssertEqual(s.regions[0].ioAddress, 1 << 32)
         XCTAssertFalse(HandoffVersion.current.canRead(HandoffVersion(major: 2, minor: 0)))
