@@ -32,7 +32,7 @@ func socketPair() -> (Int32, Int32) { VhostUserChannel.socketPair()! }
 
 /// The guest side: a split RX ring (vring 0) and TX ring (vring 1) in guest memory, a pool of TX
 /// packets there, 256 RX buffers kept posted. Packets carry a sequence number at byte 14.
-final class TestGuest: @unchecked Sendable {
+final class HandoffGuest: @unchecked Sendable {
     static let io: UInt64 = 0x1_0000_0000
     static let ringOffset = 4 << 20
     static let rxOffset = 5 << 20
@@ -128,7 +128,7 @@ final class TestGuest: @unchecked Sendable {
 
 /// The device side of one vhost-user queue pair: dequeue from the guest's TX ring, enqueue into
 /// its RX ring. Holds the setups (and so the memory and eventfds) it runs on.
-final class VhostPair: BurstQueue, @unchecked Sendable {
+final class HandoffQueuePair: BurstQueue, @unchecked Sendable {
     let setups: [VringSetup]
     let toGuest: VirtqueueDevice     // vring 0
     let fromGuest: VirtqueueDevice   // vring 1
@@ -165,7 +165,7 @@ final class VhostPair: BurstQueue, @unchecked Sendable {
 
 /// Serves a session's vhost-user messages on a thread until stopped at a message boundary (the
 /// quiesce: the socket is left unread, so its next message waits for whichever process owns it).
-final class ControlLoop: @unchecked Sendable {
+final class HandoffControlLoop: @unchecked Sendable {
     let channel: VhostUserChannel
     let session: VhostUserBackendSession
     let onEvents: ([VhostUserEvent]) -> Void
@@ -195,18 +195,26 @@ final class ControlLoop: @unchecked Sendable {
     func stop() {
         ws_store_release_u32(stopFlag, 1)
         finished.wait()
+        finished.signal()
+    }
+
+    /// Returns when the loop ended by itself (the front-end closed the connection).
+    func waitUntilFinished() {
+        finished.wait()
+        finished.signal()
     }
 }
 
 /// One backend "process": memory and pool, a session on a connection, a datapath.
-final class TestBackend: @unchecked Sendable {
-    let region: MemoryRegion
-    let pool: MbufPool
-    let datapath: Datapath
+final class HandoffBackend: @unchecked Sendable {
+    // Dropped by `releaseAll`: after the commit the old process holds nothing.
+    private(set) var region: MemoryRegion!
+    private(set) var pool: MbufPool!
+    private(set) var datapath: Datapath!
     var session: VhostUserBackendSession?
     var connFD: Int32
-    var pair: VhostPair?
-    var loop: ControlLoop?
+    var pair: HandoffQueuePair?
+    var loop: HandoffControlLoop?
     var started: [Int: VringSetup] = [:]
     static let dpOptions = Datapath.Options(mode: .macswap, spinBeforeNap: 2000, napMicroseconds: 20)
 
@@ -225,7 +233,7 @@ final class TestBackend: @unchecked Sendable {
 
     /// A takeover, second half (after the old datapath paused): pools attached with their live
     /// state, rings at the final positions, a datapath ready to start.
-    init(pending p: PendingBackend, live: HandoffLive) throws {
+    init(pending p: HandoffPendingBackend, live: HandoffLive) throws {
         region = p.regions[0]
         pool = try p.received.attachPools(in: p.regions)[0]
         datapath = Datapath(pool: pool, ports: ["vhost0"], options: Self.dpOptions)
@@ -234,7 +242,7 @@ final class TestBackend: @unchecked Sendable {
         p.connFD = -1
         for s in try p.session?.applyHandoffPositions(live.positions(of: "vhost0")) ?? [] { started[s.index] = s }
         if let r0 = started[0], let r1 = started[1] {
-            pair = try VhostPair(r0, r1)
+            pair = try HandoffQueuePair(r0, r1)
             datapath.attach(slot: 0, queues: [pair!])   // no thread runs yet: returns at once
         }
     }
@@ -243,7 +251,7 @@ final class TestBackend: @unchecked Sendable {
 
     func startLoop() {
         guard let session else { return }
-        loop = ControlLoop(fd: connFD, session: session) { [weak self] events in self?.handle(events) }
+        loop = HandoffControlLoop(fd: connFD, session: session) { [weak self] events in self?.handle(events) }
     }
 
     func handle(_ events: [VhostUserEvent]) {
@@ -251,12 +259,12 @@ final class TestBackend: @unchecked Sendable {
             if case let .ringStarted(s) = e { started[s.index] = s }
         }
         if pair == nil, let r0 = started[0], let r1 = started[1] {
-            pair = try! VhostPair(r0, r1)
+            pair = try! HandoffQueuePair(r0, r1)
             datapath.attach(slot: 0, queues: [pair!])
         }
     }
 
-    var firstPacketNs: UInt64? { datapath.firstPacketNs[0] == 0 ? nil : datapath.firstPacketNs[0] }
+    var firstPacketNs: UInt64? { datapath.map { $0.firstPacketNs[0] == 0 ? nil : $0.firstPacketNs[0] } ?? nil }
 
     /// The old process's side of the handoff.
     func donorHooks() -> HandoffDonorHooks {
@@ -284,12 +292,18 @@ final class TestBackend: @unchecked Sendable {
             release: { [self] in releaseAll() })
     }
 
+    /// Returns when the front-end has closed the vhost-user connection.
+    func waitUntilDisconnected() { loop?.waitUntilFinished() }
+
     /// After the commit: hold nothing.
     func releaseAll() {
         loop?.stop()
         loop = nil
-        datapath.stop()
-        datapath.detach(slot: 0)
+        datapath?.stop()
+        datapath?.detach(slot: 0)
+        datapath = nil
+        pool = nil
+        region = nil
         pair = nil
         started = [:]
         session = nil
@@ -306,7 +320,7 @@ final class TestBackend: @unchecked Sendable {
 
 /// A takeover, first half (the old process still forwards): memory mapped from the passed
 /// descriptors, the session rebuilt, the connection taken.
-final class PendingBackend: @unchecked Sendable {
+final class HandoffPendingBackend: @unchecked Sendable {
     let received: HandoffReceived
     let regions: [MemoryRegion]
     let session: VhostUserBackendSession?
@@ -325,9 +339,9 @@ final class PendingBackend: @unchecked Sendable {
 
 /// Runs a full handoff from `old` to a new backend over a fresh socket pair; returns the new
 /// backend (nil when it failed), the report or error, and the donor's outcome.
-func handOff(from old: TestBackend, fault: HandoffFault? = nil, timeouts: HandoffTimeouts = HandoffTimeouts(),
+func handOff(from old: HandoffBackend, fault: HandoffFault? = nil, timeouts: HandoffTimeouts = HandoffTimeouts(),
              adoptDelay: useconds_t = 0, log: @escaping (String) -> Void = { _ in })
-    -> (TestBackend?, Result<HandoffReport, HandoffError>, HandoffDonorOutcome) {
+    -> (HandoffBackend?, Result<HandoffReport, HandoffError>, HandoffDonorOutcome) {
     let (d, t) = socketPair()
     let donor = HandoffDonor(hooks: old.donorHooks(), timeouts: timeouts, log: log)
     var outcome: HandoffDonorOutcome?
@@ -336,15 +350,15 @@ func handOff(from old: TestBackend, fault: HandoffFault? = nil, timeouts: Handof
         outcome = donor.serve(HandoffChannel(fd: d))
         done.signal()
     }.start()
-    var pending: PendingBackend?
-    var next: TestBackend?
+    var pending: HandoffPendingBackend?
+    var next: HandoffBackend?
     let hooks = HandoffTakerHooks(
         adopt: { r in
             if adoptDelay > 0 { usleep(adoptDelay) }
-            pending = try PendingBackend(r)
+            pending = try HandoffPendingBackend(r)
         },
         activate: { live in
-            next = try TestBackend(pending: pending!, live: live)
+            next = try HandoffBackend(pending: pending!, live: live)
             pending = nil
         },
         resume: { next!.resumeAfterTakeover() },

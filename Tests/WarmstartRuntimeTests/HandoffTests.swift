@@ -9,13 +9,13 @@ import WarmstartVhostUser
 /// over (real socket, real SCM_RIGHTS, fresh mappings in the new backend); every packet sent comes
 /// back exactly once, in order.
 final class HandoffTests: XCTestCase {
-    var guest: TestGuest!
-    var backend: TestBackend!
+    var guest: HandoffGuest!
+    var backend: HandoffBackend!
 
     override func setUpWithError() throws {
         let (g, b) = socketPair()
-        backend = try TestBackend(connection: b)
-        guest = try TestGuest(socket: g)
+        backend = try HandoffBackend(connection: b)
+        guest = try HandoffGuest(socket: g)
         try guest.connect()
         let end = Date().addingTimeInterval(5)
         while backend.pair == nil && Date() < end { usleep(1000) }
@@ -137,14 +137,14 @@ final class HandoffTests: XCTestCase {
         let (d1, t1) = socketPair()
         let (d2, t2) = socketPair()
         var first: HandoffDonorOutcome?
-        var pending: PendingBackend?
-        var next: TestBackend?
+        var pending: HandoffPendingBackend?
+        var next: HandoffBackend?
         let served = DispatchSemaphore(value: 0)
         Thread { first = donor.serve(HandoffChannel(fd: d1)); served.signal() }.start()
         let taker = Thread {
             _ = try? HandoffTaker.takeover(channel: HandoffChannel(fd: t1), hooks: HandoffTakerHooks(
-                adopt: { r in gate.wait(); pending = try PendingBackend(r) },
-                activate: { live in next = try TestBackend(pending: pending!, live: live) },
+                adopt: { r in gate.wait(); pending = try HandoffPendingBackend(r) },
+                activate: { live in next = try HandoffBackend(pending: pending!, live: live) },
                 resume: { next!.resumeAfterTakeover() }))
         }
         taker.start()

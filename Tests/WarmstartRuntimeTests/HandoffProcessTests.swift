@@ -1,0 +1,179 @@
+import CWarmstartShim
+import Foundation
+import XCTest
+import WarmstartVhostUser
+@testable import WarmstartRuntime
+
+/// Hot upgrade across real processes: this test process is the guest and the old backend, serving
+/// handoffs on a unix control socket; the new backend is a child process (this test binary again,
+/// running `testChildTakesOver` with its instructions in the environment). Descriptors and memory
+/// really change process; kill -9 is a real SIGKILL of the child.
+final class HandoffProcessTests: XCTestCase {
+    static let childControl = "WS_HANDOFF_CHILD_CONTROL"
+    static let childFault = "WARMSTART_HANDOFF_FAULT"
+    static let childReport = "WS_HANDOFF_CHILD_REPORT"
+
+    var guest: HandoffGuest!
+    var backend: HandoffBackend!
+    var controlPath = ""
+    var listenFD: Int32 = -1
+    var donor: HandoffDonor!
+    var outcomes: [HandoffDonorOutcome] = []
+    let outcomeLock = NSLock()
+
+    /// The child: takes over from the control socket in the environment, forwards until the
+    /// front-end closes the connection, then exits (never returning to XCTest).
+    func testChildTakesOver() throws {
+        guard let path = ProcessInfo.processInfo.environment[Self.childControl] else { return }   // not a child: nothing to do
+        let env = ProcessInfo.processInfo.environment
+        var pending: HandoffPendingBackend?
+        var next: HandoffBackend?
+        let hooks = HandoffTakerHooks(
+            adopt: { pending = try HandoffPendingBackend($0) },
+            activate: { next = try HandoffBackend(pending: pending!, live: $0); pending = nil },
+            resume: { next!.resumeAfterTakeover() },
+            firstPacketNs: { next?.firstPacketNs },
+            abandon: { pending = nil; next = nil })
+        let options = HandoffTakerOptions(trafficWaitMs: 1000, fault: env[Self.childFault].flatMap(HandoffFault.init(parsing:)))
+        do {
+            let report = try HandoffTaker.takeover(path: path, hooks: hooks, options: options)
+            if let out = env[Self.childReport] {
+                try JSONEncoder().encode(report).write(to: URL(fileURLWithPath: out))
+            }
+        } catch {
+            FileHandle.standardError.write(Data("child: \(error)\n".utf8))
+            exit(3)
+        }
+        next!.waitUntilDisconnected()
+        next!.releaseAll()
+        exit(0)
+    }
+
+    override func setUpWithError() throws {
+        guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
+        let (g, b) = socketPair()
+        backend = try HandoffBackend(connection: b)
+        guest = try HandoffGuest(socket: g)
+        try guest.connect()
+        let end = Date().addingTimeInterval(5)
+        while backend.pair == nil && Date() < end { usleep(1000) }
+        // The old process's control socket, serving handoffs one connection at a time.
+        controlPath = "/tmp/ws-handoff-test-\(getpid()).sock"
+        unlink(controlPath)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, c) in controlPath.utf8.enumerated() { p[i] = c } }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        XCTAssertEqual(rc, 0)
+        chmod(controlPath, 0o600)
+        XCTAssertEqual(listen(fd, 4), 0)
+        listenFD = fd
+        donor = HandoffDonor(hooks: backend.donorHooks())
+        let donor = donor!
+        Thread { [self] in
+            while true {
+                let c = accept(fd, nil, nil)
+                if c < 0 { if errno == EINTR { continue }; return }
+                let o = donor.serve(HandoffChannel(fd: c))
+                outcomeLock.lock(); outcomes.append(o); outcomeLock.unlock()
+            }
+        }.start()
+    }
+
+    override func tearDown() {
+        guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
+        if listenFD >= 0 { shutdown(listenFD, Int32(SHUT_RDWR)); close(listenFD) }
+        unlink(controlPath)
+        backend?.releaseAll()
+        backend = nil
+        guest = nil
+    }
+
+    /// Starts this test binary as the new process.
+    func spawnChild(fault: String? = nil, report: String? = nil) throws -> Process {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        p.arguments = ["WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver"]
+        var env = ProcessInfo.processInfo.environment
+        env[Self.childControl] = controlPath
+        env[Self.childFault] = fault
+        env[Self.childReport] = report
+        p.environment = env
+        p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        try p.run()
+        return p
+    }
+
+    func waitFor(_ count: Int, timeout: Double = 20) {
+        let end = Date().addingTimeInterval(timeout)
+        while guest.receivedCount < count && Date() < end { usleep(500) }
+    }
+
+    var lastOutcome: HandoffDonorOutcome? { outcomeLock.lock(); defer { outcomeLock.unlock() }; return outcomes.last }
+
+    func testKillDashNineOfTheNewProcessAtEachStepLeavesTheOldOneForwarding() throws {
+        guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
+        let total = 150_000
+        let traffic = guest.run(total: total, seconds: 60)
+        let steps: [HandoffStepName] = [.hello, .transfer, .map, .quiesce, .commit]
+        for (k, step) in steps.enumerated() {
+            waitFor(20_000 * (k + 1))
+            let child = try spawnChild(fault: "kill:\(step.rawValue)")
+            let deadline = Date().addingTimeInterval(20)
+            while child.isRunning && Date() < deadline { usleep(1000) }
+            if child.isRunning { kill(child.processIdentifier, SIGKILL); XCTFail("\(step): child did not kill itself") }
+            child.waitUntilExit()
+            XCTAssertEqual(child.terminationReason, .uncaughtSignal, "\(step)")
+            XCTAssertEqual(child.terminationStatus, SIGKILL, "\(step)")
+            let end = Date().addingTimeInterval(5)
+            while outcomes.count < k + 1 && Date() < end { usleep(1000) }
+            switch lastOutcome {
+            case .committed?, nil: XCTFail("\(step): \(String(describing: lastOutcome))")
+            case let .rolledBack(reason)?, let .refused(reason)?:
+                XCTAssertTrue(reason.contains("closed the connection"), "\(step): \(reason)")
+            }
+            let before = backend.datapath.stats()[0].total.rxPackets
+            let until = Date().addingTimeInterval(5)
+            while backend.datapath.stats()[0].total.rxPackets < before + 1000 && Date() < until { usleep(500) }
+            XCTAssertGreaterThanOrEqual(backend.datapath.stats()[0].total.rxPackets, before + 1000, "\(step): old backend not forwarding")
+        }
+        waitFor(total)
+        while traffic.isExecuting { usleep(1000) }
+        XCTAssertEqual(guest.received, (0..<total).map { UInt32($0) })
+    }
+
+    func testUpgradeToANewProcessUnderTraffic() throws {
+        guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
+        let total = 300_000
+        let reportPath = "/tmp/ws-handoff-report-\(getpid()).json"
+        defer { unlink(reportPath) }
+        let traffic = guest.run(total: total, seconds: 60)
+        waitFor(50_000)
+        let fdsBefore = countOpenFDs()
+        let child = try spawnChild(report: reportPath)
+        let end = Date().addingTimeInterval(20)
+        while lastOutcome == nil && Date() < end { usleep(1000) }
+        XCTAssertEqual(lastOutcome, .committed(newPid: child.processIdentifier))
+        // The old process holds nothing of the backend any more: no pool memory, no connection.
+        XCTAssertEqual(countMappings(containing: "memfd:warmstart:host"), 0)
+        XCTAssertLessThan(countOpenFDs(), fdsBefore)
+        waitFor(total, timeout: 30)
+        while traffic.isExecuting { usleep(1000) }
+        XCTAssertEqual(guest.received, (0..<total).map { UInt32($0) }, "packets sent = packets received, through two processes")
+        // The same vhost-user connection, now served by the child: no reconnect, no renegotiation.
+        XCTAssertEqual(try guest.frontend.getStatus(), 0)
+        let report = try JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: reportPath)))
+        print("process handoff: blackout \(report.blackoutMs ?? -1) ms; " + report.steps.map { "\($0.name) \(String(format: "%.3f", $0.ms)) ms" }.joined(separator: ", "))
+        XCTAssertEqual(report.outcome, "committed")
+        XCTAssertNotNil(report.blackoutMs)
+        // The front-end closes: the child exits cleanly.
+        shutdown(guest.frontend.channel.fd, Int32(SHUT_RDWR))
+        let deadline = Date().addingTimeInterval(10)
+        while child.isRunning && Date() < deadline { usleep(1000) }
+        if child.isRunning { kill(child.processIdentifier, SIGKILL) }
+        child.waitUntilExit()
+        XCTAssertEqual(child.terminationStatus, 0)
+        backend = nil
+    }
+}
