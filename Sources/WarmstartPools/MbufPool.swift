@@ -24,6 +24,7 @@ public final class MbufPool: @unchecked Sendable {
     public let ringMode: PoolRing.Mode
 
     @usableFromInline let ring: PoolRing
+    @usableFromInline let el: PoolElements
     @usableFromInline let elements: UnsafeMutableRawPointer
     @usableFromInline let elementStride: Int
     @usableFromInline let count32: UInt32
@@ -52,6 +53,8 @@ public final class MbufPool: @unchecked Sendable {
         count32 = UInt32(config.count)
         headroom16 = UInt16(config.headroom)
         bufferLength16 = UInt16(config.bufferLength)
+        el = PoolElements(base: elements, stride: elementStride, count: count32, poolID: poolID,
+                          headroom: headroom16, bufferLength: bufferLength16)
         nextFresh = (b + PoolControl.nextFreshOffset).bindMemory(to: UInt64.self, capacity: 1)
         doubleFrees = (b + PoolControl.doubleFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
         badFrees = (b + PoolControl.badFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
@@ -120,15 +123,11 @@ public final class MbufPool: @unchecked Sendable {
 
     /// The element at `index`, without a bounds check.
     @inlinable @inline(__always)
-    func element(_ index: UInt32) -> Mbuf { Mbuf(header: elements + Int(index) &* elementStride) }
+    func element(_ index: UInt32) -> Mbuf { el.element(index) }
 
     /// The element at `index` after a reset of its whole header.
     @inlinable @inline(__always)
-    func initialize(_ index: UInt32) -> Mbuf {
-        let m = element(index)
-        m.reset(index: index, poolID: poolID, headroom: headroom16, bufferLength: bufferLength16)
-        return m
-    }
+    func initialize(_ index: UInt32) -> Mbuf { el.initialize(index) }
 
     /// Takes up to `n` never-used elements from the bump counter.
     @inlinable @inline(__always)
@@ -158,11 +157,12 @@ public final class MbufPool: @unchecked Sendable {
     @inlinable
     public func allocBulk(_ out: UnsafeMutablePointer<Mbuf>, count n: Int) -> Bool {
         if n <= 0 { return n == 0 }
+        let ring = self.ring, el = self.el // locals: not reloaded after each header store
         var got = 0
         let r = ring.reserveDequeue(n, exact: false)
         if r.count > 0 {
             while got < r.count {
-                out[got] = initialize(ring.slot(r.start &+ UInt64(got)))
+                out[got] = el.initialize(ring.slot(r.start &+ UInt64(got)))
                 got += 1
             }
             ring.publishDequeue(start: r.start, count: r.count)
@@ -171,7 +171,7 @@ public final class MbufPool: @unchecked Sendable {
             let f = takeFresh(n - got)
             var i = 0
             while i < f.count {
-                out[got] = initialize(f.start &+ UInt32(truncatingIfNeeded: i))
+                out[got] = el.initialize(f.start &+ UInt32(truncatingIfNeeded: i))
                 got += 1
                 i += 1
             }
@@ -215,26 +215,23 @@ public final class MbufPool: @unchecked Sendable {
 
     /// Checks a segment being freed and drops one reference. Returns 1 when the segment must go
     /// back to the free list, 0 when someone still holds it, -1 when the free was bad (counted).
-    /// Like DPDK, the refCount 1 case uses no atomic operation: two threads freeing the same
-    /// mbuf at the same moment is a race the counters may miss; a later second free is caught.
     @inlinable @inline(__always)
     func prefree(_ m: Mbuf) -> Int {
-        let index = m.index
-        guard index < count32, elements + Int(index) &* elementStride == m.header,
-              m.poolID == poolID, m.magic == MbufLayout.identityMagic else {
-            badIdentity(m)
+        let v = el.prefree(m)
+        return v == .release ? 1 : prefreeSlow(m, v)
+    }
+
+    /// The uncommon verdicts: a shared segment, or a bad free to count (and trap on in debug).
+    @usableFromInline
+    func prefreeSlow(_ m: Mbuf, _ v: FreeVerdict) -> Int {
+        switch v {
+        case .release: return 1
+        case .shared: return dropSharedReference(m)
+        case .badIdentity: badIdentity(m); return -1
+        case .doubleFree:
+            reportBadFree(index: m.index, double: true, "mbuf pool \(poolID): double free of mbuf \(m.index)")
             return -1
         }
-        let rc = m.refCount
-        if rc == 1 {
-            m.refCount = 0
-            return 1
-        }
-        if rc == 0 {
-            reportBadFree(index: index, double: true, "mbuf pool \(poolID): double free of mbuf \(index)")
-            return -1
-        }
-        return dropSharedReference(m)
     }
 
     @usableFromInline
