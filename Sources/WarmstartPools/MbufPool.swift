@@ -281,12 +281,37 @@ public final class MbufPool: @unchecked Sendable {
         }
     }
 
+    /// Frees `n` chains. Single segments are gathered and go back to the ring 64 at a time, one
+    /// reservation per batch instead of one per mbuf.
     @inlinable
     public func freeBulk(_ ms: UnsafePointer<Mbuf>, count n: Int) {
-        var i = 0
-        while i < n {
-            free(ms[i])
-            i += 1
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { buffer in
+            let batch = buffer.baseAddress!
+            var k = 0
+            var i = 0
+            while i < n {
+                let m = ms[i]
+                i &+= 1
+                if m.nextIndex != MbufLayout.noNext {
+                    free(m)
+                } else if prefree(m) > 0 {
+                    batch[k] = m.index
+                    k &+= 1
+                    if k == 64 {
+                        putMany(batch, k)
+                        k = 0
+                    }
+                }
+            }
+            if k > 0 { putMany(batch, k) }
+        }
+    }
+
+    @inlinable
+    func putMany(_ indices: UnsafeMutablePointer<UInt32>, _ n: Int) {
+        let put = ring.enqueueBurst(indices, count: n)
+        if _slowPath(put < n) {
+            for i in put..<n { ringOverflow(indices[i]) }
         }
     }
 
