@@ -153,42 +153,35 @@ public final class MbufPool: @unchecked Sendable {
         return f.count == 1 ? initialize(f.start) : nil
     }
 
-    /// `n` mbufs into `out`, or none and false (rte_pktmbuf_alloc_bulk).
+    /// `n` mbufs into `out`, or none and false (rte_pktmbuf_alloc_bulk). Indices are copied out
+    /// of the ring first and headers written after the dequeue is published, so other consumers
+    /// are not held up by header stores.
     @inlinable
     public func allocBulk(_ out: UnsafeMutablePointer<Mbuf>, count n: Int) -> Bool {
         if n <= 0 { return n == 0 }
-        let ring = self.ring, el = self.el // locals: not reloaded after each header store
-        var got = 0
-        let r = ring.reserveDequeue(n, exact: false)
-        if r.count > 0 {
-            while got < r.count {
-                out[got] = el.initialize(ring.slot(r.start &+ UInt64(got)))
-                got += 1
-            }
-            ring.publishDequeue(start: r.start, count: r.count)
-        }
-        if got < n {
-            let f = takeFresh(n - got)
-            var i = 0
-            while i < f.count {
-                out[got] = el.initialize(f.start &+ UInt32(truncatingIfNeeded: i))
-                got += 1
-                i += 1
-            }
+        return withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) { buffer in
+            let indices = buffer.baseAddress!
+            var got = ring.dequeueBurst(indices, max: n)
             if got < n {
-                giveBack(out, got)
-                return false
+                let f = takeFresh(n - got)
+                var i = 0
+                while i < f.count {
+                    indices[got] = f.start &+ UInt32(truncatingIfNeeded: i)
+                    got += 1
+                    i += 1
+                }
+                if got < n {
+                    if got > 0 { putMany(indices, got) } // headers untouched: just give them back
+                    return false
+                }
             }
-        }
-        return true
-    }
-
-    /// Returns mbufs taken by a failed bulk allocation (headers already reset).
-    @usableFromInline
-    func giveBack(_ ms: UnsafeMutablePointer<Mbuf>, _ n: Int) {
-        for i in 0..<n {
-            ms[i].refCount = 0
-            putOne(ms[i].index)
+            let el = self.el // a local: not reloaded after each header store
+            var i = 0
+            while i < n {
+                out[i] = el.initialize(indices[i])
+                i &+= 1
+            }
+            return true
         }
     }
 
