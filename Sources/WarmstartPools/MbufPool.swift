@@ -65,7 +65,8 @@ public final class MbufPool: @unchecked Sendable {
                           _ poolID: UInt16) throws -> PoolControl.Geometry {
         try config.validate()
         guard offset >= 0, offset % MbufPoolConfig.pageAlignment == 0 else {
-            throw PoolError.misalignedOffset(poolID: poolID, offset: offset, alignment: MbufPoolConfig.pageAlignment)
+            throw PoolError.misalignedOffset(poolID: poolID, offset: offset,
+                                             alignment: MbufPoolConfig.pageAlignment)
         }
         let g = PoolControl.Geometry(config)
         guard offset <= region.size, g.totalBytes <= region.size - offset else {
