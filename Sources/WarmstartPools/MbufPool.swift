@@ -9,6 +9,9 @@ import WarmstartMemory
 /// bumps; every allocation writes the whole header, so no header content from an earlier run is
 /// trusted. Nothing in shared memory is a pointer: the pool may be mapped at any address.
 ///
+/// `offset` must be a multiple of 4096 (elements are page aligned); `MbufPoolConfig.bytesNeeded`
+/// is a page multiple, so pools can be placed back to back in one region.
+///
 /// Hot-path methods are `@inlinable` so callers in other modules get them inlined. Dataplane
 /// threads should go through an `MbufCache`; the pool's own alloc/free touch the shared ring on
 /// every call.
