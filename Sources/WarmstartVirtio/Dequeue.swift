@@ -45,7 +45,7 @@ extension VirtqueueDevice {
                 info.id = head
                 info.error = Int8(ChainError.indexOutOfRange.rawValue)
             } else {
-                walkSplit(ring: ring, head: head, writable: false, cursor: &cursor, info: &info)
+                walkSplitChain(ring: ring, head: head, writable: false, cursor: &cursor, info: &info)
                 if info.error == Int8(ChainError.tooFragmented.rawValue) && walked > 0 { break } // next burst
             }
             checkHeader(&info, &cursor)
@@ -82,7 +82,7 @@ extension VirtqueueDevice {
             if !PackedRing.isAvailable(f, wrap: wrap) { break }
             var info = ChainInfo()
             let start = cursor
-            if !walkPacked(ring: ring, slot: slot, firstFlags: f, writable: false, cursor: &cursor, info: &info) {
+            if !walkPackedChain(ring: ring, slot: slot, firstFlags: f, writable: false, cursor: &cursor, info: &info) {
                 markBroken(.packedChainEndless(slot: slot))
                 cursor = start
                 break

@@ -32,7 +32,7 @@ struct SplitAvailCursor: AvailChainCursor {
             info.segmentEnd = info.segmentStart
             return true
         }
-        dev.walkSplit(ring: ring, head: head, writable: true, cursor: &cursor, info: &info)
+        dev.walkSplitChain(ring: ring, head: head, writable: true, cursor: &cursor, info: &info)
         return true
     }
 }
@@ -45,7 +45,7 @@ struct PackedAvailCursor: AvailChainCursor {
     mutating func next(_ dev: VirtqueueDevice, cursor: inout Int, info: inout ChainInfo) -> Bool {
         let f = ring.loadFlags(slot)
         if !PackedRing.isAvailable(f, wrap: wrap) { return false }
-        if !dev.walkPacked(ring: ring, slot: slot, firstFlags: f, writable: true, cursor: &cursor, info: &info) {
+        if !dev.walkPackedChain(ring: ring, slot: slot, firstFlags: f, writable: true, cursor: &cursor, info: &info) {
             dev.markBroken(.packedChainEndless(slot: slot))
             return false
         }
