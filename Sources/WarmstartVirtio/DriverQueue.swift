@@ -156,7 +156,7 @@ public final class DriverQueue {
     /// buffer id (packed), or nil when the ring has no room. Visible to the device after `publish()`.
     @discardableResult
     public func add(_ buffers: UnsafePointer<DriverBuffer>, count: Int, token: UInt64) -> UInt16? {
-        guard count > 0, count <= numFree else { return nil }
+        guard count > 0, count <= numFree, layout == .split || freeIDCount > 0 else { return nil }
         switch layout {
         case .split:
             let ring = split.unsafelyUnwrapped
@@ -199,7 +199,7 @@ public final class DriverQueue {
     @discardableResult
     public func addIndirect(_ buffers: UnsafePointer<DriverBuffer>, count: Int, token: UInt64,
                             table: UnsafeMutableRawPointer, tableGuest: UInt64) -> UInt16? {
-        guard count > 0, numFree >= 1 else { return nil }
+        guard count > 0, numFree >= 1, layout == .split || freeIDCount > 0 else { return nil }
         for k in 0..<count {
             let b = buffers[k]
             let w: UInt16 = b.writable ? VirtqDescriptorFlags.write : 0
