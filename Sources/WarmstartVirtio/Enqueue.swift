@@ -191,6 +191,7 @@ extension VirtqueueDevice {
             if chainCount == 0 { continue }
             let m = packets[p]
             var header = m.offload.rawValue & 1 != 0 ? m.vnetHeader : VirtioNetHeader() // vnetHeaderValid
+            // §5.1.6.4: without MRG_RXBUF the device sets num_buffers to 1.
             header.numBuffers = options.mergeableRxBuffers ? UInt16(truncatingIfNeeded: chainCount) : 1
             let fc = Int(first)
             var s = ScatterCursor(chain: fc, endChain: fc &+ Int(chainCount), seg: Int(chains[fc].segmentStart))
