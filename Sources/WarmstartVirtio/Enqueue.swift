@@ -174,9 +174,9 @@ extension VirtqueueDevice {
             } while capacity < needed
             if dropped {
                 for k in first..<taken { chains[k].usedLength = 0; chains[k].segmentEnd = chains[k].segmentStart }
-                packetChains[p] = (Int32(first), 0)
+                packetChains[p] = (Int32(truncatingIfNeeded: first), 0)
             } else {
-                packetChains[p] = (Int32(first), Int32(taken &- first))
+                packetChains[p] = (Int32(truncatingIfNeeded: first), Int32(truncatingIfNeeded: taken &- first))
             }
             p &+= 1
         }
