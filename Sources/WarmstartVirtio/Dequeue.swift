@@ -97,6 +97,7 @@ extension VirtqueueDevice {
         if walked == 0 { return 0 }
         let (consumed, produced) = copyOut(pool, out, walked)
         publishPackedUsed(ring, consumed, advanceAvail: true)
+        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
         return produced
     }
 
@@ -241,6 +242,13 @@ extension VirtqueueDevice {
         head.offload = MbufOffload(rawValue: flags)
         head.vnetHeader = header
         return true
+    }
+
+    /// EVENT_IDX, packed (§2.7.10): ask for a kick once the driver makes the next slot available.
+    @inline(__always)
+    func armPackedKick(_ ring: PackedRing) {
+        let offWrap = lastAvailIndex | (availWrapCounter ? 0x8000 : 0)
+        PackedRing.storeEvent(ring.deviceEvent, offWrap: offWrap, flags: PackedRing.eventFlagsDesc)
     }
 
     /// Writes the used descriptors of chains `0..<n` (packed, §2.7.8) — ids and lengths first, the

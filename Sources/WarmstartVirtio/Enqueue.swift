@@ -128,6 +128,7 @@ extension VirtqueueDevice {
             let (handled, chainCount) = reserve(&c, packets, want)
             copyIn(pool, packets, handled)
             publishPackedUsed(ring, chainCount, advanceAvail: true)
+            if options.eventIndex && notificationsEnabled && chainCount > 0 { armPackedKick(ring) }
             return handled
         }
     }
