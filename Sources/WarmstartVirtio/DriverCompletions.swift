@@ -160,6 +160,46 @@ extension DriverQueue {
         return add(&b, count: 1, token: token)
     }
 
+    /// Posts an mbuf's whole room (from its data start, minus room for the header in front) as
+    /// one device-writable receive buffer; token = the mbuf's index. The mbuf must lie in guest
+    /// memory. Complete it with `finishRX`.
+    @discardableResult
+    public func addRX(_ m: Mbuf, memory: GuestMemoryMap) -> UInt16? {
+        let hs = options.netHeaderSize
+        guard m.headroom >= hs else { return nil }
+        let start = m.data - hs
+        let room = hs + m.tailroom + Int(m.dataLength)
+        guard let g = memory.guestAddress(of: start, length: room) else { return nil }
+        return addRX(addr: g, len: UInt32(room), token: UInt64(m.index))
+    }
+
+    /// Turns a used receive buffer posted by `addRX(_:memory:)` into packet data: data length
+    /// from the used length (the header is in front of the data), and for the first buffer of a
+    /// packet the virtio-net header and offload flags. Returns the header's num_buffers (how many
+    /// buffers, this one included, the packet spans with MRG_RXBUF), or nil for a used length
+    /// shorter than the header. Continuation buffers (`first` false) carry data only.
+    public func finishRX(_ m: Mbuf, usedLength: UInt32, first: Bool = true) -> UInt16? {
+        let hs = options.netHeaderSize
+        if !first {
+            m.dataOffset = m.dataOffset &- UInt16(hs) // the whole buffer is data
+            m.dataLength = UInt16(truncatingIfNeeded: min(Int(usedLength), Int(m.bufferLength) - Int(m.dataOffset)))
+            m.packetLength = UInt32(m.dataLength)
+            return 0
+        }
+        guard Int(usedLength) >= hs else { return nil }
+        var header = VirtioNetHeader(loadingFrom: UnsafeRawPointer(m.data - hs))
+        if hs < VirtioNetHeader.size { header.numBuffers = 1 }
+        m.dataLength = UInt16(truncatingIfNeeded: min(Int(usedLength) - hs, m.tailroom + Int(m.dataLength)))
+        m.packetLength = UInt32(m.dataLength)
+        var flags: MbufOffload = .vnetHeaderValid
+        if header.flags & VirtioNetHeader.flagNeedsCsum != 0 { flags.insert(.needsChecksum) }
+        if header.flags & VirtioNetHeader.flagDataValid != 0 { flags.insert(.dataValid) }
+        if header.gsoType != VirtioNetHeader.gsoNone { flags.insert(.gso) }
+        m.offload = flags
+        m.vnetHeader = header
+        return header.numBuffers
+    }
+
     // MARK: test hooks (hostile drivers)
 
     /// Split: puts a raw head index in the avail ring (no bookkeeping); visible after `publish()`.
