@@ -1,6 +1,6 @@
 import WarmstartPools
 
-// Guest TX → mbufs (the device reads driver-written buffers, §2.6.8 / §2.7.8, §5.1.6.2).
+// Guest TX → mbufs (the device reads driver-written buffers, §2.6.8 used ring / §2.7.1 packed used descriptors, §5.1.6.2).
 //
 // Three phases per burst: (1) walk up to a burst of chains, collecting host pieces into the
 // per-queue scratch; (2) take head mbufs in bulk and copy — header first (it may be split across
@@ -251,7 +251,7 @@ extension VirtqueueDevice {
         PackedRing.storeEvent(ring.deviceEvent, offWrap: offWrap, flags: PackedRing.eventFlagsDesc)
     }
 
-    /// Writes the used descriptors of chains `0..<n` (packed, §2.7.8) — ids and lengths first, the
+    /// Writes the used descriptors of chains `0..<n` (packed, §2.7.1) — ids and lengths first, the
     /// first descriptor's flags last with release, so the driver sees the burst at once — and
     /// moves the avail position past them when `advanceAvail`.
     func publishPackedUsed(_ ring: PackedRing, _ n: Int, advanceAvail: Bool) {

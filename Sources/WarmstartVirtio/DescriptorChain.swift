@@ -1,4 +1,4 @@
-// Descriptor chain walking with every check a hostile guest needs (§2.6.5, §2.7.6, §2.7.5.x):
+// Descriptor chain walking with every check a hostile guest needs (split §2.6.5, packed §2.7.6 chaining):
 // indices bounded by the queue size, chains cut at the queue size, each buffer translated over its
 // whole length with overflow-checked arithmetic (piece by piece across regions), direction
 // enforced. Walking only reads guest memory; nothing is consumed until the caller commits.

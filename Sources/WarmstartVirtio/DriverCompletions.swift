@@ -1,7 +1,7 @@
 import CWarmstartShim
 import WarmstartPools
 
-// Driver side, continued: used buffers (§2.6.14, §2.7.14), notifications (§2.6.10, §2.7.10) and
+// Driver side, continued: used buffers (§2.6.14 split; packed: §2.7.1 used flags), notifications (§2.6.10, §2.7.10) and
 // the packet helpers the mock driver and a virtio-user frontend use.
 
 extension DriverQueue {
@@ -55,7 +55,7 @@ extension DriverQueue {
         return n
     }
 
-    /// After `publish()`: whether the device wants a kick (§2.6.10.1 / §2.7.10.1). Covers
+    /// After `publish()`: whether the device wants a kick (§2.6.10 / §2.7.10). Covers
     /// everything published since the previous call.
     public func needsKick() -> Bool {
         ws_fence_seq_cst()
