@@ -12,6 +12,8 @@ public final class LiveMemory: @unchecked Sendable {
         case restoredDisk = "restored-disk"
         /// Laid out from scratch.
         case cold
+        /// Handed over by the process this one replaced (hot upgrade): its live regions and pools.
+        case handedOver = "handed-over"
     }
 
     public let origin: Origin
