@@ -257,6 +257,21 @@ public final class HandoffReceived: @unchecked Sendable {
     }
 }
 
+extension HandoffReceived {
+    /// Takes a TAP port's queue descriptors (each still attached to its interface: the kernel
+    /// keeps the interface, its addresses and its queued packets).
+    public func adoptTapPort(_ port: HandoffPortState) throws(HandoffError) -> [Int32] {
+        var taken: [Int32] = []
+        do {
+            for i in port.tapFDs ?? [] { taken.append(try fds.take(i)) }
+        } catch {
+            for f in taken { _ = close(f) }
+            throw error
+        }
+        return taken
+    }
+}
+
 enum HandoffJSON {
     static func encode<T: Encodable>(_ v: T, step: HandoffStepName) throws(HandoffError) -> [UInt8] {
         do {

@@ -131,6 +131,36 @@ public final class HandoffChannel {
         return HandoffChannel(fd: fd)
     }
 
+    /// Connects to a control socket that speaks JSON lines (`{"cmd":...}` → `{"ok":...}`), asks it
+    /// to switch this connection to the handoff protocol with `{"cmd":"handoff"}`, and returns the
+    /// channel once it agreed. The answer is read byte by byte so nothing of the binary protocol
+    /// that follows is consumed. A server without the command is named as an old binary.
+    public static func connectUpgrading(path: String, command: String = "handoff", timeoutMs: Int = 5000) throws(HandoffError) -> HandoffChannel {
+        let ch = try connect(path: path)
+        let line = Array("{\"cmd\":\"\(command)\"}\n".utf8)
+        guard line.withUnsafeBytes({ Glibc.send(ch.fd, $0.baseAddress, line.count, Int32(MSG_NOSIGNAL)) }) == line.count else {
+            throw HandoffError(.hello, "cannot send the handoff request on \(path): \(String(cString: strerror(errno)))")
+        }
+        var answer: [UInt8] = []
+        var fds: [Int32] = []
+        let deadline = ws_monotonic_ns() &+ UInt64(timeoutMs) * 1_000_000
+        while answer.last != 0x0A {
+            guard answer.count < 65536 else { throw HandoffError(.hello, "the control socket's answer is too long") }
+            answer += try ch.read(1, into: &fds, deadline: deadline, step: .hello, timeoutMs: timeoutMs)
+        }
+        for f in fds { _ = close(f) }
+        struct Answer: Decodable { var ok: Bool; var error: String? }
+        let a = try HandoffJSON.decode(Answer.self, Array(answer.dropLast()), step: .hello)
+        guard a.ok else {
+            let why = a.error ?? "no reason given"
+            if why.contains("unknown command") {
+                throw HandoffError(.hello, "the running process does not support handoff (an older binary?): \(why)")
+            }
+            throw HandoffError(.hello, "the running process refused the handoff: \(why)")
+        }
+        return ch
+    }
+
     // MARK: sending
 
     public func send(_ type: HandoffMessageType, _ payload: [UInt8] = [], fds: [Int32] = [], step: HandoffStepName) throws(HandoffError) {
@@ -243,7 +273,7 @@ public final class HandoffChannel {
         return got
     }
 
-    private func read(_ count: Int, into fds: inout [Int32], deadline: UInt64, step: HandoffStepName,
+    fileprivate func read(_ count: Int, into fds: inout [Int32], deadline: UInt64, step: HandoffStepName,
                       timeoutMs: Int) throws(HandoffError) -> [UInt8] {
         var buf = [UInt8](repeating: 0, count: count)
         var have = 0

@@ -106,4 +106,46 @@ final class HandoffWireTests: XCTestCase {
         let json = String(decoding: try JSONEncoder().encode(r), as: UTF8.self)
         XCTAssertTrue(json.contains("\"blackout_ms\":0.4") && json.contains("\"steps\":[{"), json)
     }
+
+    /// A JSON-lines control socket switches a connection to the handoff protocol on request; one
+    /// without the command is named as an older binary.
+    func testUpgradeFromAJSONLinesControlSocket() throws {
+        let path = "/tmp/ws-handoff-lines-\(getpid()).sock"
+        unlink(path)
+        defer { unlink(path) }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, c) in path.utf8.enumerated() { p[i] = c } }
+        XCTAssertEqual(withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }, 0)
+        XCTAssertEqual(listen(fd, 2), 0)
+        defer { close(fd) }
+        let done = DispatchSemaphore(value: 0)
+        Thread {
+            for answer in [#"{"ok":false,"error":"unknown command 'handoff' (commands: help, ping, stats)"}"#,
+                           #"{"ok":true,"cmd":"handoff","result":"switching"}"#] {
+                let c = accept(fd, nil, nil)
+                var line: [UInt8] = []
+                var b: UInt8 = 0
+                while read(c, &b, 1) == 1 && b != 0x0A { line.append(b) }
+                XCTAssertEqual(String(decoding: line, as: UTF8.self), #"{"cmd":"handoff"}"#)
+                let out = Array((answer + "\n").utf8)
+                _ = write(c, out, out.count)
+                if answer.contains("switching") {
+                    // Now binary: expect the hello frame.
+                    let ch = HandoffChannel(fd: c)
+                    XCTAssertEqual(try? ch.receive(step: .hello, timeoutMs: 2000).type, .hello)
+                } else {
+                    close(c)
+                }
+            }
+            done.signal()
+        }.start()
+        XCTAssertThrowsError(try HandoffChannel.connectUpgrading(path: path)) { e in
+            XCTAssertTrue("\(e)".contains("does not support handoff"), "\(e)")
+        }
+        let ch = try HandoffChannel.connectUpgrading(path: path)
+        try ch.send(.hello, try HandoffJSON.encode(HandoffHello(version: .current, pid: getpid()), step: .hello), step: .hello)
+        done.wait()
+    }
 }
