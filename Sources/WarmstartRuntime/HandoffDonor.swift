@@ -176,15 +176,17 @@ public final class HandoffDonor: @unchecked Sendable {
                 // The new process is gone before it could know: nothing changed hands.
                 return rollBack(error.reason)
             }
-            log("handoff: committed to pid \(newPid); releasing everything")
-            hooks.release()
+            // From here this process never forwards again. Releasing (joining threads, unmapping,
+            // closing) waits for the new process's `resumed` (bounded), so it does not compete for
+            // the CPU inside the blackout; it touches nothing the new process uses.
             step = .resume
             setStep(step)
-            // Wait (bounded) for the new process to say it forwards; it owns everything either way.
-            if (try? ch.expect(.resumed, step: step, timeoutMs: timeouts.stepMs)) != nil {
-                log("handoff: pid \(newPid) is forwarding; exiting")
+            let confirmed = (try? ch.expect(.resumed, step: step, timeoutMs: timeouts.stepMs)) != nil
+            hooks.release()
+            if confirmed {
+                log("handoff: committed to pid \(newPid), which is forwarding; released everything, exiting")
             } else {
-                log("handoff: pid \(newPid) did not confirm it resumed; it owns everything now, exiting anyway")
+                log("handoff: committed to pid \(newPid), which did not confirm it resumed; it owns everything now; released everything, exiting")
             }
             return .committed(newPid: newPid)
         } catch {

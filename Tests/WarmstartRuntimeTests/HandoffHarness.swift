@@ -63,7 +63,7 @@ final class HandoffGuest: @unchecked Sendable {
                                      options: VhostUserFrontendOptions(mergeableRxBuffers: false, extraFeatures: 0))
     }
 
-    deinit { map.deallocate(); scratch.deallocate(); completions.deallocate() }
+    deinit { map.deallocate(); scratch.deallocate(); completions.deallocate(); stopping.deallocate() }
 
     func user(_ guest: UInt64) -> UInt64 { UInt64(UInt(bitPattern: region.base)) + (guest - Self.io) }
     func rxAddress(_ i: Int) -> UInt64 { Self.io + UInt64(Self.rxOffset + i * Self.rxBuffer) }
@@ -100,6 +100,7 @@ final class HandoffGuest: @unchecked Sendable {
         }
         var posted = 0
         while nextSeq < total && nextSeq - receivedCount < window, let m = pool.alloc() {
+            // (nextSeq is written by the traffic thread only; stopSending reads it under the lock)
             let d = m.data
             for k in 0..<6 { d.storeBytes(of: 0x02, toByteOffset: k, as: UInt8.self); d.storeBytes(of: 0x04, toByteOffset: 6 + k, as: UInt8.self) }
             d.storeBytes(of: UInt16(0xB588), toByteOffset: 12, as: UInt16.self)
@@ -108,21 +109,36 @@ final class HandoffGuest: @unchecked Sendable {
             m.dataLength = 64
             m.packetLength = 64
             guard tx.addTX(m, pool: pool, memory: map, scratch: scratch, scratchCapacity: 8) != nil else { pool.free(m); break }
-            nextSeq += 1
+            lock.withLock { nextSeq += 1 }
             posted += 1
         }
         if posted > 0 { tx.publish() }
     }
 
-    /// Drives traffic on a thread until `total` packets came back or `seconds` passed.
-    func run(total: Int, seconds: Double = 30) -> Thread {
+    private let stopping = UnsafeMutablePointer<Bool>.allocate(capacity: 1)
+    /// Packets sent so far (stable once `stopSending` was called and the traffic thread ended).
+    var sentCount: Int { lock.withLock { nextSeq } }
+    var isStopping: Bool { lock.withLock { stopping.pointee } }
+
+    /// Drives traffic on a thread until `stopSending` and everything sent came back, or `seconds`
+    /// passed.
+    func run(seconds: Double = 30) -> Thread {
+        stopping.pointee = false
         let t = Thread { [self] in
             let end = Date().addingTimeInterval(seconds)
-            while receivedCount < total && Date() < end { pump(total: total) }
-            pump(total: total)   // a last reap of TX completions
+            while Date() < end {
+                let stop = isStopping
+                if stop && receivedCount >= sentCount { break }
+                pump(total: stop ? 0 : Int.max)
+            }
         }
         t.start()
         return t
+    }
+
+    /// Sends no new packet from now on; what is in flight still comes back.
+    func stopSending() {
+        lock.withLock { stopping.pointee = true }
     }
 }
 
