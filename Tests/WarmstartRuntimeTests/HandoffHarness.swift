@@ -43,7 +43,7 @@ final class HandoffGuest: @unchecked Sendable {
     let rx: DriverQueue
     let tx: DriverQueue
     let frontend: VhostUserFrontend
-    let options = VirtqueueOptions(features: [.version1])
+    let options: VirtqueueOptions
     let scratch = UnsafeMutablePointer<DriverBuffer>.allocate(capacity: 8)
     let completions = UnsafeMutablePointer<DriverCompletion>.allocate(capacity: 512)
     private(set) var nextSeq = 0
@@ -51,16 +51,18 @@ final class HandoffGuest: @unchecked Sendable {
     let lock = NSLock()
     var receivedCount: Int { lock.lock(); defer { lock.unlock() }; return received.count }
 
-    init(socket fd: Int32) throws {
+    init(socket fd: Int32, packed: Bool = false) throws {
+        options = VirtqueueOptions(features: packed ? [.version1, .ringPacked] : [.version1])
+        let layout: VirtqueueLayout = packed ? .packed : .split
         region = try MemoryRegion.memfd(name: "guest", size: 8 << 20, pageSize: .small4K, ioAddress: Self.io)
         pool = try MbufPool.layOut(config: MbufPoolConfig(count: 1024, cacheSize: 0), region: region, offset: 0, poolID: 9)
         map = GuestMemoryMap(table: MemoryTable(regions: [region]))
         let r = Self.ringOffset
-        rx = try DriverQueue(layout: .split, size: 256, host: region.base + r, guest: Self.io + UInt64(r), length: 64 << 10, options: options)
-        tx = try DriverQueue(layout: .split, size: 256, host: region.base + r + (64 << 10), guest: Self.io + UInt64(r + (64 << 10)),
+        rx = try DriverQueue(layout: layout, size: 256, host: region.base + r, guest: Self.io + UInt64(r), length: 64 << 10, options: options)
+        tx = try DriverQueue(layout: layout, size: 256, host: region.base + r + (64 << 10), guest: Self.io + UInt64(r + (64 << 10)),
                              length: 64 << 10, options: options)
         frontend = VhostUserFrontend(channel: VhostUserChannel(fd: fd, readsReplies: true),
-                                     options: VhostUserFrontendOptions(mergeableRxBuffers: false, extraFeatures: 0))
+                                     options: VhostUserFrontendOptions(packed: packed, mergeableRxBuffers: false, extraFeatures: 0))
     }
 
     deinit { map.deallocate(); scratch.deallocate(); completions.deallocate(); stopping.deallocate() }
@@ -76,7 +78,9 @@ final class HandoffGuest: @unchecked Sendable {
         for (i, q) in [(0, rx), (1, tx)] {
             try frontend.startRing(FrontendRing(index: i, size: 256, descriptorAddress: user(q.descAddress),
                                                 driverAddress: user(q.driverAreaAddress), deviceAddress: user(q.deviceAreaAddress),
-                                                kickFD: nil, callFD: nil))
+                                                // Packed rings start with both wrap counters at 1 (virtio 1.2 §2.8.1),
+                                                // sent as QEMU does: bit 15 avail, bit 31 used.
+                                                base: options.layout == .packed ? 0x8000_8000 : 0, kickFD: nil, callFD: nil))
         }
         for i in 0..<256 { rx.addRX(addr: rxAddress(i), len: UInt32(Self.rxBuffer), token: UInt64(i)) }
         rx.publish()
@@ -151,10 +155,17 @@ final class HandoffQueuePair: BurstQueue, @unchecked Sendable {
 
     init(_ ring0: VringSetup, _ ring1: VringSetup) throws {
         func device(_ s: VringSetup) throws -> VirtqueueDevice {
-            let ring = try SplitRing(size: s.size, desc: s.descriptors, avail: s.driverArea, used: s.deviceArea)
-            return VirtqueueDevice(split: ring, memory: s.memory.table, options: VirtqueueOptions(features: VirtioFeatures(rawValue: s.features)),
-                                   state: VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
-                                                         availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter))
+            let options = VirtqueueOptions(features: VirtioFeatures(rawValue: s.features))
+            let state = VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
+                                       availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter)
+            switch s.layout {
+            case .split:
+                let ring = try SplitRing(size: s.size, desc: s.descriptors, avail: s.driverArea, used: s.deviceArea)
+                return VirtqueueDevice(split: ring, memory: s.memory.table, options: options, state: state)
+            case .packed:
+                let ring = try PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea, deviceEvent: s.deviceArea)
+                return VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: state)
+            }
         }
         setups = [ring0, ring1]
         toGuest = try device(ring0)
