@@ -183,10 +183,23 @@ public enum HandoffTaker {
             throw HandoffError(.resume, "after the commit, cannot start forwarding: \(error)")
         }
         let resumedAt = ws_monotonic_ns()
-        try? ch.send(.resumed, step: .resume)
         done(.resume)
 
+        // The blackout: from the old process's last forwarded packet (or its pause) to our first.
+        // Wait for that first packet (bounded) before telling the old process we forward: its
+        // release (joining threads, unmapping) must not compete for the CPU inside the blackout.
+        let last = live.map { $0.lastForwardNs ?? $0.quiescedAtNs } ?? resumedAt
+        var first = hooks.firstPacketNs()
+        let waitEnd = resumedAt &+ UInt64(options.trafficWaitMs) * 1_000_000
+        while first == nil && ws_monotonic_ns() < waitEnd {
+            usleep(50)
+            first = hooks.firstPacketNs()
+        }
+        let blackout = first.map { Double(Int64(bitPattern: $0 &- last)) / 1e6 }
+        mark = ws_monotonic_ns()   // the wait is not part of any step
+
         try fault(.oldExit)
+        try? ch.send(.resumed, step: .oldExit)
         // The old process closes the connection once it has released everything (or exits).
         // Nothing more is expected: the next read ends with end-of-stream (or the wait runs out).
         if let f = try? ch.receive(step: .oldExit, timeoutMs: options.oldExitWaitMs) {
@@ -194,16 +207,6 @@ public enum HandoffTaker {
             log("handoff: unexpected \(f.type) from the old process after the commit")
         }
         done(.oldExit)
-
-        // The blackout: from the old process's last forwarded packet (or its quiesce) to our first.
-        let last = live.map { $0.lastForwardNs ?? $0.quiescedAtNs } ?? resumedAt
-        var first = hooks.firstPacketNs()
-        let waitEnd = resumedAt &+ UInt64(options.trafficWaitMs) * 1_000_000
-        while first == nil && ws_monotonic_ns() < waitEnd {
-            usleep(100)
-            first = hooks.firstPacketNs()
-        }
-        let blackout = first.map { Double(Int64(bitPattern: $0 &- last)) / 1e6 }
         return HandoffReport(outcome: "committed", blackoutMs: blackout, steps: steps)
     }
 }
