@@ -12,6 +12,7 @@ final class HandoffProcessTests: XCTestCase {
     static let childControl = "WS_HANDOFF_CHILD_CONTROL"
     static let childFault = "WARMSTART_HANDOFF_FAULT"
     static let childReport = "WS_HANDOFF_CHILD_REPORT"
+    static let childAdoptDelay = "WS_HANDOFF_CHILD_ADOPT_DELAY_MS"
 
     var guest: HandoffGuest!
     var backend: HandoffBackend!
@@ -28,8 +29,12 @@ final class HandoffProcessTests: XCTestCase {
         let env = ProcessInfo.processInfo.environment
         var pending: HandoffPendingBackend?
         var next: HandoffBackend?
+        let delay = env[Self.childAdoptDelay].flatMap { UInt32($0) } ?? 0
         let hooks = HandoffTakerHooks(
-            adopt: { pending = try HandoffPendingBackend($0) },
+            adopt: {
+                if delay > 0 { usleep(delay * 1000) }   // a slow new binary: the handoff stays running
+                pending = try HandoffPendingBackend($0)
+            },
             activate: { next = try HandoffBackend(pending: pending!, live: $0); pending = nil },
             resume: { next!.resumeAfterTakeover() },
             firstPacketNs: { next?.firstPacketNs },
@@ -75,8 +80,12 @@ final class HandoffProcessTests: XCTestCase {
             while true {
                 let c = accept(fd, nil, nil)
                 if c < 0 { if errno == EINTR { continue }; return }
-                let o = donor.serve(HandoffChannel(fd: c))
-                outcomeLock.lock(); outcomes.append(o); outcomeLock.unlock()
+                // Each connection on its own thread, as the runtime's control socket does: a second
+                // takeover reaches the donor while the first runs, and is refused.
+                Thread { [self] in
+                    let o = donor.serve(HandoffChannel(fd: c))
+                    outcomeLock.lock(); outcomes.append(o); outcomeLock.unlock()
+                }.start()
             }
         }.start()
     }
@@ -91,7 +100,7 @@ final class HandoffProcessTests: XCTestCase {
     }
 
     /// Starts this test binary as the new process.
-    func spawnChild(fault: String? = nil, report: String? = nil) throws -> Process {
+    func spawnChild(fault: String? = nil, report: String? = nil, adoptDelayMs: Int? = nil, stderr: Pipe? = nil) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
         p.arguments = ["WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver"]
@@ -99,7 +108,9 @@ final class HandoffProcessTests: XCTestCase {
         env[Self.childControl] = controlPath
         env[Self.childFault] = fault
         env[Self.childReport] = report
+        env[Self.childAdoptDelay] = adoptDelayMs.map(String.init)
         p.environment = env
+        if let stderr { p.standardError = stderr }
         p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
         try p.run()
         return p
@@ -110,6 +121,7 @@ final class HandoffProcessTests: XCTestCase {
         while guest.receivedCount < count && Date() < end { usleep(500) }
     }
 
+    var outcomeCount: Int { outcomeLock.lock(); defer { outcomeLock.unlock() }; return outcomes.count }
     var lastOutcome: HandoffDonorOutcome? { outcomeLock.lock(); defer { outcomeLock.unlock() }; return outcomes.last }
 
     func testKillDashNineOfTheNewProcessAtEachStepLeavesTheOldOneForwarding() throws {
@@ -126,7 +138,7 @@ final class HandoffProcessTests: XCTestCase {
             XCTAssertEqual(child.terminationReason, .uncaughtSignal, "\(step)")
             XCTAssertEqual(child.terminationStatus, SIGKILL, "\(step)")
             let end = Date().addingTimeInterval(5)
-            while outcomes.count < k + 1 && Date() < end { usleep(1000) }
+            while outcomeCount < k + 1 && Date() < end { usleep(1000) }
             switch lastOutcome {
             case .committed?, nil: XCTFail("\(step): \(String(describing: lastOutcome))")
             case let .rolledBack(reason)?, let .refused(reason)?:
@@ -188,5 +200,36 @@ final class HandoffProcessTests: XCTestCase {
         child.waitUntilExit()
         XCTAssertEqual(child.terminationStatus, 0)
         backend = nil
+    }
+
+    /// Two new processes at once: the second is refused with a message that says why, the first
+    /// completes, and traffic never stops.
+    func testSecondTakeoverProcessIsRefusedWhileOneRuns() throws {
+        guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
+        let traffic = guest.run(seconds: 60)
+        waitFor(20_000)
+        let first = try spawnChild(adoptDelayMs: 6000)
+        let busy = Date().addingTimeInterval(10)
+        while !donor.isBusy && Date() < busy { usleep(1000) }
+        XCTAssertTrue(donor.isBusy)
+        let errors = Pipe()
+        let second = try spawnChild(stderr: errors)
+        second.waitUntilExit()
+        let message = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(second.terminationStatus, 3)
+        XCTAssertTrue(message.contains("refused by the running process: a handoff is already running (to pid \(first.processIdentifier)"), message)
+        print("second takeover: \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
+        let end = Date().addingTimeInterval(20)
+        while outcomeCount < 2 && Date() < end { usleep(1000) }
+        outcomeLock.lock(); let all = outcomes; outcomeLock.unlock()
+        XCTAssertTrue(all.contains(.committed(newPid: first.processIdentifier)), "\(all)")
+        waitFor(guest.receivedCount + 50_000, timeout: 30)
+        finish(traffic)
+        shutdown(guest.frontend.channel.fd, Int32(SHUT_RDWR))
+        let gone = Date().addingTimeInterval(10)
+        while first.isRunning && Date() < gone { usleep(1000) }
+        if first.isRunning { kill(first.processIdentifier, SIGKILL) }
+        first.waitUntilExit()
+        XCTAssertEqual(first.terminationStatus, 0)
     }
 }
