@@ -13,6 +13,7 @@ final class HandoffProcessTests: XCTestCase {
     static let childFault = "WARMSTART_HANDOFF_FAULT"
     static let childReport = "WS_HANDOFF_CHILD_REPORT"
     static let childAdoptDelay = "WS_HANDOFF_CHILD_ADOPT_DELAY_MS"
+    static let childNextControl = "WS_HANDOFF_CHILD_NEXT_CONTROL"
 
     var guest: HandoffGuest!
     var backend: HandoffBackend!
@@ -49,9 +50,38 @@ final class HandoffProcessTests: XCTestCase {
             FileHandle.standardError.write(Data("child: \(error)\n".utf8))
             exit(3)
         }
+        if let nextPath = env[Self.childNextControl] {
+            // Serve the next upgrade in turn; exit once handed over.
+            let donor = HandoffDonor(hooks: next!.donorHooks())
+            let fd = Self.listen(nextPath)
+            while true {
+                let c = accept(fd, nil, nil)
+                if c < 0 { continue }
+                Thread {
+                    if case .committed = donor.serve(HandoffChannel(fd: c)) {
+                        unlink(nextPath)
+                        exit(0)
+                    }
+                }.start()
+            }
+        }
         next!.waitUntilDisconnected()
         next!.releaseAll()
         exit(0)
+    }
+
+    /// A listening unix socket at `path` (mode 0600).
+    static func listen(_ path: String) -> Int32 {
+        unlink(path)
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, c) in path.utf8.enumerated() { p[i] = c } }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        precondition(rc == 0, "bind \(path): errno \(errno)")
+        chmod(path, 0o600)
+        Glibc.listen(fd, 4)
+        return fd
     }
 
     override func setUpWithError() throws {
@@ -64,15 +94,7 @@ final class HandoffProcessTests: XCTestCase {
         while backend.pair == nil && Date() < end { usleep(1000) }
         // The old process's control socket, serving handoffs one connection at a time.
         controlPath = "/tmp/ws-handoff-test-\(getpid()).sock"
-        unlink(controlPath)
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, c) in controlPath.utf8.enumerated() { p[i] = c } }
-        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-        XCTAssertEqual(rc, 0)
-        chmod(controlPath, 0o600)
-        XCTAssertEqual(listen(fd, 4), 0)
+        let fd = Self.listen(controlPath)
         listenFD = fd
         donor = HandoffDonor(hooks: backend.donorHooks())
         let donor = donor!
@@ -100,12 +122,14 @@ final class HandoffProcessTests: XCTestCase {
     }
 
     /// Starts this test binary as the new process.
-    func spawnChild(fault: String? = nil, report: String? = nil, adoptDelayMs: Int? = nil, stderr: Pipe? = nil) throws -> Process {
+    func spawnChild(fault: String? = nil, report: String? = nil, adoptDelayMs: Int? = nil, stderr: Pipe? = nil,
+                    from control: String? = nil, serving next: String? = nil) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
         p.arguments = ["WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver"]
         var env = ProcessInfo.processInfo.environment
-        env[Self.childControl] = controlPath
+        env[Self.childControl] = control ?? controlPath
+        env[Self.childNextControl] = next
         env[Self.childFault] = fault
         env[Self.childReport] = report
         env[Self.childAdoptDelay] = adoptDelayMs.map(String.init)
@@ -231,5 +255,61 @@ final class HandoffProcessTests: XCTestCase {
         if first.isRunning { kill(first.processIdentifier, SIGKILL) }
         first.waitUntilExit()
         XCTAssertEqual(first.terminationStatus, 0)
+    }
+
+    /// Ten upgrades in a row across real processes: each new process takes over from the previous
+    /// one, then serves the next takeover itself. No packet is lost over the ten; every process
+    /// holds the same descriptors and memory mappings as the one before it (nothing accumulates),
+    /// and each old process exits cleanly once it has handed over.
+    func testTenProcessUpgradesInARow() throws {
+        guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
+        let traffic = guest.run(seconds: 120)
+        waitFor(20_000)
+        var previous: Process?
+        var from = controlPath
+        var held: [(fds: Int, maps: Int)] = []
+        var blackouts: [Double] = []
+        var children: [Process] = []
+        defer { for c in children where c.isRunning { kill(c.processIdentifier, SIGKILL) } }
+        for k in 0..<10 {
+            let next = "/tmp/ws-handoff-chain-\(getpid())-\(k).sock"
+            let report = "/tmp/ws-handoff-chain-\(getpid())-\(k).json"
+            defer { unlink(report) }
+            let child = try spawnChild(report: report, from: from, serving: next)
+            children.append(child)
+            let end = Date().addingTimeInterval(20)
+            while !(FileManager.default.fileExists(atPath: report) && FileManager.default.fileExists(atPath: next)) && Date() < end { usleep(1000) }
+            guard FileManager.default.fileExists(atPath: report) else { return XCTFail("upgrade \(k) did not complete") }
+            usleep(20_000)
+            let r = try JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: report)))
+            blackouts.append(r.blackoutMs ?? .nan)
+            if let previous {
+                previous.waitUntilExit()
+                XCTAssertEqual(previous.terminationStatus, 0, "upgrade \(k): the old process exits cleanly")
+            }
+            let pid = child.processIdentifier
+            let names = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []).map { f -> String in
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(f)")).map { "\(f)->\($0)" } ?? f
+            }
+            // What a handoff moves: memory (memfd) and sockets. Dispatch's own eventfd/epoll/timerfd
+            // descriptors come and go with its worker threads and are not counted.
+            let fds = names.filter { $0.contains("memfd:") || $0.contains("socket:") }.count
+            if fds != held.first?.fds ?? fds { print("upgrade \(k): fds \(names.sorted())") }
+            let maps = ((try? String(contentsOfFile: "/proc/\(pid)/maps", encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains("memfd:") }.count
+            held.append((fds, maps))
+            waitFor(guest.receivedCount + 10_000)
+            previous = child
+            from = next
+        }
+        finish(traffic)
+        print("ten process upgrades: blackout ms " + blackouts.map { String(format: "%.3f", $0) }.joined(separator: " "))
+        print("ten process upgrades: per process memfd+socket fds \(held.map(\.fds)), memfd mappings \(held.map(\.maps))")
+        XCTAssertEqual(Set(held.map(\.fds)).count, 1, "memory and socket descriptors per process: \(held.map(\.fds))")
+        XCTAssertEqual(Set(held.map(\.maps)).count, 1, "memory mappings per process: \(held.map(\.maps))")
+        XCTAssertEqual(countMappings(containing: "memfd:warmstart:host"), 0)
+        shutdown(guest.frontend.channel.fd, Int32(SHUT_RDWR))
+        let gone = Date().addingTimeInterval(10)
+        while previous!.isRunning && Date() < gone { usleep(1000) }
+        unlink(from)
     }
 }
