@@ -282,8 +282,25 @@ final class HandoffBackend: @unchecked Sendable {
     }
 
     func handle(_ events: [VhostUserEvent]) {
+        if ProcessInfo.processInfo.environment["WS_HANDOFF_DEBUG"] != nil { print("backend events: \(events)") }
         for e in events {
-            if case let .ringStarted(s) = e { started[s.index] = s }
+            switch e {
+            case let .ringStarted(s):
+                started[s.index] = s
+            case let .ringUpdated(s):
+                // New memory table or addresses under a running ring (DPDK re-sends its table once
+                // its mbuf pool exists): rebuild the pair on the new setups, at the same positions.
+                var u = s
+                if let pair {
+                    datapath.detach(slot: 0)
+                    u.base = pair.position(s.index)
+                    for i in 0..<2 where i != s.index { started[i]?.base = pair.position(i) }
+                    self.pair = nil
+                }
+                started[s.index] = u
+            default:
+                break
+            }
         }
         if pair == nil, let r0 = started[0], let r1 = started[1] {
             pair = try! HandoffQueuePair(r0, r1)

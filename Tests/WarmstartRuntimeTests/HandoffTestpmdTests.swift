@@ -1,0 +1,119 @@
+import CWarmstartShim
+import Foundation
+import XCTest
+@testable import WarmstartRuntime
+
+/// DPDK's testpmd (virtio-user) as the guest: it negotiates with this process's backend, loops
+/// packets through it (io forwarding, --tx-first), and the backend is handed to a child process
+/// mid-stream. testpmd must keep forwarding without reconnecting or renegotiating, and at the end
+/// its own counters must show nothing dropped.
+/// Opt-in (needs hugepages and dpdk-testpmd): WARMSTART_DPDK_INTEROP=1 swift test --filter HandoffTestpmdTests
+final class HandoffTestpmdTests: XCTestCase {
+    func testTestpmdKeepsForwardingAcrossAProcessUpgrade() throws {
+        let env = ProcessInfo.processInfo.environment
+        guard env["WARMSTART_DPDK_INTEROP"] == "1" else { throw XCTSkip("set WARMSTART_DPDK_INTEROP=1 to run against dpdk-testpmd") }
+        let testpmd = env["WARMSTART_TESTPMD"] ?? "/usr/bin/dpdk-testpmd"
+        guard FileManager.default.isExecutableFile(atPath: testpmd) else { throw XCTSkip("\(testpmd) not found") }
+        let me = getpid()
+        let vhostPath = "/tmp/ws-upg-vhost-\(me).sock", control = "/tmp/ws-upg-control-\(me).sock"
+        let report = "/tmp/ws-upg-report-\(me).json", log = "/tmp/ws-upg-testpmd-\(me).log"
+        let prefix = "ws-upg-\(me)"
+        let listener = HandoffProcessTests.listen(vhostPath)
+        var cleanup: [() -> Void] = [{ close(listener); unlink(vhostPath); unlink(control); unlink(report) }]
+        defer {
+            for c in cleanup.reversed() { c() }
+            // testpmd's hugepage files and runtime directory for its prefix (it is gone by now).
+            for n in (try? FileManager.default.contentsOfDirectory(atPath: "/dev/hugepages")) ?? [] where n.hasPrefix(prefix) {
+                try? FileManager.default.removeItem(atPath: "/dev/hugepages/" + n)
+            }
+            try? FileManager.default.removeItem(atPath: "/var/run/dpdk/" + prefix)
+        }
+
+        let pmd = Process()
+        pmd.executableURL = URL(fileURLWithPath: testpmd)
+        pmd.arguments = ["-l", "0,1", "--main-lcore", "0", "--no-pci", "--single-file-segments", "-m", "256", "--file-prefix", prefix,
+                         "--vdev", "net_virtio_user0,path=\(vhostPath),queues=1,packed_vq=0,mrg_rxbuf=1",
+                         "--", "--forward-mode=io", "--tx-first", "--stats-period", "1", "--nb-cores=1"]
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let logHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        pmd.standardOutput = logHandle
+        pmd.standardError = logHandle
+        try pmd.run()
+        cleanup.append { if pmd.isRunning { kill(pmd.processIdentifier, SIGKILL) }; pmd.waitUntilExit() }
+
+        var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, 30_000) == 1 else { return XCTFail("testpmd did not connect; log \(log)") }
+        let backend = try HandoffBackend(connection: accept(listener, nil, nil))
+        cleanup.append { backend.releaseAll() }
+        let started = Date().addingTimeInterval(20)
+        while backend.datapath.stats()[0].total.rxPackets < 100_000 && Date() < started { usleep(10_000) }
+        XCTAssertGreaterThanOrEqual(backend.datapath.stats()[0].total.rxPackets, 100_000, "no traffic from testpmd; log \(log)")
+        let before = backend.datapath.stats()[0].total
+
+        // The old process's control socket; the child takes over from it.
+        let donor = HandoffDonor(hooks: backend.donorHooks())
+        let cfd = HandoffProcessTests.listen(control)
+        cleanup.append { shutdown(cfd, Int32(SHUT_RDWR)); close(cfd) }
+        let outcome = DispatchSemaphore(value: 0)
+        var result: HandoffDonorOutcome?
+        Thread {
+            let c = accept(cfd, nil, nil)
+            if c >= 0 { result = donor.serve(HandoffChannel(fd: c)); outcome.signal() }
+        }.start()
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        child.arguments = ["WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver"]
+        var cenv = env
+        cenv[HandoffProcessTests.childControl] = control
+        cenv[HandoffProcessTests.childReport] = report
+        child.environment = cenv
+        child.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        try child.run()
+        cleanup.append { if child.isRunning { kill(child.processIdentifier, SIGKILL) }; child.waitUntilExit() }
+        XCTAssertEqual(outcome.wait(timeout: .now() + 20), .success)
+        XCTAssertEqual(result, .committed(newPid: child.processIdentifier))
+        let written = Date().addingTimeInterval(10)
+        while !FileManager.default.fileExists(atPath: report) && Date() < written { usleep(1000) }
+        let r = try JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: report)))
+        print("testpmd handoff: blackout \(r.blackoutMs ?? -1) ms; " + r.steps.map { "\($0.name) \(String(format: "%.3f", $0.ms)) ms" }.joined(separator: ", "))
+        print("old backend forwarded \(before.rxPackets) packets before the handoff")
+
+        // testpmd keeps forwarding through the child: its RX count keeps growing.
+        let rxAtHandoff = Self.last("RX-packets:", in: log) ?? 0
+        sleep(2)
+        let rxLater = Self.last("RX-packets:", in: log) ?? 0
+        XCTAssertGreaterThan(rxLater, rxAtHandoff + 100_000, "testpmd stalled after the handoff; log \(log)")
+
+        // Stop testpmd: it stops its port (GET_VRING_BASE, answered by the child) and prints totals.
+        kill(pmd.processIdentifier, SIGINT)
+        let stopped = Date().addingTimeInterval(20)
+        while pmd.isRunning && Date() < stopped { usleep(10_000) }
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let tx = Self.last("TX-packets:", in: log) ?? 0, rx = Self.last("RX-packets:", in: log) ?? 0
+        let txDropped = Self.last("TX-dropped:", in: log) ?? -1, rxDropped = Self.last("RX-dropped:", in: log) ?? -1
+        print("testpmd totals: TX \(tx) RX \(rx) TX-dropped \(txDropped) RX-dropped \(rxDropped)")
+        XCTAssertEqual(txDropped, 0)
+        XCTAssertEqual(rxDropped, 0)
+        // io forwarding re-sends what it receives: the packets that never came back are the ones
+        // still circulating when it stopped (one --tx-first burst), or lost.
+        XCTAssertLessThanOrEqual(tx - rx, 32, "packets sent − packets received")
+        XCTAssertFalse(text.contains("VHOST_CONFIG") && text.contains("disconnect"), "testpmd saw a disconnect")
+        let exited = Date().addingTimeInterval(10)
+        while child.isRunning && Date() < exited { usleep(10_000) }
+        XCTAssertFalse(child.isRunning, "the child exits when testpmd closes the connection")
+        if testRun?.failureCount == 0 { unlink(log) }
+    }
+
+    /// The last number after `key` in the file.
+    static func last(_ key: String, in path: String) -> Int? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        var value: Int?
+        var rest = Substring(text)
+        while let r = rest.range(of: key) {
+            rest = rest[r.upperBound...]
+            let digits = rest.drop { $0 == " " }.prefix { $0.isNumber }
+            if let v = Int(digits) { value = v }
+        }
+        return value
+    }
+}
