@@ -54,21 +54,50 @@ final class HandoffTestpmdTests: XCTestCase {
         let donor = HandoffDonor(hooks: backend.donorHooks())
         let cfd = HandoffProcessTests.listen(control)
         cleanup.append { shutdown(cfd, Int32(SHUT_RDWR)); close(cfd) }
-        let outcome = DispatchSemaphore(value: 0)
-        var result: HandoffDonorOutcome?
+        let outcomes = DispatchSemaphore(value: 0)
+        let lock = NSLock()
+        var results: [HandoffDonorOutcome] = []
         Thread {
-            let c = accept(cfd, nil, nil)
-            if c >= 0 { result = donor.serve(HandoffChannel(fd: c)); outcome.signal() }
+            while true {
+                let c = accept(cfd, nil, nil)
+                if c < 0 { return }
+                Thread {
+                    let o = donor.serve(HandoffChannel(fd: c))
+                    lock.withLock { results.append(o) }
+                    outcomes.signal()
+                }.start()
+            }
         }.start()
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-        child.arguments = ["WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver"]
-        var cenv = env
-        cenv[HandoffProcessTests.childControl] = control
-        cenv[HandoffProcessTests.childReport] = report
-        child.environment = cenv
-        child.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-        try child.run()
+        func spawn(fault: String?) throws -> Process {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+            p.arguments = ["WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver"]
+            var e = env
+            e[HandoffProcessTests.childControl] = control
+            e[HandoffProcessTests.childReport] = report
+            e[HandoffProcessTests.childFault] = fault
+            p.environment = e
+            p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+            try p.run()
+            return p
+        }
+        // kill -9 of the new process at each step: testpmd keeps being served by this one.
+        for step in ["hello", "transfer", "map", "quiesce", "commit"] {
+            let k = try spawn(fault: "kill:\(step)")
+            k.waitUntilExit()
+            XCTAssertEqual(k.terminationStatus, SIGKILL, step)
+            XCTAssertEqual(outcomes.wait(timeout: .now() + 20), .success, step)
+            let o = lock.withLock { results.last }
+            if case .committed? = o { XCTFail("\(step): committed") }
+            let rx = backend.datapath.stats()[0].total.rxPackets
+            let until = Date().addingTimeInterval(10)
+            while backend.datapath.stats()[0].total.rxPackets < rx + 10_000 && Date() < until { usleep(1000) }
+            XCTAssertGreaterThanOrEqual(backend.datapath.stats()[0].total.rxPackets, rx + 10_000, "\(step): old backend not forwarding")
+        }
+        print("testpmd: five kill -9 drills survived; old backend forwarded \(backend.datapath.stats()[0].total.rxPackets) packets")
+        let outcome = outcomes
+        var result: HandoffDonorOutcome? { lock.withLock { results.last } }
+        let child = try spawn(fault: nil)
         cleanup.append { if child.isRunning { kill(child.processIdentifier, SIGKILL) }; child.waitUntilExit() }
         XCTAssertEqual(outcome.wait(timeout: .now() + 20), .success)
         XCTAssertEqual(result, .committed(newPid: child.processIdentifier))
@@ -76,7 +105,7 @@ final class HandoffTestpmdTests: XCTestCase {
         while !FileManager.default.fileExists(atPath: report) && Date() < written { usleep(1000) }
         let r = try JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: report)))
         print("testpmd handoff: blackout \(r.blackoutMs ?? -1) ms; " + r.steps.map { "\($0.name) \(String(format: "%.3f", $0.ms)) ms" }.joined(separator: ", "))
-        print("old backend forwarded \(before.rxPackets) packets before the handoff")
+        print("old backend forwarded \(before.rxPackets) packets before the kill -9 drills")
 
         // testpmd keeps forwarding through the child: its RX count keeps growing.
         let rxAtHandoff = Self.last("RX-packets:", in: log) ?? 0
