@@ -218,7 +218,11 @@ public final class HandoffChannel {
         }
         let rawType = UInt16(header[4]) | UInt16(header[5]) << 8
         guard let type = HandoffMessageType(rawValue: rawType) else { throw HandoffError(step, "unknown message type \(rawType)") }
+        let flags = UInt16(header[6]) | UInt16(header[7]) << 8
+        guard flags == 0 else { throw HandoffError(step, "\(type) message has reserved flags 0x\(String(flags, radix: 16)) set") }
         let length = Int(u32(8)), fdCount = Int(u32(12))
+        // Descriptors ride only on `fds` frames, where the index says what each one is.
+        guard fdCount == 0 || type == .fds else { throw HandoffError(step, "\(type) message carries \(fdCount) descriptors; only fds frames may") }
         guard length <= Self.maxPayload else { throw HandoffError(step, "\(type) message of \(length) bytes is larger than \(Self.maxPayload)") }
         guard fdCount <= Self.maxFDsPerFrame else { throw HandoffError(step, "\(type) message claims \(fdCount) descriptors") }
         let payload = length == 0 ? [] : try read(length, into: &fds, deadline: deadline, step: step, timeoutMs: timeoutMs)

@@ -41,6 +41,28 @@ final class HandoffWireTests: XCTestCase {
         XCTAssertEqual(countOpenFDs(), before, "descriptors of a refused batch are closed")
     }
 
+    func testDescriptorsOnlyOnFDFramesAndNoReservedFlags() throws {
+        let (a, b) = socketPair()
+        let tx = HandoffChannel(fd: a), rx = HandoffChannel(fd: b)
+        let fd = ws_eventfd(0, WS_EFD_CLOEXEC)
+        defer { close(fd) }
+        let before = countOpenFDs()
+        try tx.send(.state, Array("{}".utf8), fds: [fd], step: .transfer)
+        XCTAssertThrowsError(try rx.receive(step: .transfer, timeoutMs: 1000)) { e in
+            XCTAssertTrue("\(e)".contains("only fds frames may"), "\(e)")
+        }
+        XCTAssertEqual(countOpenFDs(), before, "the smuggled descriptor is closed")
+        // (After a protocol error the stream is abandoned: a new connection for the next case.)
+        let (c, d) = socketPair()
+        defer { close(c) }
+        let rx2 = HandoffChannel(fd: d)
+        var raw: [UInt8] = [0x57, 0x53, 0x48, 0x4F, 8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]   // ready, flags 1
+        XCTAssertEqual(write(c, &raw, raw.count), raw.count)
+        XCTAssertThrowsError(try rx2.receive(step: .commit, timeoutMs: 1000)) { e in
+            XCTAssertTrue("\(e)".contains("reserved flags"), "\(e)")
+        }
+    }
+
     func testGarbageAndSilenceAreNamedErrors() throws {
         let (a, b) = socketPair()
         let rx = HandoffChannel(fd: b)
