@@ -88,7 +88,16 @@ public final class Datapath: @unchecked Sendable {
     /// and their counters are folded into the slot's history.
     public func detach(slot: Int) {
         lock.locked {
-            for q in slots[slot] { history[slot] = (history[slot] ?? QueueCounters()) + q.counters.pointee }
+            for q in slots[slot] {
+                var c = q.counters.pointee
+                c.errors &+= q.queue?.errorCount ?? 0
+                history[slot] = (history[slot] ?? QueueCounters()) + c
+                // Per queue index too, so a port that went away still shows its queues' counts.
+                var h = queueHistory[slot] ?? []
+                while h.count <= q.index { h.append(QueueCounters()) }
+                h[q.index] = h[q.index] + c
+                queueHistory[slot] = h
+            }
             slots[slot] = []
             publishLocked()
         }
@@ -96,6 +105,7 @@ public final class Datapath: @unchecked Sendable {
     }
 
     var history: [Int: QueueCounters] = [:]
+    var queueHistory: [Int: [QueueCounters]] = [:]
 
     /// Builds a new plan from the slots (queues dealt round-robin to threads) and publishes it.
     func publishLocked() {
@@ -188,13 +198,19 @@ public final class Datapath: @unchecked Sendable {
     public func stats() -> [PortStats] {
         lock.locked {
             slots.enumerated().map { slot, queues in
-                let qs = queues.map { q -> QueueCounters in
+                let live = queues.map { q -> QueueCounters in
                     var c = q.counters.pointee
                     c.errors &+= q.queue?.errorCount ?? 0
                     return c
                 }
                 let past = history[slot] ?? QueueCounters()
-                let total = qs.reduce(past, +)
+                let total = live.reduce(past, +)
+                // Per queue index: what it counts now plus what earlier attachments counted.
+                var qs = queueHistory[slot] ?? []
+                for (i, c) in live.enumerated() {
+                    while qs.count <= i { qs.append(QueueCounters()) }
+                    qs[i] = qs[i] + c
+                }
                 let first = firstPacketNs[slot]
                 return PortStats(name: portNames[slot], slot: slot, total: total, queues: qs,
                                  firstPacketNs: first == 0 ? nil : first)
