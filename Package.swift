@@ -54,6 +54,8 @@ let package = Package(
         .testTarget(name: "WarmstartVhostUserTests", dependencies: ["WarmstartVhostUser"]),
         .testTarget(name: "WarmstartDatapathTests", dependencies: ["WarmstartDatapath"]),
         .testTarget(name: "WarmstartRuntimeTests", dependencies: ["WarmstartRuntime"]),
+        // Runs the warmstart executable against DPDK's testpmd; skips without testpmd/hugepages.
+        .testTarget(name: "WarmstartInteropTests", dependencies: []),
     ],
     swiftLanguageModes: [.v5]
 )
