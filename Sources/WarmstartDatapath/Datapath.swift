@@ -77,18 +77,36 @@ public final class Datapath: @unchecked Sendable {
     /// polling thread runs the new plan.
     public func attach(slot: Int, queues: [BurstQueue]) {
         precondition(slot >= 0 && slot < portNames.count, "port slot \(slot) out of range")
-        lock.locked {
+        let replaced = lock.locked { () -> [DatapathQueue] in
+            let old = slots[slot]
             slots[slot] = queues.enumerated().map { DatapathQueue(slot: slot, index: $0.offset, queue: $0.element) }
             publishLocked()
+            return old
         }
         waitForAllThreads()
+        fold(replaced, slot: slot)
     }
 
     /// Removes slot `slot`'s queues; when this returns no polling thread refers to them any more,
     /// and their counters are folded into the slot's history.
     public func detach(slot: Int) {
+        let removed = lock.locked { () -> [DatapathQueue] in
+            let old = slots[slot]
+            slots[slot] = []
+            publishLocked()
+            return old
+        }
+        waitForAllThreads()
+        fold(removed, slot: slot)
+    }
+
+    /// Adds the counters of queues no thread polls any more to the slot's history. Only after the
+    /// threads acknowledged the plan without them: a thread still finishing a burst on a queue
+    /// counts into it until then, and folding earlier would lose those counts.
+    func fold(_ queues: [DatapathQueue], slot: Int) {
+        guard !queues.isEmpty else { return }
         lock.locked {
-            for q in slots[slot] {
+            for q in queues {
                 var c = q.counters.pointee
                 c.errors &+= q.queue?.errorCount ?? 0
                 history[slot] = (history[slot] ?? QueueCounters()) + c
@@ -98,10 +116,7 @@ public final class Datapath: @unchecked Sendable {
                 h[q.index] = h[q.index] + c
                 queueHistory[slot] = h
             }
-            slots[slot] = []
-            publishLocked()
         }
-        waitForAllThreads()
     }
 
     var history: [Int: QueueCounters] = [:]
