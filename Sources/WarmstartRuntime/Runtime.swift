@@ -131,12 +131,15 @@ public final class Runtime: @unchecked Sendable {
         let probed = records.compactMap(\.probeMs)
         let started = records.compactMap(\.startMs)
         let probeNs = UInt64((probed.max() ?? 0) * 1e6)
-        let probeBudget = Budgets.probe(devices: n)
+        // Budgets for the devices that did the work: a port nobody connected to did not probe.
+        let probeBudget = Budgets.probe(devices: probed.count)
         recorder.record("bus-probe", startNs: busStartNs, endNs: busStartNs + probeNs,
-                        work: "\(probed.count) of \(n) devices connected", budget: probeBudget.0, budgetHigh: probeBudget.1)
+                        work: "\(probed.count) of \(n) devices connected",
+                        budget: probed.isEmpty ? nil : probeBudget.0, budgetHigh: probed.isEmpty ? nil : probeBudget.1)
         let startNs = UInt64((started.max() ?? 0) * 1e6)
         recorder.record("device-start", startNs: busStartNs + probeNs, endNs: busStartNs + probeNs + startNs,
-                        work: "\(started.count) of \(n) devices started", budget: Budgets.start(devices: n))
+                        work: "\(started.count) of \(n) devices started",
+                        budget: started.isEmpty ? nil : Budgets.start(devices: started.count))
         let firsts = (0..<n).map { datapath.firstPacketNs[$0] }.filter { $0 != 0 }
         if let first = firsts.min() {
             recorder.record("first-packet", startNs: busStartNs, endNs: max(first, busStartNs),

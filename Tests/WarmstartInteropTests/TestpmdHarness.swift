@@ -84,7 +84,8 @@ final class InteropHarness {
     }
 
     /// Starts testpmd interactively (commands on stdin) as the virtio-user front-end of `socket`.
-    func startTestpmd(socket: String, packed: Bool, mergeable: Bool, size: Int, name: String = "testpmd") throws -> Testpmd {
+    func startTestpmd(socket: String, packed: Bool, mergeable: Bool, size: Int, name: String = "testpmd",
+                      waitForPrompt: Bool = true) throws -> Testpmd {
         var args = ["-l", "0,1", "--main-lcore", "1", "--no-pci", "--single-file-segments",
                     "--file-prefix", prefix, "-m", "256",
                     "--vdev", "net_virtio_user0,path=\(socket),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=\(mergeable ? 1 : 0),queue_size=256",
@@ -98,7 +99,7 @@ final class InteropHarness {
         let p = try spawn("/usr/bin/stdbuf", ["-oL", "-eL", testpmdPath] + args, log: name, stdin: stdin)
         let t = Testpmd(process: p, stdin: stdin.fileHandleForWriting, logPath: log(name))
         // The port is up when the prompt answers.
-        try t.waitFor("testpmd>", timeout: 20)
+        if waitForPrompt { try t.waitFor("testpmd>", timeout: 20) }
         return t
     }
 

@@ -127,6 +127,38 @@ final class TestpmdInteropTests: XCTestCase {
         XCTAssertEqual(ws.terminationStatus, 0)
     }
 
+    /// `--boot-only` waits for the declared device, then prints the report with its row and the
+    /// bus-probe / device-start phases, and exits 0.
+    func testBootOnlyReportsTheDevice() throws {
+        let h = try InteropHarness(name: "bootonly")
+        defer { h.cleanup() }
+        let sock = "\(h.dir)/vhost.sock"
+        let json = "\(h.dir)/report.json"
+        let ws = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"], extra: ["--boot-only", "--device-wait", "20", "--report-json", json])
+        // Warmstart exits as soon as the device started, taking testpmd's port down: no prompt wait.
+        let tp = try h.startTestpmd(socket: sock, packed: true, mergeable: true, size: 64, waitForPrompt: false)
+        let deadline = Date().addingTimeInterval(20)
+        while ws.isRunning && Date() < deadline { usleep(20_000) }
+        tp.quit()
+        XCTAssertFalse(ws.isRunning)
+        ws.waitUntilExit()
+        XCTAssertEqual(ws.terminationStatus, 0)
+        let data = try Data(contentsOf: URL(fileURLWithPath: json))
+        let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any]
+        let devices = obj?["devices"] as? [[String: Any]] ?? []
+        XCTAssertEqual(devices.first?["name"] as? String, "vm")
+        XCTAssertEqual(devices.first?["kind"] as? String, "vhost-user")
+        XCTAssertEqual(devices.first?["state"] as? String, "started")
+        XCTAssertNotNil(devices.first?["probe_ms"] as? Double)
+        XCTAssertNotNil(devices.first?["start_ms"] as? Double)
+        XCTAssertNotNil(devices.first?["ready_at_ms"] as? Double)
+        let phases = (obj?["phases"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        XCTAssertTrue(phases.contains("bus-probe") && phases.contains("device-start"), "\(phases)")
+        let probe = (obj?["phases"] as? [[String: Any]])?.first { $0["name"] as? String == "bus-probe" }
+        XCTAssertEqual(probe?["budget_ms"] as? Double, 240)
+        XCTAssertEqual(probe?["budget_high_ms"] as? Double, 400)
+    }
+
     func connectUnix(_ path: String) throws -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_un()
