@@ -32,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 # Median of the Rx-pps samples after the first two (warm-up).
-rx_pps() { grep -o 'Rx-pps: *[0-9]*' "$1" | awk '{print $2}' | tail -n +3 | sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
+rx_pps() { { grep -o 'Rx-pps: *[0-9]*' "$1" || true; } | awk '{print $2}' | tail -n +3 | sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
 
 frontend() { # $1 sock, $2 packed, $3 size, $4 log
     local extra=()
@@ -40,7 +40,9 @@ frontend() { # $1 sock, $2 packed, $3 size, $4 log
         --vdev "net_virtio_user0,path=$1,packed_vq=$2,mrg_rxbuf=1,queue_size=256" -- \
         --forward-mode=io --tx-first --txpkts="$3" --stats-period 1 --nb-cores=1 "${extra[@]}" >"$4" 2>&1 &
     pids+=($!)
-    sleep "$secs"
+    # Measure from the first stats line (start-up time varies a lot on a loaded machine).
+    for _ in $(seq 400); do grep -q 'Rx-pps' "$4" 2>/dev/null && break; sleep 0.05; done
+    sleep "$((secs + 2))"
     kill -INT "${pids[-1]}" 2>/dev/null || true
     wait "${pids[-1]}" 2>/dev/null || true
 }
@@ -48,7 +50,7 @@ frontend() { # $1 sock, $2 packed, $3 size, $4 log
 run_warmstart() { # $1 packed, $2 size → pps
     local sock=$dir/ws.sock log=$dir/ws-fe.log
     "$bin" run --no-snapshot --mbufs 32768 --port "vhost-user:$sock" --forward macswap --cores 1 \
-        --duration $((secs + 10)) >"$dir/ws.out" 2>"$dir/ws.err" &
+        --duration $((secs + 40)) >"$dir/ws.out" 2>"$dir/ws.err" &
     local ws=$!; pids+=($ws)
     for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
     frontend "$sock" "$1" "$2" "$log"

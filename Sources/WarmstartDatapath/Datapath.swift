@@ -129,8 +129,9 @@ public final class Datapath: @unchecked Sendable {
         var k = 0
         for (slot, queues) in slots.enumerated() {
             for q in queues {
-                q.peers = peers(of: slot, queueIndex: q.index)
-                plan.add(q, toThread: k % n)
+                // The peers go into the plan, never into the queue object: a thread may be
+                // reading the previous plan's peer list while this one is built.
+                plan.add(PlannedQueue(queue: q, peers: peers(of: slot, queueIndex: q.index)), toThread: k % n)
                 k += 1
             }
         }
@@ -240,8 +241,6 @@ public final class DatapathQueue: @unchecked Sendable {
     public let index: Int
     public let queue: BurstQueue?
     public let counters: UnsafeMutablePointer<QueueCounters>
-    /// Where its packets go (io: one; macswap: itself; l2: every slot, by slot).
-    var peers: [DatapathQueue] = []
     /// Held while transmitting in l2 mode, where several threads may send to one queue.
     let txLock = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
 
@@ -264,9 +263,16 @@ public final class DatapathQueue: @unchecked Sendable {
 
 /// Which queues each thread polls, in one generation.
 final class Plan: @unchecked Sendable {
-    var perThread: [[DatapathQueue]]
+    var perThread: [[PlannedQueue]]
     init(threads: Int) { perThread = Array(repeating: [], count: threads) }
-    func add(_ q: DatapathQueue, toThread t: Int) { perThread[t].append(q) }
+    func add(_ q: PlannedQueue, toThread t: Int) { perThread[t].append(q) }
+}
+
+/// A queue as one plan routes it: where its packets go (io: one peer; macswap: none needed; l2:
+/// every slot, by slot). Immutable once published.
+struct PlannedQueue {
+    let queue: DatapathQueue
+    let peers: [DatapathQueue]
 }
 
 /// A pthread mutex (Foundation-free).

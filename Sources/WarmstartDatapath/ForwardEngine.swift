@@ -15,7 +15,7 @@ struct ForwardEngine {
 
     /// Polls one queue once; returns the packets received.
     @inline(__always)
-    func poll(_ q: DatapathQueue, cache: MbufCache) -> Int {
+    func poll(_ q: DatapathQueue, peers: [DatapathQueue], cache: MbufCache) -> Int {
         guard let rx = q.queue else { return 0 }
         let n = rx.receiveBurst(into: pkts, max: burst, cache: cache)
         if n == 0 { return 0 }
@@ -27,12 +27,12 @@ struct ForwardEngine {
         if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
         switch mode {
         case .io:
-            if let peer = q.peers.first { send(pkts, n, to: peer, cache: cache, locked: false) } else { drop(pkts, n, on: q, cache: cache) }
+            if let peer = peers.first { send(pkts, n, to: peer, cache: cache, locked: false) } else { drop(pkts, n, on: q, cache: cache) }
         case .macswap:
             for i in 0..<n { swapMACs(pkts[i]) }
             send(pkts, n, to: q, cache: cache, locked: false)
         case .l2:
-            switchBurst(from: q, n, cache: cache)
+            switchBurst(from: q, peers: peers, n, cache: cache)
         }
         return n
     }
@@ -65,7 +65,7 @@ struct ForwardEngine {
 
     /// l2: learn each source MAC on the input slot, send to the learned slot, flood unknown and
     /// group destinations to every other slot (one reference per copy).
-    func switchBurst(from q: DatapathQueue, _ n: Int, cache: MbufCache) {
+    func switchBurst(from q: DatapathQueue, peers: [DatapathQueue], _ n: Int, cache: MbufCache) {
         for s in 0..<slots { bucketCounts[s] = 0 }
         for i in 0..<n {
             let m = pkts[i]
@@ -78,17 +78,17 @@ struct ForwardEngine {
                 bucketCounts[dst] += 1
             } else {
                 var copies = 0
-                for s in 0..<slots where s != q.slot && q.peers[s].queue != nil { copies += 1 }
+                for s in 0..<slots where s != q.slot && peers[s].queue != nil { copies += 1 }
                 if copies == 0 { cache.free(m); continue }
                 if copies > 1 { m.refCount = m.refCount &+ UInt16(copies - 1) }
-                for s in 0..<slots where s != q.slot && q.peers[s].queue != nil {
+                for s in 0..<slots where s != q.slot && peers[s].queue != nil {
                     buckets[s * burst + bucketCounts[s]] = m
                     bucketCounts[s] += 1
                 }
             }
         }
         for s in 0..<slots where bucketCounts[s] > 0 {
-            send(buckets + s * burst, bucketCounts[s], to: q.peers[s], cache: cache, locked: true)
+            send(buckets + s * burst, bucketCounts[s], to: peers[s], cache: cache, locked: true)
         }
     }
 }

@@ -70,7 +70,7 @@ final class PollingThread: @unchecked Sendable {
             pkts.deallocate(); buckets.deallocate(); bucketCounts.deallocate()
         }
         var myGeneration = UInt64.max
-        var queues: [DatapathQueue] = []
+        var queues: [PlannedQueue] = []
         var empty = 0
         let engine = ForwardEngine(mode: dp.options.mode, pkts: pkts, burst: burst, buckets: buckets,
                                    bucketCounts: bucketCounts, slots: slotCount, macTable: dp.macTable,
@@ -91,7 +91,7 @@ final class PollingThread: @unchecked Sendable {
             }
             var got = 0
             queues.withUnsafeBufferPointer { qs in
-                for q in qs { got &+= engine.poll(q, cache: cache) }
+                for pq in qs { got &+= engine.poll(pq.queue, peers: pq.peers, cache: cache) }
             }
             if got == 0 {
                 empty &+= 1

@@ -162,6 +162,39 @@ final class VhostPortTests: XCTestCase {
         XCTAssertEqual(s.errors, 0)
     }
 
+    /// One port keeps sending (io towards B) while B's rings stop and restart 20 times: A's
+    /// packets are forwarded while B is there and dropped (counted) while it is not; nothing
+    /// crashes, and every packet A sent is accounted for.
+    func testPortChurnWhileThePeerPortForwards() throws {
+        let rt = try start(ports: ["vhost-user:\(dir!)/a.sock,name=a", "vhost-user:\(dir!)/b.sock,name=b"])
+        let a = try TestGuest(socketPath: "\(dir!)/a.sock")
+        let b = try TestGuest(socketPath: "\(dir!)/b.sock")
+        try a.bringUp()
+        try b.bringUp()
+        XCTAssertTrue(waitState(rt, "a", .started) && waitState(rt, "b", .started))
+        var sent = 0, received = 0
+        for round in 0..<20 {
+            sent += a.send((0..<16).map { testFrame(tag: 5, seq: round * 16 + $0) })
+            received += b.receive().count
+            let rxBase = try b.frontend.stopRing(0)
+            let txBase = try b.frontend.stopRing(1)
+            sent += a.send((0..<16).map { testFrame(tag: 6, seq: round * 16 + $0) })
+            usleep(2000)
+            try b.startRings(bases: (rxBase, txBase))
+            received += b.receive().count
+        }
+        received += b.receive(count: 1, timeout: 0.2).count
+        let pa = waitCounters(rt, port: 0) { $0.rxPackets == UInt64(sent) }
+        // io: with B absent A drops (counted on A); with B present but full, B drops.
+        let pb = waitCounters(rt, port: 1) { $0.txPackets + $0.drops + pa.drops >= UInt64(sent) }
+        let pa2 = rt.stats().ports[0].total
+        XCTAssertEqual(pa2.rxPackets, UInt64(sent))
+        XCTAssertEqual(pb.txPackets + pb.drops + pa2.drops, UInt64(sent), "forwarded or dropped: A \(pa2) B \(pb)")
+        XCTAssertGreaterThan(pb.txPackets, 0)
+        XCTAssertEqual(pb.txPackets, UInt64(received) + UInt64(b.receive().count), "B got what was forwarded")
+        XCTAssertEqual(state(rt, "b")?.state, .started)
+    }
+
     /// The control socket answers stats as one JSON line; unknown commands get an error line.
     func testControlSocketStats() throws {
         let rt = try start(ports: ["vhost-user:\(dir!)/a.sock,name=a"], control: true)
