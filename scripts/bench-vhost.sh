@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Throughput of Warmstart's vhost-user back-end against DPDK's own (testpmd net_vhost), with the
-# same front-end: testpmd virtio-user in io mode with --tx-first (32 packets loop through the
-# back-end's macswap and back). Measured: the front-end's Rx-pps (one way, packets per second).
+# same front-end: testpmd virtio-user in io mode, `start tx_first 8` (256 packets loop through
+# the back-end's macswap and back). Measured: the front-end's Rx-pps (one way, packets per
+# second), median of the samples after the first two.
 #
 # The machine's cross-core figures flip 2-3x from minute to minute (REFERENCE.md §6), so the two
 # back-ends alternate in short runs (A B A B ...) and each pair's ratio is kept; the median ratio
@@ -30,20 +31,24 @@ cleanup() {
     rm -rf /dev/hugepages/ws-bench-$$-* /var/run/dpdk/ws-bench-$$-* "$dir"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # Median of the Rx-pps samples after the first two (warm-up).
 rx_pps() { { grep -o 'Rx-pps: *[0-9]*' "$1" || true; } | awk '{print $2}' | tail -n +3 | sort -n | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
 
 frontend() { # $1 sock, $2 packed, $3 size, $4 log
-    local extra=()
-    "$testpmd" -l 0,1 --main-lcore 1 --no-pci --single-file-segments --file-prefix "ws-bench-$$-fe" -m 256 \
+    # Interactive, so the loop can hold 256 packets (`start tx_first 8`): with the 32 of the
+    # non-interactive --tx-first one lost burst stalls the whole loop. `show port stats 0` once a
+    # second gives the Rx-pps samples.
+    {
+        sleep 1
+        echo "start tx_first 8"
+        for _ in $(seq $((secs + 3))); do sleep 1; echo "show port stats 0"; done
+        echo "stop"; echo "quit"
+    } | stdbuf -oL "$testpmd" -l 0,1 --main-lcore 1 --no-pci --single-file-segments --file-prefix "ws-bench-$$-fe" -m 256 \
         --vdev "net_virtio_user0,path=$1,packed_vq=$2,mrg_rxbuf=1,queue_size=256" -- \
-        --forward-mode=io --tx-first --txpkts="$3" --stats-period 1 --nb-cores=1 "${extra[@]}" >"$4" 2>&1 &
+        -i --forward-mode=io --txpkts="$3" --nb-cores=1 >"$4" 2>&1 &
     pids+=($!)
-    # Measure from the first stats line (start-up time varies a lot on a loaded machine).
-    for _ in $(seq 400); do grep -q 'Rx-pps' "$4" 2>/dev/null && break; sleep 0.05; done
-    sleep "$((secs + 2))"
-    kill -INT "${pids[-1]}" 2>/dev/null || true
     wait "${pids[-1]}" 2>/dev/null || true
 }
 
@@ -61,7 +66,7 @@ run_warmstart() { # $1 packed, $2 size → pps
 
 run_dpdk() { # $1 packed, $2 size → pps
     local sock=$dir/dpdk.sock log=$dir/dpdk-fe.log
-    "$testpmd" -l 0,1 --main-lcore 0 --no-pci --file-prefix "ws-bench-$$-be" -m 256 \
+    "$testpmd" -l 0,1 --main-lcore 0 --no-pci --single-file-segments --file-prefix "ws-bench-$$-be" -m 256 \
         --vdev "net_vhost0,iface=$sock" -- --forward-mode=macswap --nb-cores=1 --stats-period 5 \
         >"$dir/be.log" 2>&1 &
     local be=$!; pids+=($be)
