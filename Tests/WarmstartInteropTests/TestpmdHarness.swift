@@ -65,9 +65,9 @@ final class InteropHarness {
     }
 
     /// Starts `warmstart run` (cold memory, no hugepages: the guest memory is testpmd's).
-    func startWarmstart(ports: [String], forward: String = "macswap", extra: [String] = []) throws -> Process {
+    func startWarmstart(ports: [String], forward: String = "macswap", cores: Int = 1, extra: [String] = []) throws -> Process {
         var args = ["run", "--no-snapshot", "--hugepages", "off", "--mbufs", "16384", "--forward", forward,
-                    "--cores", "1", "--control", "\(dir)/control"]
+                    "--cores", "\(cores)", "--control", "\(dir)/control"]
         for p in ports { args += ["--port", p] }
         let p = try spawn(warmstartPath, args + extra, log: "warmstart")
         // Listening sockets and the control socket exist once it is up.
@@ -85,11 +85,11 @@ final class InteropHarness {
 
     /// Starts testpmd interactively (commands on stdin) as the virtio-user front-end of `socket`.
     func startTestpmd(socket: String, packed: Bool, mergeable: Bool, size: Int, name: String = "testpmd",
-                      waitForPrompt: Bool = true) throws -> Testpmd {
+                      queues: Int = 1, waitForPrompt: Bool = true) throws -> Testpmd {
         var args = ["-l", "0,1", "--main-lcore", "1", "--no-pci", "--single-file-segments",
                     "--file-prefix", prefix, "-m", "256",
-                    "--vdev", "net_virtio_user0,path=\(socket),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=\(mergeable ? 1 : 0),queue_size=256",
-                    "--", "-i", "--nb-cores=1"]
+                    "--vdev", "net_virtio_user0,path=\(socket),queues=\(queues),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=\(mergeable ? 1 : 0),queue_size=256",
+                    "--", "-i", "--nb-cores=1", "--rxq=\(queues)", "--txq=\(queues)"]
         // Jumbo frames: one segment must fit an mbuf, and testpmd checks --txpkts against the
         // mbuf size given before it.
         if size > 1518 { args += ["--mbuf-size=10240", "--max-pkt-len=\(size + 600)"] }
@@ -145,6 +145,14 @@ final class InteropHarness {
             throw InteropError("control socket: bad answer \(String(decoding: out, as: UTF8.self))")
         }
         return result
+    }
+
+    /// Port `name`'s per-queue rx packet counts.
+    func queueRxPackets(port name: String) throws -> [UInt64] {
+        let s = try warmstartStats()
+        guard let ports = s["ports"] as? [[String: Any]], let p = ports.first(where: { $0["name"] as? String == name }),
+              let qs = p["queues"] as? [[String: Any]] else { throw InteropError("no port \(name) in \(s)") }
+        return qs.map { ($0["rx_packets"] as? NSNumber)?.uint64Value ?? 0 }
     }
 
     /// Port `name`'s total counters from warmstart.
