@@ -269,11 +269,13 @@ final class VhostUserConnection {
         for q in 0..<(queueCount / 2) where pairs[q] == nil {
             guard let rx = setups[2 * q], let tx = setups[2 * q + 1] else { continue }
             do {
-                // A ring rebuilt under new memory keeps the position it had; a started one begins
-                // at its setup's base.
+                // A ring rebuilt under new memory keeps the position it had; so does the half of a
+                // pair that kept running while the other half was stopped and restarted (its
+                // position is in stoppedStates; ringStarted cleared the restarted ring's entry).
+                // A (re)started ring begins at its setup's base.
                 let pair = try VhostQueuePair(rx: rx, tx: tx, burst: datapath.options.burst,
-                                              rxState: keptStates.removeValue(forKey: 2 * q),
-                                              txState: keptStates.removeValue(forKey: 2 * q + 1))
+                                              rxState: keptStates.removeValue(forKey: 2 * q) ?? stoppedStates.removeValue(forKey: 2 * q),
+                                              txState: keptStates.removeValue(forKey: 2 * q + 1) ?? stoppedStates.removeValue(forKey: 2 * q + 1))
                 pairs[q] = pair
                 logger.info("vhost-user: queue pair \(q) ready (\(rx.layout), \(rx.size) descriptors, mrg_rxbuf \(rx.mergeableRxBuffers ? "on" : "off"))")
             } catch {

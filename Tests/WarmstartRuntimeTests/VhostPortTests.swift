@@ -139,6 +139,28 @@ final class VhostPortTests: XCTestCase {
         }
     }
 
+    /// Only the RX ring is stopped and restarted: the TX ring, which kept running, resumes at
+    /// its own position (no chain taken twice, none skipped).
+    func testHalfAPairStoppedAndRestarted() throws {
+        let rt = try start(ports: ["vhost-user:\(dir!)/a.sock,name=a"], forward: .macswap)
+        let g = try TestGuest(socketPath: "\(dir!)/a.sock")
+        try g.bringUp()
+        XCTAssertTrue(waitState(rt, "a", .started))
+        g.send((0..<20).map { testFrame(tag: 7, seq: $0) })
+        XCTAssertEqual(g.receive(count: 20).count, 20)
+        let rxBase = try g.frontend.stopRing(0)
+        XCTAssertTrue(waitState(rt, "a", .negotiating))
+        try g.frontend.startRing(FrontendRing(index: 0, size: TestGuest.ringSize, descriptorAddress: g.rx.descAddress,
+                                              driverAddress: g.rx.driverAreaAddress, deviceAddress: g.rx.deviceAreaAddress,
+                                              base: rxBase, kickFD: dup(g.kicks[0]), callFD: dup(g.calls[0])))
+        XCTAssertTrue(waitState(rt, "a", .started))
+        let frames = (20..<50).map { testFrame(tag: 7, seq: $0) }
+        g.send(frames)
+        let back = g.receive(count: 30)
+        XCTAssertEqual(back.map { Array($0[12...]) }, frames.map { Array($0[12...]) }, "each frame once, in order")
+        XCTAssertEqual(waitCounters(rt, port: 0) { $0.rxPackets == 50 }.rxPackets, 50)
+    }
+
     /// SET_MEM_TABLE again while packets flow: the port rebuilds its queues under the new
     /// mapping at the positions they had; nothing is lost or repeated.
     func testMemoryTableReplacedWhileForwarding() throws {
