@@ -92,7 +92,9 @@ final class InteropHarness {
                     "--", "-i", "--nb-cores=1", "--rxq=\(queues)", "--txq=\(queues)"]
         // Jumbo frames: one segment must fit an mbuf, and testpmd checks --txpkts against the
         // mbuf size given before it.
-        if size > 1518 { args += ["--mbuf-size=10240", "--max-pkt-len=\(size + 600)"] }
+        // A bounded pool keeps the 10 KiB mbufs inside -m 256 even when other processes hold
+        // most of the machine's hugepages.
+        if size > 1518 { args += ["--mbuf-size=10240", "--max-pkt-len=\(size + 600)", "--total-num-mbufs=4096"] }
         args.append("--txpkts=\(size)")
         let stdin = Pipe()
         // stdout is a file: without stdbuf testpmd's answers sit in its stdio buffer until exit.
@@ -209,7 +211,8 @@ final class Testpmd {
             if !process.isRunning { break }
             usleep(20_000)
         }
-        throw InteropError("testpmd: no '\(marker)' within \(timeout) s; log \(logPath)")
+        let tail = output.split(separator: "\n").suffix(15).joined(separator: "\n")
+        throw InteropError("testpmd: no '\(marker)' within \(timeout) s (running: \(process.isRunning)); log \(logPath), last lines:\n\(tail)")
     }
 
     /// `show port stats 0`: exact counters once forwarding is stopped.
