@@ -12,6 +12,10 @@ struct ForwardEngine {
     let slots: Int
     let macTable: MACTable
     let firstPacketNs: UnsafeMutablePointer<UInt64>
+    /// io with several threads: two queues of one port, polled by different threads, can map to
+    /// the same peer queue (a port with more queue pairs than its peer), so io sends take the
+    /// peer's transmit lock (one uncontended exchange per burst otherwise).
+    let sharedTX: Bool
 
     /// Polls one queue once; returns the packets received.
     @inline(__always)
@@ -27,7 +31,7 @@ struct ForwardEngine {
         if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
         switch mode {
         case .io:
-            if let peer = peers.first { send(pkts, n, to: peer, cache: cache, locked: false) } else { drop(pkts, n, on: q, cache: cache) }
+            if let peer = peers.first { send(pkts, n, to: peer, cache: cache, locked: sharedTX) } else { drop(pkts, n, on: q, cache: cache) }
         case .macswap:
             for i in 0..<n { swapMACs(pkts[i]) }
             send(pkts, n, to: q, cache: cache, locked: false)

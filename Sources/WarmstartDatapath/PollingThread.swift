@@ -74,7 +74,7 @@ final class PollingThread: @unchecked Sendable {
         var empty = 0
         let engine = ForwardEngine(mode: dp.options.mode, pkts: pkts, burst: burst, buckets: buckets,
                                    bucketCounts: bucketCounts, slots: slotCount, macTable: dp.macTable,
-                                   firstPacketNs: dp.firstPacketNs)
+                                   firstPacketNs: dp.firstPacketNs, sharedTX: dp.options.cores.count > 1)
         while ws_load_acquire_u32(running) != 0 {
             let g = ws_load_acquire_u64(dp.generation)
             if g != myGeneration {
