@@ -23,14 +23,18 @@ final class TestGuest {
     var txNext = 0
     let completions = UnsafeMutablePointer<DriverCompletion>.allocate(capacity: TestGuest.ringSize)
 
-    init(socketPath: String, packed: Bool = false, mergeable: Bool = true) throws {
+    convenience init(socketPath: String, packed: Bool = false, mergeable: Bool = true) throws {
+        try self.init(fd: try Self.connect(socketPath), packed: packed, mergeable: mergeable)
+    }
+
+    /// Over an already connected socket (the test listened and the back-end connected).
+    init(fd: Int32, packed: Bool = false, mergeable: Bool = true) throws {
         memfd = ws_memfd_create("test-guest", WS_MFD_CLOEXEC)
         precondition(memfd >= 0 && ftruncate(memfd, off_t(Self.memorySize)) == 0)
         base = mmap(nil, Self.memorySize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0)!
         self.packed = packed
         kicks = [ws_eventfd(0, WS_EFD_CLOEXEC), ws_eventfd(0, WS_EFD_CLOEXEC)]
         calls = [ws_eventfd(0, WS_EFD_CLOEXEC), ws_eventfd(0, WS_EFD_CLOEXEC)]
-        let fd = try Self.connect(socketPath)
         frontend = VhostUserFrontend(channel: VhostUserChannel(fd: fd, readsReplies: true),
                                      options: VhostUserFrontendOptions(packed: packed, mergeableRxBuffers: mergeable))
     }

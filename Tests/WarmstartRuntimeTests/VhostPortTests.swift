@@ -217,6 +217,31 @@ final class VhostPortTests: XCTestCase {
         XCTAssertEqual(state(rt, "b")?.state, .started)
     }
 
+    /// vhost-user-client: the runtime connects to a front-end that listens (QEMU server=on), and
+    /// forwards once the guest brought its rings up.
+    func testClientPortConnectsToAListeningFrontend() throws {
+        let path = "\(dir!)/frontend.sock"
+        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(listener) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        XCTAssertEqual(rc, 0)
+        XCTAssertEqual(listen(listener, 1), 0)
+        let rt = try start(ports: ["vhost-user-client:\(path),name=c"], forward: .macswap)
+        var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
+        XCTAssertEqual(poll(&pfd, 1, 5000), 1, "the runtime connects")
+        let g = try TestGuest(fd: accept(listener, nil, nil))
+        try g.bringUp()
+        XCTAssertTrue(waitState(rt, "c", .started))
+        let frames = (0..<10).map { testFrame(tag: 9, seq: $0) }
+        g.send(frames)
+        XCTAssertEqual(g.receive(count: 10).map { Array($0[12...]) }, frames.map { Array($0[12...]) })
+    }
+
     /// The control socket answers stats as one JSON line; unknown commands get an error line.
     func testControlSocketStats() throws {
         let rt = try start(ports: ["vhost-user:\(dir!)/a.sock,name=a"], control: true)
