@@ -20,8 +20,13 @@ struct ForwardEngine {
     /// Polls one queue once; returns the packets received.
     @inline(__always)
     func poll(_ q: DatapathQueue, peers: [DatapathQueue], cache: MbufCache) -> Int {
-        guard let rx = q.queue else { return 0 }
-        let n = rx.receiveBurst(into: pkts, max: burst, cache: cache)
+        let n: Int
+        if let v = q.vhost {
+            n = v._withUnsafeGuaranteedRef { $0.receiveBurst(into: pkts, max: burst, cache: cache) }
+        } else {
+            guard let rx = q.queue else { return 0 }
+            n = rx.receiveBurst(into: pkts, max: burst, cache: cache)
+        }
         if n == 0 { return 0 }
         var bytes: UInt64 = 0
         for i in 0..<n { bytes &+= UInt64(pkts[i].packetLength) }
@@ -43,12 +48,18 @@ struct ForwardEngine {
 
     @inline(__always)
     func send(_ p: UnsafeMutablePointer<Mbuf>, _ n: Int, to dst: DatapathQueue, cache: MbufCache, locked: Bool) {
-        guard let tx = dst.queue else { return drop(p, n, on: dst, cache: cache) }
+        let v = dst.vhost
+        if v == nil && dst.queue == nil { return drop(p, n, on: dst, cache: cache) }
         if locked { while ws_exchange_u32(dst.txLock, 1) != 0 { ws_cpu_relax() } }
         // Count bytes before the queue takes (and may free) the packets.
         var bytes: UInt64 = 0
         for i in 0..<n { bytes &+= UInt64(p[i].packetLength) }
-        let sent = tx.transmitBurst(p, count: n, cache: cache)
+        let sent: Int
+        if let v {
+            sent = v._withUnsafeGuaranteedRef { $0.transmitBurst(p, count: n, cache: cache) }
+        } else {
+            sent = dst.queue.unsafelyUnwrapped.transmitBurst(p, count: n, cache: cache)
+        }
         if sent < n {
             for i in sent..<n {
                 bytes &-= UInt64(p[i].packetLength)
