@@ -16,8 +16,10 @@ public enum DeviceKind: String, CaseIterable, Sendable {
     /// Keys each kind accepts after the path. `name` names the device in reports.
     public var validKeys: [String] {
         switch self {
-        case .vhostUser: return ["name", "mode", "queues"]
-        case .vhostUserClient: return ["name", "queues", "backoff-min-ms", "backoff-max-ms"]
+        // features=0x...: a mask over the virtio features the back-end offers (e.g. clear bit 34
+        // to refuse the packed ring, bit 15 to refuse mergeable RX buffers).
+        case .vhostUser: return ["name", "mode", "queues", "features"]
+        case .vhostUserClient: return ["name", "queues", "features", "backoff-min-ms", "backoff-max-ms"]
         case .virtioUser: return ["name", "queues", "server", "mode", "backoff-min-ms", "backoff-max-ms"]
         case .tap: return ["name", "queues"]
         }
@@ -120,6 +122,11 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
         case "server":
             guard ["0", "1", "on", "off"].contains(value) else {
                 throw PortSpecError("port '\(entry)': server '\(value)' must be 0, 1, on or off")
+            }
+        case "features":
+            let ok = value.hasPrefix("0x") || value.hasPrefix("0X") ? UInt64(value.dropFirst(2), radix: 16) != nil : UInt64(value) != nil
+            guard ok else {
+                throw PortSpecError("port '\(entry)': features '\(value)' is not a 64-bit mask (0x... hexadecimal or decimal)")
             }
         case "name":
             guard !value.isEmpty else { throw PortSpecError("port '\(entry)': name is empty") }
