@@ -8,8 +8,8 @@ import Glibc
 #endif
 import Logging
 
-/// One request line: `{"cmd":"stats"}`, with optional string arguments for later commands
-/// (hot upgrade's handoff will add its own).
+/// One request line: `{"cmd":"stats"}`, with optional string arguments for later commands.
+/// `{"cmd":"handoff"}` (hot upgrade) switches the connection to the handoff protocol.
 public struct ControlRequest: Codable, Sendable {
     public var cmd: String
     public var args: [String: String]?
@@ -28,6 +28,8 @@ public final class ControlServer: @unchecked Sendable {
     let listenFD: Int32
     let logger: Logger
     private var handlers: [String: Handler] = [:]
+    /// Commands that switch the connection to another protocol (hot upgrade's handoff).
+    private var upgrades: [String: (Int32) -> Void] = [:]
     private let lock = NSLockLike()
     private var thread = pthread_t()
     private var threadStarted = false
@@ -76,9 +78,18 @@ public final class ControlServer: @unchecked Sendable {
 
     deinit { stop() }
 
-    public var commands: [String] { lock.locked { handlers.keys.sorted() } }
+    public var commands: [String] { lock.locked { (Array(handlers.keys) + Array(upgrades.keys)).sorted() } }
 
     /// Adds (or replaces) command `name`; the handler returns the JSON of `result`.
+    /// Adds command `name` that takes the connection over: after the ok line, `handler` receives
+    /// its own descriptor for the connection (it must close it) and the control thread goes back
+    /// to accepting — so a long exchange (a handoff) never blocks `stats`, and a second one reaches
+    /// its handler while the first runs (the handoff refuses it there). The handler should return
+    /// quickly (start a thread).
+    public func registerUpgrade(_ name: String, _ handler: @escaping (Int32) -> Void) {
+        lock.locked { upgrades[name] = handler }
+    }
+
     public func register(_ name: String, _ handler: @escaping Handler) {
         lock.locked { handlers[name] = handler }
     }
@@ -139,6 +150,18 @@ public final class ControlServer: @unchecked Sendable {
             while let nl = buffer.firstIndex(of: 0x0A) {
                 let line = Array(buffer[..<nl])
                 buffer.removeSubrange(...nl)
+                if let cmd = (try? JSONDecoder().decode(ControlRequest.self, from: Data(line)))?.cmd,
+                   let upgrade = lock.locked({ upgrades[cmd] }) {
+                    guard buffer.isEmpty else {
+                        _ = writeAll(fd, Array(#"{"ok":false,"error":"nothing may follow an upgrade request before its answer"}"#.utf8) + [0x0A])
+                        return
+                    }
+                    let ok = #"{"ok":true,"cmd":"# + Self.quote(cmd) + #","result":"switching protocols"}"#
+                    guard writeAll(fd, Array(ok.utf8) + [0x0A]) else { return }
+                    let own = dup(fd)   // the serve loop closes `fd` when this returns
+                    if own >= 0 { _ = fcntl(own, F_SETFD, FD_CLOEXEC); upgrade(own) }
+                    return
+                }
                 var reply = answer(line)
                 reply.append(0x0A)
                 if !writeAll(fd, reply) { return }

@@ -1,6 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
+import Logging
 import WarmstartVhostUser
 @testable import WarmstartRuntime
 
@@ -311,5 +312,54 @@ final class HandoffProcessTests: XCTestCase {
         let gone = Date().addingTimeInterval(10)
         while previous!.isRunning && Date() < gone { usleep(1000) }
         unlink(from)
+    }
+}
+
+/// The runtime's JSON-lines control socket switching a connection to the handoff protocol.
+final class HandoffControlServerTests: XCTestCase {
+    func testHandoffThroughTheControlServerWhileStatsKeepsAnswering() throws {
+        let (g, b) = socketPair()
+        var backend: HandoffBackend? = try HandoffBackend(connection: b)
+        let guest = try HandoffGuest(socket: g)
+        try guest.connect()
+        let ready = Date().addingTimeInterval(5)
+        while backend!.pair == nil && Date() < ready { usleep(1000) }
+        let path = "/tmp/ws-handoff-control-\(getpid()).sock"
+        let server = try ControlServer(path: path, logger: Logger(label: "test"))
+        defer { server.stop() }
+        let donor = HandoffDonor(hooks: backend!.donorHooks())
+        server.registerUpgrade("handoff") { fd in Thread { _ = donor.serve(HandoffChannel(fd: fd)) }.start() }
+        server.start()
+        XCTAssertTrue(server.commands.contains("handoff"))
+        let traffic = guest.run()
+        let end = Date().addingTimeInterval(10)
+        while guest.receivedCount < 20_000 && Date() < end { usleep(1000) }
+
+        var pending: HandoffPendingBackend?
+        var next: HandoffBackend?
+        let hooks = HandoffTakerHooks(
+            adopt: { pending = try HandoffPendingBackend($0); usleep(300_000) },   // slow: a second one arrives meanwhile
+            activate: { next = try HandoffBackend(pending: pending!, live: $0) },
+            resume: { next!.resumeAfterTakeover() },
+            firstPacketNs: { next?.firstPacketNs })
+        var report: HandoffReport?
+        let t = Thread { report = try? HandoffTaker.takeover(channel: HandoffChannel.connectUpgrading(path: path), hooks: hooks) }
+        t.start()
+        while !donor.isBusy { usleep(1000) }
+        // The control socket still answers, and a second handoff is refused with the reason.
+        XCTAssertTrue(try ControlClient.request(path: path, ControlRequest(cmd: "ping")).contains("pong"))
+        XCTAssertThrowsError(try HandoffTaker.takeover(channel: HandoffChannel.connectUpgrading(path: path),
+                                                       hooks: HandoffTakerHooks(adopt: { _ in }, resume: {}))) { e in
+            XCTAssertTrue("\(e)".contains("a handoff is already running"), "\(e)")
+        }
+        while t.isExecuting { usleep(1000) }
+        XCTAssertEqual(report?.outcome, "committed")
+        backend = next
+        let more = guest.receivedCount + 20_000
+        while guest.receivedCount < more && Date() < end.addingTimeInterval(10) { usleep(1000) }
+        guest.stopSending()
+        while traffic.isExecuting { usleep(1000) }
+        XCTAssertEqual(guest.receivedCount, guest.sentCount, "packets sent = packets received")
+        backend?.releaseAll()
     }
 }
