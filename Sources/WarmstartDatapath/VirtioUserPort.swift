@@ -105,6 +105,9 @@ public final class VirtioUserPort: @unchecked Sendable {
         do { try fe.setMemoryTable(table) } catch { throw VirtioUserError.from(error) }
         let layout: VirtqueueLayout = n.features & VirtioNetFeature.ringPacked.mask != 0 ? .packed : .split
         let options = VirtqueueOptions(features: VirtioFeatures(rawValue: n.features))
+        // A fresh ring starts at index 0; packed rings also start with both wrap counters set
+        // (§2.7.1), which SET_VRING_BASE carries in bit 15 (vhost-user "Ring states").
+        let baseLayout: VringLayout = layout == .packed ? .packed : .split
         var pairs: [VirtioUserQueuePair] = []
         do {
             for i in 0..<config.queuePairs {
@@ -130,6 +133,7 @@ public final class VirtioUserPort: @unchecked Sendable {
                     let d = UInt64(dq.driverAreaAddress - dq.descAddress), v = UInt64(dq.deviceAreaAddress - dq.descAddress)
                     try fe.startRing(FrontendRing(index: r, size: config.queueSize, descriptorAddress: host,
                                                   driverAddress: host + d, deviceAddress: host + v,
+                                                  base: VringBase().encode(layout: baseLayout),
                                                   kickFD: kicks[k], callFD: calls[k]))
                 }
             }
