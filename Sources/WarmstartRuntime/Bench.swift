@@ -53,6 +53,9 @@ public struct BenchResult: Sendable, Codable {
     public var latencyP99Us: Double?
     public var latencyP999Us: Double?
     public var setupMs: Double
+    /// Mpps of each whole second of the run (received back in loopback, sent one way): the
+    /// per-second figures comparisons should take the median of.
+    public var perSecondMpps: [Double]
 
     public func text() -> String {
         var s = "bench: \(backend) back-end, \(layout) ring, \(mode), \(frameBytes) B frames, burst \(burst), \(String(format2(seconds))) s\n"
@@ -201,6 +204,8 @@ final class Generator {
         var nextReport = start + 1_000_000_000
         var lastTx: UInt64 = 0, lastRx: UInt64 = 0
         var iterations = 0
+        var samples: [Double] = []
+        samples.reserveCapacity(Int(o.duration) + 2)
         while true {
             var now = ws_monotonic_ns()
             if now >= end { break }
@@ -233,6 +238,8 @@ final class Generator {
             iterations &+= 1
             if iterations & 1023 == 0 && now >= nextReport {
                 if !alive() { throw BenchError("the back-end went away during the run") }
+                let counted = o.mode == .loopback ? rxCount - lastRx : tx - lastTx
+                samples.append(Double(counted) / 1e6)
                 if o.duration > 3 {
                     let secs = Double(now - start) / 1e9
                     progress("  \(Int(secs.rounded())) s: tx \(format2(Double(tx - lastTx) / 1e6)) Mpps, rx \(format2(Double(rxCount - lastRx) / 1e6)) Mpps")
@@ -262,6 +269,6 @@ final class Generator {
                            latencyP50Us: o.mode == .loopback ? us(latency.quantile(0.5)) : nil,
                            latencyP99Us: o.mode == .loopback ? us(latency.quantile(0.99)) : nil,
                            latencyP999Us: o.mode == .loopback ? us(latency.quantile(0.999)) : nil,
-                           setupMs: setupMs)
+                           setupMs: setupMs, perSecondMpps: samples)
     }
 }
