@@ -43,8 +43,8 @@ median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]
 
 # A: one Warmstart run; prints its median per-second Mpps.
 run_ws() { # layout size
-  "$WS" bench --backend dpdk --mode oneway --layout "$1" --size "$2" --duration "$DURATION" --json 2>"$TMP/ws.err" \
-    | python3 -c 'import sys,json,statistics; r=json.load(sys.stdin); s=r["perSecondMpps"][1:] or [r["mpps"]]; print(f"{statistics.median(s):.2f}")'
+  "$WS" bench --backend dpdk --mode oneway --layout "$1" --size "$2" --duration "$((DURATION + 2))" --json 2>"$TMP/ws.err" \
+    | python3 -c 'import sys,json,statistics; r=json.load(sys.stdin); s=[x for x in r["perSecondMpps"] if x > 0][1:] or [r["mpps"]]; print(f"{statistics.median(s):.2f}")'
 }
 
 # B: testpmd virtio-user txonly against testpmd vhost rxonly; prints the median per-second Tx Mpps.
@@ -62,7 +62,10 @@ run_dpdk() { # layout size
     -- --forward-mode=txonly --txpkts="$2" --burst=32 --stats-period 1 --nb-cores=1 \
     >"$TMP/fe.log" 2>&1 &
   local fe=$!; PIDS+=("$fe")
-  sleep "$DURATION"; sleep 1   # testpmd needs ~0.3 s to start; one extra second of samples
+  # testpmd takes 0.3-2 s to start forwarding (more on a loaded VM): wait for the first non-zero
+  # Tx-pps line, then take DURATION more seconds of samples.
+  for _ in $(seq 100); do grep -qE "Tx-pps: +[1-9]" "$TMP/fe.log" 2>/dev/null && break; sleep 0.1; done
+  sleep "$DURATION"; sleep 1
   kill -INT "$fe" 2>/dev/null || true; sleep 0.3; kill -9 "$fe" 2>/dev/null || true; wait "$fe" 2>/dev/null || true
   kill -INT "$be" 2>/dev/null || true; sleep 0.3; kill -9 "$be" 2>/dev/null || true; wait "$be" 2>/dev/null || true
   rm -rf /dev/hugepages/"$tag"-* /var/run/dpdk/"$tag"-*
@@ -70,7 +73,7 @@ run_dpdk() { # layout size
   python3 - "$TMP/fe.log" "$DURATION" <<'EOF'
 import sys, statistics, re
 v = [int(m.group(1)) for m in re.finditer(r"Tx-pps:\s+(\d+)", open(sys.argv[1], errors="replace").read())]
-v = [x for x in v if x > 0][1:int(float(sys.argv[2]))]
+v = [x for x in v if x > 0][1:int(float(sys.argv[2])) + 1]
 print(f"{statistics.median(v)/1e6:.2f}" if v else "nan")
 EOF
 }

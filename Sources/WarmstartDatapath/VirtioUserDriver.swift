@@ -23,6 +23,9 @@ public final class VirtioUserDriver: DeviceDriver {
     public let regions: [MemoryRegion]
     public let pool: MbufPool
     public let arena: RingArena
+    /// When set, started ports join it (slot = device index) and leave it before their mbufs are
+    /// reclaimed; nil: the caller polls `VirtioUserPort.queues` itself (bench, tests).
+    public let datapath: Datapath?
 
     /// One connection's life: set-up may finish after the Bus dropped it.
     final class Connection {
@@ -35,11 +38,15 @@ public final class VirtioUserDriver: DeviceDriver {
 
     /// `regions`: every region shared with the back-end (LiveMemory.regions); `arena`: where the
     /// rings go (the general-purpose region).
-    public init(regions: [MemoryRegion], pool: MbufPool, arena: RingArena) {
+    public init(regions: [MemoryRegion], pool: MbufPool, arena: RingArena, datapath: Datapath? = nil) {
         self.regions = regions
         self.pool = pool
         self.arena = arena
+        self.datapath = datapath
     }
+
+    /// Registers for `virtio-user` ports.
+    public func register(on bus: Bus) { bus.register(driver: self, for: .virtioUser) }
 
     public func attach(device: Device, fd: Int32, bus: Bus) {
         let port: VirtioUserPort
@@ -84,6 +91,7 @@ public final class VirtioUserDriver: DeviceDriver {
             port.queues = pairs
             port.connections += 1
             bus.ready(device)
+            datapath?.attach(slot: device.index, queues: pairs)
             bus.started(device)
             conn.watch = bus.loop.poll(fd: conn.fd, events: Int16(POLLIN) | 0x2000 /* POLLRDHUP */) { [self] r in
                 guard !conn.dropped, case .success = r else { return }
@@ -104,6 +112,9 @@ public final class VirtioUserDriver: DeviceDriver {
         guard let conn = connections.removeValue(forKey: ObjectIdentifier(device)) else { return }
         conn.dropped = true
         if let w = conn.watch { bus.loop.cancel(w); conn.watch = nil }
+        // The polling threads let go first (attach/detach wait for every thread at a burst
+        // boundary); only then may the posted mbufs go back to the pool.
+        if let dp = datapath, let p = device.driverContext as? VirtioUserPort, !p.queues.isEmpty { dp.detach(slot: device.index) }
         (device.driverContext as? VirtioUserPort)?.teardown()
     }
 }

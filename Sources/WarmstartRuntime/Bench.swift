@@ -210,12 +210,19 @@ final class Generator {
             var now = ws_monotonic_ns()
             if now >= end { break }
             // Fill the burst (unsent frames from the last round stay at the front).
-            while have < burst {
-                guard let m = cache.alloc() else { break }
-                if !build(m, seq: seq, now: now) { cache.free(m); break }
-                seq &+= 1
-                pk[have] = m
-                have += 1
+            if have < burst && cache.allocBulk(pk + have, count: burst - have) {
+                // One allocation per burst; a frame that cannot get its further segments is dropped here.
+                var k = have
+                while k < burst {
+                    if build(pk[k], seq: seq, now: now) {
+                        seq &+= 1
+                        pk[have] = pk[k]
+                        have += 1
+                    } else {
+                        cache.free(pk[k])
+                    }
+                    k += 1
+                }
             }
             let sent = q.transmitBurst(pk, count: have, cache: cache)
             tx &+= UInt64(sent)

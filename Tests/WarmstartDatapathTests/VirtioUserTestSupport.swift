@@ -74,6 +74,14 @@ final class InProcessBackend: @unchecked Sendable {
     /// Cuts the connection (the back-end "disappears").
     func disconnect() { shutdown(backendFD, Int32(SHUT_RDWR)) }
 
+    /// Ends the serving thread and closes our end of the pair (test teardown).
+    func stop() {
+        disconnect()
+        let end = Date().addingTimeInterval(2)
+        while !hasEnded && Date() < end { usleep(1000) }
+        if frontendFD >= 0 { close(frontendFD) }
+    }
+
     var hasEnded: Bool { lock.lock(); defer { lock.unlock() }; return ended != nil }
 
     func waitForRings(_ n: Int, timeout: Double = 5) -> Bool {

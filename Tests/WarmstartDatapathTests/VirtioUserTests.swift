@@ -14,6 +14,7 @@ final class VirtioUserTests: XCTestCase {
                  backend: VhostUserBackendConfiguration = VhostUserBackendConfiguration()) throws
         -> (VirtioUserPort, InProcessBackend, VhostUserNegotiation, [VirtioUserQueuePair]) {
         let be = try InProcessBackend(configuration: backend)
+        addTeardownBlock { be.stop() }
         let port = try VirtioUserPort(config: cfg, regions: fe.regions, pool: fe.pool, arena: fe.arena)
         let (n, pairs) = try port.establish(fd: be.frontendFD)
         port.queues = pairs
@@ -40,6 +41,7 @@ final class VirtioUserTests: XCTestCase {
         let fe = try FrontendSide()
         let noPacked = VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.ringPacked.mask)
         let be = try InProcessBackend(configuration: noPacked)
+        addTeardownBlock { be.stop() }
         let port = try VirtioUserPort(config: VirtioUserConfig(packed: true), regions: fe.regions, pool: fe.pool, arena: fe.arena)
         XCTAssertThrowsError(try port.establish(fd: be.frontendFD)) { e in
             guard case let VirtioUserError.missingFeatures(names) = e else { return XCTFail("\(e)") }
@@ -48,6 +50,7 @@ final class VirtioUserTests: XCTestCase {
             XCTAssertTrue("\(e)".contains("ringPacked"), "\(e)")
         }
         let noV1 = try InProcessBackend(configuration: VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.version1.mask))
+        addTeardownBlock { noV1.stop() }
         let port2 = try VirtioUserPort(config: VirtioUserConfig(), regions: fe.regions, pool: fe.pool, arena: fe.arena)
         XCTAssertThrowsError(try port2.establish(fd: noV1.frontendFD)) { e in
             guard case let VirtioUserError.missingFeatures(names) = e else { return XCTFail("\(e)") }
@@ -67,6 +70,7 @@ final class VirtioUserTests: XCTestCase {
     func testMultiQueueNeedsBackendQueues() throws {
         let fe = try FrontendSide()
         let be = try InProcessBackend(configuration: VhostUserBackendConfiguration(maxQueuePairs: 1))
+        addTeardownBlock { be.stop() }
         let port = try VirtioUserPort(config: VirtioUserConfig(queuePairs: 2), regions: fe.regions, pool: fe.pool, arena: fe.arena)
         XCTAssertThrowsError(try port.establish(fd: be.frontendFD)) { e in
             XCTAssertTrue("\(e)".contains("queue pairs"), "\(e)")
@@ -204,6 +208,7 @@ final class VirtioUserTests: XCTestCase {
             XCTAssertEqual(poll(&pfd, 1, 5000), 1, "frontend connected (round \(round))")
             let be = try InProcessBackend(connectedFD: accept(listener, nil, nil))
             backends.append(be)
+            addTeardownBlock { be.stop() }
             XCTAssertTrue(bus.wait(timeoutSeconds: 5) { $0[0].state == .started }, "\(bus.snapshot())")
             XCTAssertTrue(be.waitForRings(2))
             let port = bus.devices[0].driverContext as! VirtioUserPort
@@ -222,5 +227,35 @@ final class VirtioUserTests: XCTestCase {
         // The frontend is reconnecting; all posted buffers of the dropped connections went back.
         XCTAssertTrue(bus.wait(timeoutSeconds: 2) { $0[0].state != .started })
         XCTAssertEqual(fe.pool.inUseCount, 0, "teardown reclaimed every posted mbuf")
+    }
+
+    // MARK: in the datapath
+
+    func testDatapathMacswapOverVirtioUser() throws {
+        for packed in [false, true] {
+            let fe = try FrontendSide()
+            let dp = Datapath(pool: fe.pool, ports: ["vu0"], options: .init(mode: .macswap, spinBeforeNap: 100))
+            let (port, be, _, pairs) = try connect(fe, VirtioUserConfig(packed: packed))
+            dp.attach(slot: 0, queues: pairs)
+            dp.start()
+            var sent: [[UInt8]] = []
+            for (k, size) in [64, 1518, 9000, 64, 1518].enumerated() {
+                let f = testFrame(size: size, seed: UInt8(k))
+                XCTAssertTrue(be.send(f))
+                sent.append(f)
+            }
+            let back = be.receive(sent.count)
+            XCTAssertEqual(back.count, sent.count, "macswap reflected every frame (packed \(packed))")
+            for (f, r) in zip(sent, back) {
+                let want = Array(f[6..<12]) + Array(f[0..<6]) + Array(f[12...])
+                XCTAssertTrue(sameFrame(r, want), frameDiff(r, want))
+            }
+            dp.detach(slot: 0)
+            dp.stop()
+            let st = dp.stats()[0].total
+            XCTAssertEqual(st.rxPackets, UInt64(sent.count))
+            XCTAssertEqual(st.txPackets, UInt64(sent.count))
+            port.teardown()
+        }
     }
 }
