@@ -10,9 +10,14 @@ jobs=$(nproc 2>/dev/null || echo 2)
 echo "== swift build (debug, tests)"
 swift build --build-tests -j "$jobs"
 echo "== swift test"
-swift test --skip-build --parallel --num-workers 1 2>&1 | tee .build/test-output.txt
+swift test --skip-build --disable-swift-testing 2>&1 | tee .build/test-output.txt
 status=${PIPESTATUS[0]}
-[ "$status" = 0 ] || { echo "swift test failed ($status)"; exit "$status"; }
+# The XCTest totals line, e.g. "Executed 220 tests, with 1 test skipped and 0 failures".
+summary=$(grep -E "^\s*Executed [0-9]+ tests?, with" .build/test-output.txt | tail -1)
+executed=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
+skipped=$(echo "$summary" | grep -oE '[0-9]+ tests? skipped' | grep -oE '^[0-9]+' || echo 0)
+failed=$(echo "$summary" | sed -E 's/.* ([0-9]+) failures?.*/\1/')
+[ "$status" = 0 ] || { echo "swift test failed ($status)"; echo "unit: $((executed - skipped - failed)) passed, $failed failed, $skipped skipped"; exit "$status"; }
 
 echo "== main job, hugepages auto, then off"
 swift build -c release --product warmstart -j "$jobs"
@@ -27,3 +32,4 @@ grep -q '"outcome" : "restored"' "$tmp/second.json"
 rm -f /dev/shm/warmstart-ci-$$.snap
 "$bin" report "$tmp/second.json" >/dev/null
 echo "main job: ok"
+echo "tests: $((executed - skipped - failed)) passed, $failed failed, $skipped skipped"

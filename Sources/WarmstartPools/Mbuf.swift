@@ -221,6 +221,12 @@ extension Mbuf {
         header.storeBytes(of: MbufLayout.identityMagic, toByteOffset: MbufLayout.magic, as: UInt32.self)
     }
 
+    /// Takes `n` more references atomically (rte_mbuf_refcnt_update): the segment goes back to its
+    /// pool only when every holder has freed it.
+    @inlinable public func addReference(_ n: UInt16 = 1) {
+        _ = ws_fetch_add_u16((header + MbufLayout.refCount).assumingMemoryBound(to: UInt16.self), n)
+    }
+
     /// The identity magic word ("WSMB" when the header belongs to a pool).
     @inlinable public var magic: UInt32 { header.load(fromByteOffset: MbufLayout.magic, as: UInt32.self) }
 }

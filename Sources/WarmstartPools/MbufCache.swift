@@ -9,11 +9,19 @@ public final class MbufCache {
     /// The level a flush brings the cache back to.
     public let size: Int
     @usableFromInline let stack: UnsafeMutablePointer<UInt32>
-    @usableFromInline var length = 0
+    /// The fill level lives in raw memory next to the stack, not in a stored `var`: a class's
+    /// stored vars get dynamic exclusivity checks (swift_beginAccess) on every access.
+    @usableFromInline let state: UnsafeMutablePointer<Int>
+    @inlinable var length: Int {
+        @inline(__always) get { state.pointee }
+        @inline(__always) set { state.pointee = newValue }
+    }
     /// size + chunk: the flush threshold (DPDK flushes at 1.5 × size).
     @usableFromInline let capacity: Int
     /// How many indices one refill or flush moves.
     @usableFromInline let chunk: Int
+    /// A copy of the pool's element geometry, one load away instead of two.
+    @usableFromInline let el: PoolElements
 
     /// A cache of `size` mbufs (default: the pool's cacheSize), at most MbufPoolConfig.maxCacheSize.
     /// Size 0 makes a pass-through to the pool.
@@ -23,12 +31,16 @@ public final class MbufCache {
         self.size = s
         chunk = s == 0 ? 0 : Swift.max(1, s / 2)
         capacity = s + chunk
-        stack = .allocate(capacity: Swift.max(1, capacity))
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: 64 + 4 * Swift.max(1, capacity), alignment: 64)
+        state = raw.bindMemory(to: Int.self, capacity: 1)
+        state.initialize(to: 0)
+        stack = (raw + 64).bindMemory(to: UInt32.self, capacity: Swift.max(1, capacity))
+        el = pool.el
     }
 
     deinit {
         flush()
-        stack.deallocate()
+        UnsafeMutableRawPointer(state).deallocate()
     }
 
     /// Mbufs held by this cache.
@@ -36,30 +48,37 @@ public final class MbufCache {
 
     @inlinable
     public func alloc() -> Mbuf? {
-        if length == 0 {
+        var len = length
+        if _slowPath(len == 0) {
             if capacity == 0 { return pool.alloc() }
             refill(1)
-            if length == 0 { return nil }
+            len = length
+            if len == 0 { return nil }
         }
-        length &-= 1
-        return pool.initialize(stack[length])
+        len &-= 1
+        length = len
+        return el.initialize(stack[len])
     }
 
     /// `n` mbufs into `out`, or none and false.
     @inlinable
     public func allocBulk(_ out: UnsafeMutablePointer<Mbuf>, count n: Int) -> Bool {
-        if n > length {
+        var len = length
+        if _slowPath(n > len) {
             if n > capacity { return pool.allocBulk(out, count: n) }
             refill(n)
-            if n > length { return false }
+            len = length
+            if n > len { return false }
         }
-        let top = stack + (length &- n)
+        len &-= n
+        length = len
+        let el = self.el
+        let top = stack + len
         var i = 0
         while i < n {
-            out[i] = pool.initialize(top[i])
+            out[i] = el.initialize(top[i])
             i &+= 1
         }
-        length &-= n
         return true
     }
 
@@ -67,49 +86,67 @@ public final class MbufCache {
     /// back to this cache.
     @inlinable
     public func free(_ m: Mbuf) {
-        if m.nextIndex == MbufLayout.noNext {
-            if pool.prefree(m) > 0 { push(m.index) }
-        } else {
-            freeChain(m)
-        }
+        var len = length
+        freeOne(m, el, &len)
+        length = len
     }
 
     @inlinable
     public func freeBulk(_ ms: UnsafePointer<Mbuf>, count n: Int) {
+        let el = self.el
+        var len = length
         var i = 0
         while i < n {
-            free(ms[i])
+            freeOne(ms[i], el, &len)
             i &+= 1
+        }
+        length = len
+    }
+
+    /// The free fast path on a local copy of `length`: a single segment holding the last reference.
+    @inlinable @inline(__always)
+    func freeOne(_ m: Mbuf, _ el: PoolElements, _ len: inout Int) {
+        if _fastPath(m.nextIndex == MbufLayout.noNext) {
+            let v = el.prefree(m)
+            if _fastPath(v == .release) || pool.prefreeSlow(m, v) > 0 { push(m.index, &len) }
+        } else {
+            length = len
+            freeChain(m)
+            len = length
         }
     }
 
     @inlinable @inline(__always)
-    func push(_ index: UInt32) {
-        if length == capacity {
+    func push(_ index: UInt32, _ len: inout Int) {
+        if _slowPath(len == capacity) {
             if capacity == 0 { pool.putOne(index); return }
+            length = len
             flushChunk()
+            len = length
         }
-        stack[length] = index
-        length &+= 1
+        stack[len] = index
+        len &+= 1
     }
 
     @usableFromInline
     func freeChain(_ m: Mbuf) {
+        var len = length
+        defer { length = len }
         var seg = m
-        var budget = pool.count32
+        var budget = el.count
         while true {
             let next = seg.nextIndex
             let r = pool.prefree(seg)
             if r < 0 { return }
-            if r > 0 { push(seg.index) }
+            if r > 0 { push(seg.index, &len) }
             if next == MbufLayout.noNext { return }
             budget &-= 1
-            guard next < pool.count32, budget > 0 else {
+            guard next < el.count, budget > 0 else {
                 pool.reportBadFree(index: next, double: false,
                                    "mbuf pool \(pool.poolID): chain has a bad next index \(next)")
                 return
             }
-            seg = pool.element(next)
+            seg = el.element(next)
         }
     }
 

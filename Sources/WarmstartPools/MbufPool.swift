@@ -9,6 +9,9 @@ import WarmstartMemory
 /// bumps; every allocation writes the whole header, so no header content from an earlier run is
 /// trusted. Nothing in shared memory is a pointer: the pool may be mapped at any address.
 ///
+/// `offset` must be a multiple of 4096 (elements are page aligned); `MbufPoolConfig.bytesNeeded`
+/// is a page multiple, so pools can be placed back to back in one region.
+///
 /// Hot-path methods are `@inlinable` so callers in other modules get them inlined. Dataplane
 /// threads should go through an `MbufCache`; the pool's own alloc/free touch the shared ring on
 /// every call.
@@ -24,6 +27,7 @@ public final class MbufPool: @unchecked Sendable {
     public let ringMode: PoolRing.Mode
 
     @usableFromInline let ring: PoolRing
+    @usableFromInline let el: PoolElements
     @usableFromInline let elements: UnsafeMutableRawPointer
     @usableFromInline let elementStride: Int
     @usableFromInline let count32: UInt32
@@ -52,6 +56,8 @@ public final class MbufPool: @unchecked Sendable {
         count32 = UInt32(config.count)
         headroom16 = UInt16(config.headroom)
         bufferLength16 = UInt16(config.bufferLength)
+        el = PoolElements(base: elements, stride: elementStride, count: count32, poolID: poolID,
+                          headroom: headroom16, bufferLength: bufferLength16)
         nextFresh = (b + PoolControl.nextFreshOffset).bindMemory(to: UInt64.self, capacity: 1)
         doubleFrees = (b + PoolControl.doubleFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
         badFrees = (b + PoolControl.badFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
@@ -62,7 +68,8 @@ public final class MbufPool: @unchecked Sendable {
                           _ poolID: UInt16) throws -> PoolControl.Geometry {
         try config.validate()
         guard offset >= 0, offset % MbufPoolConfig.pageAlignment == 0 else {
-            throw PoolError.misalignedOffset(poolID: poolID, offset: offset, alignment: MbufPoolConfig.pageAlignment)
+            throw PoolError.misalignedOffset(poolID: poolID, offset: offset,
+                                             alignment: MbufPoolConfig.pageAlignment)
         }
         let g = PoolControl.Geometry(config)
         guard offset <= region.size, g.totalBytes <= region.size - offset else {
@@ -120,15 +127,11 @@ public final class MbufPool: @unchecked Sendable {
 
     /// The element at `index`, without a bounds check.
     @inlinable @inline(__always)
-    func element(_ index: UInt32) -> Mbuf { Mbuf(header: elements + Int(index) &* elementStride) }
+    func element(_ index: UInt32) -> Mbuf { el.element(index) }
 
     /// The element at `index` after a reset of its whole header.
     @inlinable @inline(__always)
-    func initialize(_ index: UInt32) -> Mbuf {
-        let m = element(index)
-        m.reset(index: index, poolID: poolID, headroom: headroom16, bufferLength: bufferLength16)
-        return m
-    }
+    func initialize(_ index: UInt32) -> Mbuf { el.initialize(index) }
 
     /// Takes up to `n` never-used elements from the bump counter.
     @inlinable @inline(__always)
@@ -154,41 +157,35 @@ public final class MbufPool: @unchecked Sendable {
         return f.count == 1 ? initialize(f.start) : nil
     }
 
-    /// `n` mbufs into `out`, or none and false (rte_pktmbuf_alloc_bulk).
+    /// `n` mbufs into `out`, or none and false (rte_pktmbuf_alloc_bulk). Indices are copied out
+    /// of the ring first and headers written after the dequeue is published, so other consumers
+    /// are not held up by header stores.
     @inlinable
     public func allocBulk(_ out: UnsafeMutablePointer<Mbuf>, count n: Int) -> Bool {
         if n <= 0 { return n == 0 }
-        var got = 0
-        let r = ring.reserveDequeue(n, exact: false)
-        if r.count > 0 {
-            while got < r.count {
-                out[got] = initialize(ring.slot(r.start &+ UInt64(got)))
-                got += 1
-            }
-            ring.publishDequeue(start: r.start, count: r.count)
-        }
-        if got < n {
-            let f = takeFresh(n - got)
-            var i = 0
-            while i < f.count {
-                out[got] = initialize(f.start &+ UInt32(truncatingIfNeeded: i))
-                got += 1
-                i += 1
-            }
+        return withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) { buffer in
+            let indices = buffer.baseAddress!
+            var got = ring.dequeueBurst(indices, max: n)
             if got < n {
-                giveBack(out, got)
-                return false
+                let f = takeFresh(n - got)
+                var i = 0
+                while i < f.count {
+                    indices[got] = f.start &+ UInt32(truncatingIfNeeded: i)
+                    got += 1
+                    i += 1
+                }
+                if got < n {
+                    if got > 0 { putMany(indices, got) } // headers untouched: just give them back
+                    return false
+                }
             }
-        }
-        return true
-    }
-
-    /// Returns mbufs taken by a failed bulk allocation (headers already reset).
-    @usableFromInline
-    func giveBack(_ ms: UnsafeMutablePointer<Mbuf>, _ n: Int) {
-        for i in 0..<n {
-            ms[i].refCount = 0
-            putOne(ms[i].index)
+            let el = self.el // a local: not reloaded after each header store
+            var i = 0
+            while i < n {
+                out[i] = el.initialize(indices[i])
+                i &+= 1
+            }
+            return true
         }
     }
 
@@ -215,26 +212,23 @@ public final class MbufPool: @unchecked Sendable {
 
     /// Checks a segment being freed and drops one reference. Returns 1 when the segment must go
     /// back to the free list, 0 when someone still holds it, -1 when the free was bad (counted).
-    /// Like DPDK, the refCount 1 case uses no atomic operation: two threads freeing the same
-    /// mbuf at the same moment is a race the counters may miss; a later second free is caught.
     @inlinable @inline(__always)
     func prefree(_ m: Mbuf) -> Int {
-        let index = m.index
-        guard index < count32, elements + Int(index) &* elementStride == m.header,
-              m.poolID == poolID, m.magic == MbufLayout.identityMagic else {
-            badIdentity(m)
+        let v = el.prefree(m)
+        return v == .release ? 1 : prefreeSlow(m, v)
+    }
+
+    /// The uncommon verdicts: a shared segment, or a bad free to count (and trap on in debug).
+    @usableFromInline
+    func prefreeSlow(_ m: Mbuf, _ v: FreeVerdict) -> Int {
+        switch v {
+        case .release: return 1
+        case .shared: return dropSharedReference(m)
+        case .badIdentity: badIdentity(m); return -1
+        case .doubleFree:
+            reportBadFree(index: m.index, double: true, "mbuf pool \(poolID): double free of mbuf \(m.index)")
             return -1
         }
-        let rc = m.refCount
-        if rc == 1 {
-            m.refCount = 0
-            return 1
-        }
-        if rc == 0 {
-            reportBadFree(index: index, double: true, "mbuf pool \(poolID): double free of mbuf \(index)")
-            return -1
-        }
-        return dropSharedReference(m)
     }
 
     @usableFromInline
@@ -284,12 +278,37 @@ public final class MbufPool: @unchecked Sendable {
         }
     }
 
+    /// Frees `n` chains. Single segments are gathered and go back to the ring 64 at a time, one
+    /// reservation per batch instead of one per mbuf.
     @inlinable
     public func freeBulk(_ ms: UnsafePointer<Mbuf>, count n: Int) {
-        var i = 0
-        while i < n {
-            free(ms[i])
-            i += 1
+        withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { buffer in
+            let batch = buffer.baseAddress!
+            var k = 0
+            var i = 0
+            while i < n {
+                let m = ms[i]
+                i &+= 1
+                if m.nextIndex != MbufLayout.noNext {
+                    free(m)
+                } else if prefree(m) > 0 {
+                    batch[k] = m.index
+                    k &+= 1
+                    if k == 64 {
+                        putMany(batch, k)
+                        k = 0
+                    }
+                }
+            }
+            if k > 0 { putMany(batch, k) }
+        }
+    }
+
+    @inlinable
+    func putMany(_ indices: UnsafeMutablePointer<UInt32>, _ n: Int) {
+        let put = ring.enqueueBurst(indices, count: n)
+        if _slowPath(put < n) {
+            for i in put..<n { ringOverflow(indices[i]) }
         }
     }
 

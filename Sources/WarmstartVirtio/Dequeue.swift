@@ -1,6 +1,6 @@
 import WarmstartPools
 
-// Guest TX → mbufs (the device reads driver-written buffers, §2.6.8 / §2.7.8, §5.1.6.2).
+// Guest TX → mbufs (the device reads driver-written buffers, §2.6.8 used ring / §2.7.1 packed used descriptors, §5.1.6.2).
 //
 // Three phases per burst: (1) walk up to a burst of chains, collecting host pieces into the
 // per-queue scratch; (2) take head mbufs in bulk and copy — header first (it may be split across
@@ -45,7 +45,7 @@ extension VirtqueueDevice {
                 info.id = head
                 info.error = Int8(ChainError.indexOutOfRange.rawValue)
             } else {
-                walkSplit(ring: ring, head: head, writable: false, cursor: &cursor, info: &info)
+                walkSplitChain(ring: ring, head: head, writable: false, cursor: &cursor, info: &info)
                 if info.error == Int8(ChainError.tooFragmented.rawValue) && walked > 0 { break } // next burst
             }
             checkHeader(&info, &cursor)
@@ -82,7 +82,7 @@ extension VirtqueueDevice {
             if !PackedRing.isAvailable(f, wrap: wrap) { break }
             var info = ChainInfo()
             let start = cursor
-            if !walkPacked(ring: ring, slot: slot, firstFlags: f, writable: false, cursor: &cursor, info: &info) {
+            if !walkPackedChain(ring: ring, slot: slot, firstFlags: f, writable: false, cursor: &cursor, info: &info) {
                 markBroken(.packedChainEndless(slot: slot))
                 cursor = start
                 break
@@ -97,6 +97,7 @@ extension VirtqueueDevice {
         if walked == 0 { return 0 }
         let (consumed, produced) = copyOut(pool, out, walked)
         publishPackedUsed(ring, consumed, advanceAvail: true)
+        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
         return produced
     }
 
@@ -243,7 +244,14 @@ extension VirtqueueDevice {
         return true
     }
 
-    /// Writes the used descriptors of chains `0..<n` (packed, §2.7.8) — ids and lengths first, the
+    /// EVENT_IDX, packed (§2.7.10): ask for a kick once the driver makes the next slot available.
+    @inline(__always)
+    func armPackedKick(_ ring: PackedRing) {
+        let offWrap = lastAvailIndex | (availWrapCounter ? 0x8000 : 0)
+        PackedRing.storeEvent(ring.deviceEvent, offWrap: offWrap, flags: PackedRing.eventFlagsDesc)
+    }
+
+    /// Writes the used descriptors of chains `0..<n` (packed, §2.7.1) — ids and lengths first, the
     /// first descriptor's flags last with release, so the driver sees the burst at once — and
     /// moves the avail position past them when `advanceAvail`.
     func publishPackedUsed(_ ring: PackedRing, _ n: Int, advanceAvail: Bool) {

@@ -1,4 +1,4 @@
-// Descriptor chain walking with every check a hostile guest needs (§2.6.5, §2.7.6, §2.7.5.x):
+// Descriptor chain walking with every check a hostile guest needs (split §2.6.5, packed §2.7.6 chaining):
 // indices bounded by the queue size, chains cut at the queue size, each buffer translated over its
 // whole length with overflow-checked arithmetic (piece by piece across regions), direction
 // enforced. Walking only reads guest memory; nothing is consumed until the caller commits.
@@ -26,6 +26,53 @@ extension VirtqueueDevice {
     @inline(__always)
     static func directionOK(_ flags: UInt16, writable: Bool) -> Bool {
         ((flags & VirtqDescriptorFlags.write) != 0) == writable
+    }
+
+    /// The common case first, inline: a chain of one direct descriptor whose buffer lies in one
+    /// region. Every check of the full walk applies; anything else takes the full walk.
+    @inline(__always)
+    func walkSplitChain(ring: SplitRing, head: UInt16, writable: Bool, cursor: inout Int, info: inout ChainInfo) {
+        let d = ring.descriptor(Int(head))
+        let special = VirtqDescriptorFlags.next | VirtqDescriptorFlags.indirect
+        if d.flags & special == 0 && Self.directionOK(d.flags, writable: writable) && d.len != 0
+            && cursor < segmentCapacity && !d.addr.addingReportingOverflow(UInt64(d.len)).overflow,
+           let p = memory.translate(d.addr, UInt64(d.len)) {
+            segments[cursor] = Segment(host: p, length: Int(d.len))
+            info.id = head
+            info.descriptorCount = 1
+            info.segmentStart = Int32(truncatingIfNeeded: cursor)
+            cursor &+= 1
+            info.segmentEnd = Int32(truncatingIfNeeded: cursor)
+            info.capacity = Int(d.len)
+            info.usedLength = 0
+            info.error = -1
+            return
+        }
+        walkSplit(ring: ring, head: head, writable: writable, cursor: &cursor, info: &info)
+    }
+
+    /// Packed counterpart of `walkSplitChain` (slot flags already read with acquire).
+    @inline(__always)
+    func walkPackedChain(ring: PackedRing, slot: Int, firstFlags: UInt16, writable: Bool,
+                         cursor: inout Int, info: inout ChainInfo) -> Bool {
+        let special = VirtqDescriptorFlags.next | VirtqDescriptorFlags.indirect
+        if firstFlags & special == 0 && Self.directionOK(firstFlags, writable: writable) && cursor < segmentCapacity {
+            let d = ring.descriptor(slot, flags: firstFlags)
+            if d.len != 0 && Int(d.id) < size && !d.addr.addingReportingOverflow(UInt64(d.len)).overflow,
+               let p = memory.translate(d.addr, UInt64(d.len)) {
+                segments[cursor] = Segment(host: p, length: Int(d.len))
+                info.id = d.id
+                info.descriptorCount = 1
+                info.segmentStart = Int32(truncatingIfNeeded: cursor)
+                cursor &+= 1
+                info.segmentEnd = Int32(truncatingIfNeeded: cursor)
+                info.capacity = Int(d.len)
+                info.usedLength = 0
+                info.error = -1
+                return true
+            }
+        }
+        return walkPacked(ring: ring, slot: slot, firstFlags: firstFlags, writable: writable, cursor: &cursor, info: &info)
     }
 
     /// Walks the split chain starting at `head` (an avail ring entry, already range-checked),

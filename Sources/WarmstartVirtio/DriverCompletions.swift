@@ -1,7 +1,7 @@
 import CWarmstartShim
 import WarmstartPools
 
-// Driver side, continued: used buffers (§2.6.14, §2.7.14), notifications (§2.6.10, §2.7.10) and
+// Driver side, continued: used buffers (§2.6.14 split; packed: §2.7.1 used flags), notifications (§2.6.10, §2.7.10) and
 // the packet helpers the mock driver and a virtio-user frontend use.
 
 extension DriverQueue {
@@ -55,7 +55,7 @@ extension DriverQueue {
         return n
     }
 
-    /// After `publish()`: whether the device wants a kick (§2.6.10.1 / §2.7.10.1). Covers
+    /// After `publish()`: whether the device wants a kick (§2.6.10 / §2.7.10). Covers
     /// everything published since the previous call.
     public func needsKick() -> Bool {
         ws_fence_seq_cst()
@@ -158,6 +158,46 @@ extension DriverQueue {
     public func addRX(addr: UInt64, len: UInt32, token: UInt64) -> UInt16? {
         var b = DriverBuffer(addr: addr, len: len, writable: true)
         return add(&b, count: 1, token: token)
+    }
+
+    /// Posts an mbuf's whole room (from its data start, minus room for the header in front) as
+    /// one device-writable receive buffer; token = the mbuf's index. The mbuf must lie in guest
+    /// memory. Complete it with `finishRX`.
+    @discardableResult
+    public func addRX(_ m: Mbuf, memory: GuestMemoryMap) -> UInt16? {
+        let hs = options.netHeaderSize
+        guard m.headroom >= hs else { return nil }
+        let start = m.data - hs
+        let room = hs + m.tailroom + Int(m.dataLength)
+        guard let g = memory.guestAddress(of: start, length: room) else { return nil }
+        return addRX(addr: g, len: UInt32(room), token: UInt64(m.index))
+    }
+
+    /// Turns a used receive buffer posted by `addRX(_:memory:)` into packet data: data length
+    /// from the used length (the header is in front of the data), and for the first buffer of a
+    /// packet the virtio-net header and offload flags. Returns the header's num_buffers (how many
+    /// buffers, this one included, the packet spans with MRG_RXBUF), or nil for a used length
+    /// shorter than the header. Continuation buffers (`first` false) carry data only.
+    public func finishRX(_ m: Mbuf, usedLength: UInt32, first: Bool = true) -> UInt16? {
+        let hs = options.netHeaderSize
+        if !first {
+            m.dataOffset = m.dataOffset &- UInt16(hs) // the whole buffer is data
+            m.dataLength = UInt16(truncatingIfNeeded: min(Int(usedLength), Int(m.bufferLength) - Int(m.dataOffset)))
+            m.packetLength = UInt32(m.dataLength)
+            return 0
+        }
+        guard Int(usedLength) >= hs else { return nil }
+        var header = VirtioNetHeader(loadingFrom: UnsafeRawPointer(m.data - hs))
+        if hs < VirtioNetHeader.size { header.numBuffers = 1 }
+        m.dataLength = UInt16(truncatingIfNeeded: min(Int(usedLength) - hs, m.tailroom + Int(m.dataLength)))
+        m.packetLength = UInt32(m.dataLength)
+        var flags: MbufOffload = .vnetHeaderValid
+        if header.flags & VirtioNetHeader.flagNeedsCsum != 0 { flags.insert(.needsChecksum) }
+        if header.flags & VirtioNetHeader.flagDataValid != 0 { flags.insert(.dataValid) }
+        if header.gsoType != VirtioNetHeader.gsoNone { flags.insert(.gso) }
+        m.offload = flags
+        m.vnetHeader = header
+        return header.numBuffers
     }
 
     // MARK: test hooks (hostile drivers)

@@ -21,7 +21,7 @@ public struct DriverCompletion: Sendable, Equatable {
     public var id: UInt16
 }
 
-/// The driver side of one virtqueue (§2.6.13 / §2.7.13 "supplying buffers", §2.6.14 / §2.7.14
+/// The driver side of one virtqueue (§2.6.13 "supplying buffers", §2.6.14
 /// "receiving used buffers"): what a virtio-user frontend and the in-process mock driver run.
 /// Rings are laid out inside a host buffer the caller owns, whose guest address is given, so a
 /// frontend can place them in its own shared regions.
@@ -156,7 +156,7 @@ public final class DriverQueue {
     /// buffer id (packed), or nil when the ring has no room. Visible to the device after `publish()`.
     @discardableResult
     public func add(_ buffers: UnsafePointer<DriverBuffer>, count: Int, token: UInt64) -> UInt16? {
-        guard count > 0, count <= numFree else { return nil }
+        guard count > 0, count <= numFree, layout == .split || freeIDCount > 0 else { return nil }
         switch layout {
         case .split:
             let ring = split.unsafelyUnwrapped
@@ -199,7 +199,7 @@ public final class DriverQueue {
     @discardableResult
     public func addIndirect(_ buffers: UnsafePointer<DriverBuffer>, count: Int, token: UInt64,
                             table: UnsafeMutableRawPointer, tableGuest: UInt64) -> UInt16? {
-        guard count > 0, numFree >= 1 else { return nil }
+        guard count > 0, numFree >= 1, layout == .split || freeIDCount > 0 else { return nil }
         for k in 0..<count {
             let b = buffers[k]
             let w: UInt16 = b.writable ? VirtqDescriptorFlags.write : 0
@@ -249,7 +249,7 @@ public final class DriverQueue {
     }
 
     /// Writes the flags of the descriptor at `nextAvail` — except the first one of a batch, kept
-    /// for `publish()` — and advances (§2.7.21: make the first descriptor available last).
+    /// for `publish()` — and advances (§2.7: the first descriptor of a batch is made available last).
     @inline(__always)
     func placePacked(_ ring: PackedRing, _ flags: UInt16) {
         if pendingSlot < 0 {

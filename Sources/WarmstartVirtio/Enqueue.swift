@@ -32,7 +32,7 @@ struct SplitAvailCursor: AvailChainCursor {
             info.segmentEnd = info.segmentStart
             return true
         }
-        dev.walkSplit(ring: ring, head: head, writable: true, cursor: &cursor, info: &info)
+        dev.walkSplitChain(ring: ring, head: head, writable: true, cursor: &cursor, info: &info)
         return true
     }
 }
@@ -45,7 +45,7 @@ struct PackedAvailCursor: AvailChainCursor {
     mutating func next(_ dev: VirtqueueDevice, cursor: inout Int, info: inout ChainInfo) -> Bool {
         let f = ring.loadFlags(slot)
         if !PackedRing.isAvailable(f, wrap: wrap) { return false }
-        if !dev.walkPacked(ring: ring, slot: slot, firstFlags: f, writable: true, cursor: &cursor, info: &info) {
+        if !dev.walkPackedChain(ring: ring, slot: slot, firstFlags: f, writable: true, cursor: &cursor, info: &info) {
             dev.markBroken(.packedChainEndless(slot: slot))
             return false
         }
@@ -128,6 +128,7 @@ extension VirtqueueDevice {
             let (handled, chainCount) = reserve(&c, packets, want)
             copyIn(pool, packets, handled)
             publishPackedUsed(ring, chainCount, advanceAvail: true)
+            if options.eventIndex && notificationsEnabled && chainCount > 0 { armPackedKick(ring) }
             return handled
         }
     }
@@ -174,9 +175,9 @@ extension VirtqueueDevice {
             } while capacity < needed
             if dropped {
                 for k in first..<taken { chains[k].usedLength = 0; chains[k].segmentEnd = chains[k].segmentStart }
-                packetChains[p] = (Int32(first), 0)
+                packetChains[p] = (Int32(truncatingIfNeeded: first), 0)
             } else {
-                packetChains[p] = (Int32(first), Int32(taken &- first))
+                packetChains[p] = (Int32(truncatingIfNeeded: first), Int32(truncatingIfNeeded: taken &- first))
             }
             p &+= 1
         }
@@ -191,6 +192,7 @@ extension VirtqueueDevice {
             if chainCount == 0 { continue }
             let m = packets[p]
             var header = m.offload.rawValue & 1 != 0 ? m.vnetHeader : VirtioNetHeader() // vnetHeaderValid
+            // §5.1.6.4: without MRG_RXBUF the device sets num_buffers to 1.
             header.numBuffers = options.mergeableRxBuffers ? UInt16(truncatingIfNeeded: chainCount) : 1
             let fc = Int(first)
             var s = ScatterCursor(chain: fc, endChain: fc &+ Int(chainCount), seg: Int(chains[fc].segmentStart))

@@ -102,8 +102,7 @@ extension VirtqueueDevice {
             if !enabled {
                 PackedRing.storeEvent(ring.deviceEvent, offWrap: 0, flags: PackedRing.eventFlagsDisable)
             } else if options.eventIndex {
-                let offWrap = lastAvailIndex | (availWrapCounter ? 0x8000 : 0)
-                PackedRing.storeEvent(ring.deviceEvent, offWrap: offWrap, flags: PackedRing.eventFlagsDesc)
+                armPackedKick(ring)
             } else {
                 PackedRing.storeEvent(ring.deviceEvent, offWrap: 0, flags: PackedRing.eventFlagsEnable)
             }

@@ -1,7 +1,7 @@
 import CWarmstartShim
 import WarmstartMemory
 
-/// One 16-byte packed descriptor (§2.7.5 `struct pvirtq_desc`).
+/// One 16-byte packed descriptor (§2.7 `struct pvirtq_desc`).
 @frozen
 public struct PackedDescriptor: Equatable, Sendable {
     public var addr: UInt64
@@ -90,7 +90,7 @@ public struct PackedRing {
         p.storeBytes(of: len.littleEndian, toByteOffset: 8, as: UInt32.self)
         p.storeBytes(of: id.littleEndian, toByteOffset: 12, as: UInt16.self)
     }
-    /// Writes len and id of a used descriptor (§2.7.8: the device writes id and len, not addr).
+    /// Writes len and id of a used descriptor (the device writes id and len; addr is not used).
     @inlinable public func setUsedBody(_ i: Int, id: UInt16, len: UInt32) {
         let p = desc + 16 &* i
         p.storeBytes(of: len.littleEndian, toByteOffset: 8, as: UInt32.self)

@@ -74,11 +74,12 @@ public struct SplitRing {
         Self.storeDescriptor(desc + 16 &* i, d)
     }
 
+    /// Unaligned loads: indirect tables sit wherever the guest put them.
     @inlinable static func loadDescriptor(_ p: UnsafeRawPointer) -> SplitDescriptor {
-        SplitDescriptor(addr: UInt64(littleEndian: p.load(as: UInt64.self)),
-                        len: UInt32(littleEndian: p.load(fromByteOffset: 8, as: UInt32.self)),
-                        flags: UInt16(littleEndian: p.load(fromByteOffset: 12, as: UInt16.self)),
-                        next: UInt16(littleEndian: p.load(fromByteOffset: 14, as: UInt16.self)))
+        SplitDescriptor(addr: UInt64(littleEndian: p.loadUnaligned(as: UInt64.self)),
+                        len: UInt32(littleEndian: p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)),
+                        flags: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 12, as: UInt16.self)),
+                        next: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self)))
     }
 
     @inlinable static func storeDescriptor(_ p: UnsafeMutableRawPointer, _ d: SplitDescriptor) {

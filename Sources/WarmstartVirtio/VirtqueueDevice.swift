@@ -39,8 +39,8 @@ public struct VirtqueueState: Sendable, Equatable {
     var error: Int8 = -1
 }
 
-/// The device side of one virtqueue: what the vhost-user backend runs (§2.6.8, §2.7.8 device
-/// requirements, §5.1.6 virtio-net). The layout is fixed at set-up; every guest-supplied index,
+/// The device side of one virtqueue: what the vhost-user backend runs (§2.6.8 split used ring,
+/// §2.7.1 packed used descriptors, §5.1.6 virtio-net). The layout is fixed at set-up; every guest-supplied index,
 /// address and length is checked before use, and a bad chain costs only that chain.
 ///
 /// Single-threaded: one queue is owned by one polling thread.

@@ -3,7 +3,7 @@
 
 /// A ring could not be set up. Each case names the area and the numbers involved.
 public enum VirtqueueError: Error, Equatable, CustomStringConvertible {
-    /// Split sizes are a power of two ≤ 32768 (§2.6); packed any size 1...32768 (§2.7.10.1? §2.7).
+    /// Split sizes are a power of two ≤ 32768 (§2.6); packed any size 1...32768 (§2.7).
     case invalidSize(Int, layout: VirtqueueLayout)
     /// `area` at `address` of `length` bytes does not lie inside one region of guest memory.
     case areaOutsideMemory(area: String, address: UInt64, length: UInt64)

@@ -87,9 +87,9 @@ final class MbufCacheTests: XCTestCase {
         XCTAssertEqual(Set(drain(pool)).count, 20)
     }
 
-    /// Three threads with their own caches (plus direct pool calls) hammer one MP/MC pool small
-    /// enough to run dry. An owner byte per element, set with an atomic exchange on alloc, shows no
-    /// element is ever held twice; after the flush every element is back.
+    /// Three threads with their own caches (plus direct pool alloc/free, single and bulk) hammer
+    /// one MP/MC pool small enough to run dry. An owner byte per element, set with an atomic
+    /// exchange on alloc, shows no element is ever held twice; after the flush every element is back.
     func testConservationUnderConcurrentAllocAndFree() throws {
         let count = 600
         let c = MbufPoolConfig(count: count, cacheSize: 64)
@@ -118,8 +118,10 @@ final class MbufCacheTests: XCTestCase {
                 switch random(6) {
                 case 0, 1:
                     let k = 1 + random(32)
+                    let direct = random(3) == 0
                     if n + k <= held.count, held.withUnsafeMutableBufferPointer({
-                        cache.allocBulk($0.baseAddress! + n, count: k) }) {
+                        direct ? pool.allocBulk($0.baseAddress! + n, count: k)
+                               : cache.allocBulk($0.baseAddress! + n, count: k) }) {
                         for i in n..<(n + k) {
                             let m = held[i]
                             if ws_exchange_u8(owner + Int(m.index), 1) != 0 { duplicates.add() }
@@ -131,7 +133,10 @@ final class MbufCacheTests: XCTestCase {
                 case 3, 4:
                     let k = min(n, 1 + random(32))
                     for i in (n - k)..<n { ws_store_release_u8(owner + Int(held[i].index), 0) }
-                    held.withUnsafeBufferPointer { cache.freeBulk($0.baseAddress! + (n - k), count: k) }
+                    held.withUnsafeBufferPointer {
+                        if random(3) == 0 { pool.freeBulk($0.baseAddress! + (n - k), count: k) }
+                        else { cache.freeBulk($0.baseAddress! + (n - k), count: k) }
+                    }
                     n -= k
                 default:
                     if n > 0 {

@@ -45,7 +45,8 @@ final class MbufChainTests: XCTestCase {
         let pool = try MbufPool.layOut(config: c, region: try makeRegion(c), offset: 0, poolID: 1)
         let cache = MbufCache(pool: pool)
         let head = cache.alloc()!, tail = cache.alloc()!
-        tail.refCount = 2 // also referenced elsewhere
+        tail.addReference() // also referenced elsewhere
+        XCTAssertEqual(tail.refCount, 2)
         XCTAssertTrue(pool.append(tail, to: head))
         cache.free(head)
         XCTAssertEqual(head.refCount, 0)

@@ -52,6 +52,21 @@ final class MbufPoolTests: XCTestCase {
         XCTAssertEqual(Set(drain(pool)), Set(all.map(\.index)))
     }
 
+    /// Mbuf.reset (the portable helper) and the pool's vectorised header write agree byte for byte.
+    func testResetHelperMatchesAllocatedHeader() throws {
+        let c = MbufPoolConfig(count: 2, headroom: 100, dataRoom: 1000, cacheSize: 0)
+        let pool = try MbufPool.layOut(config: c, region: try makeRegion(c), offset: 0, poolID: 77)
+        let a = pool.alloc()!, b = pool.mbuf(at: 1)!
+        for i in 0..<64 { b.header.storeBytes(of: UInt8(truncatingIfNeeded: i &* 37 &+ 1), toByteOffset: i, as: UInt8.self) }
+        b.reset(index: 1, poolID: 77, headroom: 100, bufferLength: 1100)
+        let first = pool.alloc()!
+        XCTAssertEqual(first, b)
+        for i in 0..<64 where i < MbufLayout.index || i >= MbufLayout.index + 4 {
+            XCTAssertEqual(a.header.load(fromByteOffset: i, as: UInt8.self), b.header.load(fromByteOffset: i, as: UInt8.self), "byte \(i)")
+        }
+        XCTAssertEqual(b.index, 1)
+    }
+
     func testAllocBulkIsAllOrNothing() throws {
         let c = MbufPoolConfig(count: 10, cacheSize: 0)
         let region = try makeRegion(c)
@@ -68,6 +83,22 @@ final class MbufPoolTests: XCTestCase {
         for i in 0..<7 { assertPristineHeader(out[i], pool: pool) }
         XCTAssertEqual(pool.availableCount, 0)
         XCTAssertTrue(pool.allocBulk(&out, count: 0))
+    }
+
+    func testFreeBulkBatchesChainsAndBadFrees() throws {
+        let c = MbufPoolConfig(count: 300, cacheSize: 0)
+        let region = try makeRegion(c)
+        let pool = try MbufPool.layOut(config: c, region: region, offset: 0, poolID: 1)
+        pool.trapOnBadFree = false
+        var ms = [Mbuf](repeating: Mbuf(header: region.base), count: 200)
+        XCTAssertTrue(pool.allocBulk(&ms, count: 200))
+        // ms[10] gets ms[11] chained behind it; ms[11]'s own slot becomes a second free of it.
+        XCTAssertTrue(pool.append(ms[11], to: ms[10]))
+        pool.freeBulk(ms, count: 200)
+        XCTAssertEqual(pool.doubleFreeCount, 1)
+        XCTAssertEqual(pool.availableCount, 300)
+        XCTAssertEqual(pool.ringCount, 200)
+        XCTAssertEqual(Set(drain(pool)).count, 300)
     }
 
     func testLayOutWritesOnlyIdentityWords() throws {

@@ -151,3 +151,48 @@ final class ReceiveTests: XCTestCase {
     func testRXWrapSplit() throws { try checkWrap(.split) }
     func testRXWrapPacked() throws { try checkWrap(.packed) }
 }
+
+/// The driver's mbuf RX helpers: guest-pool mbufs posted as receive buffers, completed into
+/// packets (a mergeable packet chained from its num_buffers buffers).
+final class DriverReceiveTests: XCTestCase {
+    func checkMbufRX(_ layout: VirtqueueLayout) throws {
+        let fx = try Fixture(layout: layout, features: [.version1, .mergeableRxBuffers])
+        var posted: [Mbuf] = []
+        for _ in 0..<8 {
+            let m = fx.guestPool.alloc()!
+            XCTAssertNotNil(fx.driver.addRX(m, memory: fx.map))
+            posted.append(m)
+        }
+        fx.driver.publish()
+        var h = VirtioNetHeader()
+        h.flags = VirtioNetHeader.flagDataValid
+        let pk = [fx.makeHostPacket(length: 9000, seed: 4, header: h), fx.makeHostPacket(length: 60, seed: 5)]
+        XCTAssertEqual(pk.withUnsafeBufferPointer { fx.device.enqueueBurst(pool: fx.hostPool, $0.baseAddress!, count: 2) }, 2)
+        let n = fx.driver.reap(fx.completions, max: 16)
+        let done = (0..<n).map { fx.completions[$0] }
+        // Packet 1: head + (num_buffers - 1) continuation buffers, chained.
+        let head = fx.guestPool.mbuf(at: UInt32(done[0].token))!
+        let nb = fx.driver.finishRX(head, usedLength: done[0].length)
+        XCTAssertEqual(nb, 5)
+        for k in 1..<Int(nb!) {
+            let seg = fx.guestPool.mbuf(at: UInt32(done[k].token))!
+            XCTAssertEqual(fx.driver.finishRX(seg, usedLength: done[k].length, first: false), 0)
+            XCTAssertTrue(fx.guestPool.append(seg, to: head))
+        }
+        XCTAssertEqual(Int(head.packetLength), 9000)
+        XCTAssertEqual(fx.bytes(of: head, pool: fx.guestPool), Fixture.expected(length: 9000, seed: 4))
+        XCTAssertTrue(head.offload.contains(.dataValid))
+        // Packet 2: one buffer.
+        let second = fx.guestPool.mbuf(at: UInt32(done[Int(nb!)].token))!
+        XCTAssertEqual(fx.driver.finishRX(second, usedLength: done[Int(nb!)].length), 1)
+        XCTAssertEqual(fx.bytes(of: second, pool: fx.guestPool), Fixture.expected(length: 60, seed: 5))
+        fx.guestPool.free(head)
+        fx.guestPool.free(second)
+        posted[(Int(nb!) + 1)...].forEach { fx.guestPool.free($0) }
+        pk.forEach { fx.hostPool.free($0) }
+        XCTAssertEqual(fx.guestPool.inUseCount, 0)
+    }
+
+    func testMbufRXSplit() throws { try checkMbufRX(.split) }
+    func testMbufRXPacked() throws { try checkMbufRX(.packed) }
+}

@@ -236,3 +236,33 @@ final class HeaderAndSourceTests: XCTestCase {
         }
     }
 }
+
+/// Tiny rings: every packet wraps (packed size 1 flips the wrap counters on each one).
+final class TinyRingTests: XCTestCase {
+    func testTinyRings() throws {
+        for (layout, size) in [(VirtqueueLayout.split, 1), (.split, 2), (.packed, 1), (.packed, 3)] {
+            let fx = try Fixture(layout: layout, size: size)
+            for i in 0..<20 {
+                XCTAssertNotNil(fx.postTX(length: 64 + i, seed: UInt8(i)), "\(layout) \(size)")
+                fx.driver.publish()
+                let got = fx.dequeue()
+                XCTAssertEqual(got.count, 1, "\(layout) \(size) packet \(i)")
+                if let m = got.first {
+                    XCTAssertEqual(fx.bytes(of: m, pool: fx.hostPool), Fixture.expected(length: 64 + i, seed: UInt8(i)))
+                    fx.hostPool.free(m)
+                }
+                XCTAssertEqual(fx.reapTX().count, 1)
+                // And one RX packet through the same queue pair state machine.
+                XCTAssertNotNil(fx.driver.addRX(addr: fx.rxAddress(0, size: 2048), len: 2048, token: 9))
+                fx.driver.publish()
+                let pk = [fx.makeHostPacket(length: 100, seed: UInt8(i))]
+                XCTAssertEqual(pk.withUnsafeBufferPointer { fx.device.enqueueBurst(pool: fx.hostPool, $0.baseAddress!, count: 1) }, 1)
+                XCTAssertEqual(fx.driver.reap(fx.completions, max: 4), 1)
+                XCTAssertEqual(fx.completions[0].length, 112)
+                fx.hostPool.free(pk[0])
+            }
+            XCTAssertEqual(fx.device.counters.packets, 40)
+            XCTAssertEqual(fx.device.counters.dropped, 0)
+        }
+    }
+}

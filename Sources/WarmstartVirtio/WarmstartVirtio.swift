@@ -1,0 +1,15 @@
+// WarmstartVirtio: the virtio ring layer of the vhost-user backend (OASIS virtio 1.1 §2.6 split
+// virtqueues, §2.7 packed virtqueues, §5.1 virtio-net).
+//
+//   SplitRing / PackedRing     ring layouts over raw host pointers into shared guest memory,
+//                              with constructors that translate and check each area
+//   VirtqueueDevice            the device side (what the backend runs), layout fixed at set-up:
+//     dequeueBurst             guest TX → mbufs (Dequeue.swift)
+//     enqueueBurst             mbufs → guest RX, mergeable buffers (Enqueue.swift)
+//     needsCall / signal       used-buffer notifications, event idx (EventSuppression.swift)
+//     setNotifications         kick suppression while polling
+//     state                    indices and wrap counters for hot upgrade
+//   DescriptorChain / IndirectTable   chain walking with every hostile-guest check
+//   GuestMemoryMap             the queue's flat copy of the MemoryTable (guest → host)
+//   DriverQueue                the driver side (mock driver in tests, virtio-user frontend)
+//   MbufSource                 where the copy paths take mbufs (MbufPool, MbufCache)
