@@ -86,6 +86,7 @@ for layout in $LAYOUTS; do
     A=() B=() R=()
     for _ in $(seq "$PAIRS"); do
       a=$(run_ws "$layout" "$size" || echo nan)
+      [ "$a" = nan ] && { echo "warmstart bench failed:" >&2; tail -5 "$TMP/ws.err" >&2; }
       b=$(run_dpdk "$layout" "$size" || echo nan)
       A+=("$a"); B+=("$b")
       R+=("$(python3 -c "import sys; a,b=sys.argv[1:]; print(f'{float(a)/float(b):.2f}' if b not in ('nan','0.00') and a!='nan' else 'nan')" "$a" "$b")")

@@ -266,6 +266,10 @@ final class Generator {
             _ = q.transmitBurst(pk, count: 0, cache: cache)
         }
         cache.flush()
+        if getenv("WARMSTART_BENCH_DEBUG") != nil {
+            let line = "pool: in use \(pool.inUseCount) bad frees \(pool.badFreeCount) double frees \(pool.doubleFreeCount) q errors \(q.errorCount) kicks \(q.kickCount)\n"
+            _ = line.withCString { fputs($0, stderr) }
+        }
         let counted = o.mode == .loopback ? rxCount : tx
         let us = { (v: UInt64?) in v.map { Double($0) / 1000 } }
         return BenchResult(backend: o.backend.rawValue, layout: o.packed ? "packed" : "split", mode: o.mode.rawValue,

@@ -12,7 +12,12 @@ public final class ChildProcess: @unchecked Sendable {
     private var reaped = false
     public private(set) var exitStatus: Int32?
 
-    public init(_ argv: [String], logPath: String) throws(BenchError) {
+    /// With `dieWithParent` (default) the child runs under `setpriv --pdeathsig KILL` when setpriv
+    /// is there, so it cannot outlive us even if we crash (testpmd holds hundreds of MB of
+    /// hugepages while it runs).
+    public init(_ argv: [String], logPath: String, dieWithParent: Bool = true) throws(BenchError) {
+        let argv = dieWithParent && access("/usr/bin/setpriv", X_OK) == 0
+            ? ["/usr/bin/setpriv", "--pdeathsig", "KILL", "--"] + argv : argv
         command = argv
         self.logPath = logPath
         var actions = posix_spawn_file_actions_t()
