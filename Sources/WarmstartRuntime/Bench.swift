@@ -176,7 +176,9 @@ final class Generator {
         var off = 0
         while true {
             let n = min(room, o.size - off)
-            seg.data.copyMemory(from: template + off, byteCount: n)
+            // Headers, sequence and time stamp only (the first 64 bytes), as testpmd's txonly
+            // writes only its headers: the payload is whatever the recycled buffer holds.
+            if off == 0 { seg.data.copyMemory(from: template, byteCount: min(n, 64)) }
             seg.dataLength = UInt16(n)
             seg.packetLength = UInt32(n)
             off += n
