@@ -15,8 +15,9 @@ public enum MemoryError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case let .notEnoughHugepages(ps, needed, free):
+            let total = Hugepages.pool(ps)?.total ?? 0
             return "not enough free \(ps) hugepages: \(needed) needed, \(free) free; reserve more with "
-                + "'echo \(needed) > /sys/kernel/mm/hugepages/hugepages-\(ps.bytes / 1024)kB/nr_hugepages' (as root), "
+                + "'echo \(total + needed - free) > /sys/kernel/mm/hugepages/hugepages-\(ps.bytes / 1024)kB/nr_hugepages' (as root), "
                 + "or run with --hugepages off"
         case let .noHugetlbfsMount(ps):
             return "no hugetlbfs mount gives \(ps) pages; mount one with "

@@ -29,7 +29,15 @@ public enum SnapshotError: Error, CustomStringConvertible {
             return "snapshot \(p): header or metadata corrupt (CRC-32C stored \(hex(s)), computed \(hex(c)))"
         case let .corruptMetadata(p, r): return "snapshot \(p): corrupt metadata: \(r)"
         case let .pageSizeUnavailable(p, rec, fs):
-            return "snapshot \(p): recorded page size \(rec) bytes, but its file system gives \(fs)-byte pages"
+            var text = "snapshot \(p): page size \(PageSize(bytes: rec).map { "\($0)" } ?? "\(rec) bytes") is wanted, but its file system gives \(PageSize(bytes: fs).map { "\($0)" } ?? "\(fs)-byte") pages"
+            if let ps = PageSize(bytes: rec), ps.isHuge {
+                if let m = Hugepages.mount(for: ps) {
+                    text += "; put the snapshot under \(m.path), the hugetlbfs mount that gives \(ps) pages"
+                } else {
+                    text += "; " + MemoryError.noHugetlbfsMount(pageSize: ps).description
+                }
+            }
+            return text
         case let .layoutMismatch(p, f, s, r):
             return "snapshot \(p): layout does not match the requested configuration: \(f) is \(s) in the snapshot, \(r) requested"
         case let .payloadCorrupt(p, problems):

@@ -139,6 +139,7 @@ final class SnapshotCorruptionTests: XCTestCase {
             guard case SnapshotError.pageSizeUnavailable(_, let rec, let gives) = $0 else { return XCTFail("\($0)") }
             XCTAssertEqual(rec, 2 << 20)
             XCTAssertEqual(gives, 4096)
+            XCTAssertTrue("\($0)".contains("hugetlbfs"), "the error says where 2M pages can be had: \($0)")
         }
     }
 

@@ -19,34 +19,6 @@ static inline void ws_cpu_relax(void) {
     __builtin_ia32_pause();
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield" ::: "memory");
-// ---- message headers for io_uring recvmsg/sendmsg ------------------------------------------
-// io_uring needs a struct msghdr (with iovec and control buffer) that stays put until the
-// completion arrives; CMSG_* are macros, so the layout and fd parsing live here.
-/// Bytes to allocate for one message header block (msghdr + iovec + room for 16 descriptors).
-size_t ws_msgblock_size(void);
-/// Prepares `block` for receiving up to `cap` bytes into `buf`; returns the msghdr to submit.
-void *ws_msgblock_prepare_recv(void *block, void *buf, size_t cap);
-/// Prepares `block` for sending `len` bytes and `nfds` descriptors; returns the msghdr, or NULL
-/// when `nfds` is out of range.
-void *ws_msgblock_prepare_send(void *block, const void *buf, size_t len, const int *fds, int nfds);
-/// After a receive completed: copies up to `maxfds` received descriptors into `fds` (closing any
-/// extra), sets `*truncated` when payload or control data did not fit. Returns the fd count.
-int ws_msgblock_collect_fds(void *block, int *fds, int maxfds, int *truncated);
-
-// ---- TAP and namespaces ---------------------------------------------------------------------
-/// Configures an open /dev/net/tun descriptor as TAP `name` with IFF_NO_PI|IFF_VNET_HDR, a 12-byte
-/// virtio-net header and O_NONBLOCK. The kernel's chosen name is copied to `actual` (16 bytes).
-/// Returns 0 or -errno; `*step` names the call that failed.
-int ws_tap_configure(int fd, const char *name, char *actual, const char **step);
-/// setns(fd, CLONE_NEWNET) for the calling thread. Returns 0 or -errno.
-int ws_enter_netns(int fd);
-/// Installs a seccomp filter on the calling thread (and threads it creates later) that makes
-/// io_uring_setup fail with EPERM, as a hardened container does. Tests use it to exercise the
-/// fallback for real. Returns 0 or -errno.
-int ws_seccomp_deny_io_uring(void);
-/// setfsuid(2) for the calling thread (tests use it to see permission errors as root).
-int ws_setfsuid(unsigned int uid);
-
 #endif
 }
 static inline void ws_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
