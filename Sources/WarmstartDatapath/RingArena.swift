@@ -28,6 +28,25 @@ public final class RingArena: @unchecked Sendable {
 
     deinit { pthread_mutex_destroy(&mutex) }
 
+    nonisolated(unsafe) private static var arenas: [ObjectIdentifier: RingArena] = [:]
+    nonisolated(unsafe) private static var arenasLock = pthread_mutex_t()
+    nonisolated(unsafe) private static var arenasLockReady: Bool = {
+        pthread_mutex_init(&arenasLock, nil)
+        return true
+    }()
+
+    /// The one arena of `region` in this process: two users of one general-purpose region (a
+    /// runtime's virtio-user ports and an in-process traffic generator) must not hand out the
+    /// same bytes twice.
+    public static func shared(for region: MemoryRegion) -> RingArena {
+        _ = arenasLockReady
+        pthread_mutex_lock(&arenasLock); defer { pthread_mutex_unlock(&arenasLock) }
+        if let a = arenas[ObjectIdentifier(region)] { return a }
+        let a = RingArena(region: region)
+        arenas[ObjectIdentifier(region)] = a
+        return a
+    }
+
     /// Bytes still free.
     public var remaining: Int {
         pthread_mutex_lock(&mutex); defer { pthread_mutex_unlock(&mutex) }

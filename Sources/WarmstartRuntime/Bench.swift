@@ -88,7 +88,6 @@ public enum Bench {
         // shared with the back-end.
         let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: o.mbufs, cacheSize: 256)),
                                              hugepages: o.hugepages)
-        guard let general = live.generalRegion else { throw BenchError("no general-purpose region for the rings") }
         let dir = "/tmp/ws-bench-\(getpid())"
         mkdir(dir, 0o700)
         let sock = dir + "/vhost.sock"
@@ -117,22 +116,36 @@ public enum Bench {
             if o.backend == .dpdk { Testpmd.cleanup(prefix: prefix) }
             unlink(dir + "/backend.log")
         }
+        return try drive(memory: live, socket: sock, options: o, startNs: t0, progress: progress,
+                         backendAlive: { child.isRunning }, backendLog: { child.logTail() })
+    }
+}
+
+extension Bench {
+    /// The front-end half on its own: a virtio-user port on `socket` over `memory` (its regions
+    /// are what the back-end maps), the generator on `options.cpu`, until `options.duration` has
+    /// passed. The back-end may be a child process (`bench`) or live in this very process (the
+    /// self-contained `warmstart run`, whose vhost-user port shares the same memory).
+    public static func drive(memory live: LiveMemory, socket sock: String, options o: BenchOptions, startNs t0: UInt64,
+                             progress: (String) -> Void = { _ in }, backendAlive: @escaping () -> Bool = { true },
+                             backendLog: () -> String = { "" }) throws -> BenchResult {
+        guard let general = live.generalRegion else { throw BenchError("no general-purpose region for the rings") }
         // The listening side must be up first (REFERENCE.md §6); the Bus retries connects with
         // backoff, so starting both at once is fine.
         var spec = "virtio-user:\(sock),packed=\(o.packed ? 1 : 0),size=\(o.queueSize),backoff-min-ms=5,backoff-max-ms=50"
         if o.frontendListens { spec += ",server=1" }
         let bus = try Bus(ports: [try PortSpec.parse(spec)])
-        bus.register(driver: VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena(region: general)),
+        bus.register(driver: VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena.shared(for: general)),
                      for: .virtioUser)
         bus.start()
         defer { bus.stop() }
         let deadline = ws_monotonic_ns() + 20_000_000_000
         while bus.snapshot()[0].state != .started {
-            if !child.isRunning {
-                throw BenchError("the \(o.backend) back-end exited before the port started; its log:\n\(child.logTail())")
+            if !backendAlive() {
+                throw BenchError("the \(o.backend) back-end exited before the port started; its log:\n\(backendLog())")
             }
             if bus.snapshot()[0].state == .failed || ws_monotonic_ns() > deadline {
-                throw BenchError("port did not start: \(bus.snapshot()[0].reason ?? "timeout"); back-end log:\n\(child.logTail())")
+                throw BenchError("port did not start: \(bus.snapshot()[0].reason ?? "timeout"); back-end log:\n\(backendLog())")
             }
             usleep(1000)
         }
@@ -142,146 +155,7 @@ public enum Bench {
         }
         _ = ws_pin_thread(Int32(o.cpu))
         return try Generator(options: o, pool: live.mbufPool, queue: q).run(setupMs: setupMs, progress: progress) {
-            child.isRunning && bus.snapshot()[0].state == .started
+            backendAlive() && bus.snapshot()[0].state == .started
         }
-    }
-}
-
-/// The generator/sink loop (one thread: send a burst, receive a burst).
-final class Generator {
-    let o: BenchOptions
-    let pool: MbufPool
-    let q: VirtioUserQueuePair
-    let cache: MbufCache
-    let template: UnsafeMutableRawPointer
-    let latency = LatencyHistogram()
-
-    init(options: BenchOptions, pool: MbufPool, queue: VirtioUserQueuePair) {
-        o = options
-        self.pool = pool
-        q = queue
-        cache = MbufCache(pool: pool)
-        template = .allocate(byteCount: options.size, alignment: 64)
-        // Ethernet II, locally administered MACs, EtherType 0x88B5 (local experimental).
-        let head: [UInt8] = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xB5]
-        for i in 0..<options.size { template.storeBytes(of: i < 14 ? head[i] : UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
-    }
-    deinit { template.deallocate() }
-
-    /// Builds one frame (a chain when larger than the data room) stamped with `seq` and `now`.
-    @inline(__always)
-    func build(_ m: Mbuf, seq: UInt64, now: UInt64) -> Bool {
-        let room = Int(pool.config.dataRoom)
-        var seg = m
-        var off = 0
-        while true {
-            let n = min(room, o.size - off)
-            // Headers, sequence and time stamp only (the first 64 bytes), as testpmd's txonly
-            // writes only its headers: the payload is whatever the recycled buffer holds.
-            if off == 0 { seg.data.copyMemory(from: template, byteCount: min(n, 64)) }
-            seg.dataLength = UInt16(n)
-            seg.packetLength = UInt32(n)
-            off += n
-            if off >= o.size { break }
-            guard let next = cache.alloc() else { return false }
-            _ = pool.append(next, to: m)
-            seg = next
-        }
-        m.packetLength = UInt32(o.size)
-        m.data.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
-        m.data.storeBytes(of: now, toByteOffset: Bench.stampOffset, as: UInt64.self)
-        return true
-    }
-
-    func run(setupMs: Double, progress: (String) -> Void, alive: () -> Bool) throws -> BenchResult {
-        let burst = o.burst
-        let pk = UnsafeMutablePointer<Mbuf>.allocate(capacity: burst)
-        let rx = UnsafeMutablePointer<Mbuf>.allocate(capacity: 256)
-        defer { pk.deallocate(); rx.deallocate() }
-        var have = 0
-        var seq: UInt64 = 0
-        var tx: UInt64 = 0, rxCount: UInt64 = 0, rxBytes: UInt64 = 0
-        let start = ws_monotonic_ns()
-        let end = start + UInt64(o.duration * 1e9)
-        var nextReport = start + 1_000_000_000
-        var lastTx: UInt64 = 0, lastRx: UInt64 = 0
-        var iterations = 0
-        var samples: [Double] = []
-        samples.reserveCapacity(Int(o.duration) + 2)
-        while true {
-            var now = ws_monotonic_ns()
-            if now >= end { break }
-            // Fill the burst (unsent frames from the last round stay at the front).
-            if have < burst && cache.allocBulk(pk + have, count: burst - have) {
-                // One allocation per burst; a frame that cannot get its further segments is dropped here.
-                var k = have
-                while k < burst {
-                    if build(pk[k], seq: seq, now: now) {
-                        seq &+= 1
-                        pk[have] = pk[k]
-                        have += 1
-                    } else {
-                        cache.free(pk[k])
-                    }
-                    k += 1
-                }
-            }
-            let sent = q.transmitBurst(pk, count: have, cache: cache)
-            tx &+= UInt64(sent)
-            if sent > 0 && sent < have {
-                for k in 0..<(have - sent) { pk[k] = pk[sent + k] }
-            }
-            have -= sent
-            let n = q.receiveBurst(into: rx, max: 256, cache: cache)
-            if n > 0 {
-                now = ws_monotonic_ns()
-                for k in 0..<n {
-                    let m = rx[k]
-                    let stamp = m.data.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
-                    if stamp <= now && stamp >= start { latency.record(now - stamp) }
-                    rxBytes &+= UInt64(m.packetLength)
-                    cache.free(m)
-                }
-                rxCount &+= UInt64(n)
-            }
-            iterations &+= 1
-            if iterations & 1023 == 0 && now >= nextReport {
-                if !alive() { throw BenchError("the back-end went away during the run") }
-                let counted = o.mode == .loopback ? rxCount - lastRx : tx - lastTx
-                samples.append(Double(counted) / 1e6)
-                if o.duration > 3 {
-                    let secs = Double(now - start) / 1e9
-                    progress("  \(Int(secs.rounded())) s: tx \(format2(Double(tx - lastTx) / 1e6)) Mpps, rx \(format2(Double(rxCount - lastRx) / 1e6)) Mpps")
-                }
-                lastTx = tx; lastRx = rxCount
-                nextReport += 1_000_000_000
-            }
-        }
-        let elapsed = Double(ws_monotonic_ns() - start) / 1e9
-        for k in 0..<have { cache.free(pk[k]) }
-        // Drain what is still on its way back (loopback), so drops count only real losses.
-        let drainEnd = ws_monotonic_ns() + 200_000_000
-        while o.mode == .loopback && ws_monotonic_ns() < drainEnd && rxCount < tx {
-            let n = q.receiveBurst(into: rx, max: 256, cache: cache)
-            for k in 0..<n { cache.free(rx[k]) }
-            rxCount &+= UInt64(n)
-            _ = q.transmitBurst(pk, count: 0, cache: cache)
-        }
-        cache.flush()
-        if getenv("WARMSTART_BENCH_DEBUG") != nil {
-            let line = "pool: in use \(pool.inUseCount) bad frees \(pool.badFreeCount) double frees \(pool.doubleFreeCount) q errors \(q.errorCount) kicks \(q.kickCount)\n"
-            _ = line.withCString { fputs($0, stderr) }
-        }
-        let counted = o.mode == .loopback ? rxCount : tx
-        let us = { (v: UInt64?) in v.map { Double($0) / 1000 } }
-        return BenchResult(backend: o.backend.rawValue, layout: o.packed ? "packed" : "split", mode: o.mode.rawValue,
-                           frameBytes: o.size, burst: o.burst, seconds: elapsed, txPackets: tx, rxPackets: rxCount,
-                           drops: o.mode == .loopback ? tx &- min(tx, rxCount) : 0,
-                           mpps: Double(counted) / elapsed / 1e6,
-                           gbps: Double(counted) * Double(o.size) * 8 / elapsed / 1e9,
-                           latencyP50Us: o.mode == .loopback ? us(latency.quantile(0.5)) : nil,
-                           latencyP99Us: o.mode == .loopback ? us(latency.quantile(0.99)) : nil,
-                           latencyP999Us: o.mode == .loopback ? us(latency.quantile(0.999)) : nil,
-                           setupMs: setupMs, perSecondMpps: samples)
     }
 }
