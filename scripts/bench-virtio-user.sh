@@ -53,13 +53,13 @@ run_dpdk() { # layout size
   local tag=ws-vuser-sh-$$-$RANDOM sock="$TMP/b.sock"
   rm -f "$sock"
   "$TESTPMD" -l 0,1 --main-lcore 0 --no-pci --single-file-segments --file-prefix "$tag-be" -m 256 \
-    --vdev "net_vhost0,iface=$sock,queues=1" -- --forward-mode=rxonly --stats-period 1 --nb-cores=1 \
+    --vdev "net_vhost0,iface=$sock,queues=1" -- --forward-mode=rxonly --stats-period 1 --nb-cores=1 --total-num-mbufs=16384 \
     >"$TMP/be.log" 2>&1 &
   local be=$!; PIDS+=("$be")
   for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
   "$TESTPMD" -l 0,1 --main-lcore 1 --no-pci --single-file-segments --file-prefix "$tag-fe" -m 256 \
     --vdev "net_virtio_user0,path=$sock,packed_vq=$packed,mrg_rxbuf=1,in_order=0,queue_size=256" \
-    -- --forward-mode=txonly --txpkts="$2" --burst=32 --stats-period 1 --nb-cores=1 \
+    -- --forward-mode=txonly --txpkts="$2" --burst=32 --stats-period 1 --nb-cores=1 --total-num-mbufs=16384 \
     >"$TMP/fe.log" 2>&1 &
   local fe=$!; PIDS+=("$fe")
   # testpmd takes 0.3-2 s to start forwarding (more on a loaded VM): wait for the first non-zero

@@ -89,7 +89,8 @@ public struct Testpmd: Sendable {
     }
 
     /// Why testpmd cannot run here, or nil.
-    public static func unavailableReason(hugepagesNeeded: Int = 160) -> String? {
+    /// With `--total-num-mbufs=16384` a testpmd takes ~40 MB of its `-m 256`; 64 pages leave room.
+    public static func unavailableReason(hugepagesNeeded: Int = 64) -> String? {
         guard access(path, X_OK) == 0 else { return "\(path) not found (apt-get install dpdk-dev)" }
         let free = readInt("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages") ?? 0
         let resv = readInt("/sys/kernel/mm/hugepages/hugepages-2048kB/resv_hugepages") ?? 0
@@ -106,7 +107,7 @@ public struct Testpmd: Sendable {
         [path, "-l", lcores, "--main-lcore", "\(mainLcore)", "--no-pci", "--single-file-segments",
          "--file-prefix", prefix, "-m", "256", "--log-level", "user1,notice",
          "--vdev", "net_vhost0,iface=\(socket),queues=\(queues)" + (client ? ",client=1" : ""),
-         "--", "--forward-mode=\(forward)", "--stats-period", "1", "--nb-cores=1",
+         "--", "--forward-mode=\(forward)", "--stats-period", "1", "--nb-cores=1", "--total-num-mbufs=16384",
          "--rxq=\(queues)", "--txq=\(queues)"] + extra
     }
 
@@ -117,7 +118,7 @@ public struct Testpmd: Sendable {
         [path, "-l", lcores, "--main-lcore", "\(mainLcore)", "--no-pci", "--single-file-segments",
          "--file-prefix", prefix, "-m", "256",
          "--vdev", "net_virtio_user0,path=\(socket),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=1,in_order=0" + (server ? ",server=1" : ""),
-         "--", "--forward-mode=\(forward)", "--stats-period", "1", "--nb-cores=1"] + extra
+         "--", "--forward-mode=\(forward)", "--stats-period", "1", "--nb-cores=1", "--total-num-mbufs=16384"] + extra
     }
 
     /// Removes what a testpmd with `prefix` left: /dev/hugepages/PREFIX* and /var/run/dpdk/PREFIX.
