@@ -88,7 +88,7 @@ public enum Bench {
         // shared with the back-end.
         let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: o.mbufs, cacheSize: 256)),
                                              hugepages: o.hugepages)
-        let dir = "/tmp/ws-bench-\(getpid())"
+        let dir = "/tmp/ws-vuser-bench-\(getpid())"
         mkdir(dir, 0o700)
         let sock = dir + "/vhost.sock"
         unlink(sock)
