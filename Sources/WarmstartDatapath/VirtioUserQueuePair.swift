@@ -205,7 +205,9 @@ public final class VirtioUserQueuePair: BurstQueue {
     }
 
     public func transmitBurst(_ pkts: UnsafeMutablePointer<Mbuf>, count: Int, cache: MbufCache) -> Int {
-        reapTX(cache)
+        // Reap only when short of descriptors (DPDK's tx_free_thresh): reading the used index on
+        // every burst pulls a cache line the device is writing on the other core.
+        if tx.numFree < Swift.max(count, Self.refillBatch) || count == 0 { reapTX(cache) }
         let hs = headerSize
         var sent = 0
         while sent < count {
