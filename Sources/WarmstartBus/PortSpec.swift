@@ -16,8 +16,10 @@ public enum DeviceKind: String, CaseIterable, Sendable {
     /// Keys each kind accepts after the path. `name` names the device in reports.
     public var validKeys: [String] {
         switch self {
-        case .vhostUser: return ["name", "mode", "queues"]
-        case .vhostUserClient: return ["name", "queues", "backoff-min-ms", "backoff-max-ms"]
+        // features=0x...: a mask over the virtio features the back-end offers (e.g. clear bit 34
+        // to refuse the packed ring, bit 15 to refuse mergeable RX buffers).
+        case .vhostUser: return ["name", "mode", "queues", "features"]
+        case .vhostUserClient: return ["name", "queues", "features", "backoff-min-ms", "backoff-max-ms"]
         case .virtioUser: return ["name", "queues", "server", "mode", "backoff-min-ms", "backoff-max-ms",
                                   "packed", "mrg", "size", "mac"]
         case .tap: return ["name", "queues"]
@@ -130,6 +132,11 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
             let parts = value.split(separator: ":")
             guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else {
                 throw PortSpecError("port '\(entry)': mac '\(value)' is not like 02:00:00:00:00:01")
+            }
+        case "features":
+            let ok = value.hasPrefix("0x") || value.hasPrefix("0X") ? UInt64(value.dropFirst(2), radix: 16) != nil : UInt64(value) != nil
+            guard ok else {
+                throw PortSpecError("port '\(entry)': features '\(value)' is not a 64-bit mask (0x... hexadecimal or decimal)")
             }
         case "name":
             guard !value.isEmpty else { throw PortSpecError("port '\(entry)': name is empty") }

@@ -77,25 +77,50 @@ public final class Datapath: @unchecked Sendable {
     /// polling thread runs the new plan.
     public func attach(slot: Int, queues: [BurstQueue]) {
         precondition(slot >= 0 && slot < portNames.count, "port slot \(slot) out of range")
-        lock.locked {
+        let replaced = lock.locked { () -> [DatapathQueue] in
+            let old = slots[slot]
             slots[slot] = queues.enumerated().map { DatapathQueue(slot: slot, index: $0.offset, queue: $0.element) }
             publishLocked()
+            return old
         }
         waitForAllThreads()
+        fold(replaced, slot: slot)
     }
 
     /// Removes slot `slot`'s queues; when this returns no polling thread refers to them any more,
     /// and their counters are folded into the slot's history.
     public func detach(slot: Int) {
-        lock.locked {
-            for q in slots[slot] { history[slot] = (history[slot] ?? QueueCounters()) + q.counters.pointee }
+        let removed = lock.locked { () -> [DatapathQueue] in
+            let old = slots[slot]
             slots[slot] = []
             publishLocked()
+            return old
         }
         waitForAllThreads()
+        fold(removed, slot: slot)
+    }
+
+    /// Adds the counters of queues no thread polls any more to the slot's history. Only after the
+    /// threads acknowledged the plan without them: a thread still finishing a burst on a queue
+    /// counts into it until then, and folding earlier would lose those counts.
+    func fold(_ queues: [DatapathQueue], slot: Int) {
+        guard !queues.isEmpty else { return }
+        lock.locked {
+            for q in queues {
+                var c = q.counters.pointee
+                c.errors &+= q.queue?.errorCount ?? 0
+                history[slot] = (history[slot] ?? QueueCounters()) + c
+                // Per queue index too, so a port that went away still shows its queues' counts.
+                var h = queueHistory[slot] ?? []
+                while h.count <= q.index { h.append(QueueCounters()) }
+                h[q.index] = h[q.index] + c
+                queueHistory[slot] = h
+            }
+        }
     }
 
     var history: [Int: QueueCounters] = [:]
+    var queueHistory: [Int: [QueueCounters]] = [:]
 
     /// Builds a new plan from the slots (queues dealt round-robin to threads) and publishes it.
     func publishLocked() {
@@ -104,8 +129,9 @@ public final class Datapath: @unchecked Sendable {
         var k = 0
         for (slot, queues) in slots.enumerated() {
             for q in queues {
-                q.peers = peers(of: slot, queueIndex: q.index)
-                plan.add(q, toThread: k % n)
+                // The peers go into the plan, never into the queue object: a thread may be
+                // reading the previous plan's peer list while this one is built.
+                plan.add(PlannedQueue(queue: q, peers: peers(of: slot, queueIndex: q.index)), toThread: k % n)
                 k += 1
             }
         }
@@ -188,13 +214,19 @@ public final class Datapath: @unchecked Sendable {
     public func stats() -> [PortStats] {
         lock.locked {
             slots.enumerated().map { slot, queues in
-                let qs = queues.map { q -> QueueCounters in
+                let live = queues.map { q -> QueueCounters in
                     var c = q.counters.pointee
                     c.errors &+= q.queue?.errorCount ?? 0
                     return c
                 }
                 let past = history[slot] ?? QueueCounters()
-                let total = qs.reduce(past, +)
+                let total = live.reduce(past, +)
+                // Per queue index: what it counts now plus what earlier attachments counted.
+                var qs = queueHistory[slot] ?? []
+                for (i, c) in live.enumerated() {
+                    while qs.count <= i { qs.append(QueueCounters()) }
+                    qs[i] = qs[i] + c
+                }
                 let first = firstPacketNs[slot]
                 return PortStats(name: portNames[slot], slot: slot, total: total, queues: qs,
                                  firstPacketNs: first == 0 ? nil : first)
@@ -208,9 +240,11 @@ public final class DatapathQueue: @unchecked Sendable {
     public let slot: Int
     public let index: Int
     public let queue: BurstQueue?
+    /// The queue again when it is a vhost-user queue pair, unretained (`queue` owns it): the
+    /// polling loop calls it directly at +0 instead of loading the existential, which costs a
+    /// retain/release pair per poll, empty polls included.
+    let vhost: Unmanaged<VhostQueuePair>?
     public let counters: UnsafeMutablePointer<QueueCounters>
-    /// Where its packets go (io: one; macswap: itself; l2: every slot, by slot).
-    var peers: [DatapathQueue] = []
     /// Held while transmitting in l2 mode, where several threads may send to one queue.
     let txLock = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
 
@@ -218,6 +252,7 @@ public final class DatapathQueue: @unchecked Sendable {
         self.slot = slot
         self.index = index
         self.queue = queue
+        self.vhost = (queue as? VhostQueuePair).map { Unmanaged.passUnretained($0) }
         counters = .allocate(capacity: 1)
         counters.initialize(to: QueueCounters())
         txLock.initialize(to: 0)
@@ -233,9 +268,16 @@ public final class DatapathQueue: @unchecked Sendable {
 
 /// Which queues each thread polls, in one generation.
 final class Plan: @unchecked Sendable {
-    var perThread: [[DatapathQueue]]
+    var perThread: [[PlannedQueue]]
     init(threads: Int) { perThread = Array(repeating: [], count: threads) }
-    func add(_ q: DatapathQueue, toThread t: Int) { perThread[t].append(q) }
+    func add(_ q: PlannedQueue, toThread t: Int) { perThread[t].append(q) }
+}
+
+/// A queue as one plan routes it: where its packets go (io: one peer; macswap: none needed; l2:
+/// every slot, by slot). Immutable once published.
+struct PlannedQueue {
+    let queue: DatapathQueue
+    let peers: [DatapathQueue]
 }
 
 /// A pthread mutex (Foundation-free).

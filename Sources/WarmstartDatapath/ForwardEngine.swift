@@ -12,12 +12,21 @@ struct ForwardEngine {
     let slots: Int
     let macTable: MACTable
     let firstPacketNs: UnsafeMutablePointer<UInt64>
+    /// io with several threads: two queues of one port, polled by different threads, can map to
+    /// the same peer queue (a port with more queue pairs than its peer), so io sends take the
+    /// peer's transmit lock (one uncontended exchange per burst otherwise).
+    let sharedTX: Bool
 
     /// Polls one queue once; returns the packets received.
     @inline(__always)
-    func poll(_ q: DatapathQueue, cache: MbufCache) -> Int {
-        guard let rx = q.queue else { return 0 }
-        let n = rx.receiveBurst(into: pkts, max: burst, cache: cache)
+    func poll(_ q: DatapathQueue, peers: [DatapathQueue], cache: MbufCache) -> Int {
+        let n: Int
+        if let v = q.vhost {
+            n = v._withUnsafeGuaranteedRef { $0.receiveBurst(into: pkts, max: burst, cache: cache) }
+        } else {
+            guard let rx = q.queue else { return 0 }
+            n = rx.receiveBurst(into: pkts, max: burst, cache: cache)
+        }
         if n == 0 { return 0 }
         var bytes: UInt64 = 0
         for i in 0..<n { bytes &+= UInt64(pkts[i].packetLength) }
@@ -27,24 +36,30 @@ struct ForwardEngine {
         if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
         switch mode {
         case .io:
-            if let peer = q.peers.first { send(pkts, n, to: peer, cache: cache, locked: false) } else { drop(pkts, n, on: q, cache: cache) }
+            if let peer = peers.first { send(pkts, n, to: peer, cache: cache, locked: sharedTX) } else { drop(pkts, n, on: q, cache: cache) }
         case .macswap:
             for i in 0..<n { swapMACs(pkts[i]) }
             send(pkts, n, to: q, cache: cache, locked: false)
         case .l2:
-            switchBurst(from: q, n, cache: cache)
+            switchBurst(from: q, peers: peers, n, cache: cache)
         }
         return n
     }
 
     @inline(__always)
     func send(_ p: UnsafeMutablePointer<Mbuf>, _ n: Int, to dst: DatapathQueue, cache: MbufCache, locked: Bool) {
-        guard let tx = dst.queue else { return drop(p, n, on: dst, cache: cache) }
+        let v = dst.vhost
+        if v == nil && dst.queue == nil { return drop(p, n, on: dst, cache: cache) }
         if locked { while ws_exchange_u32(dst.txLock, 1) != 0 { ws_cpu_relax() } }
         // Count bytes before the queue takes (and may free) the packets.
         var bytes: UInt64 = 0
         for i in 0..<n { bytes &+= UInt64(p[i].packetLength) }
-        let sent = tx.transmitBurst(p, count: n, cache: cache)
+        let sent: Int
+        if let v {
+            sent = v._withUnsafeGuaranteedRef { $0.transmitBurst(p, count: n, cache: cache) }
+        } else {
+            sent = dst.queue.unsafelyUnwrapped.transmitBurst(p, count: n, cache: cache)
+        }
         if sent < n {
             for i in sent..<n {
                 bytes &-= UInt64(p[i].packetLength)
@@ -65,7 +80,7 @@ struct ForwardEngine {
 
     /// l2: learn each source MAC on the input slot, send to the learned slot, flood unknown and
     /// group destinations to every other slot (one reference per copy).
-    func switchBurst(from q: DatapathQueue, _ n: Int, cache: MbufCache) {
+    func switchBurst(from q: DatapathQueue, peers: [DatapathQueue], _ n: Int, cache: MbufCache) {
         for s in 0..<slots { bucketCounts[s] = 0 }
         for i in 0..<n {
             let m = pkts[i]
@@ -78,17 +93,17 @@ struct ForwardEngine {
                 bucketCounts[dst] += 1
             } else {
                 var copies = 0
-                for s in 0..<slots where s != q.slot && q.peers[s].queue != nil { copies += 1 }
+                for s in 0..<slots where s != q.slot && peers[s].queue != nil { copies += 1 }
                 if copies == 0 { cache.free(m); continue }
                 if copies > 1 { m.refCount = m.refCount &+ UInt16(copies - 1) }
-                for s in 0..<slots where s != q.slot && q.peers[s].queue != nil {
+                for s in 0..<slots where s != q.slot && peers[s].queue != nil {
                     buckets[s * burst + bucketCounts[s]] = m
                     bucketCounts[s] += 1
                 }
             }
         }
         for s in 0..<slots where bucketCounts[s] > 0 {
-            send(buckets + s * burst, bucketCounts[s], to: q.peers[s], cache: cache, locked: true)
+            send(buckets + s * burst, bucketCounts[s], to: peers[s], cache: cache, locked: true)
         }
     }
 }

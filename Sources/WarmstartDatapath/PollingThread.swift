@@ -70,11 +70,11 @@ final class PollingThread: @unchecked Sendable {
             pkts.deallocate(); buckets.deallocate(); bucketCounts.deallocate()
         }
         var myGeneration = UInt64.max
-        var queues: [DatapathQueue] = []
+        var queues: [PlannedQueue] = []
         var empty = 0
         let engine = ForwardEngine(mode: dp.options.mode, pkts: pkts, burst: burst, buckets: buckets,
                                    bucketCounts: bucketCounts, slots: slotCount, macTable: dp.macTable,
-                                   firstPacketNs: dp.firstPacketNs)
+                                   firstPacketNs: dp.firstPacketNs, sharedTX: dp.options.cores.count > 1)
         while ws_load_acquire_u32(running) != 0 {
             let g = ws_load_acquire_u64(dp.generation)
             if g != myGeneration {
@@ -91,7 +91,7 @@ final class PollingThread: @unchecked Sendable {
             }
             var got = 0
             queues.withUnsafeBufferPointer { qs in
-                for q in qs { got &+= engine.poll(q, cache: cache) }
+                for pq in qs { got &+= engine.poll(pq.queue, peers: pq.peers, cache: cache) }
             }
             if got == 0 {
                 empty &+= 1

@@ -7,14 +7,21 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import Logging
+import WarmstartBus
+import WarmstartDatapath
 import WarmstartMemory
 import WarmstartRuntime
 import WarmstartSnapshot
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Boot the runtime (restoring or creating the snapshot), print the boot timing report.",
-        discussion: "With no --snapshot, the default snapshot is used and created on the first run: on hugetlbfs (/dev/hugepages) when 2M pages are free, else on /dev/shm.")
+        abstract: "Boot the runtime (restoring or creating the snapshot), bring up the ports and forward.",
+        discussion: """
+            With no --snapshot, the default snapshot is used and created on the first run: on hugetlbfs (/dev/hugepages) when 2M pages are free, else on /dev/shm.
+            With ports, the runtime forwards until SIGINT/SIGTERM or --duration, then prints per-port and per-queue counters; with --boot-only it waits for the devices (--device-wait), prints the boot report and exits.
+            Port kinds: vhost-user:PATH (listen), vhost-user-client:PATH (connect); keys: name=, queues=N, features=0xMASK, mode= (socket mode).
+            """)
 
     @OptionGroup var layout: LayoutOptions
     @Option(help: "Snapshot to restore from (created first if it does not exist).")
@@ -29,8 +36,43 @@ struct Run: ParsableCommand {
     var reportJSON: String?
     @Option(name: .customLong("report-svg"), help: "Draw the boot timeline as SVG to this file.")
     var reportSVG: String?
+    @Option(name: .customLong("port"), help: "A port: KIND:PATH[,key=value...] (repeatable).")
+    var ports: [String] = []
+    @Option(help: "A file of ports, one --port value per line (# comments).")
+    var config: String?
+    @Option(help: "Forwarding: io (ports paired 0↔1, 2↔3; an odd last port to itself), macswap, l2.")
+    var forward: ForwardMode = .io
+    @Option(help: "Polling threads, pinned to the last N CPUs.")
+    var cores: Int = 1
+    @Option(name: .customLong("device-wait"), help: "With --boot-only: seconds to wait for every device to be started or failed.")
+    var deviceWait: Double = Bus.defaultDeviceWaitSeconds
+    @Option(help: "Forward for this many seconds, then print the counters and exit (default: until SIGINT/SIGTERM).")
+    var duration: Double?
+    @Option(help: "Serve the control socket (JSON lines; `warmstart stats --control PATH`) at this path.")
+    var control: String?
+
+    func validate() throws {
+        guard cores >= 1 else { throw ValidationError("--cores must be at least 1") }
+        guard deviceWait >= 0 else { throw ValidationError("--device-wait must not be negative") }
+        if let d = duration, d < 0 { throw ValidationError("--duration must not be negative") }
+    }
+
+    func portSpecs() throws -> [PortSpec] {
+        do {
+            var specs = try ports.map { p throws(PortSpecError) in try PortSpec.parse(p) }
+            if let config { specs += try PortSpec.loadConfig(path: config) }
+            return specs
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
 
     func run() throws {
+        let specs = try portSpecs()
+        // Before any thread exists, so every thread inherits the mask and SIGINT/SIGTERM are
+        // taken synchronously by the main thread (counters printed, sockets cleaned up).
+        if !specs.isEmpty { Runtime.blockTerminationSignals() }
+        LoggingSetup.bootstrap()
         let clock = BootClock(environment: ProcessInfo.processInfo.environment)
         let recorder = PhaseRecorder(clock: clock)
         recorder.record("process-start", startNs: clock.originNs, endNs: clock.mainNs, work: "exec → main")
@@ -52,6 +94,16 @@ struct Run: ParsableCommand {
         } catch {
             throw CLIError("\(error)")
         }
+        if specs.isEmpty {
+            return try runWithoutPorts(live: live, snapshot: snap, recorder: recorder, clock: clock)
+        }
+        try runWithPorts(specs, live: live, snapshot: snap, recorder: recorder, clock: clock)
+    }
+
+    /// `warmstart run` with no port: boot memory and print the report. This is the hook for the
+    /// self-contained loopback default (no-port runs will forward over an in-process pair).
+    func runWithoutPorts(live: LiveMemory, snapshot snap: BootReport.Snapshot, recorder: PhaseRecorder,
+                         clock: BootClock) throws {
         let report = BootReport(phases: recorder.phases, totalMs: clock.nowMs(),
                                 memory: MemoryBoot.memorySection(live, mode: layout.hugepages), snapshot: snap,
                                 processStartCoarse: clock.coarse)
@@ -59,7 +111,50 @@ struct Run: ParsableCommand {
         try writeReports(report, json: reportJSON, svg: reportSVG)
         withExtendedLifetime(live) {}
     }
+
+    /// Ports declared: datapath + bus + drivers (+ control socket). --boot-only waits for the
+    /// devices and prints the report; otherwise forward until a signal or --duration, then print
+    /// the report and the counters.
+    func runWithPorts(_ specs: [PortSpec], live: LiveMemory, snapshot snap: BootReport.Snapshot,
+                      recorder: PhaseRecorder, clock: BootClock) throws {
+        let options = RuntimeOptions(ports: specs, forward: forward, cores: cores, deviceWaitSeconds: deviceWait,
+                                     durationSeconds: duration, controlPath: control)
+        let runtime: Runtime
+        do {
+            runtime = try Runtime(options: options, memory: live, recorder: recorder)
+            try runtime.start()
+        } catch {
+            throw CLIError("\(error)")
+        }
+        defer { runtime.stop() }
+        func report() -> BootReport {
+            BootReport(phases: recorder.phases, totalMs: clock.nowMs(),
+                       memory: MemoryBoot.memorySection(live, mode: layout.hugepages), snapshot: snap,
+                       devices: runtime.deviceTimings(), ioBackend: runtime.ioDescription,
+                       processStartCoarse: clock.coarse)
+        }
+        if bootOnly {
+            runtime.waitForDevices()
+            runtime.recordDevicePhases()
+            let r = report()
+            print(r.renderText(), terminator: "")
+            try writeReports(r, json: reportJSON, svg: reportSVG)
+            return
+        }
+        let signal = Runtime.waitForTermination(seconds: duration)
+        runtime.recordDevicePhases()
+        let r = report()
+        // Counters are read before the ports go down, then again would lose nothing: detaching
+        // folds a port's counters into its history.
+        runtime.stop()
+        print(r.renderText(), terminator: "")
+        if let signal { print("stopped by signal \(signal)") }
+        print(runtime.stats().renderText(), terminator: "")
+        try writeReports(r, json: reportJSON, svg: reportSVG)
+    }
 }
+
+extension ForwardMode: ExpressibleByArgument {}
 
 func writeReports(_ report: BootReport, json: String?, svg: String?) throws {
     if let json {

@@ -1,0 +1,113 @@
+import WarmstartPools
+import WarmstartVhostUser
+import WarmstartVirtio
+
+/// Why a started vring could not be turned into a queue.
+public struct VhostQueueError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// One vhost-user queue pair as the datapath drives it: the device side of the guest's TX ring
+/// (vring 2q+1, dequeued into mbufs) and of its RX ring (vring 2q, mbufs enqueued into it).
+///
+/// Owned by one polling thread at a time (the Datapath's plan guarantees it). It holds both
+/// `VringSetup`s, so the guest memory and the call eventfds it points into stay mapped and open
+/// until the pair is dropped — which the driver does only after `Datapath.detach` returned.
+public final class VhostQueuePair: BurstQueue {
+    public let pairIndex: Int
+    /// vring 2q: the guest receives (we enqueue).
+    public let guestRX: VirtqueueDevice
+    /// vring 2q+1: the guest transmits (we dequeue).
+    public let guestTX: VirtqueueDevice
+    /// Kept alive for the pointers and descriptors the devices use.
+    public let rxSetup: VringSetup
+    public let txSetup: VringSetup
+    // -1: the front-end polls (NOFD), never signal.
+    @usableFromInline let rxCall: Int32
+    @usableFromInline let txCall: Int32
+
+    /// Builds both devices, starting each ring from `rxState`/`txState` when given (a ring that was
+    /// stopped and restarts keeps its own position), else from the setup's base.
+    public init(rx: VringSetup, tx: VringSetup, burst: Int = 32,
+                rxState: VirtqueueState? = nil, txState: VirtqueueState? = nil) throws(VhostQueueError) {
+        precondition(rx.index % 2 == 0 && tx.index == rx.index + 1, "a queue pair is vrings 2q and 2q+1")
+        pairIndex = rx.index / 2
+        rxSetup = rx
+        txSetup = tx
+        guestRX = try Self.device(rx, burst: burst, state: rxState)
+        guestTX = try Self.device(tx, burst: burst, state: txState)
+        rxCall = rx.callFD ?? -1
+        txCall = tx.callFD ?? -1
+        // We poll: ask the guest not to kick us (saves it a syscall per burst).
+        guestRX.setNotifications(enabled: false)
+        guestTX.setNotifications(enabled: false)
+    }
+
+    static func device(_ s: VringSetup, burst: Int, state: VirtqueueState?) throws(VhostQueueError) -> VirtqueueDevice {
+        let options = VirtqueueOptions(features: VirtioFeatures(rawValue: s.features), burstSize: burst)
+        let start = state ?? VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
+                                            availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter)
+        do {
+            switch s.layout {
+            case .split:
+                let ring = try SplitRing(size: s.size, desc: s.descriptors, avail: s.driverArea, used: s.deviceArea)
+                return VirtqueueDevice(split: ring, memory: s.memory.table, options: options, state: start)
+            case .packed:
+                let ring = try PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea, deviceEvent: s.deviceArea)
+                return VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: start)
+            }
+        } catch {
+            throw VhostQueueError("vring \(s.index): \(error)")
+        }
+    }
+
+    // MARK: BurstQueue (one call per burst; the per-packet work is in the Virtio layer)
+
+    public func receiveBurst(into out: UnsafeMutablePointer<Mbuf>, max: Int, cache: MbufCache) -> Int {
+        let n = guestTX.dequeueBurst(pool: cache, into: out, maxCount: max)
+        // Returning TX buffers is a used-buffer notification too; the guest asks for it only
+        // when it wants its TX ring reclaimed, so ask needsCall once per burst.
+        if n > 0 && txCall >= 0 { guestTX.signal(callFD: txCall) }
+        return n
+    }
+
+    public func transmitBurst(_ pkts: UnsafeMutablePointer<Mbuf>, count: Int, cache: MbufCache) -> Int {
+        var done = 0
+        // enqueueBurst handles at most one virtqueue burst; a datapath burst may be larger.
+        while done < count {
+            let n = guestRX.enqueueBurst(pool: cache, pkts + done, count: count - done)
+            if n == 0 { break }
+            done += n
+        }
+        if done > 0 {
+            if rxCall >= 0 { guestRX.signal(callFD: rxCall) }
+            // The queue owns what it took: the data is in guest memory now.
+            for i in 0..<done { cache.free(pkts[i]) }
+        }
+        return done
+    }
+
+    public var errorCount: UInt64 {
+        let a = guestRX.counters, b = guestTX.counters
+        return a.errors.reduce(0, &+) &+ b.errors.reduce(0, &+)
+    }
+
+    /// Where each ring stands, as GET_VRING_BASE reports it. Only valid once no thread polls it.
+    public func position(ofRing index: Int) -> VringBase {
+        let s = index == rxSetup.index ? guestRX.state : guestTX.state
+        return VringBase(lastAvailIndex: s.lastAvailIndex, availWrapCounter: s.availWrapCounter,
+                         lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
+    }
+
+    public func state(ofRing index: Int) -> VirtqueueState {
+        index == rxSetup.index ? guestRX.state : guestTX.state
+    }
+
+    /// Why a ring stopped working, if the guest broke it.
+    public var brokenReason: String? {
+        if let r = guestRX.brokenReason { return "vring \(rxSetup.index): \(r)" }
+        if let r = guestTX.brokenReason { return "vring \(txSetup.index): \(r)" }
+        return nil
+    }
+}

@@ -1,0 +1,306 @@
+import Logging
+import WarmstartBus
+import WarmstartIO
+import WarmstartVhostUser
+import WarmstartVirtio
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The Bus driver for `vhost-user` and `vhost-user-client` ports: Warmstart as the vhost-user
+/// back-end. One instance serves every such port; each connection gets a `VhostUserConnection`
+/// (kept in `Device.driverContext`) that runs the session on the bus's IOLoop.
+///
+/// The device's Datapath slot is its bus index. A device is `started` while at least one queue
+/// pair is polled, and goes back to `negotiating` when the front-end stops its last pair.
+public final class VhostUserBackendPort: DeviceDriver {
+    public let datapath: Datapath
+    public let logger: Logger
+    /// Called on the loop thread after a device's set of polled queue pairs changed (tests, stats).
+    public var onQueuesChanged: ((Device, [VhostQueuePair]) -> Void)?
+
+    public init(datapath: Datapath, logger: Logger = Logger(label: "warmstart.vhost-user")) {
+        self.datapath = datapath
+        self.logger = logger
+    }
+
+    /// Registers this driver for both back-end kinds.
+    public func register(on bus: Bus) {
+        bus.register(driver: self, for: .vhostUser)
+        bus.register(driver: self, for: .vhostUserClient)
+    }
+
+    /// The session configuration a port spec asks for: `queues=N` queue pairs, `features=0x...`
+    /// as a mask over the features Warmstart offers.
+    public static func configuration(for spec: PortSpec) -> VhostUserBackendConfiguration {
+        let pairs = spec.option("queues").flatMap { Int($0) } ?? 1
+        let mask = spec.option("features").flatMap(parseFeatureMask) ?? ~0
+        return VhostUserBackendConfiguration(maxQueuePairs: max(1, min(pairs, 128)), featureMask: mask)
+    }
+
+    /// `0x...` hexadecimal or decimal.
+    public static func parseFeatureMask(_ text: String) -> UInt64? {
+        if text.hasPrefix("0x") || text.hasPrefix("0X") { return UInt64(text.dropFirst(2), radix: 16) }
+        return UInt64(text)
+    }
+
+    // MARK: DeviceDriver (loop thread)
+
+    public func attach(device: Device, fd: Int32, bus: Bus) {
+        var log = logger
+        log[metadataKey: "port"] = "\(device.name)"
+        let conn = VhostUserConnection(device: device, fd: fd, bus: bus, driver: self,
+                                       configuration: Self.configuration(for: device.spec), logger: log)
+        device.driverContext = conn
+        conn.start()
+    }
+
+    public func detach(device: Device, bus: Bus) {
+        guard let conn = device.driverContext as? VhostUserConnection else { return }
+        device.driverContext = nil
+        conn.close()
+    }
+
+    /// The queue pairs device `index` polls now (loop thread).
+    public func queuePairs(of device: Device) -> [VhostQueuePair] {
+        (device.driverContext as? VhostUserConnection)?.activePairs ?? []
+    }
+}
+
+/// One vhost-user connection: reads framed messages with the loop's message operations, feeds
+/// the session, sends replies, and turns ring events into queue pairs on the datapath.
+final class VhostUserConnection {
+    let device: Device
+    let fd: Int32
+    unowned let bus: Bus
+    unowned let driver: VhostUserBackendPort
+    let session: VhostUserBackendSession
+    var logger: Logger
+    var closed = false
+
+    // Framing state: a message may arrive over several recvmsg calls.
+    var headerBytes: [UInt8] = []
+    var header: VhostUserHeader?
+    var payload: [UInt8] = []
+    var fds: [Int32] = []
+
+    /// The datapath's view: started rings, built pairs, and the positions of stopped rings.
+    var setups: [Int: VringSetup] = [:]
+    var enabled: [Int: Bool] = [:]
+    var pairs: [Int: VhostQueuePair] = [:]
+    /// Positions of rings stopped by GET_VRING_BASE, for the second ring of a pair (its pair is
+    /// already gone when the front-end asks for it).
+    var stoppedStates: [Int: VirtqueueState] = [:]
+    /// Positions of running rings whose memory or addresses changed: the rebuilt pair resumes here.
+    var keptStates: [Int: VirtqueueState] = [:]
+    var attachedSlot = false
+
+    init(device: Device, fd: Int32, bus: Bus, driver: VhostUserBackendPort,
+         configuration: VhostUserBackendConfiguration, logger: Logger) {
+        self.device = device
+        self.fd = fd
+        self.bus = bus
+        self.driver = driver
+        self.logger = logger
+        session = VhostUserBackendSession(configuration: configuration, logger: logger)
+        session.ringPosition = { [unowned self] index in self.ringPosition(index) }
+    }
+
+    var datapath: Datapath { driver.datapath }
+    var slot: Int { device.index }
+
+    var activePairs: [VhostQueuePair] {
+        pairs.keys.sorted().compactMap { q in
+            enabled[2 * q] != false && enabled[2 * q + 1] != false ? pairs[q] : nil
+        }
+    }
+
+    func start() {
+        logger.info("vhost-user: front-end connected")
+        readNext()
+    }
+
+    /// The bus is dropping the connection: stop polling, release every ring and the memory.
+    func close() {
+        guard !closed else { return }
+        closed = true
+        detachFromDatapath()
+        pairs = [:]
+        setups = [:]
+        for f in fds { Glibc.close(f) }
+        fds = []
+    }
+
+    // MARK: reading
+
+    func readNext() {
+        guard !closed else { return }
+        let want: Int
+        if let h = header { want = Int(h.size) - payload.count } else { want = VhostUserHeader.byteCount - headerBytes.count }
+        if want == 0 { return deliver() }
+        bus.loop.receiveMessage(fd: fd, maxBytes: want, maxFDs: IOLoop.maxMessageFDs) { [self] result in
+            if closed {
+                if case let .success(m) = result { for f in m.fds { Glibc.close(f) } }
+                return
+            }
+            switch result {
+            case let .failure(e):
+                if e.isCanceled { return }
+                lost("receive failed: \(e)")
+            case let .success(m):
+                fds.append(contentsOf: m.fds)
+                if m.truncated { return protocolError("a message carried more than \(IOLoop.maxMessageFDs) descriptors") }
+                if m.bytes.isEmpty { return lost("front-end closed the connection") }
+                if header == nil {
+                    headerBytes.append(contentsOf: m.bytes)
+                    if headerBytes.count == VhostUserHeader.byteCount {
+                        do {
+                            header = try VhostUserHeader.decode(headerBytes, expectReply: false)
+                        } catch {
+                            return protocolError("invalid message header: \(error)")
+                        }
+                    }
+                } else {
+                    payload.append(contentsOf: m.bytes)
+                }
+                readNext()
+            }
+        }
+    }
+
+    /// A whole message is in: handle it, reply, apply the events, read the next.
+    func deliver() {
+        guard let h = header else { return }
+        let p = payload, f = fds
+        header = nil; headerBytes = []; payload = []; fds = []
+        let outcome = session.receive(header: h, payload: p, fds: f)
+        let name = h.knownRequest.map { "\($0)" } ?? "request \(h.request)"
+        if let e = outcome.error {
+            logger.warning("vhost-user: refused \(name): \(e)")
+        }
+        apply(outcome.events)
+        if outcome.isFatal {
+            return protocolError("fatal error in \(name): \(outcome.error.map { "\($0)" } ?? "unknown")")
+        }
+        guard let reply = outcome.reply else { return readNext() }
+        bus.loop.sendMessage(fd: fd, bytes: reply.encoded(), fds: reply.fds) { [self] result in
+            if closed { return }
+            if case let .failure(e) = result {
+                if !e.isCanceled { lost("reply to \(name) failed: \(e)") }
+                return
+            }
+            readNext()
+        }
+    }
+
+    /// The front-end broke the protocol: log it and drop this session only (the port accepts or
+    /// reconnects to the next front-end; other ports keep forwarding).
+    func protocolError(_ why: String) {
+        logger.error("vhost-user: dropping the session: \(why)")
+        bus.peerClosed(device, reason: "protocol error: \(why)")
+    }
+
+    func lost(_ why: String) {
+        logger.info("vhost-user: \(why)")
+        bus.peerClosed(device, reason: why)
+    }
+
+    // MARK: rings → queue pairs
+
+    func apply(_ events: [VhostUserEvent]) {
+        var changed = false
+        for e in events {
+            switch e {
+            case let .ringStarted(s):
+                // A (re)started ring begins at the base the session holds (SET_VRING_BASE or
+                // where it stopped), not at anything kept here.
+                setups[s.index] = s
+                stoppedStates[s.index] = nil
+                keptStates[s.index] = nil
+                enabled[s.index] = s.enabled
+                changed = true
+            case let .ringUpdated(s):
+                // New memory or addresses under a running ring: rebuild its pair at the same position.
+                if let pair = pairs[s.index / 2] {
+                    detachFromDatapath()
+                    keptStates[pair.rxSetup.index] = pair.state(ofRing: pair.rxSetup.index)
+                    keptStates[pair.txSetup.index] = pair.state(ofRing: pair.txSetup.index)
+                    pairs[s.index / 2] = nil
+                }
+                setups[s.index] = s
+                changed = true
+            case let .ringStopped(index, _):
+                // ringPosition already took the pair off the datapath (and kept its position).
+                _ = ringPosition(index)
+                setups[index] = nil
+                keptStates[index] = nil
+                changed = true
+            case let .ringEnabled(index, on):
+                enabled[index] = on
+                changed = true
+            case .deviceReset:
+                detachFromDatapath()
+                pairs = [:]; setups = [:]; stoppedStates = [:]; keptStates = [:]
+                changed = true
+            default:
+                break
+            }
+        }
+        if changed { rebuild() }
+    }
+
+    /// GET_VRING_BASE (or reset) on a started ring: take the slot off the datapath first, so no
+    /// thread touches the ring, then report where the ring stands.
+    func ringPosition(_ index: Int) -> VringBase? {
+        if let pair = pairs[index / 2] {
+            detachFromDatapath()
+            stoppedStates[pair.rxSetup.index] = pair.state(ofRing: pair.rxSetup.index)
+            stoppedStates[pair.txSetup.index] = pair.state(ofRing: pair.txSetup.index)
+            pairs[index / 2] = nil
+        }
+        guard let s = stoppedStates[index] else { return nil }
+        return VringBase(lastAvailIndex: s.lastAvailIndex, availWrapCounter: s.availWrapCounter,
+                         lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
+    }
+
+    /// Builds the pairs whose two rings are started, then publishes the enabled ones to the slot.
+    func rebuild() {
+        let queueCount = session.queueCount
+        for q in 0..<(queueCount / 2) where pairs[q] == nil {
+            guard let rx = setups[2 * q], let tx = setups[2 * q + 1] else { continue }
+            do {
+                // A ring rebuilt under new memory keeps the position it had; so does the half of a
+                // pair that kept running while the other half was stopped and restarted (its
+                // position is in stoppedStates; ringStarted cleared the restarted ring's entry).
+                // A (re)started ring begins at its setup's base.
+                let pair = try VhostQueuePair(rx: rx, tx: tx, burst: datapath.options.burst,
+                                              rxState: keptStates.removeValue(forKey: 2 * q) ?? stoppedStates.removeValue(forKey: 2 * q),
+                                              txState: keptStates.removeValue(forKey: 2 * q + 1) ?? stoppedStates.removeValue(forKey: 2 * q + 1))
+                pairs[q] = pair
+                logger.info("vhost-user: queue pair \(q) ready (\(rx.layout), \(rx.size) descriptors, mrg_rxbuf \(rx.mergeableRxBuffers ? "on" : "off"))")
+            } catch {
+                logger.error("vhost-user: queue pair \(q): \(error)")
+            }
+        }
+        let active = activePairs
+        detachFromDatapath()
+        if !active.isEmpty {
+            datapath.attach(slot: slot, queues: active)
+            attachedSlot = true
+            if device.state != .started {
+                bus.ready(device)
+                bus.started(device)
+            }
+        } else if device.state == .started {
+            bus.negotiating(device)
+        }
+        driver.onQueuesChanged?(device, active)
+    }
+
+    func detachFromDatapath() {
+        if attachedSlot {
+            datapath.detach(slot: slot)
+            attachedSlot = false
+        }
+    }
+}
