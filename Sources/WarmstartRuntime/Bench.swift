@@ -107,7 +107,7 @@ public enum Bench {
                                           forward: o.mode == .oneway ? "rxonly" : "macswap", prefix: prefix,
                                           lcores: "\(o.cpu),\(other)", mainLcore: o.cpu)
         case .warmstart:
-            argv = [o.selfPath, "run", "--port", (o.frontendListens ? "vhost-user-client:" : "vhost-user:") + sock,
+            argv = [resolvedPath(o.selfPath), "run", "--port", (o.frontendListens ? "vhost-user-client:" : "vhost-user:") + sock,
                     "--forward", "macswap", "--cores", "\(other)", "--no-snapshot", "--mbufs", "16384"]
         }
         let child = try ChildProcess(argv, logPath: dir + "/backend.log")
@@ -158,4 +158,12 @@ extension Bench {
             backendAlive() && bus.snapshot()[0].state == .started
         }
     }
+}
+
+/// The real path behind a symlink such as /proc/self/exe (a wrapper like setpriv would otherwise
+/// resolve /proc/self/exe to itself).
+func resolvedPath(_ path: String) -> String {
+    var buf = [CChar](repeating: 0, count: 4096)
+    let n = readlink(path, &buf, buf.count - 1)
+    return n > 0 ? String(cString: Array(buf[0..<n]) + [0]) : path
 }
