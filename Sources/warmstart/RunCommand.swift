@@ -123,6 +123,7 @@ struct Run: ParsableCommand {
         let runtime: Runtime
         do {
             runtime = try Runtime(options: options, memory: live, recorder: recorder)
+            runtime.enableVirtioUserPorts()
             try runtime.start()
         } catch {
             throw CLIError("\(error)")
