@@ -11,11 +11,11 @@
 #   W: with --self, Warmstart against itself (warmstart bench --backend warmstart, loopback).
 #
 # Usage: scripts/bench-virtio-user.sh [--pairs N] [--duration S] [--sizes "64 1518"]
-#                                     [--layouts "split packed"] [--self]
+#                                     [--layouts "split packed"] [--self | --self-only]
 # Needs: a release build (swift build -c release), dpdk-testpmd, ~400 free 2 MiB hugepages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PAIRS=3 DURATION=4 SIZES="64 1518" LAYOUTS="split packed" SELF=0
+PAIRS=3 DURATION=4 SIZES="64 1518" LAYOUTS="split packed" SELF=0 AB=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) PAIRS=$2; shift 2 ;;
@@ -23,6 +23,7 @@ while [ $# -gt 0 ]; do
     --sizes) SIZES=$2; shift 2 ;;
     --layouts) LAYOUTS=$2; shift 2 ;;
     --self) SELF=1; shift ;;
+    --self-only) SELF=1; AB=0; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -78,6 +79,7 @@ print(f"{statistics.median(v)/1e6:.2f}" if v else "nan")
 EOF
 }
 
+if [ "$AB" = 1 ]; then
 echo "# virtio-user → DPDK vhost rxonly, Mpps (median of per-second figures); $PAIRS pairs of ${DURATION}s runs, alternating"
 echo "| layout | size | Warmstart runs | DPDK runs | pairwise ratios WS/DPDK | median ratio |"
 echo "|---|---|---|---|---|---|"
@@ -95,6 +97,8 @@ for layout in $LAYOUTS; do
   done
 done
 
+fi
+
 if [ "$SELF" = 1 ]; then
   echo
   echo "# Warmstart against itself (warmstart run --port vhost-user:SOCK --forward macswap as the back-end), loopback"
@@ -105,9 +109,9 @@ if [ "$SELF" = 1 ]; then
       M=()
       for _ in $(seq "$PAIRS"); do
         out=$("$WS" bench --backend warmstart --mode loopback --layout "$layout" --size "$size" --duration "$DURATION" --json 2>"$TMP/self.err" || echo '{}')
-        M+=("$(echo "$out" | python3 -c 'import sys,json; r=json.load(sys.stdin); print(f"{r.get("mpps",float("nan")):.2f}")')")
+        M+=("$(echo "$out" | python3 -c 'import sys,json; r=json.load(sys.stdin); print("%.2f" % r.get("mpps", float("nan")))')")
       done
-      extra=$(echo "$out" | python3 -c 'import sys,json; r=json.load(sys.stdin); print(f"{r.get("gbps",0):.2f} | {r.get("latencyP50Us",0):.1f} / {r.get("latencyP99Us",0):.1f} / {r.get("latencyP999Us",0):.1f}")' 2>/dev/null || echo "- | -")
+      extra=$(echo "$out" | python3 -c 'import sys,json; r=json.load(sys.stdin); print("%.2f | %.1f / %.1f / %.1f" % (r.get("gbps",0), r.get("latencyP50Us",0), r.get("latencyP99Us",0), r.get("latencyP999Us",0)))' 2>/dev/null || echo "- | -")
       echo "| $layout | $size | ${M[*]} | $extra |"
     done
   done
