@@ -20,7 +20,7 @@ failed=$(echo "$summary" | sed -E 's/.* ([0-9]+) failures?.*/\1/')
 [ "$status" = 0 ] || { echo "swift test failed ($status)"; echo "unit: $((executed - skipped - failed)) passed, $failed failed, $skipped skipped"; exit "$status"; }
 
 echo "== main job, hugepages auto, then off"
-swift build -c release --product warmstart -j "$jobs"
+swift build -c release --static-swift-stdlib --product warmstart -j "$jobs"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 bin=.build/release/warmstart
