@@ -49,7 +49,12 @@ public final class Runtime: @unchecked Sendable {
     let recorder: PhaseRecorder
     let logger: Logger
     private(set) var busStartNs: UInt64 = 0
-    private var running = false
+    var running = false
+    private let handoffLock = NSLockLike()
+    private var handedOverPid: Int32?
+    /// Set once a hot upgrade committed: the new process (this pid) owns everything.
+    public var handedOverTo: Int32? { handoffLock.locked { handedOverPid } }
+    func markHandedOver(to pid: Int32) { handoffLock.locked { handedOverPid = pid } }
 
     public init(options: RuntimeOptions, memory: LiveMemory, recorder: PhaseRecorder,
                 logger: Logger = Logger(label: "warmstart")) throws {
@@ -91,6 +96,7 @@ public final class Runtime: @unchecked Sendable {
             let server = try ControlServer(path: path, logger: logger)
             server.register("stats") { [unowned self] _ in try ControlServer.encode(self.stats()) }
             server.register("devices") { [unowned self] _ in try ControlServer.encode(self.deviceTimings()) }
+            registerHandoff(on: server)
             control = server
         }
         running = true
@@ -108,6 +114,9 @@ public final class Runtime: @unchecked Sendable {
     public func stop() {
         guard running else { return }
         running = false
+        // After a hot upgrade the new process serves the control socket and the ports: the release
+        // already closed them without shutdown or unlink.
+        if handedOverTo != nil { datapath.stop(); return }
         control?.stop()
         bus.stop()
         datapath.stop()
