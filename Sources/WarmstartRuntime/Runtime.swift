@@ -45,10 +45,10 @@ public final class Runtime: @unchecked Sendable {
     public let datapath: Datapath
     public let bus: Bus
     public let vhostUser: VhostUserBackendPort
-    public private(set) var control: ControlServer?
+    public internal(set) var control: ControlServer?
     let recorder: PhaseRecorder
     let logger: Logger
-    private(set) var busStartNs: UInt64 = 0
+    var busStartNs: UInt64 = 0
     var running = false
     private let handoffLock = NSLockLike()
     private var handedOverPid: Int32?
