@@ -45,6 +45,15 @@ extension VhostUserBackendPort {
         }
     }
 
+    /// Where ring `index` of `device` stands now, read without taking its pair off the datapath
+    /// (provisional while the datapath runs; the session's own `ringPosition` would detach the
+    /// pair, as GET_VRING_BASE must — and stop forwarding long before the quiesce). Nil when the
+    /// ring has no built pair.
+    public func provisionalPosition(of device: Device, ring index: Int) -> VringBase? {
+        guard let c = device.driverContext as? VhostUserConnection, let p = c.pairs[index / 2] else { return nil }
+        return p.position(ofRing: index)
+    }
+
     /// New process: `device`'s connection is the handed-over socket `fd`, served by the imported
     /// `session`; `rings` (at the final positions) become queue pairs on the datapath at once, and
     /// reading resumes. Use as the `attach` of `Bus.adopt`.

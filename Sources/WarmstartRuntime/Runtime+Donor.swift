@@ -94,7 +94,7 @@ extension Runtime {
                 case .vhostUser, .vhostUserClient:
                     builder.addVhostUserPort(name: d.name, path: d.spec.path, listenFD: d.listeningFD >= 0 ? d.listeningFD : nil,
                                              connectionFD: d.fd >= 0 ? d.fd : nil, session: vhostUser.session(of: d),
-                                             counters: counters)
+                                             positions: { vhostUser.provisionalPosition(of: d, ring: $0) }, counters: counters)
                 case .tap:
                     builder.addTapPort(name: d.name, interface: d.spec.path, fds: d.fd >= 0 ? [d.fd] : [], counters: counters)
                 case .virtioUser:
