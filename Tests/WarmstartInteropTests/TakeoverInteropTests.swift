@@ -7,7 +7,8 @@ import XCTest
 final class TakeoverInteropTests: XCTestCase {
     /// The new process takes over while testpmd forwards: the old one exits 0, traffic keeps
     /// flowing through the new one, nothing is lost (testpmd TX − RX ≤ its one burst in flight),
-    /// and the new process's report has the handoff section.
+    /// and the new process's report has the handoff section; then a second takeover of the new
+    /// one (a later upgrade) works the same way.
     func testTakeoverKeepsForwarding() throws {
         let h = try InteropHarness(name: "commit", prefixBase: "ws-tko")
         defer { h.cleanup() }
@@ -36,21 +37,35 @@ final class TakeoverInteropTests: XCTestCase {
         XCTAssertEqual(b.state, "started")
         XCTAssertEqual(b.reconnects, 0, "testpmd never reconnected")
 
+        // A later upgrade follows: the new process took the control socket over and hands over in turn.
+        let json2 = "\(h.dir)/r2.json"
+        let newer = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl, "--report-json", json2], log: "newer")
+        try waitExit(new, seconds: 15, h)
+        XCTAssertEqual(new.terminationStatus, 0, "first new process: \(h.logText("new"))")
+        XCTAssertTrue(h.logText("new").contains("handed over to pid \(newer.processIdentifier)"), h.logText("new"))
+        try waitFile(json2, seconds: 10, h)
+        let c = try h.counters(port: "vm")
+        usleep(500_000)
+        let d = try h.counters(port: "vm")
+        XCTAssertGreaterThan(d.rxPackets, c.rxPackets, "the second new process forwards")
+        XCTAssertGreaterThanOrEqual(c.rxPackets, b.rxPackets, "counters continue across both handoffs")
+
         tp.send("stop")
         try tp.waitFor("Done.", timeout: 10)
         usleep(300_000)
         let t = try tp.portStats()
         let w = try h.counters(port: "vm")
         tp.quit()
-        kill(new.processIdentifier, SIGTERM)
-        try waitExit(new, seconds: 10, h)
+        kill(newer.processIdentifier, SIGTERM)
+        try waitExit(newer, seconds: 10, h)
         let label = "testpmd \(t) warmstart \(w); logs \(h.dir)"
         print("takeover: \(label)")
         XCTAssertEqual(w.rxPackets, t.tx, "every frame testpmd sent reached Warmstart (old + new): \(label)")
         XCTAssertGreaterThanOrEqual(t.tx, t.rx, label)
         XCTAssertLessThanOrEqual(t.tx - t.rx, 32, "nothing lost: only testpmd's one burst in flight: \(label)")
         XCTAssertEqual(w.errors, 0, label)
-        XCTAssertEqual(new.terminationStatus, 0)
+        XCTAssertEqual(newer.terminationStatus, 0)
+        XCTAssertTrue((try? String(contentsOfFile: json2, encoding: .utf8))?.contains("committed") == true)
 
         let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any]
         let handoff = obj?["handoff"] as? [String: Any]
