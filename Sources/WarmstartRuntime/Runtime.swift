@@ -56,14 +56,16 @@ public final class Runtime: @unchecked Sendable {
     public var handedOverTo: Int32? { handoffLock.locked { handedOverPid } }
     func markHandedOver(to pid: Int32) { handoffLock.locked { handedOverPid = pid } }
 
+    /// `bus`: one built beforehand over the same ports (a takeover builds it — io_uring setup
+    /// included — before the old process pauses, so it is not inside the blackout).
     public init(options: RuntimeOptions, memory: LiveMemory, recorder: PhaseRecorder,
-                logger: Logger = Logger(label: "warmstart")) throws {
+                logger: Logger = Logger(label: "warmstart"), bus prebuilt: Bus? = nil) throws {
         self.options = options
         self.memory = memory
         self.recorder = recorder
         self.logger = logger
         do {
-            bus = try Bus(ports: options.ports, forceFallback: options.forceFallbackIO, bootOriginNs: recorder.clock.originNs)
+            bus = try prebuilt ?? Bus(ports: options.ports, forceFallback: options.forceFallbackIO, bootOriginNs: recorder.clock.originNs)
         } catch {
             throw RuntimeError("cannot create the control loop: \(error)")
         }

@@ -46,6 +46,8 @@ public final class RuntimeTakeover: @unchecked Sendable {
     private var ports: [Port] = []
     private var controlFD: Int32 = -1
     private var oldControlPath: String?
+    /// Built in `adopt`, before the pause.
+    private var bus: Bus?
     /// The runtime, once `activate` built it.
     public private(set) var runtime: Runtime?
 
@@ -100,6 +102,11 @@ public final class RuntimeTakeover: @unchecked Sendable {
             }
             ports.append(port)
         }
+        do {
+            bus = try Bus(ports: specs, forceFallback: overrides.forceFallbackIO, bootOriginNs: recorder.clock.originNs)
+        } catch {
+            throw HandoffError(.map, "cannot create the control loop: \(error)")
+        }
         if let i = values[Runtime.HandoffKeys.controlFD].flatMap({ Int($0) }) {
             controlFD = try r.fds.take(i)
             oldControlPath = values[Runtime.HandoffKeys.controlPath]
@@ -124,7 +131,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
         let options = RuntimeOptions(ports: specs, forward: forward, cores: cores, durationSeconds: overrides.durationSeconds,
                                      controlPath: nil, forceFallbackIO: overrides.forceFallbackIO)
         let rt: Runtime
-        do { rt = try Runtime(options: options, memory: memory, recorder: recorder, logger: logger) } catch {
+        do { rt = try Runtime(options: options, memory: memory, recorder: recorder, logger: logger, bus: bus) } catch {
             throw HandoffError(.commit, "cannot build the runtime: \(error)")
         }
         for k in ports.indices {
@@ -178,6 +185,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
         ports = []
         if controlFD >= 0 { close(controlFD); controlFD = -1 }
         runtime = nil
+        bus = nil
         received = nil
     }
 }
