@@ -121,6 +121,13 @@ final class TakeoverInteropTests: XCTestCase {
         let t = try tp.portStats()
         let w = try h.counters(port: "vm")
         tp.quit()
+        // The vhost-user receive was re-armed by the rollbacks: testpmd's exit (end-of-stream on
+        // the connection) is seen, and the port goes back to accepting.
+        var gone = try h.counters(port: "vm")
+        let deadline = Date().addingTimeInterval(5)
+        while gone.state != "probing" && Date() < deadline { usleep(20_000); gone = try h.counters(port: "vm") }
+        XCTAssertEqual(gone.state, "probing", "the old process saw testpmd leave: \(gone)")
+        XCTAssertEqual(gone.reconnects, 1, "\(gone)")
         kill(old.processIdentifier, SIGTERM)
         try waitExit(old, seconds: 10, h)
         XCTAssertEqual(w.rxPackets, t.tx, "testpmd \(t) warmstart \(w)")
