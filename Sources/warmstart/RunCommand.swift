@@ -74,6 +74,9 @@ struct Run: ParsableCommand {
             guard ports.isEmpty, config == nil else {
                 throw ValidationError("--takeover takes the running process's ports; do not pass --port or --config")
             }
+            guard !bootOnly else {
+                throw ValidationError("--takeover cannot be combined with --boot-only: the new process must keep forwarding once it owns the ports")
+            }
             return try runTakeover(path: takeover)
         }
         let specs = try portSpecs()

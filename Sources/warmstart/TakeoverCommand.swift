@@ -36,7 +36,13 @@ extension Run {
             handoff = try HandoffTaker.takeover(channel: ch, hooks: takeover.hooks(), options: options,
                                                 log: { FileHandleStderr.write("warmstart: \($0)\n") }, startNs: startNs)
         } catch {
-            throw CLIError("takeover from \(path) failed at step '\(error.step.rawValue)': \(error.reason); the running process keeps forwarding")
+            let consequence: String
+            switch error.step {
+            case .hello: consequence = "nothing changed"
+            case .resume, .oldExit: consequence = "this was after the commit: the old process has released the ports"
+            default: consequence = "the running process resumes forwarding"
+            }
+            throw CLIError("takeover from \(path) failed at step '\(error.step.rawValue)': \(error.reason); \(consequence)")
         }
         guard let runtime = takeover.runtime else { throw CLIError("takeover from \(path): no runtime after the commit") }
         defer { runtime.stop() }
@@ -52,7 +58,6 @@ extension Run {
         let r = report()
         print(r.renderText(), terminator: "")
         try writeReports(r, json: reportJSON, svg: reportSVG)
-        if bootOnly { return }
         let signal = Runtime.waitForTermination(seconds: duration)
         if let pid = runtime.handedOverTo {
             print(runtime.stats().renderText(), terminator: "")
