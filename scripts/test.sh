@@ -31,5 +31,10 @@ grep -q '"outcome" : "created"' "$tmp/first.json"
 grep -q '"outcome" : "restored"' "$tmp/second.json"
 rm -f /dev/shm/warmstart-ci-$$.snap
 "$bin" report "$tmp/second.json" >/dev/null
+# The main job itself: boot from the snapshot, loop traffic through its own vhost-user back-end and
+# virtio-user front-end for 2 s, print report and throughput.
+"$bin" run --duration 2 --hugepages off --snapshot /dev/shm/warmstart-ci-$$.snap --mbufs 65536 | tee "$tmp/main.txt" | tail -12
+grep -q "Mpps" "$tmp/main.txt"
+rm -f /dev/shm/warmstart-ci-$$.snap
 echo "main job: ok"
 echo "tests: $((executed - skipped - failed)) passed, $failed failed, $skipped skipped"

@@ -20,7 +20,8 @@ public enum DeviceKind: String, CaseIterable, Sendable {
         // to refuse the packed ring, bit 15 to refuse mergeable RX buffers).
         case .vhostUser: return ["name", "mode", "queues", "features"]
         case .vhostUserClient: return ["name", "queues", "features", "backoff-min-ms", "backoff-max-ms"]
-        case .virtioUser: return ["name", "queues", "server", "mode", "backoff-min-ms", "backoff-max-ms"]
+        case .virtioUser: return ["name", "queues", "server", "mode", "backoff-min-ms", "backoff-max-ms",
+                                  "packed", "mrg", "size", "mac"]
         case .tap: return ["name", "queues"]
         }
     }
@@ -119,9 +120,18 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
             guard let n = Int(value), n > 0 else {
                 throw PortSpecError("port '\(entry)': \(key) '\(value)' is not a positive integer")
             }
-        case "server":
+        case "server", "packed", "mrg":
             guard ["0", "1", "on", "off"].contains(value) else {
-                throw PortSpecError("port '\(entry)': server '\(value)' must be 0, 1, on or off")
+                throw PortSpecError("port '\(entry)': \(key) '\(value)' must be 0, 1, on or off")
+            }
+        case "size":
+            guard let n = Int(value), n >= 2, n <= 32768, n & (n - 1) == 0 else {
+                throw PortSpecError("port '\(entry)': size '\(value)' must be a power of two from 2 to 32768")
+            }
+        case "mac":
+            let parts = value.split(separator: ":")
+            guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else {
+                throw PortSpecError("port '\(entry)': mac '\(value)' is not like 02:00:00:00:00:01")
             }
         case "features":
             let ok = value.hasPrefix("0x") || value.hasPrefix("0X") ? UInt64(value.dropFirst(2), radix: 16) != nil : UInt64(value) != nil

@@ -115,6 +115,7 @@ struct Run: ParsableCommand {
     /// self-contained loopback default (no-port runs will forward over an in-process pair).
     func runWithoutPorts(live: LiveMemory, snapshot snap: BootReport.Snapshot, recorder: PhaseRecorder,
                          clock: BootClock) throws {
+        if !bootOnly { return try runLoopback(live: live, snapshot: snap, recorder: recorder, clock: clock) }
         let report = BootReport(phases: recorder.phases, totalMs: clock.nowMs(),
                                 memory: MemoryBoot.memorySection(live, mode: layout.hugepages), snapshot: snap,
                                 processStartCoarse: clock.coarse)
@@ -133,6 +134,7 @@ struct Run: ParsableCommand {
         let runtime: Runtime
         do {
             runtime = try Runtime(options: options, memory: live, recorder: recorder)
+            runtime.enableVirtioUserPorts()
             try runtime.start()
         } catch {
             throw CLIError("\(error)")

@@ -5,7 +5,7 @@ struct Warmstart: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "warmstart",
         abstract: "A fast-boot packet-processing runtime: snapshot, restore by mmap, lazy parallel probe, vhost-user datapath.",
-        subcommands: [Run.self, StatsCommand.self, SnapshotCommand.self, ReportCommand.self],
+        subcommands: [Run.self, StatsCommand.self, SnapshotCommand.self, ReportCommand.self, BenchCommand.self],
         defaultSubcommand: Run.self
     )
 }

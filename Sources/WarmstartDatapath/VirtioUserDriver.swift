@@ -1,0 +1,136 @@
+import CWarmstartShim
+import WarmstartBus
+import WarmstartIO
+import WarmstartMemory
+import WarmstartPools
+import WarmstartVhostUser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The Bus driver for `virtio-user` ports. The Bus owns the socket (connect with backoff, or
+/// listen/accept with `server=1`); on each new connection this driver runs the frontend sequence
+/// on a short-lived thread (so a slow back-end never holds up the Bus's loop or another port),
+/// then moves the device to `started` on the loop thread with its queue pairs in
+/// `(device.driverContext as! VirtioUserPort).queues` — the Bus's started hooks hand them to the
+/// datapath.
+///
+/// A back-end that disappears: a poll on the socket completes (hang-up or EOF); the device is
+/// reported `peerClosed` with the reason, the datapath lets go of its queues (left hook), every
+/// posted mbuf returns to the pool, and the Bus connects again — the next connection negotiates
+/// from scratch (a new vhost-user session is a device reset for the back-end).
+public final class VirtioUserDriver: DeviceDriver {
+    public let regions: [MemoryRegion]
+    public let pool: MbufPool
+    public let arena: RingArena
+    /// When set, started ports join it (slot = device index) and leave it before their mbufs are
+    /// reclaimed; nil: the caller polls `VirtioUserPort.queues` itself (bench, tests).
+    public let datapath: Datapath?
+
+    /// One connection's life: set-up may finish after the Bus dropped it.
+    final class Connection {
+        let fd: Int32
+        var dropped = false
+        var watch: IOOpID?
+        init(fd: Int32) { self.fd = fd }
+    }
+    private var connections: [ObjectIdentifier: Connection] = [:]
+
+    /// `regions`: every region shared with the back-end (LiveMemory.regions); `arena`: where the
+    /// rings go (the general-purpose region).
+    public init(regions: [MemoryRegion], pool: MbufPool, arena: RingArena, datapath: Datapath? = nil) {
+        self.regions = regions
+        self.pool = pool
+        self.arena = arena
+        self.datapath = datapath
+    }
+
+    /// Registers for `virtio-user` ports.
+    public func register(on bus: Bus) { bus.register(driver: self, for: .virtioUser) }
+
+    public func attach(device: Device, fd: Int32, bus: Bus) {
+        let port: VirtioUserPort
+        if let p = device.driverContext as? VirtioUserPort {
+            port = p
+        } else {
+            do {
+                port = try VirtioUserPort(config: VirtioUserConfig(spec: device.spec), regions: regions, pool: pool, arena: arena)
+            } catch {
+                bus.failed(device, reason: error.description)
+                return
+            }
+            device.driverContext = port
+        }
+        let conn = Connection(fd: fd)
+        connections[ObjectIdentifier(device)] = conn
+        // Blocking I/O with a deadline on the set-up thread: a back-end that accepts and then says
+        // nothing must not hang the port forever.
+        let flags = fcntl(fd, F_GETFL)
+        _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK)
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let loop = bus.loop
+        runDetached {
+            let result: Result<(VhostUserNegotiation, [VirtioUserQueuePair]), VirtioUserError>
+            do throws(VirtioUserError) { result = .success(try port.establish(fd: fd)) } catch { result = .failure(error) }
+            loop.post { [self] in
+                self.finish(device: device, port: port, conn: conn, bus: bus, result: result)
+            }
+        }
+    }
+
+    private func finish(device: Device, port: VirtioUserPort, conn: Connection, bus: Bus,
+                        result: Result<(VhostUserNegotiation, [VirtioUserQueuePair]), VirtioUserError>) {
+        switch result {
+        case let .success((n, pairs)):
+            if conn.dropped {
+                for p in pairs { p.reclaim() }
+                return
+            }
+            port.negotiation = n
+            port.queues = pairs
+            port.connections += 1
+            bus.ready(device)
+            datapath?.attach(slot: device.index, queues: pairs)
+            bus.started(device)
+            conn.watch = bus.loop.poll(fd: conn.fd, events: Int16(POLLIN) | 0x2000 /* POLLRDHUP */) { [self] r in
+                guard !conn.dropped, case .success = r else { return }
+                bus.peerClosed(device, reason: "vhost-user back-end at \(device.spec.path) closed the connection; reconnecting")
+                _ = self
+            }
+        case let .failure(e):
+            if conn.dropped { return }
+            if e.isPermanent {
+                bus.failed(device, reason: e.description)
+            } else {
+                bus.peerClosed(device, reason: e.description)
+            }
+        }
+    }
+
+    public func detach(device: Device, bus: Bus) {
+        guard let conn = connections.removeValue(forKey: ObjectIdentifier(device)) else { return }
+        conn.dropped = true
+        if let w = conn.watch { bus.loop.cancel(w); conn.watch = nil }
+        // The polling threads let go first (attach/detach wait for every thread at a burst
+        // boundary); only then may the posted mbufs go back to the pool.
+        if let dp = datapath, let p = device.driverContext as? VirtioUserPort, !p.queues.isEmpty { dp.detach(slot: device.index) }
+        (device.driverContext as? VirtioUserPort)?.teardown()
+    }
+}
+
+/// Runs `body` on a new detached thread.
+func runDetached(_ body: @escaping () -> Void) {
+    final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+    var t = pthread_t()
+    let ctx = Unmanaged.passRetained(Box(body)).toOpaque()
+    let rc = pthread_create(&t, nil, { arg in
+        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+        return nil
+    }, ctx)
+    if rc == 0 {
+        pthread_detach(t)
+    } else {
+        Unmanaged<Box>.fromOpaque(ctx).takeRetainedValue().body()
+    }
+}

@@ -1,0 +1,210 @@
+import CWarmstartShim
+import WarmstartBus
+import WarmstartMemory
+import WarmstartPools
+import WarmstartVhostUser
+import WarmstartVirtio
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What a `virtio-user:PATH[,packed=0|1][,queues=N][,mrg=0|1][,server=1][,size=N][,mac=...]` port asks
+/// the back-end for.
+public struct VirtioUserConfig: Sendable, Equatable {
+    public var packed: Bool
+    public var queuePairs: Int
+    public var mergeable: Bool
+    /// Descriptors per ring (a power of two for split rings; DPDK's virtio-user default is 256).
+    public var queueSize: Int
+    public var mac: [UInt8]?
+
+    public init(packed: Bool = false, queuePairs: Int = 1, mergeable: Bool = true, queueSize: Int = 256, mac: [UInt8]? = nil) {
+        self.packed = packed; self.queuePairs = queuePairs; self.mergeable = mergeable
+        self.queueSize = queueSize; self.mac = mac
+    }
+
+    public init(spec: PortSpec) {
+        func flag(_ k: String, _ d: Bool) -> Bool { spec.option(k).map { $0 == "1" || $0 == "on" } ?? d }
+        self.init(packed: flag("packed", false), queuePairs: spec.option("queues").flatMap { Int($0) } ?? 1,
+                  mergeable: flag("mrg", true), queueSize: spec.option("size").flatMap { Int($0) } ?? 256,
+                  mac: spec.option("mac").flatMap(VirtioUserConfig.parseMAC))
+    }
+
+    public static func parseMAC(_ s: String) -> [UInt8]? {
+        let parts = s.split(separator: ":")
+        guard parts.count == 6 else { return nil }
+        let bytes = parts.compactMap { UInt8($0, radix: 16) }
+        return bytes.count == 6 ? bytes : nil
+    }
+}
+
+/// A virtio-user port: its configuration, the ring memory it keeps for its whole life (carved once
+/// from the general-purpose region, reused on every reconnect), and the queue pairs of the current
+/// connection. Lives in `Device.driverContext`.
+public final class VirtioUserPort: @unchecked Sendable {
+    public let config: VirtioUserConfig
+    public let regions: [MemoryRegion]
+    public let pool: MbufPool
+    /// Per vring: host pointer, guest (I/O) address, length.
+    let ringMemory: [(host: UnsafeMutableRawPointer, guest: UInt64, length: Int)]
+    /// Serialises set-up and teardown (a set-up thread of a dropped connection may still run).
+    let setupLock = SetupMutex()
+    /// Queue pairs of the live connection (empty when not connected). Loop thread.
+    public internal(set) var queues: [VirtioUserQueuePair] = []
+    public internal(set) var negotiation: VhostUserNegotiation?
+    /// How many connections were set up (1 + reconnects that got through negotiation).
+    public internal(set) var connections = 0
+
+    /// Carves the rings out of `arena` (sized for either layout, so `packed=` may change freely).
+    public init(config: VirtioUserConfig, regions: [MemoryRegion], pool: MbufPool, arena: RingArena) throws(VirtioUserError) {
+        guard config.queueSize >= 2, config.queueSize <= 32768, config.queueSize & (config.queueSize - 1) == 0 else {
+            throw VirtioUserError.badConfig("queue size \(config.queueSize) is not a power of two between 2 and 32768")
+        }
+        guard config.queuePairs >= 1, config.queuePairs <= 128 else {
+            throw VirtioUserError.badConfig("queues=\(config.queuePairs) is outside 1...128")
+        }
+        self.config = config
+        self.regions = regions
+        self.pool = pool
+        let bytes = max(DriverQueue.ringBytes(layout: .split, size: config.queueSize),
+                        DriverQueue.ringBytes(layout: .packed, size: config.queueSize))
+        var rings: [(UnsafeMutableRawPointer, UInt64, Int)] = []
+        for _ in 0..<(2 * config.queuePairs) {
+            guard let a = arena.allocate(bytes: bytes, alignment: 4096) else {
+                throw VirtioUserError.badConfig("the general-purpose region has no room for \(2 * config.queuePairs) rings of \(bytes) bytes (\(arena.remaining) left)")
+            }
+            rings.append((a.host, a.guest, bytes))
+        }
+        ringMemory = rings.map { (host: $0.0, guest: $0.1, length: $0.2) }
+    }
+
+    /// The SET_MEM_TABLE entries: one per region, its own fd and mmap offset, its I/O address as
+    /// the guest address and our mapping as the user address (vhost-user "memory regions").
+    public static func memoryTable(_ regions: [MemoryRegion]) -> [FrontendMemoryRegion] {
+        regions.map {
+            FrontendMemoryRegion(fd: $0.fd.rawValue, mmapOffset: UInt64($0.fileOffset), guestAddress: $0.ioAddress,
+                                 userAddress: UInt64(UInt(bitPattern: $0.base)), size: UInt64($0.size))
+        }
+    }
+
+    /// The frontend sequence over connected socket `fd` (blocking; any thread): negotiate, share
+    /// our memory, lay out and start every ring, fill the receive rings, DRIVER_OK. Returns the
+    /// queue pairs; the caller publishes them (`queues`) on its own thread.
+    public func establish(fd: Int32) throws(VirtioUserError) -> (VhostUserNegotiation, [VirtioUserQueuePair]) {
+        setupLock.lock(); defer { setupLock.unlock() }
+        let channel = VhostUserChannel(fd: fd, ownsFD: false, readsReplies: true)
+        let fe = VhostUserFrontend(channel: channel, options: VhostUserFrontendOptions(
+            packed: config.packed, queuePairs: config.queuePairs, mergeableRxBuffers: config.mergeable))
+        let n: VhostUserNegotiation
+        do { n = try fe.negotiate() } catch { throw VirtioUserError.from(error) }
+        let table = Self.memoryTable(regions)
+        let slots = n.maxMemorySlots ?? 8
+        guard table.count <= slots else {
+            throw VirtioUserError.badConfig("\(table.count) memory regions but the back-end takes \(slots)")
+        }
+        do { try fe.setMemoryTable(table) } catch { throw VirtioUserError.from(error) }
+        let layout: VirtqueueLayout = n.features & VirtioNetFeature.ringPacked.mask != 0 ? .packed : .split
+        let options = VirtqueueOptions(features: VirtioFeatures(rawValue: n.features))
+        // A fresh ring starts at index 0; packed rings also start with both wrap counters set
+        // (§2.7.1), which SET_VRING_BASE carries in bit 15 (vhost-user "Ring states").
+        let baseLayout: VringLayout = layout == .packed ? .packed : .split
+        var pairs: [VirtioUserQueuePair] = []
+        do {
+            for i in 0..<config.queuePairs {
+                var q: [DriverQueue] = []
+                var kicks: [Int32] = [], calls: [Int32] = []
+                for r in [2 * i, 2 * i + 1] {
+                    let mem = ringMemory[r]
+                    q.append(try DriverQueue(layout: layout, size: config.queueSize, host: mem.host, guest: mem.guest,
+                                             length: mem.length, options: options))
+                    kicks.append(ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK))
+                    calls.append(ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK))
+                }
+                let pair = VirtioUserQueuePair(index: i, rx: q[0], tx: q[1], pool: pool, rxKickFD: kicks[0], txKickFD: kicks[1],
+                                               rxCallFD: calls[0], txCallFD: calls[1])
+                pairs.append(pair)
+                guard !kicks.contains(-1), !calls.contains(-1) else {
+                    throw VirtioUserError.system("eventfd", errno)
+                }
+                pair.fillReceiveRing()
+                for (k, dq) in q.enumerated() {
+                    let r = 2 * i + k
+                    let host = UInt64(UInt(bitPattern: ringMemory[r].host))
+                    let d = UInt64(dq.driverAreaAddress - dq.descAddress), v = UInt64(dq.deviceAreaAddress - dq.descAddress)
+                    try fe.startRing(FrontendRing(index: r, size: config.queueSize, descriptorAddress: host,
+                                                  driverAddress: host + d, deviceAddress: host + v,
+                                                  base: VringBase().encode(layout: baseLayout),
+                                                  kickFD: kicks[k], callFD: calls[k]))
+                }
+            }
+            // §3.1.1 driver initialisation ends with DRIVER_OK; a back-end that negotiated STATUS
+            // (DPDK) starts its rings only then.
+            if n.protocolFeatures & VhostUserProtocolFeature.status.mask != 0 {
+                try fe.setStatus(0x0F)   // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+            }
+        } catch let e as VhostUserError {
+            for p in pairs { p.reclaim() }
+            throw VirtioUserError.from(e)
+        } catch let e as VirtioUserError {
+            for p in pairs { p.reclaim() }
+            throw e
+        } catch {
+            for p in pairs { p.reclaim() }
+            throw VirtioUserError.badConfig("ring set-up: \(error)")
+        }
+        return (n, pairs)
+    }
+
+    /// Drops the current connection's queue pairs, giving every posted mbuf back to the pool.
+    /// Only after the datapath has stopped polling them.
+    public func teardown() {
+        setupLock.lock(); defer { setupLock.unlock() }
+        for q in queues { q.reclaim() }
+        queues = []
+        negotiation = nil
+    }
+}
+
+/// Why a virtio-user port could not (or can no longer) talk to its back-end.
+public enum VirtioUserError: Error, CustomStringConvertible, Sendable {
+    /// The back-end lacks features we require; permanent (reconnecting will not help).
+    case missingFeatures([String])
+    /// The back-end went away; the bus reconnects.
+    case backendGone(String)
+    case protocolError(String)
+    case badConfig(String)
+    case system(String, Int32)
+
+    static func from(_ e: VhostUserError) -> VirtioUserError {
+        if case let .missingFeatures(names) = e.reason { return .missingFeatures(names) }
+        if case .connectionClosed = e.reason { return .backendGone("\(e)") }
+        if case .io = e.reason { return .backendGone("\(e)") }
+        return .protocolError("\(e)")
+    }
+
+    public var isPermanent: Bool {
+        switch self {
+        case .missingFeatures, .badConfig: return true
+        case .backendGone, .protocolError, .system: return false
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case let .missingFeatures(n): return "the vhost-user back-end does not offer required features: \(n.joined(separator: ", "))"
+        case let .backendGone(w): return "the vhost-user back-end went away: \(w)"
+        case let .protocolError(w): return "vhost-user protocol error: \(w)"
+        case let .badConfig(w): return w
+        case let .system(call, e): return "\(call) failed: \(String(cString: strerror(e)))"
+        }
+    }
+}
+
+/// A plain pthread mutex with lock/unlock (set-up holds it across throwing calls).
+final class SetupMutex: @unchecked Sendable {
+    private let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    init() { pthread_mutex_init(m, nil) }
+    deinit { pthread_mutex_destroy(m); m.deallocate() }
+    func lock() { pthread_mutex_lock(m) }
+    func unlock() { pthread_mutex_unlock(m) }
+}

@@ -1,0 +1,268 @@
+import CWarmstartShim
+import WarmstartMemory
+import WarmstartPools
+import WarmstartVirtio
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One queue pair of a virtio-user port: Warmstart is the *driver* (the guest's side) of a
+/// vhost-user back-end. Vring 2i is the receive queue (the device writes into our buffers),
+/// vring 2i+1 the transmit queue (virtio 1.2 §5.1.2).
+///
+/// Zero copy both ways: the back-end maps our regions (SET_MEM_TABLE), so descriptors point
+/// straight at mbuf data in the pool region.
+/// - TX: the virtio-net header (§5.1.6) is written into the mbuf's headroom just before the data,
+///   so header + first segment is one descriptor; further segments are chained descriptors. The
+///   mbuf is freed when the device returns the chain (reaped at the next transmit burst).
+/// - RX: fresh mbufs are posted as device-writable buffers starting `hs` bytes before their data,
+///   so the header lands in the headroom and the frame at `data`. With MRG_RXBUF a frame may use
+///   several buffers; `num_buffers` in the first one's header says how many (§5.1.6.4), and they
+///   become a chained mbuf. Refill happens in bursts, once per receive call.
+/// - Notifications: we poll, so used-buffer notifications are switched off (§2.6.7 / §2.7.10) and
+///   the kick eventfd is written only when the device's suppression state asks (§2.6.10.1,
+///   §2.7.10.1) — a polling back-end such as DPDK's asks for none.
+///
+/// Per burst: one reap, one publish, at most one kick; per packet only raw memory (no ARC, no
+/// allocation, no existential calls). One polling thread at a time, as `BurstQueue` requires.
+public final class VirtioUserQueuePair: BurstQueue {
+    public let index: Int
+    public let rx: DriverQueue
+    public let tx: DriverQueue
+    /// The eventfds we gave the back-end (owned; closed in deinit).
+    public let rxKickFD: Int32, txKickFD: Int32, rxCallFD: Int32, txCallFD: Int32
+    let pool: MbufPool
+    let headerSize: Int
+    let mergeable: Bool
+    // Fast guest-address translation for the pool's region (all our mbufs live there).
+    let poolHost: UInt
+    let poolGuest: UInt64
+    let poolSize: UInt
+    /// Bytes of one posted RX buffer: header + data room.
+    let rxBufferLength: UInt32
+    let rxBufferOffset: Int
+
+    struct State {
+        var errors: UInt64 = 0
+        var kicks: UInt64 = 0
+        // A mergeable frame whose later buffers have not been used yet.
+        var pendingHead: UnsafeMutableRawPointer? = nil
+        var pendingTail: UnsafeMutableRawPointer? = nil
+        var pendingLeft = 0
+    }
+    let st: UnsafeMutablePointer<State>
+    let completions: UnsafeMutablePointer<DriverCompletion>
+    let fresh: UnsafeMutablePointer<Mbuf>
+    let scratch: UnsafeMutablePointer<DriverBuffer>
+    static let scratchCapacity = 64
+    static let refillBatch = 32
+
+    public var errorCount: UInt64 { st.pointee.errors }
+    public var kickCount: UInt64 { st.pointee.kicks }
+
+    /// Takes ownership of the four eventfds.
+    public init(index: Int, rx: DriverQueue, tx: DriverQueue, pool: MbufPool,
+                rxKickFD: Int32, txKickFD: Int32, rxCallFD: Int32, txCallFD: Int32) {
+        self.index = index
+        self.rx = rx
+        self.tx = tx
+        self.pool = pool
+        self.rxKickFD = rxKickFD; self.txKickFD = txKickFD
+        self.rxCallFD = rxCallFD; self.txCallFD = txCallFD
+        headerSize = rx.options.netHeaderSize
+        mergeable = rx.options.mergeableRxBuffers
+        poolHost = UInt(bitPattern: pool.region.base)
+        poolGuest = pool.region.ioAddress
+        poolSize = UInt(pool.region.size)
+        precondition(pool.config.headroom >= headerSize, "mbuf headroom must hold the virtio-net header")
+        rxBufferOffset = MbufLayout.headerSize + pool.config.headroom - headerSize
+        rxBufferLength = UInt32(pool.config.dataRoom + headerSize)
+        st = .allocate(capacity: 1)
+        st.initialize(to: State())
+        let cap = max(rx.size, tx.size)
+        completions = .allocate(capacity: cap)
+        fresh = .allocate(capacity: Self.refillBatch)
+        scratch = .allocate(capacity: Self.scratchCapacity)
+        rx.disableCalls()
+        tx.disableCalls()
+    }
+
+    deinit {
+        st.deallocate(); completions.deallocate(); fresh.deallocate(); scratch.deallocate()
+        for fd in [rxKickFD, txKickFD, rxCallFD, txCallFD] where fd >= 0 { close(fd) }
+    }
+
+    @inline(__always)
+    func guest(_ p: UnsafeMutableRawPointer) -> UInt64 {
+        UInt64(UInt(bitPattern: p) &- poolHost) &+ poolGuest
+    }
+
+    @inline(__always)
+    func inPool(_ p: UnsafeMutableRawPointer, _ len: Int) -> Bool {
+        let off = UInt(bitPattern: p) &- poolHost
+        return off < poolSize && UInt(len) <= poolSize &- off
+    }
+
+    @inline(__always)
+    func kick(_ fd: Int32) {
+        var one: UInt64 = 1
+        _ = Glibc.write(fd, &one, 8)
+        st.pointee.kicks &+= 1
+    }
+
+    // MARK: receive (vring 2i)
+
+    /// Posts one fresh mbuf as a device-writable buffer; false when the ring is full.
+    @inline(__always)
+    func postRX(_ m: Mbuf) -> Bool {
+        let start = m.header + rxBufferOffset
+        return rx.addRX(addr: guest(start), len: rxBufferLength,
+                        token: UInt64(UInt(bitPattern: m.header))) != nil
+    }
+
+    /// Fills the receive ring from `source` in bursts of 32 (initial fill and each receive call).
+    @inline(__always)
+    func refill<S: MbufSource>(_ source: S) {
+        var posted = false
+        while rx.numFree >= Self.refillBatch {
+            guard source.allocBulk(fresh, count: Self.refillBatch) else { break }
+            for k in 0..<Self.refillBatch { _ = postRX(fresh[k]) }
+            posted = true
+        }
+        if posted {
+            rx.publish()
+            if rx.needsKick() { kick(rxKickFD) }
+        }
+    }
+
+    /// Posts receive buffers until the ring is full (after set-up).
+    public func fillReceiveRing() { refill(pool) }
+
+    public func receiveBurst(into out: UnsafeMutablePointer<Mbuf>, max: Int, cache: MbufCache) -> Int {
+        let n = rx.reap(completions, max: max)
+        var got = 0
+        let hs = headerSize
+        for k in 0..<n {
+            let c = completions[k]
+            guard c.token != .max, let h = UnsafeMutableRawPointer(bitPattern: UInt(c.token)) else {
+                st.pointee.errors &+= 1
+                continue
+            }
+            let m = Mbuf(header: h)
+            let len = Int(c.length)
+            if let headPtr = st.pointee.pendingHead {
+                // A further buffer of a mergeable frame: pure data from the buffer's start.
+                let head = Mbuf(header: headPtr)
+                guard len <= Int(rxBufferLength) else { st.pointee.errors &+= 1; cache.free(m); continue }
+                m.dataOffset = UInt16(rxBufferOffset - MbufLayout.headerSize)
+                m.dataLength = UInt16(len)
+                m.packetLength = UInt32(len)
+                Mbuf(header: st.pointee.pendingTail!).nextIndex = m.index
+                head.segmentCount &+= 1
+                head.packetLength &+= UInt32(len)
+                st.pointee.pendingTail = h
+                st.pointee.pendingLeft -= 1
+                if st.pointee.pendingLeft == 0 {
+                    st.pointee.pendingHead = nil
+                    out[got] = head
+                    got += 1
+                }
+                continue
+            }
+            guard len >= hs, len <= Int(rxBufferLength) else {
+                st.pointee.errors &+= 1
+                cache.free(m)
+                continue
+            }
+            let dl = len - hs
+            m.dataLength = UInt16(dl)
+            m.packetLength = UInt32(dl)
+            let buffers = mergeable ? Int((m.data - hs).load(fromByteOffset: 10, as: UInt16.self).littleEndian) : 1
+            if buffers > 1 {
+                st.pointee.pendingHead = h
+                st.pointee.pendingTail = h
+                st.pointee.pendingLeft = buffers - 1
+            } else {
+                out[got] = m
+                got += 1
+            }
+        }
+        refill(cache)
+        return got
+    }
+
+    // MARK: transmit (vring 2i+1)
+
+    /// Frees what the device has finished with.
+    @inline(__always)
+    func reapTX(_ cache: MbufCache) {
+        let n = tx.reap(completions, max: tx.size)
+        for k in 0..<n {
+            let t = completions[k].token
+            if t == .max { st.pointee.errors &+= 1; continue }
+            cache.free(Mbuf(header: UnsafeMutableRawPointer(bitPattern: UInt(t))!))
+        }
+    }
+
+    public func transmitBurst(_ pkts: UnsafeMutablePointer<Mbuf>, count: Int, cache: MbufCache) -> Int {
+        // Reap only when short of descriptors (DPDK's tx_free_thresh): reading the used index on
+        // every burst pulls a cache line the device is writing on the other core.
+        if tx.numFree < Swift.max(count, Self.refillBatch) || count == 0 { reapTX(cache) }
+        let hs = headerSize
+        var sent = 0
+        while sent < count {
+            let m = pkts[sent]
+            let segs = Int(m.segmentCount)
+            guard segs <= tx.numFree, m.headroom >= hs else { break }
+            let start = m.data - hs
+            // §5.1.6.2: no offloads asked for → all-zero header (num_buffers 0 on transmit).
+            if m.offload.contains(.vnetHeaderValid) {
+                var header = m.vnetHeader
+                header.numBuffers = 0
+                header.store(to: start)
+            } else {
+                start.storeBytes(of: UInt64(0), as: UInt64.self)
+                start.storeBytes(of: UInt32(0), toByteOffset: 8, as: UInt32.self)
+            }
+            let firstLen = hs + Int(m.dataLength)
+            guard inPool(start, firstLen) else { st.pointee.errors &+= 1; break }
+            let token = UInt64(UInt(bitPattern: m.header))
+            if m.nextIndex == MbufLayout.noNext {
+                var b = DriverBuffer(addr: guest(start), len: UInt32(firstLen), writable: false)
+                if tx.add(&b, count: 1, token: token) == nil { break }
+            } else {
+                scratch[0] = DriverBuffer(addr: guest(start), len: UInt32(firstLen), writable: false)
+                var n = 1
+                var s = m
+                var ok = true
+                while s.nextIndex != MbufLayout.noNext {
+                    guard let next = pool.nextSegment(of: s), n < Self.scratchCapacity,
+                          inPool(next.data, Int(next.dataLength)) else { ok = false; break }
+                    s = next
+                    scratch[n] = DriverBuffer(addr: guest(s.data), len: UInt32(s.dataLength), writable: false)
+                    n += 1
+                }
+                guard ok, n <= tx.numFree else { if !ok { st.pointee.errors &+= 1 }; break }
+                if tx.add(scratch, count: n, token: token) == nil { break }
+            }
+            sent += 1
+        }
+        if sent > 0 {
+            tx.publish()
+            if tx.needsKick() { kick(txKickFD) }
+        }
+        return sent
+    }
+
+    // MARK: teardown
+
+    /// After the back-end is gone (or has stopped the rings): every buffer still posted or in
+    /// flight goes back to the pool, including a half-received mergeable frame.
+    public func reclaim() {
+        rx.reclaimInFlight { t in pool.free(Mbuf(header: UnsafeMutableRawPointer(bitPattern: UInt(t))!)) }
+        tx.reclaimInFlight { t in pool.free(Mbuf(header: UnsafeMutableRawPointer(bitPattern: UInt(t))!)) }
+        if let h = st.pointee.pendingHead { pool.free(Mbuf(header: h)) }
+        st.pointee.pendingHead = nil
+        st.pointee.pendingLeft = 0
+    }
+}
