@@ -96,9 +96,7 @@ public final class Runtime: @unchecked Sendable {
         precondition(!running, "Runtime.start called twice")
         if let path = options.controlPath {
             let server = try ControlServer(path: path, logger: logger)
-            server.register("stats") { [unowned self] _ in try ControlServer.encode(self.stats()) }
-            server.register("devices") { [unowned self] _ in try ControlServer.encode(self.deviceTimings()) }
-            registerHandoff(on: server)
+            serveCommands(on: server)
             control = server
         }
         running = true
@@ -106,6 +104,13 @@ public final class Runtime: @unchecked Sendable {
         busStartNs = ws_monotonic_ns()
         bus.start()
         control?.start()
+    }
+
+    /// The control commands: stats, devices, and handoff (hot upgrade, Runtime+Donor.swift).
+    func serveCommands(on server: ControlServer) {
+        server.register("stats") { [unowned self] _ in try ControlServer.encode(self.stats()) }
+        server.register("devices") { [unowned self] _ in try ControlServer.encode(self.deviceTimings()) }
+        registerHandoff(on: server)
     }
 
     /// Waits until every declared device is started or failed, or `deviceWaitSeconds` passed.

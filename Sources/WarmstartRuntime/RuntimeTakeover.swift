@@ -198,9 +198,7 @@ extension Runtime {
     func startAdopted(control server: ControlServer?) {
         precondition(!running, "Runtime.start called twice")
         if let server {
-            server.register("stats") { [unowned self] _ in try ControlServer.encode(self.stats()) }
-            server.register("devices") { [unowned self] _ in try ControlServer.encode(self.deviceTimings()) }
-            registerHandoff(on: server)
+            serveCommands(on: server)
             control = server
         }
         running = true
