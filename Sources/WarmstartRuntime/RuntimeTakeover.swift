@@ -48,6 +48,9 @@ public final class RuntimeTakeover: @unchecked Sendable {
     private var oldControlPath: String?
     /// Built in `adopt`, before the pause.
     private var bus: Bus?
+    /// `--control` naming another path than the old one's: bound in `adopt`, so a failure (a live
+    /// socket there) aborts the handoff instead of failing after the commit.
+    private var ownControl: ControlServer?
     /// The runtime, once `activate` built it.
     public private(set) var runtime: Runtime?
 
@@ -111,6 +114,11 @@ public final class RuntimeTakeover: @unchecked Sendable {
             controlFD = try r.fds.take(i)
             oldControlPath = values[Runtime.HandoffKeys.controlPath]
         }
+        if let path = overrides.controlPath, path != oldControlPath {
+            do { ownControl = try ControlServer(path: path, logger: logger) } catch {
+                throw HandoffError(.map, "\(error)")
+            }
+        }
     }
 
     /// commit (inside the blackout): pools attached with their live state, rings moved to the
@@ -158,9 +166,12 @@ public final class RuntimeTakeover: @unchecked Sendable {
     func resume() throws {
         guard let rt = runtime else { throw HandoffError(.resume, "no runtime was built") }
         var control: ControlServer?
-        if let path = overrides.controlPath, path != oldControlPath {
-            control = try ControlServer(path: path, logger: logger)
+        if let own = ownControl {
+            control = own
+            ownControl = nil
+            // Nobody serves the old path any more (the old process exits, we close our copy).
             if controlFD >= 0 { close(controlFD); controlFD = -1 }
+            if let old = oldControlPath { unlink(old) }
         } else if controlFD >= 0, let path = oldControlPath {
             control = ControlServer(path: path, listeningFD: controlFD, logger: logger)
             controlFD = -1
@@ -186,6 +197,8 @@ public final class RuntimeTakeover: @unchecked Sendable {
         if controlFD >= 0 { close(controlFD); controlFD = -1 }
         runtime = nil
         bus = nil
+        ownControl?.stop()
+        ownControl = nil
         received = nil
     }
 }
