@@ -14,12 +14,14 @@ public final class Bus: @unchecked Sendable {
     public let bootOriginNs: UInt64
 
     private var drivers: [DeviceKind: DeviceDriver] = [:]
-    private let defaultTapDriver = TapReadyDriver()
+    func drivers(for kind: DeviceKind) -> DeviceDriver? { drivers[kind] }
+    let defaultTapDriver = TapReadyDriver()
     private var startedHooks: [(Device) -> Void] = []
     private var changeHooks: [(DeviceRecord) -> Void] = []
     private var leftHooks: [(Device) -> Void] = []
-    private let ownsLoopThread: Bool
-    private var running = false
+    var leftHooksForRelease: [(Device) -> Void] { leftHooks }
+    let ownsLoopThread: Bool
+    var running = false
 
     // Published state for other threads.
     private let lock = ConditionLock()
@@ -80,7 +82,9 @@ public final class Bus: @unchecked Sendable {
         precondition(!running, "Bus.start called twice")
         running = true
         loop.post { [self] in
-            for d in devices { beginProbe(d) }
+            for d in devices {
+                if let a = d.adoption { d.adoption = nil; beginAdopted(d, a) } else { beginProbe(d) }
+            }
         }
         if ownsLoopThread { loop.startThread() }
     }
@@ -204,7 +208,7 @@ public final class Bus: @unchecked Sendable {
 
     // MARK: probe plumbing shared by the kinds
 
-    private func beginProbe(_ d: Device) {
+    func beginProbe(_ d: Device) {
         d.probeStartNs = ws_monotonic_ns()
         d.connectedNs = 0
         d.startedNs = 0
@@ -218,7 +222,7 @@ public final class Bus: @unchecked Sendable {
     }
 
     /// After a lost connection: probe the same way again, keeping the listening socket.
-    private func reprobe(_ d: Device) {
+    func reprobe(_ d: Device) {
         d.probeStartNs = ws_monotonic_ns()
         d.connectedNs = 0
         d.startedNs = 0

@@ -44,6 +44,14 @@ public final class Device: @unchecked Sendable {
     var attachedDriver: DeviceDriver?
     /// Bumped on every new connection so late completions for an old one are ignored.
     var generation: UInt64 = 0
+    /// Hot upgrade: descriptors handed over by the previous process, used by `Bus.start` instead
+    /// of probing (see Bus+Handoff.swift).
+    var adoption: Adoption?
+    /// Hot upgrade: accepting is suspended (a cancelled accept's completion is not a failure).
+    var acceptFrozen = false
+
+    /// The listening socket (server ports), -1 when none. Read on the loop thread.
+    public var listeningFD: Int32 { listenFD }
 
     init(index: Int, name: String, spec: PortSpec) {
         self.index = index

@@ -104,6 +104,8 @@ extension Bus {
         guard d.listenFD >= 0 else { probeServer(d); return }
         d.pendingOp = loop.accept(fd: d.listenFD) { [self] result in
             d.pendingOp = nil
+            // Suspended for a handoff: the cancelled accept is not a failure (thaw re-arms it).
+            if d.acceptFrozen, case .failure(let e) = result, e.isCanceled { return }
             guard d.state == .probing else {
                 if case .success(let fd) = result { Glibc.close(fd) }
                 return

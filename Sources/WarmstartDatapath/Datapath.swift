@@ -120,6 +120,11 @@ public final class Datapath: @unchecked Sendable {
     }
 
     var history: [Int: QueueCounters] = [:]
+
+    /// Hot upgrade: slot `slot` continues counters a previous process counted (added to its history).
+    public func continueCounters(slot: Int, from c: QueueCounters) {
+        lock.locked { history[slot] = (history[slot] ?? QueueCounters()) + c }
+    }
     var queueHistory: [Int: [QueueCounters]] = [:]
 
     /// Builds a new plan from the slots (queues dealt round-robin to threads) and publishes it.

@@ -94,15 +94,20 @@ final class VhostUserConnection {
     /// Positions of running rings whose memory or addresses changed: the rebuilt pair resumes here.
     var keptStates: [Int: VirtqueueState] = [:]
     var attachedSlot = false
+    /// Hot upgrade: reading stopped at a message boundary (see VhostUserPort+Handoff.swift).
+    var frozen = false
+    /// The outstanding receive / whether a reply is being sent (freeze waits for neither).
+    var pendingRead: IOOpID?
+    var sending = false
 
     init(device: Device, fd: Int32, bus: Bus, driver: VhostUserBackendPort,
-         configuration: VhostUserBackendConfiguration, logger: Logger) {
+         configuration: VhostUserBackendConfiguration, logger: Logger, session adopted: VhostUserBackendSession? = nil) {
         self.device = device
         self.fd = fd
         self.bus = bus
         self.driver = driver
         self.logger = logger
-        session = VhostUserBackendSession(configuration: configuration, logger: logger)
+        session = adopted ?? VhostUserBackendSession(configuration: configuration, logger: logger)
         session.ringPosition = { [unowned self] index in self.ringPosition(index) }
     }
 
@@ -134,11 +139,12 @@ final class VhostUserConnection {
     // MARK: reading
 
     func readNext() {
-        guard !closed else { return }
+        guard !closed, !frozen else { return }
         let want: Int
         if let h = header { want = Int(h.size) - payload.count } else { want = VhostUserHeader.byteCount - headerBytes.count }
         if want == 0 { return deliver() }
-        bus.loop.receiveMessage(fd: fd, maxBytes: want, maxFDs: IOLoop.maxMessageFDs) { [self] result in
+        pendingRead = bus.loop.receiveMessage(fd: fd, maxBytes: want, maxFDs: IOLoop.maxMessageFDs) { [self] result in
+            pendingRead = nil
             if closed {
                 if case let .success(m) = result { for f in m.fds { Glibc.close(f) } }
                 return
@@ -183,7 +189,9 @@ final class VhostUserConnection {
             return protocolError("fatal error in \(name): \(outcome.error.map { "\($0)" } ?? "unknown")")
         }
         guard let reply = outcome.reply else { return readNext() }
+        sending = true
         bus.loop.sendMessage(fd: fd, bytes: reply.encoded(), fds: reply.fds) { [self] result in
+            sending = false
             if closed { return }
             if case let .failure(e) = result {
                 if !e.isCanceled { lost("reply to \(name) failed: \(e)") }

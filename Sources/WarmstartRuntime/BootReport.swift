@@ -96,6 +96,7 @@ public struct BootReport: Codable, Sendable, Equatable {
         /// restored | created | cold-fallback | none
         public var outcome: String
         public var reason: String?
+        public init(path: String?, outcome: String, reason: String?) { self.path = path; self.outcome = outcome; self.reason = reason }
     }
 
     public var version: String

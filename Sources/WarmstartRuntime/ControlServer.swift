@@ -37,9 +37,31 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Binds `path`. A stale socket (nobody listening) is replaced; a live one, or any other kind
     /// of file, is an error naming the path.
-    public init(path: String, logger: Logger) throws {
+    public convenience init(path: String, logger: Logger) throws {
+        self.init(path: path, listeningFD: try Self.bindListening(path), logger: logger)
+    }
+
+    /// Serves an already-listening socket bound at `path` (hot upgrade: the previous process's
+    /// control socket, handed over — the path never stops answering).
+    public init(path: String, listeningFD fd: Int32, logger: Logger) {
         self.path = path
         self.logger = logger
+        listenFD = fd
+        register("ping") { _ in Data("\"pong\"".utf8) }
+        register("help") { [unowned self] _ in try Self.encode(self.commands) }
+    }
+
+    /// The listening descriptor (handed over to the new process by a hot upgrade).
+    public var listeningFD: Int32 { listenFD }
+
+    /// Hot upgrade, after the commit: the new process serves this socket now. Never shut it down
+    /// (that would act on the shared socket) nor unlink its path; `stop` does nothing afterwards.
+    /// The accept thread is left as it is: the process exits right after.
+    public func handOver() {
+        lock.locked { stopping = true }
+    }
+
+    static func bindListening(_ path: String) throws -> Int32 {
         var st = stat()
         if lstat(path, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFSOCK else {
@@ -71,9 +93,7 @@ public final class ControlServer: @unchecked Sendable {
             Glibc.close(fd); unlink(path)
             throw RuntimeError("control socket \(path): listen: \(String(cString: strerror(e)))")
         }
-        listenFD = fd
-        register("ping") { _ in Data("\"pong\"".utf8) }
-        register("help") { [unowned self] _ in try Self.encode(self.commands) }
+        return fd
     }
 
     deinit { stop() }

@@ -45,20 +45,27 @@ public final class Runtime: @unchecked Sendable {
     public let datapath: Datapath
     public let bus: Bus
     public let vhostUser: VhostUserBackendPort
-    public private(set) var control: ControlServer?
+    public internal(set) var control: ControlServer?
     let recorder: PhaseRecorder
     let logger: Logger
-    private(set) var busStartNs: UInt64 = 0
-    private var running = false
+    var busStartNs: UInt64 = 0
+    var running = false
+    private let handoffLock = NSLockLike()
+    private var handedOverPid: Int32?
+    /// Set once a hot upgrade committed: the new process (this pid) owns everything.
+    public var handedOverTo: Int32? { handoffLock.locked { handedOverPid } }
+    func markHandedOver(to pid: Int32) { handoffLock.locked { handedOverPid = pid } }
 
+    /// `bus`: one built beforehand over the same ports (a takeover builds it — io_uring setup
+    /// included — before the old process pauses, so it is not inside the blackout).
     public init(options: RuntimeOptions, memory: LiveMemory, recorder: PhaseRecorder,
-                logger: Logger = Logger(label: "warmstart")) throws {
+                logger: Logger = Logger(label: "warmstart"), bus prebuilt: Bus? = nil) throws {
         self.options = options
         self.memory = memory
         self.recorder = recorder
         self.logger = logger
         do {
-            bus = try Bus(ports: options.ports, forceFallback: options.forceFallbackIO, bootOriginNs: recorder.clock.originNs)
+            bus = try prebuilt ?? Bus(ports: options.ports, forceFallback: options.forceFallbackIO, bootOriginNs: recorder.clock.originNs)
         } catch {
             throw RuntimeError("cannot create the control loop: \(error)")
         }
@@ -89,8 +96,7 @@ public final class Runtime: @unchecked Sendable {
         precondition(!running, "Runtime.start called twice")
         if let path = options.controlPath {
             let server = try ControlServer(path: path, logger: logger)
-            server.register("stats") { [unowned self] _ in try ControlServer.encode(self.stats()) }
-            server.register("devices") { [unowned self] _ in try ControlServer.encode(self.deviceTimings()) }
+            serveCommands(on: server)
             control = server
         }
         running = true
@@ -98,6 +104,13 @@ public final class Runtime: @unchecked Sendable {
         busStartNs = ws_monotonic_ns()
         bus.start()
         control?.start()
+    }
+
+    /// The control commands: stats, devices, and handoff (hot upgrade, Runtime+Donor.swift).
+    func serveCommands(on server: ControlServer) {
+        server.register("stats") { [unowned self] _ in try ControlServer.encode(self.stats()) }
+        server.register("devices") { [unowned self] _ in try ControlServer.encode(self.deviceTimings()) }
+        registerHandoff(on: server)
     }
 
     /// Waits until every declared device is started or failed, or `deviceWaitSeconds` passed.
@@ -108,6 +121,9 @@ public final class Runtime: @unchecked Sendable {
     public func stop() {
         guard running else { return }
         running = false
+        // After a hot upgrade the new process serves the control socket and the ports: the release
+        // already closed them without shutdown or unlink.
+        if handedOverTo != nil { datapath.stop(); return }
         control?.stop()
         bus.stop()
         datapath.stop()

@@ -50,6 +50,8 @@ struct Run: ParsableCommand {
     var duration: Double?
     @Option(help: "Serve the control socket (JSON lines; `warmstart stats --control PATH`) at this path.")
     var control: String?
+    @Option(help: "Hot upgrade: take over the running warmstart whose control socket is PATH (its memory, ports, sessions and control socket), then keep forwarding.")
+    var takeover: String?
 
     func validate() throws {
         guard cores >= 1 else { throw ValidationError("--cores must be at least 1") }
@@ -68,6 +70,15 @@ struct Run: ParsableCommand {
     }
 
     func run() throws {
+        if let takeover {
+            guard ports.isEmpty, config == nil else {
+                throw ValidationError("--takeover takes the running process's ports; do not pass --port or --config")
+            }
+            guard !bootOnly else {
+                throw ValidationError("--takeover cannot be combined with --boot-only: the new process must keep forwarding once it owns the ports")
+            }
+            return try runTakeover(path: takeover)
+        }
         let specs = try portSpecs()
         // Before any thread exists, so every thread inherits the mask and SIGINT/SIGTERM are
         // taken synchronously by the main thread (counters printed, sockets cleaned up).
@@ -144,6 +155,12 @@ struct Run: ParsableCommand {
             return
         }
         let signal = Runtime.waitForTermination(seconds: duration)
+        if let pid = runtime.handedOverTo {
+            // Hot upgrade committed: the new process owns the ports; nothing here to clean up.
+            print(runtime.stats().renderText(), terminator: "")
+            print("warmstart: handed over to pid \(pid), which forwards now; exiting")
+            return
+        }
         runtime.recordDevicePhases()
         let r = report()
         // Counters are read before the ports go down, then again would lose nothing: detaching

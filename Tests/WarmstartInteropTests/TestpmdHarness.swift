@@ -12,7 +12,7 @@ final class InteropHarness {
     let warmstartPath: String
 
     /// Skips (with the reason) when testpmd, free hugepages or the warmstart executable is missing.
-    init(name: String) throws {
+    init(name: String, prefixBase: String = "ws-vport") throws {
         let env = ProcessInfo.processInfo.environment
         testpmdPath = env["WARMSTART_TESTPMD"] ?? "/usr/bin/dpdk-testpmd"
         guard FileManager.default.isExecutableFile(atPath: testpmdPath) else {
@@ -25,7 +25,7 @@ final class InteropHarness {
             throw XCTSkip("warmstart executable not found under .build (run `swift build` first, or set WARMSTART_BIN)")
         }
         warmstartPath = bin
-        prefix = "ws-vport-\(getpid())-\(name)"
+        prefix = "\(prefixBase)-\(getpid())-\(name)"
         dir = "/tmp/\(prefix)"
         try? FileManager.default.removeItem(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -107,8 +107,10 @@ final class InteropHarness {
 
     func log(_ name: String) -> String { "\(dir)/\(name).log" }
 
-    func spawn(_ path: String, _ args: [String], log name: String, stdin: Pipe? = nil) throws -> Process {
+    func spawn(_ path: String, _ args: [String], log name: String, stdin: Pipe? = nil,
+               environment extra: [String: String] = [:]) throws -> Process {
         let p = Process()
+        if !extra.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(extra) { _, b in b } }
         p.executableURL = URL(fileURLWithPath: path)
         p.arguments = args
         _ = FileManager.default.createFile(atPath: log(name), contents: nil)

@@ -1,0 +1,174 @@
+import Foundation
+import XCTest
+
+/// `warmstart run --takeover CTL` against a running `warmstart run --control CTL`, with DPDK's
+/// testpmd (virtio-user, io forwarding looping its --tx-first burst through Warmstart's macswap)
+/// as the guest. Two real processes; testpmd never reconnects.
+final class TakeoverInteropTests: XCTestCase {
+    /// The new process takes over while testpmd forwards: the old one exits 0, traffic keeps
+    /// flowing through the new one, nothing is lost (testpmd TX − RX ≤ its one burst in flight),
+    /// and the new process's report has the handoff section; then a second takeover of the new
+    /// one (a later upgrade) works the same way.
+    func testTakeoverKeepsForwarding() throws {
+        let h = try InteropHarness(name: "commit", prefixBase: "ws-tko")
+        defer { h.cleanup() }
+        let sock = "\(h.dir)/a.sock", ctl = "\(h.dir)/control", json = "\(h.dir)/r.json"
+        let old = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"])
+        let tp = try h.startTestpmd(socket: sock, packed: false, mergeable: true, size: 64)
+        tp.send("set fwd io")
+        tp.send("start tx_first")
+        usleep(1_000_000)
+        let before = try h.counters(port: "vm")
+        XCTAssertGreaterThan(before.rxPackets, 0, "the old process forwards")
+
+        let new = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl, "--report-json", json], log: "new")
+        try waitExit(old, seconds: 15, h)
+        XCTAssertEqual(old.terminationStatus, 0, "old process: \(h.logText("warmstart"))")
+        XCTAssertTrue(h.logText("warmstart").contains("handed over to pid \(new.processIdentifier)"), h.logText("warmstart"))
+        try waitFile(json, seconds: 10, h)
+        XCTAssertTrue(new.isRunning, "the new process keeps running: \(h.logText("new"))")
+
+        // Forwarding goes on through the new process, which answers on the same control path.
+        let a = try h.counters(port: "vm")
+        usleep(700_000)
+        let b = try h.counters(port: "vm")
+        XCTAssertGreaterThan(b.rxPackets, a.rxPackets, "the new process forwards")
+        XCTAssertGreaterThanOrEqual(a.rxPackets, before.rxPackets, "counters continue across the handoff")
+        XCTAssertEqual(b.state, "started")
+        XCTAssertEqual(b.reconnects, 0, "testpmd never reconnected")
+
+        // A later upgrade follows: the new process took the control socket over and hands over in turn.
+        let json2 = "\(h.dir)/r2.json"
+        let newer = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl, "--report-json", json2], log: "newer")
+        try waitExit(new, seconds: 15, h)
+        XCTAssertEqual(new.terminationStatus, 0, "first new process: \(h.logText("new"))")
+        XCTAssertTrue(h.logText("new").contains("handed over to pid \(newer.processIdentifier)"), h.logText("new"))
+        try waitFile(json2, seconds: 10, h)
+        let c = try h.counters(port: "vm")
+        usleep(500_000)
+        let d = try h.counters(port: "vm")
+        XCTAssertGreaterThan(d.rxPackets, c.rxPackets, "the second new process forwards")
+        XCTAssertGreaterThanOrEqual(c.rxPackets, b.rxPackets, "counters continue across both handoffs")
+
+        tp.send("stop")
+        try tp.waitFor("Done.", timeout: 10)
+        usleep(300_000)
+        let t = try tp.portStats()
+        let w = try h.counters(port: "vm")
+        tp.quit()
+        kill(newer.processIdentifier, SIGTERM)
+        try waitExit(newer, seconds: 10, h)
+        let label = "testpmd \(t) warmstart \(w); logs \(h.dir)"
+        print("takeover: \(label)")
+        XCTAssertEqual(w.rxPackets, t.tx, "every frame testpmd sent reached Warmstart (old + new): \(label)")
+        XCTAssertGreaterThanOrEqual(t.tx, t.rx, label)
+        XCTAssertLessThanOrEqual(t.tx - t.rx, 32, "nothing lost: only testpmd's one burst in flight: \(label)")
+        XCTAssertEqual(w.errors, 0, label)
+        XCTAssertEqual(newer.terminationStatus, 0)
+        XCTAssertTrue((try? String(contentsOfFile: json2, encoding: .utf8))?.contains("committed") == true)
+
+        let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any]
+        let handoff = obj?["handoff"] as? [String: Any]
+        XCTAssertEqual(handoff?["outcome"] as? String, "committed", "\(String(describing: obj))")
+        let blackout = handoff?["blackout_ms"] as? Double
+        XCTAssertNotNil(blackout)
+        let steps = (handoff?["steps"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        XCTAssertEqual(steps, ["hello", "transfer", "map", "quiesce", "commit", "resume", "old-exit"])
+        print("takeover: blackout \(blackout ?? -1) ms, steps \(handoff?["steps"] ?? [])")
+    }
+
+    /// A second takeover while one runs is refused with the donor's message; killing (-9) the new
+    /// process in the middle of a handoff — hung at map, then killed at quiesce — leaves the old
+    /// one forwarding.
+    func testSecondTakeoverRefusedAndKilledTakerLeavesOldForwarding() throws {
+        let h = try InteropHarness(name: "faults", prefixBase: "ws-tko")
+        defer { h.cleanup() }
+        let sock = "\(h.dir)/a.sock", ctl = "\(h.dir)/control"
+        let old = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"])
+        let tp = try h.startTestpmd(socket: sock, packed: false, mergeable: true, size: 64)
+        tp.send("set fwd io")
+        tp.send("start tx_first")
+        usleep(500_000)
+
+        // The first takeover hangs at map (the old one is frozen, waiting for `mapped`).
+        let first = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "first", environment: ["WARMSTART_HANDOFF_FAULT": "hang:map"])
+        try waitLog("first", "taking over from pid", seconds: 10, h)
+        let second = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "second")
+        try waitExit(second, seconds: 10, h)
+        XCTAssertNotEqual(second.terminationStatus, 0)
+        XCTAssertTrue(h.logText("second").contains("a handoff is already running (to pid \(first.processIdentifier)"), h.logText("second"))
+
+        // kill -9 the hung one: the old process resumes (its receive of `mapped` ends).
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        try waitLog("warmstart", "resumed forwarding", seconds: 10, h)
+        try assertForwards(h, "after the hung takeover was killed")
+
+        // kill -9 at quiesce (the datapath is paused when it dies): the old one resumes again.
+        let third = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "third", environment: ["WARMSTART_HANDOFF_FAULT": "kill:quiesce"])
+        try waitExit(third, seconds: 10, h)
+        XCTAssertEqual(third.terminationReason, .uncaughtSignal)
+        // Killed at the start of its quiesce step: the old one notices while sending `quiesced` or
+        // waiting for `ready`, whichever comes first.
+        try waitLog("warmstart", "takeover by pid \(third.processIdentifier) failed at step", seconds: 10, h)
+        XCTAssertTrue(h.logText("warmstart").contains("resumed forwarding"))
+        try assertForwards(h, "after the new process was killed at quiesce")
+        XCTAssertTrue(old.isRunning)
+
+        tp.send("stop")
+        try tp.waitFor("Done.", timeout: 10)
+        usleep(300_000)
+        let t = try tp.portStats()
+        let w = try h.counters(port: "vm")
+        tp.quit()
+        // The vhost-user receive was re-armed by the rollbacks: testpmd's exit (end-of-stream on
+        // the connection) is seen, and the port goes back to accepting.
+        var gone = try h.counters(port: "vm")
+        let deadline = Date().addingTimeInterval(5)
+        while gone.state != "probing" && Date() < deadline { usleep(20_000); gone = try h.counters(port: "vm") }
+        XCTAssertEqual(gone.state, "probing", "the old process saw testpmd leave: \(gone)")
+        XCTAssertEqual(gone.reconnects, 1, "\(gone)")
+        kill(old.processIdentifier, SIGTERM)
+        try waitExit(old, seconds: 10, h)
+        XCTAssertEqual(w.rxPackets, t.tx, "testpmd \(t) warmstart \(w)")
+        XCTAssertLessThanOrEqual(t.tx - t.rx, 32, "nothing lost: testpmd \(t) warmstart \(w)")
+        XCTAssertEqual(w.reconnects, 0)
+        XCTAssertEqual(old.terminationStatus, 0)
+    }
+
+    // MARK: helpers
+
+    func assertForwards(_ h: InteropHarness, _ when: String) throws {
+        let a = try h.counters(port: "vm")
+        usleep(500_000)
+        let b = try h.counters(port: "vm")
+        XCTAssertGreaterThan(b.rxPackets, a.rxPackets, "the old process forwards \(when): \(h.logText("warmstart"))")
+    }
+
+    func waitExit(_ p: Process, seconds: Double, _ h: InteropHarness) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        guard !p.isRunning else { throw InteropError("process \(p.processIdentifier) still running after \(seconds) s; logs \(h.dir)") }
+        p.waitUntilExit()
+    }
+
+    func waitFile(_ path: String, seconds: Double, _ h: InteropHarness) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while !FileManager.default.fileExists(atPath: path) && Date() < deadline { usleep(20_000) }
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw InteropError("\(path) not written within \(seconds) s; new: \(h.logText("new"))")
+        }
+    }
+
+    func waitLog(_ name: String, _ text: String, seconds: Double, _ h: InteropHarness) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while !h.logText(name).contains(text) && Date() < deadline { usleep(20_000) }
+        guard h.logText(name).contains(text) else {
+            throw InteropError("no '\(text)' in \(name) within \(seconds) s:\n\(h.logText(name))")
+        }
+    }
+}
+
+extension InteropHarness {
+    func logText(_ name: String) -> String { (try? String(contentsOfFile: log(name), encoding: .utf8)) ?? "" }
+}
