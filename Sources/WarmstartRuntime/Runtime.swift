@@ -46,6 +46,14 @@ public final class Runtime: @unchecked Sendable {
     public let bus: Bus
     public let vhostUser: VhostUserBackendPort
     public internal(set) var control: ControlServer?
+    /// Builds the boot report on request (`warmstart report --control PATH`); set by whoever
+    /// assembles the report (the CLI), read from the control thread.
+    public var reportProvider: (() -> BootReport)? {
+        get { reportLock.locked { reportSource } }
+        set { reportLock.locked { reportSource = newValue } }
+    }
+    private var reportSource: (() -> BootReport)?
+    private let reportLock = NSLockLike()
     let recorder: PhaseRecorder
     let logger: Logger
     var busStartNs: UInt64 = 0
@@ -110,6 +118,12 @@ public final class Runtime: @unchecked Sendable {
     func serveCommands(on server: ControlServer) {
         server.register("stats") { [unowned self] _ in try ControlServer.encode(self.stats()) }
         server.register("devices") { [unowned self] _ in try ControlServer.encode(self.deviceTimings()) }
+        server.register("report") { [unowned self] _ in
+            guard let report = self.reportLock.locked({ self.reportSource })?() else {
+                throw RuntimeError("the boot report is not ready yet")
+            }
+            return try ControlServer.encode(report)
+        }
         registerHandoff(on: server)
     }
 

@@ -7,17 +7,40 @@ import Foundation
 import WarmstartRuntime
 
 struct ReportCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "report", abstract: "Print a saved boot report (JSON) again.")
+    static let configuration = CommandConfiguration(
+        commandName: "report",
+        abstract: "Print a boot report: a saved one (JSON) again, or a running warmstart's (--control).")
     @Argument(help: "A report written by --report-json.")
-    var file: String
+    var file: String?
+    @Option(help: "The control socket of a running warmstart (`warmstart run --control PATH`).")
+    var control: String?
     @Option(name: .customLong("svg"), help: "Also draw its timeline as SVG to this file.")
     var svg: String?
 
+    func validate() throws {
+        if (file == nil) == (control == nil) { throw ValidationError("give either a report FILE or --control PATH") }
+    }
+
     func run() throws {
-        let bytes = try readFile(file)
         let report: BootReport
-        do { report = try BootReport.decode(Data(bytes)) } catch {
-            throw CLIError("\(file) is not a Warmstart boot report: \(error)")
+        if let control {
+            let line: String
+            do { line = try ControlClient.request(path: control, ControlRequest(cmd: "report")) } catch { throw CLIError("\(error)") }
+            struct Answer: Decodable { var ok: Bool; var error: String?; var result: BootReport? }
+            let answer: Answer
+            do { answer = try JSONDecoder().decode(Answer.self, from: Data(line.utf8)) } catch {
+                throw CLIError("control socket \(control): answer is not a boot report: \(line.prefix(200))")
+            }
+            guard answer.ok, let r = answer.result else {
+                throw CLIError("control socket \(control): \(answer.error ?? "request failed")")
+            }
+            report = r
+        } else {
+            let path = file!
+            let bytes = try readFile(path)
+            do { report = try BootReport.decode(Data(bytes)) } catch {
+                throw CLIError("\(path) is not a Warmstart boot report: \(error)")
+            }
         }
         print(report.renderText(), terminator: "")
         if let svg { try writeFile(svg, Array(report.renderSVG().utf8)) }

@@ -146,6 +146,7 @@ struct Run: ParsableCommand {
                        devices: runtime.deviceTimings(), ioBackend: runtime.ioDescription,
                        processStartCoarse: clock.coarse)
         }
+        runtime.reportProvider = report
         if bootOnly {
             runtime.waitForDevices()
             runtime.recordDevicePhases()
