@@ -118,19 +118,3 @@ public final class VirtioUserDriver: DeviceDriver {
         (device.driverContext as? VirtioUserPort)?.teardown()
     }
 }
-
-/// Runs `body` on a new detached thread.
-func runDetached(_ body: @escaping () -> Void) {
-    final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-    var t = pthread_t()
-    let ctx = Unmanaged.passRetained(Box(body)).toOpaque()
-    let rc = pthread_create(&t, nil, { arg in
-        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, ctx)
-    if rc == 0 {
-        pthread_detach(t)
-    } else {
-        Unmanaged<Box>.fromOpaque(ctx).takeRetainedValue().body()
-    }
-}

@@ -7,6 +7,7 @@ import Foundation
 import Glibc
 #endif
 import Logging
+import WarmstartDatapath
 
 /// One request line: `{"cmd":"stats"}`, with optional string arguments for later commands.
 /// `{"cmd":"handoff"}` (hot upgrade) switches the connection to the handoff protocol.
@@ -30,7 +31,7 @@ public final class ControlServer: @unchecked Sendable {
     private var handlers: [String: Handler] = [:]
     /// Commands that switch the connection to another protocol (hot upgrade's handoff).
     private var upgrades: [String: (Int32) -> Void] = [:]
-    private let lock = NSLockLike()
+    private let lock = PThreadMutex()
     private var thread = pthread_t()
     private var threadStarted = false
     private var stopping = false
@@ -283,17 +284,5 @@ public enum ControlClient {
         }
         guard let nl = out.firstIndex(of: 0x0A) else { throw RuntimeError("control socket \(path): closed without an answer") }
         return String(decoding: out[..<nl], as: UTF8.self)
-    }
-}
-
-/// A pthread mutex (Foundation-free builds have no NSLock).
-final class NSLockLike: @unchecked Sendable {
-    private let m = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    init() { pthread_mutex_init(m, nil) }
-    deinit { pthread_mutex_destroy(m); m.deallocate() }
-    func locked<T>(_ body: () throws -> T) rethrows -> T {
-        pthread_mutex_lock(m)
-        defer { pthread_mutex_unlock(m) }
-        return try body()
     }
 }

@@ -27,7 +27,7 @@ extension Runtime {
         let donor = HandoffDonor(hooks: donorHooks(), configuration: HandoffConfiguration(arguments: CommandLine.arguments, values: values),
                                  log: { [logger] line in logger.notice("\(line)") })
         server.registerUpgrade("handoff") { [weak self] fd in
-            detachThread {
+            runDetached {
                 let outcome = donor.serve(HandoffChannel(fd: fd))
                 guard case let .committed(pid) = outcome, let self else { return }
                 self.markHandedOver(to: pid)
@@ -138,16 +138,4 @@ extension Runtime {
         bus.release()
         control?.handOver()
     }
-}
-
-/// Runs `body` on a new detached thread.
-func detachThread(_ body: @escaping () -> Void) {
-    final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
-    var t = pthread_t()
-    let ctx = Unmanaged.passRetained(Box(body)).toOpaque()
-    let rc = pthread_create(&t, nil, { arg in
-        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, ctx)
-    if rc == 0 { pthread_detach(t) } else { Unmanaged<Box>.fromOpaque(ctx).release(); body() }
 }

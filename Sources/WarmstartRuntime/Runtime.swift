@@ -53,12 +53,12 @@ public final class Runtime: @unchecked Sendable {
         set { reportLock.locked { reportSource = newValue } }
     }
     private var reportSource: (() -> BootReport)?
-    private let reportLock = NSLockLike()
+    private let reportLock = PThreadMutex()
     let recorder: PhaseRecorder
     let logger: Logger
     var busStartNs: UInt64 = 0
     var running = false
-    private let handoffLock = NSLockLike()
+    private let handoffLock = PThreadMutex()
     private var handedOverPid: Int32?
     /// Set once a hot upgrade committed: the new process (this pid) owns everything.
     public var handedOverTo: Int32? { handoffLock.locked { handedOverPid } }
