@@ -24,17 +24,7 @@ struct ReportCommand: ParsableCommand {
     func run() throws {
         let report: BootReport
         if let control {
-            let line: String
-            do { line = try ControlClient.request(path: control, ControlRequest(cmd: "report")) } catch { throw CLIError("\(error)") }
-            struct Answer: Decodable { var ok: Bool; var error: String?; var result: BootReport? }
-            let answer: Answer
-            do { answer = try JSONDecoder().decode(Answer.self, from: Data(line.utf8)) } catch {
-                throw CLIError("control socket \(control): answer is not a boot report: \(line.prefix(200))")
-            }
-            guard answer.ok, let r = answer.result else {
-                throw CLIError("control socket \(control): \(answer.error ?? "request failed")")
-            }
-            report = r
+            report = try askControl(control, "report", as: BootReport.self).result
         } else {
             let path = file!
             let bytes = try readFile(path)

@@ -19,20 +19,33 @@ struct StatsCommand: ParsableCommand {
     var json = false
 
     func run() throws {
-        let line: String
-        do { line = try ControlClient.request(path: control, ControlRequest(cmd: "stats")) } catch { throw CLIError("\(error)") }
-        struct Answer: Decodable { var ok: Bool; var error: String?; var result: RuntimeStats? }
-        let answer: Answer
-        do { answer = try JSONDecoder().decode(Answer.self, from: Data(line.utf8)) } catch {
-            throw CLIError("control socket \(control): answer is not the expected JSON: \(line.prefix(200))")
-        }
-        guard answer.ok, let stats = answer.result else {
-            throw CLIError("control socket \(control): \(answer.error ?? "request failed")")
-        }
+        let (stats, line) = try askControl(control, "stats", as: RuntimeStats.self)
         if json {
             print(line)
         } else {
             print(stats.renderText(), terminator: "")
         }
     }
+}
+
+/// Sends `cmd` to a running warmstart's control socket and decodes the `result` of its answer;
+/// returns it with the raw JSON line. Every failure names the socket and the reason.
+func askControl<T: Decodable>(_ path: String, _ cmd: String, as type: T.Type) throws -> (result: T, line: String) {
+    let line: String
+    do { line = try ControlClient.request(path: path, ControlRequest(cmd: cmd)) } catch { throw CLIError("\(error)") }
+    let answer: ControlAnswer<T>
+    do { answer = try JSONDecoder().decode(ControlAnswer<T>.self, from: Data(line.utf8)) } catch {
+        throw CLIError("control socket \(path): the answer to '\(cmd)' is not the expected JSON: \(line.prefix(200))")
+    }
+    guard answer.ok, let result = answer.result else {
+        throw CLIError("control socket \(path): \(answer.error ?? "request failed")")
+    }
+    return (result, line)
+}
+
+/// The control socket's answer line: `{"ok":true,"result":...}` or `{"ok":false,"error":"..."}`.
+struct ControlAnswer<T: Decodable>: Decodable {
+    var ok: Bool
+    var error: String?
+    var result: T?
 }
