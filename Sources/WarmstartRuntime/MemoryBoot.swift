@@ -91,7 +91,7 @@ public enum MemoryBoot {
                             warn: (String) -> Void) throws -> (LiveMemory, BootReport.Snapshot) {
         let cfg = options.snapshot
         let mbufs = cfg.pool.count
-        let estimate = Int(MbufPoolConfig.bytesNeeded(cfg.pool)) + (cfg.memoryBytes ?? SnapshotConfig.defaultGeneralBytes)
+        let estimate = cfg.estimatedBytes
         guard let path = options.snapshotPath else {
             let live = try LiveMemory.coldLayout(cfg, hugepages: options.hugepages, pageSize: options.pageSize ?? .huge2M,
                                                  phases: recorder.sink(memoryBytes: estimate, mbufs: mbufs))

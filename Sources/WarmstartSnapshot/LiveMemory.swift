@@ -4,6 +4,14 @@ import WarmstartPools
 
 /// The runtime's memory once booted: its regions (each one fd, mapped once) and the mbuf pools in
 /// them, however they came to be.
+extension SnapshotConfig {
+    /// An upper bound of the bytes this configuration lays out, before page rounding: the pool
+    /// plus `memoryBytes` (a total that already includes the pool) or the default general region.
+    public var estimatedBytes: Int {
+        MbufPoolConfig.bytesNeeded(pool) + (memoryBytes ?? SnapshotConfig.defaultGeneralBytes)
+    }
+}
+
 public final class LiveMemory: @unchecked Sendable {
     public enum Origin: String, Sendable {
         /// Mapped from a resident snapshot in place (no page zeroing, no per-mbuf work).
@@ -58,16 +66,10 @@ public final class LiveMemory: @unchecked Sendable {
             phases?("hugepage-init", t0, t1, bytesText(Int(layout.memoryBytes)) + (populate ? "" : ", faulted on use"))
             t0 = t1
         }
-        var pools: [MbufPool] = []
-        for p in layout.pools {
-            do {
-                pools.append(try MbufPool.restore(config: p.config, region: regions[Int(p.regionIndex)],
-                                                  offset: Int(p.offset), poolID: p.poolID))
-            } catch let e as PoolError {
-                throw SnapshotError.pool(path: file.path, e)
-            }
+        let pools = try layout.makePools(in: regions, path: file.path) {
+            try MbufPool.restore(config: $0, region: $1, offset: $2, poolID: $3)
         }
-        phases?("mbuf-init", t0, ws_monotonic_ns(), "\(layout.pools.reduce(0) { $0 + $1.config.count }) mbufs, restored")
+        phases?("mbuf-init", t0, ws_monotonic_ns(), "\(layout.mbufCount) mbufs, restored")
         return LiveMemory(origin: origin, regions: regions, pools: pools, snapshot: file)
     }
 
@@ -89,14 +91,8 @@ public final class LiveMemory: @unchecked Sendable {
         let t1 = ws_monotonic_ns()
         phases?("hugepage-init", t0, t1, "\(bytesText(Int(layout.memoryBytes))) in \(pageSize) pages")
         t0 = t1
-        var pools: [MbufPool] = []
-        for p in layout.pools {
-            do {
-                pools.append(try MbufPool.layOut(config: p.config, region: regions[Int(p.regionIndex)],
-                                                 offset: Int(p.offset), poolID: p.poolID))
-            } catch let e as PoolError {
-                throw SnapshotError.pool(path: "(cold boot)", e)
-            }
+        let pools = try layout.makePools(in: regions, path: "(cold boot)") {
+            try MbufPool.layOut(config: $0, region: $1, offset: $2, poolID: $3)
         }
         phases?("mbuf-init", t0, ws_monotonic_ns(), "\(config.pool.count) mbufs laid out")
         return LiveMemory(origin: .cold, regions: regions, pools: pools, snapshot: nil)

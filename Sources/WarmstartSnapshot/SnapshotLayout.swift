@@ -63,6 +63,20 @@ public struct SnapshotLayout: Equatable, Sendable {
         return SnapshotLayout(pageSize: pageSize, regions: regions, pools: [pool], memoryBytes: UInt64(total))
     }
 
+    /// Mbufs in all pools.
+    public var mbufCount: Int { pools.reduce(0) { $0 + $1.config.count } }
+
+    /// Builds every pool of the layout in `regions` with `make` (lay out, restore), turning a
+    /// pool error into a snapshot error that names `path`.
+    func makePools(in regions: [MemoryRegion], path: String,
+                   _ make: (MbufPoolConfig, MemoryRegion, Int, UInt16) throws -> MbufPool) throws -> [MbufPool] {
+        do {
+            return try pools.map { try make($0.config, regions[Int($0.regionIndex)], Int($0.offset), $0.poolID) }
+        } catch let e as PoolError {
+            throw SnapshotError.pool(path: path, e)
+        }
+    }
+
     static func generalDefault(_ pageSize: PageSize) -> Int {
         max(SnapshotConfig.defaultGeneralBytes, pageSize.bytes)
     }

@@ -32,7 +32,7 @@ public enum SnapshotVerifier {
             problems += MbufPool.verifyImage(config: p.config, region: regions[Int(p.regionIndex)],
                                              offset: Int(p.offset), poolID: p.poolID).map { "pool '\(p.name)': \($0)" }
         }
-        let count = file.layout.pools.reduce(0) { $0 + $1.config.count }
+        let count = file.layout.mbufCount
         return report(file, payload: problems.isEmpty ? (true, "\(count) mbuf identities intact")
                                                       : (false, problems.joined(separator: "; ")))
     }

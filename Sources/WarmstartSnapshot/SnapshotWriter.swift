@@ -92,16 +92,11 @@ public enum SnapshotWriter {
         var t1 = ws_monotonic_ns()
         phases?("hugepage-init", t0, t1, bytesText(Int(layout.memoryBytes)))
         t0 = t1
-        for p in layout.pools {
-            do {
-                _ = try MbufPool.layOut(config: p.config, region: regions[Int(p.regionIndex)], offset: Int(p.offset),
-                                        poolID: p.poolID)
-            } catch let e as PoolError {
-                throw SnapshotError.pool(path: path, e)
-            }
+        _ = try layout.makePools(in: regions, path: path) {
+            try MbufPool.layOut(config: $0, region: $1, offset: $2, poolID: $3)
         }
         t1 = ws_monotonic_ns()
-        phases?("mbuf-init", t0, t1, "\(layout.pools.reduce(0) { $0 + $1.config.count }) mbufs")
+        phases?("mbuf-init", t0, t1, "\(layout.mbufCount) mbufs")
     }
 
     static func region(fd: FileDescriptor, name: String, offset: Int, size: Int, pageSize: PageSize,

@@ -41,9 +41,3 @@ enum FileHandleStderr {
         s.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
     }
 }
-
-enum MbufPoolConfigBytes {
-    static func estimate(_ cfg: SnapshotConfig) -> Int {
-        MbufPoolConfig.bytesNeeded(cfg.pool) + (cfg.memoryBytes ?? SnapshotConfig.defaultGeneralBytes)
-    }
-}

@@ -90,7 +90,7 @@ struct Run: ParsableCommand {
         let cfg = try layout.snapshotConfig()
         var path = snapshot
         if path == nil && !noSnapshot {
-            let need = MbufPoolConfigBytes.estimate(cfg)
+            let need = cfg.estimatedBytes
             path = DefaultSnapshot.path(hugepages: layout.hugepages, bytesNeeded: need)
         }
         let options = MemoryOptions(snapshot: cfg, hugepages: layout.hugepages, pageSize: layout.pageSize,
