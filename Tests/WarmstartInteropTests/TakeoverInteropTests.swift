@@ -50,11 +50,7 @@ final class TakeoverInteropTests: XCTestCase {
         XCTAssertGreaterThan(d.rxPackets, c.rxPackets, "the second new process forwards")
         XCTAssertGreaterThanOrEqual(c.rxPackets, b.rxPackets, "counters continue across both handoffs")
 
-        tp.send("stop")
-        try tp.waitFor("Done.", timeout: 10)
-        usleep(300_000)
-        let t = try tp.portStats()
-        let w = try h.counters(port: "vm")
+        let (t, w) = try h.stopAndCollect(tp, port: "vm")
         tp.quit()
         kill(newer.processIdentifier, SIGTERM)
         try waitExit(newer, seconds: 10, h)
@@ -115,11 +111,7 @@ final class TakeoverInteropTests: XCTestCase {
         try assertForwards(h, "after the new process was killed at quiesce")
         XCTAssertTrue(old.isRunning)
 
-        tp.send("stop")
-        try tp.waitFor("Done.", timeout: 10)
-        usleep(300_000)
-        let t = try tp.portStats()
-        let w = try h.counters(port: "vm")
+        let (t, w) = try h.stopAndCollect(tp, port: "vm")
         tp.quit()
         // The vhost-user receive was re-armed by the rollbacks: testpmd's exit (end-of-stream on
         // the connection) is seen, and the port goes back to accepting.

@@ -160,6 +160,16 @@ final class InteropHarness {
     }
 
     /// Port `name`'s total counters from warmstart.
+    /// Stops testpmd's forwarding, lets Warmstart drain the guest's TX ring (testpmd no longer
+    /// polls), then reads both sides' counters.
+    func stopAndCollect(_ tp: Testpmd, port: String) throws
+        -> (testpmd: (rx: UInt64, rxBytes: UInt64, tx: UInt64, txBytes: UInt64), warmstart: PortCounters) {
+        tp.send("stop")
+        try tp.waitFor("Done.", timeout: 10)
+        usleep(300_000)
+        return (try tp.portStats(), try counters(port: port))
+    }
+
     func counters(port name: String) throws -> PortCounters {
         let s = try warmstartStats()
         guard let ports = s["ports"] as? [[String: Any]], let p = ports.first(where: { $0["name"] as? String == name }),
