@@ -156,12 +156,7 @@ struct Run: ParsableCommand {
             return
         }
         let signal = Runtime.waitForTermination(seconds: duration)
-        if let pid = runtime.handedOverTo {
-            // Hot upgrade committed: the new process owns the ports; nothing here to clean up.
-            print(runtime.stats().renderText(), terminator: "")
-            print("warmstart: handed over to pid \(pid), which forwards now; exiting")
-            return
-        }
+        if printHandover(runtime) { return }
         runtime.recordDevicePhases()
         let r = report()
         // Counters are read before the ports go down, then again would lose nothing: detaching
@@ -183,4 +178,13 @@ func writeReports(_ report: BootReport, json: String?, svg: String?) throws {
         try writeFile(json, Array(data) + [0x0A])
     }
     if let svg { try writeFile(svg, Array(report.renderSVG().utf8)) }
+}
+
+/// After a committed hot upgrade the new process owns the ports and there is nothing here to clean
+/// up: prints the last counters and who forwards now, and returns true. False when not handed over.
+func printHandover(_ runtime: Runtime) -> Bool {
+    guard let pid = runtime.handedOverTo else { return false }
+    print(runtime.stats().renderText(), terminator: "")
+    print("warmstart: handed over to pid \(pid), which forwards now; exiting")
+    return true
 }

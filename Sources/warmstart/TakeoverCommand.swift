@@ -59,11 +59,7 @@ extension Run {
         print(r.renderText(), terminator: "")
         try writeReports(r, json: reportJSON, svg: reportSVG)
         let signal = Runtime.waitForTermination(seconds: duration)
-        if let pid = runtime.handedOverTo {
-            print(runtime.stats().renderText(), terminator: "")
-            print("warmstart: handed over to pid \(pid), which forwards now; exiting")
-            return
-        }
+        if printHandover(runtime) { return }
         runtime.stop()
         if let signal { print("stopped by signal \(signal)") }
         print(runtime.stats().renderText(), terminator: "")
