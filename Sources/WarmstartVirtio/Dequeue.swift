@@ -1,3 +1,4 @@
+import CWarmstartShim
 import WarmstartPools
 
 // Guest TX → mbufs (the device reads driver-written buffers, §2.6.8 used ring / §2.7.1 packed used descriptors, §5.1.6.2).
@@ -161,31 +162,31 @@ extension VirtqueueDevice {
     func copyChain(_ c: ChainInfo, into head: Mbuf, _ pool: MbufSource) -> Bool {
         var seg = Int(c.segmentStart)
         var off = 0
-        // The header: read in place when the first piece holds it (the usual case), else
-        // gathered into a local (it may straddle pieces).
-        let hdr: VirtioNetHeader
+        // The header goes straight into the mbuf's 12-byte virtio-net header field (the same
+        // little-endian layout): two loads and two stores when the first piece holds it (the usual
+        // case), else gathered byte by byte (it may straddle pieces; a legacy 10-byte header
+        // leaves num_buffers 0).
+        let hb = head.header + 40 // MbufLayout.vnetFlags (a literal: no cross-module global access)
         let first = segments[seg]
         if netHeaderSize == VirtioNetHeader.size && first.length >= VirtioNetHeader.size {
-            hdr = VirtioNetHeader(loadingFrom: UnsafeRawPointer(first.host))
+            let src = UnsafeRawPointer(first.host)
+            hb.storeBytes(of: src.loadUnaligned(as: UInt64.self), as: UInt64.self)
+            hb.storeBytes(of: src.loadUnaligned(fromByteOffset: 8, as: UInt32.self), toByteOffset: 8, as: UInt32.self)
             off = VirtioNetHeader.size
             if off == first.length { seg &+= 1; off = 0 }
         } else {
-            var raw: (UInt64, UInt32) = (0, 0)
-            hdr = withUnsafeMutableBytes(of: &raw) { buf in
-                var got = 0
-                while got < netHeaderSize {
-                    let s = segments[seg]
-                    let n = min(netHeaderSize &- got, s.length &- off)
-                    (buf.baseAddress! + got).copyMemory(from: s.host + off, byteCount: n)
-                    got &+= n
-                    off &+= n
-                    if off == s.length { seg &+= 1; off = 0 }
-                }
-                return VirtioNetHeader(loadingFrom: UnsafeRawPointer(buf.baseAddress!))
+            hb.storeBytes(of: 0, as: UInt64.self)
+            hb.storeBytes(of: 0, toByteOffset: 8, as: UInt32.self)
+            var got = 0
+            while got < netHeaderSize {
+                let s = segments[seg]
+                let n = min(netHeaderSize &- got, s.length &- off)
+                (hb + got).copyMemory(from: s.host + off, byteCount: n)
+                got &+= n
+                off &+= n
+                if off == s.length { seg &+= 1; off = 0 }
             }
         }
-        var header = hdr
-        if netHeaderSize < 12 { header.numBuffers = 0 }
         let total = c.capacity &- netHeaderSize
         var m = head
         var dst = m.data
@@ -198,7 +199,7 @@ extension VirtqueueDevice {
         let end = Int(c.segmentEnd)
         if end == seg &+ 1 && total <= room {
             // Fast path: the data is one piece and fits the head mbuf.
-            dst.copyMemory(from: segments[seg].host + off, byteCount: total)
+            ws_copy(dst, segments[seg].host + off, total)
             filled = total
             left = 0
         }
@@ -239,12 +240,12 @@ extension VirtqueueDevice {
         head.segmentCount = segmentCount
         // MbufOffload bits spelled as literals: the library's static lets are not inlinable and
         // would cost a global accessor call per packet.
+        let hdrFlags = hb.load(as: UInt8.self)
         var flags: UInt64 = 1 << 0 // vnetHeaderValid
-        if header.flags & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
-        if header.flags & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
-        if header.gsoType != 0 { flags |= 1 << 3 }   // gso
+        if hdrFlags & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
+        if hdrFlags & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
+        if hb.load(fromByteOffset: 1, as: UInt8.self) != 0 { flags |= 1 << 3 } // gso_type → gso
         head.offload = MbufOffload(rawValue: flags)
-        head.vnetHeader = header
         return true
     }
 
@@ -287,6 +288,8 @@ extension VirtqueueDevice {
         if n == 0 { return }
         var slot = Int(lastUsedIndex)
         var wrap = usedWrapCounter
+        // Usually both positions stand together (nothing in flight): then avail follows used.
+        let inStep = advanceAvail && lastAvailIndex == lastUsedIndex && availWrapCounter == wrap
         let firstSlot = slot
         let firstFlags = PackedRing.usedFlags(wrap: wrap)
         for k in 0..<n {
@@ -299,7 +302,10 @@ extension VirtqueueDevice {
         ring.storeFlags(firstSlot, firstFlags)
         lastUsedIndex = UInt16(truncatingIfNeeded: slot)
         usedWrapCounter = wrap
-        if advanceAvail {
+        if inStep {
+            lastAvailIndex = lastUsedIndex
+            availWrapCounter = wrap
+        } else if advanceAvail {
             // The same chains, in the same order, leave the avail side (in-flight chains handed
             // over by a hot upgrade may keep the two positions apart).
             var a = Int(lastAvailIndex)

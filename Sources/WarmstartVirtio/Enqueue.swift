@@ -1,3 +1,4 @@
+import CWarmstartShim
 import WarmstartPools
 
 // Mbufs → guest RX (the device writes driver-supplied buffers, §5.1.6.3, §5.1.6.4).
@@ -191,20 +192,31 @@ extension VirtqueueDevice {
             let (first, chainCount) = packetChains[p]
             if chainCount == 0 { continue }
             let m = packets[p]
-            var header = m.offload.rawValue & 1 != 0 ? m.vnetHeader : VirtioNetHeader() // vnetHeaderValid
             // §5.1.6.4: without MRG_RXBUF the device sets num_buffers to 1.
-            header.numBuffers = options.mergeableRxBuffers ? UInt16(truncatingIfNeeded: chainCount) : 1
+            let numBuffers = options.mergeableRxBuffers ? UInt16(truncatingIfNeeded: chainCount) : 1
             let fc = Int(first)
             var s = ScatterCursor(chain: fc, endChain: fc &+ Int(chainCount), seg: Int(chains[fc].segmentStart))
             let hs = netHeaderSize
             let hasPiece = chains[fc].segmentEnd > chains[fc].segmentStart
             let firstPiece = hasPiece ? segments[s.seg] : Segment(host: UnsafeMutableRawPointer(bitPattern: 1)!, length: 0)
             if hs == VirtioNetHeader.size && firstPiece.length >= hs {
-                // The usual case: the header goes straight into the first piece.
-                header.store(to: firstPiece.host)
+                // The usual case: the header goes straight into the first piece, copied raw from
+                // the mbuf's header field (the same little-endian layout; bytes 40..51), or zeros.
+                let g = firstPiece.host
+                if m.offload.rawValue & 1 != 0 { // vnetHeaderValid
+                    let hb = UnsafeRawPointer(m.header + 40) // MbufLayout.vnetFlags
+                    g.storeBytes(of: hb.load(as: UInt64.self), as: UInt64.self)
+                    g.storeBytes(of: hb.load(fromByteOffset: 8, as: UInt16.self), toByteOffset: 8, as: UInt16.self)
+                } else {
+                    g.storeBytes(of: 0, as: UInt64.self)
+                    g.storeBytes(of: 0, toByteOffset: 8, as: UInt16.self)
+                }
+                g.storeBytes(of: numBuffers.littleEndian, toByteOffset: 10, as: UInt16.self)
                 chains[fc].usedLength &+= UInt32(hs)
                 if firstPiece.length == hs { s.seg &+= 1 } else { s.off = hs }
             } else {
+                var header = m.offload.rawValue & 1 != 0 ? m.vnetHeader : VirtioNetHeader() // vnetHeaderValid
+                header.numBuffers = numBuffers
                 var raw: (UInt64, UInt32) = (0, 0)
                 withUnsafeMutableBytes(of: &raw) { header.store(to: $0.baseAddress!) }
                 _ = withUnsafeBytes(of: &raw) { s.put(self, $0.baseAddress!, hs) }
@@ -214,7 +226,7 @@ extension VirtqueueDevice {
             let dataLength = Int(m.dataLength)
             if s.chain == fc && s.seg == Int(chains[fc].segmentStart) && s.off == hs && m.nextIndex == mbufNoNext && firstPiece.length &- hs >= dataLength {
                 // Fast path: one mbuf segment into the rest of the first piece.
-                (firstPiece.host + hs).copyMemory(from: m.data, byteCount: dataLength)
+                ws_copy(firstPiece.host + hs, m.data, dataLength)
                 chains[fc].usedLength &+= UInt32(truncatingIfNeeded: dataLength)
                 st.pointee.packets &+= 1
                 st.pointee.bytes &+= UInt64(dataLength)
