@@ -74,6 +74,17 @@ extension VirtqueueDevice {
     }
 
     func dequeuePacked(_ ring: PackedRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        guard let (produced, taken, more) = dequeuePackedSimple(ring, pool, out, want) else {
+            return dequeuePackedGeneral(ring, pool, out, want)
+        }
+        // The simple run stopped at an available descriptor it does not take: the full walk
+        // continues the burst from there.
+        if !more { return produced }
+        return produced &+ dequeuePackedGeneral(ring, pool, out + produced, want &- taken)
+    }
+
+    func dequeuePackedGeneral(_ ring: PackedRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        if want <= 0 { return 0 }
         var slot = Int(lastAvailIndex)
         var wrap = availWrapCounter
         var cursor = 0
@@ -104,6 +115,101 @@ extension VirtqueueDevice {
         }
         if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
         return produced
+    }
+
+    /// The common packed burst in two tight passes: descriptors that are one direct, device-readable
+    /// buffer in one region, holding the 12-byte header and a frame. Every check of the full walk
+    /// applies (direction, id < queue size, whole-range translation, header length); the first
+    /// descriptor that is anything else — chained, indirect, writable, bad — ends the simple run and
+    /// is left for the full walk, which counts and returns bad chains. Returns nil when the run is
+    /// empty or mbufs are short, so the caller takes the full walk (nothing was consumed); else
+    /// (mbufs produced, descriptors taken, whether an available descriptor it did not take follows).
+    @inline(__always)
+    func dequeuePackedSimple(_ ring: PackedRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>,
+                             _ want: Int) -> (Int, Int, Bool)? {
+        if netHeaderSize != 12 { return nil }
+        let hs = 12
+        let n = size
+        var slot = Int(lastAvailIndex)
+        var wrap = availWrapCounter
+        // AVAIL/USED bits as an available descriptor of this lap has them, and NEXT, WRITE and
+        // INDIRECT clear: one compare per descriptor.
+        let mask: UInt16 = VirtqDescriptorFlags.avail | VirtqDescriptorFlags.used
+            | VirtqDescriptorFlags.next | VirtqDescriptorFlags.write | VirtqDescriptorFlags.indirect
+        var expect = PackedRing.availFlags(wrap: wrap)
+        var k = 0
+        var more = false
+        while k < want {
+            let f = ring.loadFlags(slot)
+            if f & mask != expect {
+                more = PackedRing.isAvailable(f, wrap: wrap)
+                break
+            }
+            let d = ring.descriptor(slot, flags: f)
+            let len = Int(d.len)
+            if len < hs || len &- hs > virtioMaxPacketLength || Int(d.id) >= n { more = true; break }
+            guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
+            ws_prefetch(p)
+            if len > 64 { ws_prefetch(p + 64) }
+            segments[k] = Segment(host: p, length: len)
+            chains[k].id = d.id
+            chains[k].descriptorCount = 1
+            chains[k].usedLength = 0
+            k &+= 1
+            slot &+= 1
+            if slot == n { slot = 0; wrap.toggle(); expect = PackedRing.availFlags(wrap: wrap) }
+        }
+        if k == 0 || !pool.allocBulk(mbufs, count: k) { return nil }
+        var produced = 0
+        var bytes: UInt64 = 0
+        for i in 0..<k {
+            let m = mbufs[i]
+            let sg = segments[i]
+            let src = UnsafeRawPointer(sg.host)
+            let frame = sg.length &- hs
+            // Header into the mbuf's virtio-net field (bytes 40..51, same layout), raw.
+            let hb = m.header + 40
+            hb.storeBytes(of: src.loadUnaligned(as: UInt64.self), as: UInt64.self)
+            hb.storeBytes(of: src.loadUnaligned(fromByteOffset: 8, as: UInt32.self), toByteOffset: 8, as: UInt32.self)
+            if frame <= m.tailroom {
+                ws_copy(m.data, src + hs, frame)
+                m.dataLength = UInt16(truncatingIfNeeded: frame)
+                m.packetLength = UInt32(truncatingIfNeeded: frame)
+                let hf = src.load(as: UInt8.self)
+                var flags: UInt64 = 1 << 0 // vnetHeaderValid
+                if hf & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
+                if hf & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
+                if src.load(fromByteOffset: 1, as: UInt8.self) != 0 { flags |= 1 << 3 } // gso
+                m.offload = MbufOffload(rawValue: flags)
+            } else {
+                // Larger than one mbuf (a GSO frame): the general copy chains segments.
+                var c = ChainInfo()
+                c.id = chains[i].id
+                c.descriptorCount = 1
+                c.segmentStart = Int32(truncatingIfNeeded: i)
+                c.segmentEnd = Int32(truncatingIfNeeded: i &+ 1)
+                c.capacity = sg.length
+                c.error = -1
+                if !copyChain(c, into: m, pool) {
+                    pool.free(m)
+                    st.pointee.allocFailures &+= 1
+                    st.pointee.dropped &+= 1
+                    continue
+                }
+            }
+            out[produced] = m
+            produced &+= 1
+            bytes &+= UInt64(frame)
+        }
+        st.pointee.packets &+= UInt64(produced)
+        st.pointee.bytes &+= bytes
+        if options.inOrder {
+            publishPackedUsedInOrder(ring, k)
+        } else {
+            publishPackedUsed(ring, k, advanceAvail: true)
+        }
+        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
+        return (produced, k, more)
     }
 
     /// Refuses a good chain too short for the net header (before any subtraction), and one too long.
