@@ -28,6 +28,59 @@ extension VirtqueueDevice {
     }
 
     func dequeueSplit(_ ring: SplitRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        guard let (produced, taken, more) = dequeueSplitSimple(ring, pool, out, want) else {
+            return dequeueSplitGeneral(ring, pool, out, want)
+        }
+        if !more { return produced }
+        return produced &+ dequeueSplitGeneral(ring, pool, out + produced, want &- taken)
+    }
+
+    /// Split counterpart of `dequeuePackedSimple`: heads whose descriptor is one direct,
+    /// device-readable buffer in one region holding the header and a frame. Nil when the run is
+    /// empty, the avail index is bad (the full walk marks the queue broken) or mbufs are short.
+    @inline(__always)
+    func dequeueSplitSimple(_ ring: SplitRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>,
+                            _ want: Int) -> (Int, Int, Bool)? {
+        if netHeaderSize != 12 { return nil }
+        let hs = 12
+        let availIndex = ring.loadAvailIndex()
+        let pending = Int(availIndex &- lastAvailIndex)
+        if pending == 0 { return (0, 0, false) }
+        if pending > size { return nil }
+        let avail = min(pending, want)
+        let special = VirtqDescriptorFlags.next | VirtqDescriptorFlags.indirect | VirtqDescriptorFlags.write
+        let base = lastAvailIndex
+        var k = 0
+        var more = false
+        while k < avail {
+            let head = ring.availEntry(base &+ UInt16(truncatingIfNeeded: k))
+            if Int(head) >= size { more = true; break }
+            let d = ring.descriptor(Int(head))
+            let len = Int(d.len)
+            if d.flags & special != 0 || len < hs || len &- hs > virtioMaxPacketLength { more = true; break }
+            guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
+            ws_prefetch(p)
+            if len > 64 { ws_prefetch(p + 64) }
+            segments[k] = Segment(host: p, length: len)
+            chains[k].id = head
+            k &+= 1
+        }
+        if k == 0 || !pool.allocBulk(mbufs, count: k) { return nil }
+        let produced = copySimpleTX(pool, out, k)
+        var used = lastUsedIndex
+        for i in 0..<k {
+            ring.setUsedElement(used, id: UInt32(chains[i].id), len: 0)
+            used &+= 1
+        }
+        ring.storeUsedIndex(used)
+        lastUsedIndex = used
+        lastAvailIndex = base &+ UInt16(truncatingIfNeeded: k)
+        if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
+        return (produced, k, more)
+    }
+
+    func dequeueSplitGeneral(_ ring: SplitRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        if want <= 0 { return 0 }
         let availIndex = ring.loadAvailIndex()
         let pending = Int(availIndex &- lastAvailIndex)
         if pending > size {
@@ -160,6 +213,23 @@ extension VirtqueueDevice {
             if slot == n { slot = 0; wrap.toggle(); expect = PackedRing.availFlags(wrap: wrap) }
         }
         if k == 0 || !pool.allocBulk(mbufs, count: k) { return nil }
+        let produced = copySimpleTX(pool, out, k)
+        if options.inOrder {
+            publishPackedUsedInOrder(ring, k)
+        } else {
+            publishPackedUsed(ring, k, advanceAvail: true)
+        }
+        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
+        return (produced, k, more)
+    }
+
+    /// Pass 2 of the simple guest-TX paths: `segments[0..<k]` (header + frame each) into the `k`
+    /// mbufs in `mbufs`, header raw into the mbuf's virtio-net field (bytes 40..51, same layout).
+    /// A frame larger than one mbuf goes through the general copy (chained); one that cannot get
+    /// its segments is dropped and counted. Returns the mbufs written to `out`.
+    @inline(__always)
+    func copySimpleTX(_ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ k: Int) -> Int {
+        let hs = 12
         var produced = 0
         var bytes: UInt64 = 0
         for i in 0..<k {
@@ -167,7 +237,6 @@ extension VirtqueueDevice {
             let sg = segments[i]
             let src = UnsafeRawPointer(sg.host)
             let frame = sg.length &- hs
-            // Header into the mbuf's virtio-net field (bytes 40..51, same layout), raw.
             let hb = m.header + 40
             hb.storeBytes(of: src.loadUnaligned(as: UInt64.self), as: UInt64.self)
             hb.storeBytes(of: src.loadUnaligned(fromByteOffset: 8, as: UInt32.self), toByteOffset: 8, as: UInt32.self)
@@ -203,13 +272,7 @@ extension VirtqueueDevice {
         }
         st.pointee.packets &+= UInt64(produced)
         st.pointee.bytes &+= bytes
-        if options.inOrder {
-            publishPackedUsedInOrder(ring, k)
-        } else {
-            publishPackedUsed(ring, k, advanceAvail: true)
-        }
-        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
-        return (produced, k, more)
+        return produced
     }
 
     /// Refuses a good chain too short for the net header (before any subtraction), and one too long.

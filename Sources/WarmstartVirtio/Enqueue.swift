@@ -99,30 +99,11 @@ extension VirtqueueDevice {
         switch layout {
         case .split:
             let ring = split.unsafelyUnwrapped
-            let availIndex = ring.loadAvailIndex()
-            let pending = Int(availIndex &- lastAvailIndex)
-            if pending > size {
-                markBroken(.availIndexTooFarAhead(availIndex: availIndex, lastAvailIndex: lastAvailIndex))
-                return 0
+            guard let (simple, more) = enqueueSplitSimple(ring, packets, want) else {
+                return enqueueSplitGeneral(ring, pool, packets, want)
             }
-            if pending == 0 { return 0 }
-            var c = SplitAvailCursor(ring: ring, base: lastAvailIndex, pending: pending)
-            let (handled, chainCount) = reserve(&c, packets, want)
-            copyIn(pool, packets, handled)
-            var used = lastUsedIndex
-            for k in 0..<chainCount {
-                let ch = chains[k]
-                if Int(ch.id) >= size { continue } // a head out of range has no id to return
-                ring.setUsedElement(used, id: UInt32(ch.id), len: ch.usedLength)
-                used &+= 1
-            }
-            lastAvailIndex &+= UInt16(truncatingIfNeeded: c.taken)
-            if used != lastUsedIndex {
-                ring.storeUsedIndex(used)
-                lastUsedIndex = used
-            }
-            if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
-            return handled
+            if !more { return simple }
+            return simple &+ enqueueSplitGeneral(ring, pool, packets + simple, want &- simple)
         case .packed:
             let ring = packed.unsafelyUnwrapped
             guard let (simple, more) = enqueuePackedSimple(ring, packets, want) else {
@@ -131,6 +112,78 @@ extension VirtqueueDevice {
             if !more { return simple }
             return simple &+ enqueuePackedGeneral(ring, pool, packets + simple, want &- simple)
         }
+    }
+
+    func enqueueSplitGeneral(_ ring: SplitRing, _ pool: MbufSource, _ packets: UnsafePointer<Mbuf>, _ want: Int) -> Int {
+        if want <= 0 { return 0 }
+        let availIndex = ring.loadAvailIndex()
+        let pending = Int(availIndex &- lastAvailIndex)
+        if pending > size {
+            markBroken(.availIndexTooFarAhead(availIndex: availIndex, lastAvailIndex: lastAvailIndex))
+            return 0
+        }
+        if pending == 0 { return 0 }
+        var c = SplitAvailCursor(ring: ring, base: lastAvailIndex, pending: pending)
+        let (handled, chainCount) = reserve(&c, packets, want)
+        copyIn(pool, packets, handled)
+        var used = lastUsedIndex
+        for k in 0..<chainCount {
+            let ch = chains[k]
+            if Int(ch.id) >= size { continue } // a head out of range has no id to return
+            ring.setUsedElement(used, id: UInt32(ch.id), len: ch.usedLength)
+            used &+= 1
+        }
+        lastAvailIndex &+= UInt16(truncatingIfNeeded: c.taken)
+        if used != lastUsedIndex {
+            ring.storeUsedIndex(used)
+            lastUsedIndex = used
+        }
+        if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
+        return handled
+    }
+
+    /// Split counterpart of `enqueuePackedSimple`: heads whose descriptor is one direct,
+    /// device-writable buffer in one region with room for the header and a one-segment packet.
+    /// Nil when the run is empty or the avail index is bad (the full path marks the queue broken).
+    @inline(__always)
+    func enqueueSplitSimple(_ ring: SplitRing, _ packets: UnsafePointer<Mbuf>, _ want: Int) -> (Int, Bool)? {
+        if netHeaderSize != 12 { return nil }
+        let hs = 12
+        let availIndex = ring.loadAvailIndex()
+        let pending = Int(availIndex &- lastAvailIndex)
+        if pending == 0 { return (0, false) }
+        if pending > size { return nil }
+        let avail = min(pending, want)
+        let mask = VirtqDescriptorFlags.next | VirtqDescriptorFlags.indirect | VirtqDescriptorFlags.write
+        let base = lastAvailIndex
+        var k = 0
+        var more = false
+        while k < avail {
+            let m = packets[k]
+            if m.nextIndex != mbufNoNext { more = true; break }
+            let head = ring.availEntry(base &+ UInt16(truncatingIfNeeded: k))
+            if Int(head) >= size { more = true; break }
+            let d = ring.descriptor(Int(head))
+            if d.flags & mask != VirtqDescriptorFlags.write || Int(d.len) < hs &+ Int(m.dataLength) { more = true; break }
+            guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
+            ws_prefetch_w(p)
+            if Int(m.dataLength) > 52 { ws_prefetch_w(p + 64) }
+            segments[k] = Segment(host: p, length: Int(d.len))
+            chains[k].id = head
+            k &+= 1
+        }
+        if k == 0 { return nil }
+        writeSimpleRX(packets, k)
+        var used = lastUsedIndex
+        for i in 0..<k {
+            ring.setUsedElement(used, id: UInt32(chains[i].id), len: chains[i].usedLength)
+            used &+= 1
+        }
+        ring.storeUsedIndex(used)
+        lastUsedIndex = used
+        lastAvailIndex = base &+ UInt16(truncatingIfNeeded: k)
+        if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
+        return (k, more)
     }
 
     func enqueuePackedGeneral(_ ring: PackedRing, _ pool: MbufSource, _ packets: UnsafePointer<Mbuf>, _ want: Int) -> Int {
@@ -183,6 +236,18 @@ extension VirtqueueDevice {
             if slot == n { slot = 0; wrap.toggle(); expect = PackedRing.availFlags(wrap: wrap) | VirtqDescriptorFlags.write }
         }
         if k == 0 { return nil }
+        writeSimpleRX(packets, k)
+        publishPackedUsed(ring, k, advanceAvail: true)
+        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
+        return (k, more)
+    }
+
+    /// Pass 2 of the simple receive paths: packet `i` (one segment) into `segments[i]` — the
+    /// header raw from the mbuf's virtio-net field (bytes 40..51) or zeros, num_buffers 1, then the
+    /// frame — and its used length into `chains[i]`.
+    @inline(__always)
+    func writeSimpleRX(_ packets: UnsafePointer<Mbuf>, _ k: Int) {
+        let hs = 12
         var bytes: UInt64 = 0
         for i in 0..<k {
             let m = packets[i]
@@ -203,9 +268,6 @@ extension VirtqueueDevice {
         }
         st.pointee.packets &+= UInt64(k)
         st.pointee.bytes &+= bytes
-        publishPackedUsed(ring, k, advanceAvail: true)
-        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
-        return (k, more)
     }
 
     /// Phase 1: reserves chains for packets `0..<want`. Returns the packets handled and the chains
