@@ -32,6 +32,7 @@ static inline void ws_prefetch_w(const void *p) { __builtin_prefetch(p, 1, 3); }
     static inline void ws_store_relaxed_##N(T *p, T v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); } \
     static inline T ws_fetch_add_##N(T *p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); } \
     static inline T ws_fetch_or_##N(T *p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }  \
+    static inline T ws_fetch_and_##N(T *p, T v) { return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL); } \
     static inline T ws_exchange_##N(T *p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); } \
     static inline int ws_cas_##N(T *p, T *expected, T desired) {                                     \
         return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE); \
