@@ -58,6 +58,8 @@ public final class Runtime: @unchecked Sendable {
     let logger: Logger
     var busStartNs: UInt64 = 0
     var running = false
+    /// Hot upgrade, old side: the queue pairs of each port, taken at export (Runtime+Donor.swift).
+    var handoffPairs: [(port: String, pairs: [VhostQueuePair])] = []
     private let handoffLock = PThreadMutex()
     private var handedOverPid: Int32?
     /// Set once a hot upgrade committed: the new process (this pid) owns everything.
