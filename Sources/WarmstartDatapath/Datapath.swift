@@ -300,6 +300,10 @@ public final class Datapath: @unchecked Sendable {
 
     // MARK: stats
 
+    /// Mbufs in the polling threads' caches now (statistics: read from outside, approximate
+    /// while the threads run, exact when they are paused or idle).
+    public var cachedMbufs: Int { lock.locked { threads.reduce(0) { $0 + $1.cache.countSeenFromOutside } } }
+
     public struct PortStats: Sendable, Codable, Equatable {
         public var name: String
         public var slot: Int

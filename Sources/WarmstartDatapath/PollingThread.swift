@@ -23,11 +23,14 @@ final class PollingThread: @unchecked Sendable {
     let unparkedAtNs = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
     var thread = pthread_t()
     var started = false
+    /// The thread's mbuf cache (made here, used only by the thread; others read its count).
+    let cache: MbufCache
 
     init(datapath: Datapath, index: Int, cpu: Int) {
         self.datapath = datapath
         self.index = index
         self.cpu = cpu
+        cache = MbufCache(pool: datapath.pool, size: datapath.pool.config.cacheSize)
         ackedGeneration.initialize(to: 0)
         parked.initialize(to: 0)
         running.initialize(to: 0)
@@ -73,7 +76,7 @@ final class PollingThread: @unchecked Sendable {
     func body() {
         if cpu >= 0 { _ = ws_pin_thread(Int32(cpu)) }
         let dp = datapath
-        let cache = MbufCache(pool: dp.pool, size: dp.pool.config.cacheSize)
+        let cache = self.cache
         let burst = dp.options.burst
         let pkts = UnsafeMutablePointer<Mbuf>.allocate(capacity: burst)
         let slotCount = max(1, dp.portNames.count)

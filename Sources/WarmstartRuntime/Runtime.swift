@@ -198,7 +198,9 @@ public final class Runtime: @unchecked Sendable {
             return RuntimeStats.Port(name: p.name, kind: r?.kind ?? "", state: r?.state.rawValue ?? "", slot: p.slot,
                                      total: p.total, queues: p.queues, reconnects: r?.reconnects ?? 0, reason: r?.reason)
         }
-        return RuntimeStats(forward: options.forward.rawValue, cores: options.cores, ports: ports)
+        let inUse = memory.pools.reduce(0) { $0 + $1.inUseCount }
+        return RuntimeStats(forward: options.forward.rawValue, cores: options.cores, ports: ports,
+                            process: .current(mbufsInUse: inUse, mbufsCached: datapath.cachedMbufs))
     }
 
     // MARK: signals
