@@ -15,8 +15,8 @@ import Glibc
 ///
 /// Hot upgrade needs two more things of the threads, both chosen through one control word they
 /// read once per loop iteration anyway (so they cost nothing when off): a new process starts its
-/// threads parked and makes them spin just before it resumes them (`startPaused`,
-/// `spinWhilePaused`), and both processes stamp the time of every burst forwarded while a handoff
+/// threads parked and has them watch closely just before it resumes them (`startPaused`,
+/// `expectResume`), and both processes stamp the time of every burst forwarded while a handoff
 /// runs (`recordForwardTimes`): the old one's last and the new one's first are the blackout.
 public final class Datapath: @unchecked Sendable {
     public struct Options: Sendable {
@@ -51,8 +51,8 @@ public final class Datapath: @unchecked Sendable {
     enum Control {
         /// Park at the next burst boundary.
         static let pause: UInt32 = 1
-        /// While parked, spin (yielding) instead of napping, so a resume takes effect at once.
-        static let spin: UInt32 = 2
+        /// While parked, check for the resume every 2 µs instead of every 20.
+        static let resumeSoon: UInt32 = 2
         /// Stamp the monotonic time of every burst forwarded (one clock read per non-empty burst).
         static let stamp: UInt32 = 4
     }
@@ -219,31 +219,32 @@ public final class Datapath: @unchecked Sendable {
         waitUntilParked()
     }
 
-    /// Lets parked threads poll again (and stop spinning).
-    public func resume() { _ = ws_fetch_and_u32(control, ~(Control.pause | Control.spin)) }
+    /// Lets parked threads poll again.
+    public func resume() { _ = ws_fetch_and_u32(control, ~(Control.pause | Control.resumeSoon)) }
 
     /// Hot upgrade, new process: starts the polling threads parked — created, pinned, their mbuf
     /// caches and burst arrays allocated — so that only `resume()` is left for the blackout.
-    /// Returns once every thread is parked. Parked threads nap (50 µs) until `spinWhilePaused`.
+    /// Returns once every thread is parked. Parked threads nap 20 µs at a time.
     public func startPaused() {
         _ = ws_fetch_or_u32(control, Control.pause)
         start()
         waitUntilParked()
     }
 
-    /// Parked threads spin instead of napping, so the next `resume()` takes effect within
-    /// nanoseconds instead of a nap. Only for the short moment before a resume that is known to
-    /// come (inside a handoff's blackout): a spinning thread holds its CPU as a polling one does.
-    public func spinWhilePaused() { _ = ws_fetch_or_u32(control, Control.spin) }
+    /// Parked threads nap 2 µs at a time instead of 20, so the next `resume()` takes effect
+    /// within microseconds. For the short moment before a resume that is known to come (inside
+    /// a handoff's blackout). Never a spin: a spinning thread would keep a thread that shares
+    /// its CPU — the one that is to say "resume" — waiting for its time slice to end.
+    public func expectResume() { _ = ws_fetch_or_u32(control, Control.resumeSoon) }
 
     func waitUntilParked() {
         let ts = lock.locked { threads }
         for t in ts where t.isRunning {
             // A thread parks within a burst (microseconds): spin first. A yield would hand this
             // CPU to any other busy task (a guest's poller) for a whole time slice, milliseconds,
-            // inside a handoff's blackout. After 50 µs (this thread may share the polling
+            // inside a handoff's blackout. After 20 µs (this thread may share the polling
             // thread's CPU) sleep briefly instead: a sleeper gets its CPU back on waking.
-            let sleepAfter = ws_monotonic_ns() &+ 50_000
+            let sleepAfter = ws_monotonic_ns() &+ 20_000
             while ws_load_acquire_u32(t.parked) == 0 && t.isRunning {
                 ws_cpu_relax()
                 if ws_monotonic_ns() > sleepAfter { usleep(10) }

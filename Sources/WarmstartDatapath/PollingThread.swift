@@ -111,22 +111,21 @@ final class PollingThread: @unchecked Sendable {
                     cache.flush()
                     ws_store_release_u64(parkedAtNs, ws_monotonic_ns())
                     ws_store_release_u32(parked, 1)
-                    var spinUntil: UInt64 = 0
+                    // Parked naps last as long as asked, not 50 µs more (the default timer
+                    // slack): a resume is seen within microseconds.
+                    _ = ws_set_timer_slack_ns(1_000)
                     while true {
                         let c = ws_load_acquire_u32(dp.control)
                         if c & Datapath.Control.pause == 0 || ws_load_acquire_u32(running) == 0 { break }
-                        // Spinning does not yield: with another busy task on this CPU a yield
-                        // gives it a whole time slice (milliseconds) just before the resume. It
-                        // lasts 2 ms at most (a resume that does not come soon is not waited for
-                        // at full speed).
-                        if c & Datapath.Control.spin != 0 {
-                            if spinUntil == 0 { spinUntil = ws_monotonic_ns() &+ 2_000_000 }
-                            if ws_monotonic_ns() < spinUntil { ws_cpu_relax(); continue }
-                        }
-                        usleep(20)
+                        // Naps, never a spin or a yield: a spinning thread would keep the
+                        // handoff's own control thread off this CPU until its time slice ends,
+                        // and a yield hands the CPU to any busy task for a whole slice. A resume
+                        // that is known to come is checked every 2 µs instead of every 20.
+                        usleep(c & Datapath.Control.resumeSoon != 0 ? 2 : 20)
                     }
                     ws_store_release_u64(unparkedAtNs, ws_monotonic_ns())
                     ws_store_release_u32(parked, 0)
+                    _ = ws_set_timer_slack_ns(0)   // the process default again
                     continue
                 }
                 drained = true   // this round is the last before parking

@@ -19,7 +19,7 @@ import WarmstartVhostUser
 /// in, pools attached, the runtime, each vhost-user connection's queue pairs on the datapath at
 /// provisional ring positions, the polling threads created, pinned and parked. Inside the blackout
 /// `activate` only checks the pools' rings, moves each ring to its final position and makes the
-/// parked threads spin; after the commit `resume` unparks them — one store — and only then starts
+/// parked threads watch closely; after the commit `resume` unparks them — one store — and only then starts
 /// the control plane (bus loop, vhost-user reads, control socket).
 public final class RuntimeTakeover: @unchecked Sendable {
     public struct Overrides: Sendable {
@@ -164,7 +164,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
     }
 
     /// commit (inside the blackout): the pools' rings are quiescent, every ring moves to its
-    /// final position, and the parked threads spin so the resume takes effect at once.
+    /// final position, and the parked threads check for the resume every 2 µs.
     func activate(_ live: HandoffLive) throws {
         guard let r = received, let rt = runtime else { throw HandoffError(.commit, "nothing was adopted") }
         try r.checkPoolRings(pools)
@@ -175,7 +175,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
             }
         }
         self.live = live
-        rt.datapath.spinWhilePaused()
+        rt.datapath.expectResume()
     }
 
     /// After the commit: the parked threads forward (one store), then the control plane starts —

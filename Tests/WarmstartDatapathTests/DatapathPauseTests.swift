@@ -64,7 +64,7 @@ final class DatapathPauseTests: XCTestCase {
         defer { dp.stop() }
         let parked = dp.parkedAtNs
         XCTAssertNotNil(parked, "every thread is parked when startPaused returns")
-        dp.spinWhilePaused()
+        dp.expectResume()
         usleep(20_000)   // time enough to poll, had it been allowed to
         XCTAssertEqual(q.pollCount, 0, "a thread started paused never polls before the resume")
         XCTAssertNil(dp.firstForwardNs)

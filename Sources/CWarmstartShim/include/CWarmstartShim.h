@@ -67,6 +67,8 @@ uint64_t ws_monotonic_ns(void);
 uint64_t ws_image_start_ns(void);
 /// Pins the calling thread to one CPU; returns 0 or an errno.
 int ws_pin_thread(int cpu);
+/// prctl(PR_SET_TIMERSLACK) for the calling thread (variadic prctl is not callable from Swift).
+int ws_set_timer_slack_ns(unsigned long ns);
 /// statfs(2): the file system magic and block size of `path`. Returns 0 or -errno.
 int ws_statfs(const char *path, long *magic, long *block_size);
 /// fallocate(2), which Glibc's module does not always export.
