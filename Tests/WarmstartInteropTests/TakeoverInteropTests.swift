@@ -74,8 +74,8 @@ final class TakeoverInteropTests: XCTestCase {
     }
 
     /// A second takeover while one runs is refused with the donor's message; killing (-9) the new
-    /// process in the middle of a handoff — hung at map, then killed at quiesce — leaves the old
-    /// one forwarding.
+    /// process in the middle of a handoff — hung at map, then killed at quiesce — or a failure
+    /// at commit leaves the old one forwarding.
     func testSecondTakeoverRefusedAndKilledTakerLeavesOldForwarding() throws {
         let h = try InteropHarness(name: "faults", prefixBase: "ws-tko")
         defer { h.cleanup() }
@@ -110,6 +110,16 @@ final class TakeoverInteropTests: XCTestCase {
         XCTAssertTrue(h.logText("warmstart").contains("resumed forwarding"))
         try assertForwards(h, "after the new process was killed at quiesce")
         XCTAssertTrue(old.isRunning)
+
+        // A new process that fails at commit (the old one paused, this one's polling threads
+        // parked over its prepared queue pairs) drops what it prepared, exits 1 and says why;
+        // the old one resumes.
+        let fourth = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "fourth", environment: ["WARMSTART_HANDOFF_FAULT": "fail:commit"])
+        try waitExit(fourth, seconds: 10, h)
+        XCTAssertEqual(fourth.terminationStatus, 1, h.logText("fourth"))
+        XCTAssertTrue(h.logText("fourth").contains("failed at step 'commit': injected failure"), h.logText("fourth"))
+        try waitLog("warmstart", "takeover by pid \(fourth.processIdentifier) failed at step 'commit'", seconds: 10, h)
+        try assertForwards(h, "after the new process failed at commit")
 
         let (t, w) = try h.stopAndCollect(tp, port: "vm")
         tp.quit()
