@@ -206,9 +206,9 @@ public final class HandoffReceived: @unchecked Sendable {
     init(state: HandoffState, fds: HandoffFDTable) { self.state = state; self.fds = fds }
 
     /// Maps every region from its passed descriptor (done while the old process still forwards:
-    /// mapping is the slow part, and the pages are shared, not copied). MAP_POPULATE: the pages
-    /// are the old process's, resident already, so this only fills the page tables — now rather
-    /// than as page faults in the first bursts after the switch.
+    /// mapping is the slow part, and the pages are shared, not copied). Not MAP_POPULATE: filling
+    /// every page table entry took milliseconds of kernel time that starved a guest sharing the
+    /// CPU just before the pause (measured); the first bursts fault in the few pages they touch.
     public func mapRegions() throws(HandoffError) -> [MemoryRegion] {
         var regions: [MemoryRegion] = []
         for (k, r) in state.regions.enumerated() {
@@ -218,7 +218,7 @@ public final class HandoffReceived: @unchecked Sendable {
             let fd = try fds.take(r.fd)
             do {
                 regions.append(try MemoryRegion(name: r.name, fd: FileDescriptor(rawValue: fd), fileOffset: r.fileOffset, size: r.size,
-                                                pageSize: ps, backing: backing, ioAddress: r.ioAddress, ownsFD: true, populate: true))
+                                                pageSize: ps, backing: backing, ioAddress: r.ioAddress, ownsFD: true))
             } catch {
                 throw HandoffError(.map, "cannot map region \(k) '\(r.name)' (\(r.size) bytes, \(ps) pages): \(error)")
             }

@@ -15,8 +15,8 @@ import WarmstartVhostUser
 /// ports' sockets and vhost-user sessions, TAP fds, counters and control socket. No MemoryBoot, no
 /// probe: the bus adopts the connected and listening descriptors.
 ///
-/// Everything is built while the old process still forwards (`adopt`): regions mapped and faulted
-/// in, pools attached, the runtime, each vhost-user connection's queue pairs on the datapath at
+/// Everything is built while the old process still forwards (`adopt`): regions mapped, pools
+/// attached, the runtime, each vhost-user connection's queue pairs on the datapath at
 /// provisional ring positions, the polling threads created, pinned and parked. Inside the blackout
 /// `activate` only checks the pools' rings, moves each ring to its final position and makes the
 /// parked threads watch closely; after the commit `resume` unparks them — one store — and only then starts

