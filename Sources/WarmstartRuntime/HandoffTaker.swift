@@ -209,8 +209,15 @@ public enum HandoffTaker {
             usleep(50)
             first = hooks.firstPacketNs()
         }
+        // With several threads the first burst may come before every thread left its park.
+        var pollingSince = hooks.pollingSinceNs()
+        let pollingWaitEnd = ws_monotonic_ns() &+ 5_000_000
+        while first != nil && pollingSince == nil && ws_monotonic_ns() < pollingWaitEnd {
+            usleep(50)
+            pollingSince = hooks.pollingSinceNs()
+        }
         let measured = Self.blackout(live: live, quiescedInNs: quiescedInNs, readyOutNs: readyOutNs, commitInNs: commitInNs,
-                                     pollingSinceNs: hooks.pollingSinceNs(), firstNs: first, trafficWaitMs: options.trafficWaitMs)
+                                     pollingSinceNs: pollingSince, firstNs: first, trafficWaitMs: options.trafficWaitMs)
         mark = ws_monotonic_ns()   // the wait is not part of any step
 
         try fault(.oldExit)
