@@ -124,6 +124,4 @@ extension VhostUserBackendPort {
 public final class PreparedVhostUserConnection {
     let connection: VhostUserConnection
     init(_ c: VhostUserConnection) { connection = c }
-    /// The queue pairs built (their rings await `moveRings`).
-    public var pairCount: Int { connection.pairs.count }
 }

@@ -54,7 +54,7 @@ public struct RuntimeStats: Codable, Sendable, Equatable {
             if let r = p.reason, p.state != "started" { out += "  (\(r))\n" }
         }
         if let f = process {
-            out += "process \(f.pid): \(f.openFDs) descriptors, \(f.mappings) mappings (\(f.sharedMappings) shared), \(f.threads) threads; "
+            out += "process \(f.pid): \(f.openFDs) descriptors, \(f.mappings) mappings (\(f.sharedMappings) shared), \(f.threads) thread\(f.threads == 1 ? "" : "s"); "
                 + "mbufs in use \(f.mbufsInUse) (\(f.mbufsCached) in this process's caches)\n"
         }
         return out

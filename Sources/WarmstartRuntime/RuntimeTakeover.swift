@@ -16,11 +16,11 @@ import WarmstartVhostUser
 /// probe: the bus adopts the connected and listening descriptors.
 ///
 /// Everything is built while the old process still forwards (`adopt`): regions mapped, pools
-/// attached, the runtime, each vhost-user connection's queue pairs on the datapath at
-/// provisional ring positions, the polling threads created, pinned and parked. Inside the blackout
-/// `activate` only checks the pools' rings, moves each ring to its final position and makes the
-/// parked threads watch closely; after the commit `resume` unparks them — one store — and only then starts
-/// the control plane (bus loop, vhost-user reads, control socket).
+/// attached, the runtime, each vhost-user connection's queue pairs on the datapath at provisional
+/// ring positions, the polling threads created, pinned and parked. Inside the blackout `activate`
+/// only checks the pools' rings, moves each ring to its final position and has the parked threads
+/// watch for the resume closely; after the commit `resume` unparks them — one store — and only
+/// then starts the control plane (bus loop, vhost-user reads, control socket).
 public final class RuntimeTakeover: @unchecked Sendable {
     public struct Overrides: Sendable {
         /// Serve the control socket here instead of taking the old one's over.
