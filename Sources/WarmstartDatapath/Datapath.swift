@@ -303,7 +303,7 @@ public final class Datapath: @unchecked Sendable {
 
     /// Mbufs in the polling threads' caches now (statistics: read from outside, approximate
     /// while the threads run, exact when they are paused or idle).
-    public var cachedMbufs: Int { lock.locked { threads.reduce(0) { $0 + $1.cache.countSeenFromOutside } } }
+    public var cachedMbufs: Int { lock.locked { threads.reduce(0) { $0 + ($1.cacheForStats?.countSeenFromOutside ?? 0) } } }
 
     public struct PortStats: Sendable, Codable, Equatable {
         public var name: String

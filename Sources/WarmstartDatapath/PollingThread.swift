@@ -23,14 +23,15 @@ final class PollingThread: @unchecked Sendable {
     let unparkedAtNs = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
     var thread = pthread_t()
     var started = false
-    /// The thread's mbuf cache (made here, used only by the thread; others read its count).
-    let cache: MbufCache
+    /// The thread's mbuf cache while it runs, for statistics (set and cleared by the thread under
+    /// the datapath's lock; others read only its count). The cache itself is made by the thread,
+    /// so it lives in that thread's malloc arena, away from memory other threads write.
+    var cacheForStats: MbufCache?
 
     init(datapath: Datapath, index: Int, cpu: Int) {
         self.datapath = datapath
         self.index = index
         self.cpu = cpu
-        cache = MbufCache(pool: datapath.pool, size: datapath.pool.config.cacheSize)
         ackedGeneration.initialize(to: 0)
         parked.initialize(to: 0)
         running.initialize(to: 0)
@@ -76,7 +77,8 @@ final class PollingThread: @unchecked Sendable {
     func body() {
         if cpu >= 0 { _ = ws_pin_thread(Int32(cpu)) }
         let dp = datapath
-        let cache = self.cache
+        let cache = MbufCache(pool: dp.pool, size: dp.pool.config.cacheSize)
+        dp.lock.locked { cacheForStats = cache }
         let burst = dp.options.burst
         let pkts = UnsafeMutablePointer<Mbuf>.allocate(capacity: burst)
         let slotCount = max(1, dp.portNames.count)
@@ -84,6 +86,7 @@ final class PollingThread: @unchecked Sendable {
         let buckets = UnsafeMutablePointer<Mbuf>.allocate(capacity: burst * slotCount)
         let bucketCounts = UnsafeMutablePointer<Int>.allocate(capacity: slotCount)
         defer {
+            dp.lock.locked { cacheForStats = nil }
             cache.flush()
             pkts.deallocate(); buckets.deallocate(); bucketCounts.deallocate()
         }
