@@ -12,6 +12,12 @@ import Glibc
 /// *generation* (a new plan of which thread polls which queue) and waits until every thread has
 /// acknowledged it at a burst boundary. After that, nothing still refers to a removed queue.
 /// `pause()` uses the same handshake to quiesce all threads between bursts (hot upgrade).
+///
+/// Hot upgrade needs two more things of the threads, both chosen through one control word they
+/// read once per loop iteration anyway (so they cost nothing when off): a new process starts its
+/// threads parked and has them watch closely just before it resumes them (`startPaused`,
+/// `expectResume`), and both processes stamp the time of every burst forwarded while a handoff
+/// runs (`recordForwardTimes`): the old one's last and the new one's first are the blackout.
 public final class Datapath: @unchecked Sendable {
     public struct Options: Sendable {
         public var mode: ForwardMode
@@ -40,7 +46,18 @@ public final class Datapath: @unchecked Sendable {
     var published: Plan
     var retired: [Plan] = []
     let generation = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
-    let pauseRequested = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    /// Bits of `Control`, read by every polling thread once per loop iteration.
+    let control = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    enum Control {
+        /// Park at the next burst boundary.
+        static let pause: UInt32 = 1
+        /// While parked, check for the resume every 2 µs instead of every 20.
+        static let resumeSoon: UInt32 = 2
+        /// Stamp the monotonic time of every burst forwarded (one clock read per non-empty burst).
+        static let stamp: UInt32 = 4
+    }
+    /// When `recordForwardTimes` began: older stamps do not count.
+    var stampsSinceNs: UInt64 = 0
     /// Per slot: monotonic ns of the first packet received, 0 until then.
     public let firstPacketNs: UnsafeMutablePointer<UInt64>
 
@@ -52,7 +69,7 @@ public final class Datapath: @unchecked Sendable {
         slots = Array(repeating: [], count: ports.count)
         published = Plan(threads: max(1, options.cores.count))
         generation.initialize(to: 0)
-        pauseRequested.initialize(to: 0)
+        control.initialize(to: 0)
         firstPacketNs = .allocate(capacity: max(1, ports.count))
         firstPacketNs.initialize(repeating: 0, count: max(1, ports.count))
     }
@@ -60,7 +77,7 @@ public final class Datapath: @unchecked Sendable {
     deinit {
         stop()
         generation.deallocate()
-        pauseRequested.deallocate()
+        control.deallocate()
         firstPacketNs.deallocate()
     }
 
@@ -173,15 +190,17 @@ public final class Datapath: @unchecked Sendable {
 
     // MARK: threads
 
+    /// Starts the polling threads; does nothing when they run already.
     public func start() {
-        lock.locked {
-            guard threads.isEmpty else { return }
+        let created = lock.locked { () -> [PollingThread] in
+            guard threads.isEmpty else { return [] }
             let cores = options.cores.isEmpty ? [-1] : options.cores
             for (i, cpu) in cores.enumerated() {
                 threads.append(PollingThread(datapath: self, index: i, cpu: cpu))
             }
+            return threads
         }
-        for t in threads { t.start() }
+        for t in created { t.start() }
     }
 
     public func stop() {
@@ -193,17 +212,98 @@ public final class Datapath: @unchecked Sendable {
         for t in ts { t.stopAndJoin() }
     }
 
-    /// Quiesces every polling thread at a burst boundary; returns once all of them are parked.
+    /// Quiesces every polling thread at a burst boundary; returns once all of them are parked
+    /// (their mbuf caches flushed).
     public func pause() {
-        ws_store_release_u32(pauseRequested, 1)
-        for t in threads where t.isRunning {
-            while ws_load_acquire_u32(t.parked) == 0 && t.isRunning { ws_cpu_relax(); sched_yield() }
+        _ = ws_fetch_or_u32(control, Control.pause)
+        waitUntilParked()
+    }
+
+    /// Lets parked threads poll again.
+    public func resume() { _ = ws_fetch_and_u32(control, ~(Control.pause | Control.resumeSoon)) }
+
+    /// Hot upgrade, new process: starts the polling threads parked — created, pinned, their mbuf
+    /// caches and burst arrays allocated — so that only `resume()` is left for the blackout.
+    /// Returns once every thread is parked. Parked threads nap 20 µs at a time.
+    public func startPaused() {
+        _ = ws_fetch_or_u32(control, Control.pause)
+        start()
+        waitUntilParked()
+    }
+
+    /// Parked threads nap 2 µs at a time instead of 20, so the next `resume()` takes effect
+    /// within microseconds. For the short moment before a resume that is known to come (inside
+    /// a handoff's blackout). Never a spin: a spinning thread would keep a thread that shares
+    /// its CPU — the one that is to say "resume" — waiting for its time slice to end.
+    public func expectResume() { _ = ws_fetch_or_u32(control, Control.resumeSoon) }
+
+    func waitUntilParked() {
+        let ts = lock.locked { threads }
+        for t in ts where t.isRunning {
+            // A thread parks within a burst (microseconds): spin first. A yield would hand this
+            // CPU to any other busy task (a guest's poller) for a whole time slice, milliseconds,
+            // inside a handoff's blackout. After 20 µs (this thread may share the polling
+            // thread's CPU) sleep briefly instead: a sleeper gets its CPU back on waking.
+            let sleepAfter = ws_monotonic_ns() &+ 20_000
+            while ws_load_acquire_u32(t.parked) == 0 && t.isRunning {
+                ws_cpu_relax()
+                if ws_monotonic_ns() > sleepAfter { usleep(10) }
+            }
         }
     }
 
-    public func resume() { ws_store_release_u32(pauseRequested, 0) }
+    // MARK: forwarding times (hot upgrade)
+
+    /// From now on every thread stamps the time of each burst it forwards (after its transmit),
+    /// until `stopRecordingForwardTimes`. Off, the threads read no clock.
+    public func recordForwardTimes() {
+        lock.locked { stampsSinceNs = ws_monotonic_ns() }
+        _ = ws_fetch_or_u32(control, Control.stamp)
+    }
+
+    public func stopRecordingForwardTimes() { _ = ws_fetch_and_u32(control, ~Control.stamp) }
+
+    /// The last burst any thread forwarded since `recordForwardTimes`, nil when none did (an idle
+    /// guest). Exact once the threads are paused.
+    public var lastForwardNs: UInt64? {
+        lock.locked {
+            let last = threads.map { ws_load_acquire_u64($0.lastForwardNs) }.max() ?? 0
+            return last >= stampsSinceNs && last != 0 ? last : nil
+        }
+    }
+
+    /// When the first thread parked (while paused: from then on at least one thread polls
+    /// nothing). Nil when not paused.
+    public var parkedAtNs: UInt64? {
+        lock.locked {
+            guard !threads.isEmpty, threads.allSatisfy({ ws_load_acquire_u32($0.parked) != 0 }) else { return nil }
+            return threads.map { ws_load_acquire_u64($0.parkedAtNs) }.min()
+        }
+    }
+
+    /// After `resume()`: when the last thread left its park (from then on every thread polls).
+    /// Nil while any thread is still parked.
+    public var unparkedAtNs: UInt64? {
+        lock.locked {
+            guard !threads.isEmpty, threads.allSatisfy({ ws_load_acquire_u32($0.parked) == 0 }) else { return nil }
+            let t = threads.map { ws_load_acquire_u64($0.unparkedAtNs) }
+            return t.contains(0) ? nil : t.max()
+        }
+    }
+
+    /// The first burst any thread forwarded while recording, nil until one did.
+    public var firstForwardNs: UInt64? {
+        lock.locked {
+            let firsts = threads.map { ws_load_acquire_u64($0.firstForwardNs) }.filter { $0 >= stampsSinceNs && $0 != 0 }
+            return firsts.min()
+        }
+    }
 
     // MARK: stats
+
+    /// Mbufs in the polling threads' caches now (statistics: read from outside, approximate
+    /// while the threads run, exact when they are paused or idle).
+    public var cachedMbufs: Int { lock.locked { threads.reduce(0) { $0 + ($1.cacheForStats?.countSeenFromOutside ?? 0) } } }
 
     public struct PortStats: Sendable, Codable, Equatable {
         public var name: String

@@ -100,6 +100,16 @@ public final class VhostQueuePair: BurstQueue {
                          lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
     }
 
+    /// Moves ring `index` to `base` (hot upgrade: the pair was built before the previous owner
+    /// paused). Only once no thread polls it.
+    public func reposition(ring index: Int, to base: VringBase) throws(VhostQueueError) {
+        let s = VirtqueueState(lastAvailIndex: base.lastAvailIndex, lastUsedIndex: base.lastUsedIndex,
+                               availWrapCounter: base.availWrapCounter, usedWrapCounter: base.usedWrapCounter)
+        do { try (index == rxSetup.index ? guestRX : guestTX).reposition(to: s) } catch {
+            throw VhostQueueError("vring \(index): \(error)")
+        }
+    }
+
     public func state(ofRing index: Int) -> VirtqueueState {
         index == rxSetup.index ? guestRX.state : guestTX.state
     }

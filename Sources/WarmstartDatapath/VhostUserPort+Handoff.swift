@@ -36,13 +36,12 @@ extension VhostUserBackendPort {
         (device.driverContext as? VhostUserConnection)?.session
     }
 
-    /// Where each ring of `device`'s built queue pairs stands. Only meaningful with the datapath
-    /// paused.
-    public func ringPositions(of device: Device) -> [(index: Int, base: VringBase)] {
+    /// The queue pairs built for `device`'s rings. Taken at export: with the control plane frozen
+    /// they cannot change until the handoff ends, so their final positions can be read straight
+    /// from them once the datapath is paused, without a trip to the loop thread.
+    public func builtPairs(of device: Device) -> [VhostQueuePair] {
         guard let c = device.driverContext as? VhostUserConnection else { return [] }
-        return c.pairs.values.flatMap { p in
-            [(p.rxSetup.index, p.position(ofRing: p.rxSetup.index)), (p.txSetup.index, p.position(ofRing: p.txSetup.index))]
-        }
+        return c.pairs.keys.sorted().compactMap { c.pairs[$0] }
     }
 
     /// Where ring `index` of `device` stands now, read without taking its pair off the datapath
@@ -54,23 +53,75 @@ extension VhostUserBackendPort {
         return p.position(ofRing: index)
     }
 
-    /// New process: `device`'s connection is the handed-over socket `fd`, served by the imported
-    /// `session`; `rings` (at the final positions) become queue pairs on the datapath at once, and
-    /// reading resumes. Use as the `attach` of `Bus.adopt`.
-    public func adopt(device: Device, fd: Int32, bus: Bus, session: VhostUserBackendSession, rings: [VringSetup]) {
+    /// New process, while the old one still forwards (before `Bus.start`, with the datapath's
+    /// threads not started yet): `device`'s connection is the handed-over socket `fd`, served by
+    /// the imported `session`; `rings` (at provisional positions) become queue pairs on the
+    /// datapath now, so the blackout has only `moveRings` left to do. Nothing reads the socket
+    /// until `startPrepared`: until the commit the old process may resume and own it.
+    public func prepareAdoption(device: Device, fd: Int32, bus: Bus, session: VhostUserBackendSession,
+                                rings: [VringSetup]) -> PreparedVhostUserConnection {
         var log = logger
         log[metadataKey: "port"] = "\(device.name)"
         let conn = VhostUserConnection(device: device, fd: fd, bus: bus, driver: self,
                                        configuration: Self.configuration(for: device.spec), logger: log, session: session)
-        device.driverContext = conn
         for s in rings {
             conn.setups[s.index] = s
             conn.enabled[s.index] = s.enabled
         }
-        log.info("vhost-user: adopted the handed-over connection (\(rings.count) started rings)")
-        conn.rebuild()
-        conn.readNext()
+        conn.buildPairs()
+        let active = conn.activePairs
+        if !active.isEmpty {
+            datapath.attach(slot: conn.slot, queues: active)
+            conn.attachedSlot = true
+        }
+        return PreparedVhostUserConnection(conn)
     }
 
+    /// Inside the blackout (the old process paused, this datapath's threads parked): every built
+    /// pair's rings move to their final positions. A built ring without a final position, or a
+    /// position for a ring without a pair, means the two processes disagree: the handoff must
+    /// abort. No allocation.
+    public func moveRings(of p: PreparedVhostUserConnection, to positions: [Int: VringBase]) throws(VhostQueueError) {
+        let c = p.connection
+        var moved = 0
+        func move(_ pair: VhostQueuePair, _ i: Int) throws(VhostQueueError) {
+            guard let b = positions[i] else { throw VhostQueueError("vring \(i): no final position was handed over") }
+            try pair.reposition(ring: i, to: b)
+            moved += 1
+        }
+        for pair in c.pairs.values {
+            try move(pair, pair.rxSetup.index)
+            try move(pair, pair.txSetup.index)
+        }
+        guard moved == positions.count else {
+            throw VhostQueueError("\(positions.count) final ring positions were handed over for \(moved) built rings")
+        }
+    }
+
+    /// Loop thread, after the commit, as the `attach` of `Bus.adopt`: the prepared connection
+    /// serves `device` from now on (its pairs already forward) and reading resumes.
+    public func startPrepared(_ p: PreparedVhostUserConnection, device: Device) {
+        let c = p.connection
+        device.driverContext = c
+        c.logger.info("vhost-user: adopted the handed-over connection (\(c.setups.count) started rings, \(c.pairs.count) queue pairs)")
+        let active = c.activePairs
+        if c.attachedSlot {
+            bus(of: c).ready(device)
+            bus(of: c).started(device)
+        }
+        onQueuesChanged?(device, active)
+        c.readNext()
+    }
+
+    /// The handoff failed before the commit: the prepared pairs leave the datapath (stop its
+    /// threads first: parked threads acknowledge no new plan). The socket is not closed here.
+    public func abandonPrepared(_ p: PreparedVhostUserConnection) { p.connection.close() }
+
     private func bus(of c: VhostUserConnection) -> Bus { c.bus }
+}
+
+/// A handed-over vhost-user connection made ready before the commit (`prepareAdoption`).
+public final class PreparedVhostUserConnection {
+    let connection: VhostUserConnection
+    init(_ c: VhostUserConnection) { connection = c }
 }

@@ -273,6 +273,24 @@ final class VhostUserConnection {
 
     /// Builds the pairs whose two rings are started, then publishes the enabled ones to the slot.
     func rebuild() {
+        buildPairs()
+        let active = activePairs
+        detachFromDatapath()
+        if !active.isEmpty {
+            datapath.attach(slot: slot, queues: active)
+            attachedSlot = true
+            if device.state != .started {
+                bus.ready(device)
+                bus.started(device)
+            }
+        } else if device.state == .started {
+            bus.negotiating(device)
+        }
+        driver.onQueuesChanged?(device, active)
+    }
+
+    /// Builds a queue pair for every q whose rings 2q and 2q+1 are both started and that has none.
+    func buildPairs() {
         let queueCount = session.queueCount
         for q in 0..<(queueCount / 2) where pairs[q] == nil {
             guard let rx = setups[2 * q], let tx = setups[2 * q + 1] else { continue }
@@ -290,19 +308,6 @@ final class VhostUserConnection {
                 logger.error("vhost-user: queue pair \(q): \(error)")
             }
         }
-        let active = activePairs
-        detachFromDatapath()
-        if !active.isEmpty {
-            datapath.attach(slot: slot, queues: active)
-            attachedSlot = true
-            if device.state != .started {
-                bus.ready(device)
-                bus.started(device)
-            }
-        } else if device.state == .started {
-            bus.negotiating(device)
-        }
-        driver.onQueuesChanged?(device, active)
     }
 
     func detachFromDatapath() {

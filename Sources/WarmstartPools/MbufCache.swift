@@ -1,3 +1,5 @@
+import CWarmstartShim
+
 /// A per-thread cache of free element indices in front of a pool's shared ring (DPDK's
 /// rte_mempool_cache): alloc and free are a pop or push on a private stack, and the ring is only
 /// touched to refill or flush `chunk` (size/2) indices at a time.
@@ -45,6 +47,12 @@ public final class MbufCache {
 
     /// Mbufs held by this cache.
     public var count: Int { length }
+
+    /// `count` read from another thread (statistics): a single atomic load, so the value is one
+    /// the owner really had, if possibly out of date by the time it is used.
+    public var countSeenFromOutside: Int {
+        Int(ws_load_relaxed_u64(UnsafeMutableRawPointer(state).assumingMemoryBound(to: UInt64.self)))
+    }
 
     @inlinable
     public func alloc() -> Mbuf? {

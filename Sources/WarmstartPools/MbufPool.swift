@@ -115,12 +115,20 @@ public final class MbufPool: @unchecked Sendable {
 
     /// Hot upgrade: adopts a live pool, keeping its ring and bump state, after checking the control
     /// block (magic, version, config, geometry, a quiescent and plausible ring).
+    /// - Parameter checkRing: false while the previous owner may still be allocating (a handoff
+    ///   attaches before the old process pauses); then call `checkRingQuiescent()` once it has.
     public static func attach(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
-                              mode: PoolRing.Mode = .mpmc) throws -> MbufPool {
+                              mode: PoolRing.Mode = .mpmc, checkRing: Bool = true) throws -> MbufPool {
         let g = try placement(config, region, offset, poolID)
         try PoolControl.validate(at: region.base + offset, config: config, geometry: g, poolID: poolID,
-                                 offset: offset)
+                                 offset: offset, ring: checkRing)
         return MbufPool(config: config, region: region, offset: offset, poolID: poolID, mode: mode, geometry: g)
+    }
+
+    /// The ring check `attach(checkRing: false)` left out: quiescent, and holding no more than was
+    /// ever handed out. Only once every other user is paused.
+    public func checkRingQuiescent() throws {
+        try PoolControl.validateRing(at: base, config: config, geometry: PoolControl.Geometry(config), poolID: poolID)
     }
 
     // MARK: allocation

@@ -83,9 +83,10 @@ public enum PoolControl {
         ws_store_release_u32(p.assumingMemoryBound(to: UInt32.self), magic)
     }
 
-    /// Checks a live control block against what the caller expects (for `attach`).
+    /// Checks a live control block against what the caller expects (for `attach`): its layout,
+    /// then its ring (`validateRing`) unless the owner may still be using it.
     static func validate(at p: UnsafeMutableRawPointer, config c: MbufPoolConfig, geometry g: Geometry,
-                         poolID: UInt16, offset: Int) throws {
+                         poolID: UInt16, offset: Int, ring: Bool = true) throws {
         let found = ws_load_acquire_u32(p.assumingMemoryBound(to: UInt32.self))
         guard found == magic else { throw PoolError.badMagic(poolID: poolID, offset: offset, found: found) }
         let version = p.load(fromByteOffset: versionOffset, as: UInt32.self)
@@ -109,8 +110,12 @@ public enum PoolControl {
         try check("elementsOffset",
                   Int(truncatingIfNeeded: p.load(fromByteOffset: elementsOffsetOffset, as: UInt64.self)),
                   g.elementsOffset)
+        if ring { try validateRing(at: p, config: c, geometry: g, poolID: poolID) }
+    }
 
-        // The ring must be quiescent and hold no more than was ever handed out.
+    /// The ring must be quiescent and hold no more than was ever handed out.
+    static func validateRing(at p: UnsafeMutableRawPointer, config c: MbufPoolConfig, geometry g: Geometry,
+                             poolID: UInt16) throws {
         let h = p + ringHeaderOffset
         let ph = h.load(fromByteOffset: PoolRing.prodHeadOffset, as: UInt64.self)
         let pt = h.load(fromByteOffset: PoolRing.prodTailOffset, as: UInt64.self)

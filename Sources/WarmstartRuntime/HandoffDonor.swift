@@ -114,14 +114,14 @@ public final class HandoffDonor: @unchecked Sendable {
             try? channel.send(.refused, (try? HandoffJSON.encode(HandoffRefusal(reason: refusal), step: .hello)) ?? [], step: .hello)
             return .refused(reason: refusal)
         }
-        let outcome = run(channel, newPid: hello.pid)
+        let outcome = run(channel, newPid: hello.pid, newVersion: hello.version)
         locked {
             if case .committed = outcome { phase = .handedOver(pid: hello.pid) } else { phase = .idle }
         }
         return outcome
     }
 
-    private func run(_ ch: HandoffChannel, newPid: Int32) -> HandoffDonorOutcome {
+    private func run(_ ch: HandoffChannel, newPid: Int32, newVersion: HandoffVersion) -> HandoffDonorOutcome {
         var touched = false   // frozen or paused: resume must undo it
         var step = HandoffStepName.hello
         func rollBack(_ reason: String) -> HandoffDonorOutcome {
@@ -152,6 +152,8 @@ public final class HandoffDonor: @unchecked Sendable {
             do { try hooks.export(&builder) } catch { return rollBack("cannot describe this process's state: \(error)") }
             try ch.send(.state, try HandoffJSON.encode(builder.state, step: step), step: step)
             try ch.sendFDs(builder.fds, names: builder.state.fds, step: step)
+            let portNames = builder.state.ports.map(\.name)
+            if newVersion.hasBinaryLive { HandoffLive.warmUp(ports: portNames) }
 
             step = .map
             setStep(step)
@@ -163,7 +165,8 @@ public final class HandoffDonor: @unchecked Sendable {
             var live: HandoffLive
             do { live = try hooks.quiesce() } catch { return rollBack("cannot quiesce: \(error)") }
             live.quiescedAtNs = ws_monotonic_ns()
-            try ch.send(.quiesced, try HandoffJSON.encode(live, step: step), step: step)
+            let pl = newVersion.hasBinaryLive ? try live.binaryEncoded(ports: portNames) : try HandoffJSON.encode(live, step: step)
+            try ch.send(.quiesced, pl, step: step)
 
             step = .commit
             setStep(step)

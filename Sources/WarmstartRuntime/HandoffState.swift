@@ -100,14 +100,19 @@ public struct HandoffRingPosition: Codable, Sendable, Equatable {
 /// What changes while the old process forwards and so crosses only once its datapath is paused:
 /// ring positions, counters, and the time of the pause.
 public struct HandoffLive: Codable, Sendable, Equatable {
+    /// When the positions had been read (the message goes out right after).
     public var quiescedAtNs: UInt64
-    /// The last forwarded packet, when the donor knows it (else the pause time stands for it).
+    /// 1.2: when the first polling thread parked (from then on a queue is not polled).
+    public var pausedAtNs: UInt64?
+    /// The last burst forwarded since the handoff began; nil when none was (an idle guest: no
+    /// blackout can be measured).
     public var lastForwardNs: UInt64?
     public var rings: [HandoffRingPosition]
     public var counters: [String: QueueCounters]
-    public init(quiescedAtNs: UInt64 = 0, lastForwardNs: UInt64? = nil, rings: [HandoffRingPosition] = [],
+    public init(quiescedAtNs: UInt64 = 0, pausedAtNs: UInt64? = nil, lastForwardNs: UInt64? = nil, rings: [HandoffRingPosition] = [],
                 counters: [String: QueueCounters] = [:]) {
-        self.quiescedAtNs = quiescedAtNs; self.lastForwardNs = lastForwardNs; self.rings = rings; self.counters = counters
+        self.quiescedAtNs = quiescedAtNs; self.pausedAtNs = pausedAtNs; self.lastForwardNs = lastForwardNs
+        self.rings = rings; self.counters = counters
     }
     /// The positions of `port`'s rings, by ring index.
     public func positions(of port: String) -> [Int: VringBase] {
@@ -201,7 +206,9 @@ public final class HandoffReceived: @unchecked Sendable {
     init(state: HandoffState, fds: HandoffFDTable) { self.state = state; self.fds = fds }
 
     /// Maps every region from its passed descriptor (done while the old process still forwards:
-    /// mapping is the slow part, and the pages are shared, not copied).
+    /// mapping is the slow part, and the pages are shared, not copied). Not MAP_POPULATE: filling
+    /// every page table entry took milliseconds of kernel time that starved a guest sharing the
+    /// CPU just before the pause (measured); the first bursts fault in the few pages they touch.
     public func mapRegions() throws(HandoffError) -> [MemoryRegion] {
         var regions: [MemoryRegion] = []
         for (k, r) in state.regions.enumerated() {
@@ -221,17 +228,28 @@ public final class HandoffReceived: @unchecked Sendable {
 
     /// Attaches every pool with its live ring state. Only once the old datapath is paused (its
     /// caches flushed): `MbufPool.attach` checks the control block and refuses a pool in motion.
-    public func attachPools(in regions: [MemoryRegion]) throws(HandoffError) -> [MbufPool] {
+    /// With `inMotion` (before the pause) the ring is left unchecked: call `checkPoolRings` once
+    /// the old process has paused.
+    public func attachPools(in regions: [MemoryRegion], inMotion: Bool = false) throws(HandoffError) -> [MbufPool] {
+        let step: HandoffStepName = inMotion ? .map : .commit
         var pools: [MbufPool] = []
         for p in state.pools {
-            guard p.region >= 0, p.region < regions.count else { throw HandoffError(.commit, "pool \(p.poolID) names region \(p.region)") }
+            guard p.region >= 0, p.region < regions.count else { throw HandoffError(step, "pool \(p.poolID) names region \(p.region)") }
             do {
-                pools.append(try MbufPool.attach(config: p.config, region: regions[p.region], offset: p.offset, poolID: p.poolID))
+                pools.append(try MbufPool.attach(config: p.config, region: regions[p.region], offset: p.offset, poolID: p.poolID,
+                                                 checkRing: !inMotion))
             } catch {
-                throw HandoffError(.commit, "cannot adopt pool \(p.poolID): \(error)")
+                throw HandoffError(step, "cannot adopt pool \(p.poolID): \(error)")
             }
         }
         return pools
+    }
+
+    /// After the pause: every pool attached `inMotion` has a quiescent, plausible ring.
+    public func checkPoolRings(_ pools: [MbufPool]) throws(HandoffError) {
+        for p in pools {
+            do { try p.checkRingQuiescent() } catch { throw HandoffError(.commit, "cannot adopt pool \(p.poolID): \(error)") }
+        }
     }
 
     /// Rebuilds a vhost-user port's session (memory re-mapped from the passed fds, rings at the

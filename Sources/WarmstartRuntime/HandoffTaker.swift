@@ -17,12 +17,16 @@ public struct HandoffTakerHooks {
     public var resume: () throws -> Void
     /// Monotonic time of the first packet forwarded since `resume`, nil until then (blackout).
     public var firstPacketNs: () -> UInt64?
+    /// Monotonic time from which every polling thread polls again after `resume`, nil when not
+    /// known (the blackout's breakdown then has no `not polling` figure).
+    public var pollingSinceNs: () -> UInt64?
     /// Drops what `adopt` built, when the handoff fails before the commit.
     public var abandon: () -> Void
     public init(adopt: @escaping (HandoffReceived) throws -> Void, activate: @escaping (HandoffLive) throws -> Void = { _ in },
                 resume: @escaping () throws -> Void, firstPacketNs: @escaping () -> UInt64? = { nil },
-                abandon: @escaping () -> Void = {}) {
-        self.adopt = adopt; self.activate = activate; self.resume = resume; self.firstPacketNs = firstPacketNs; self.abandon = abandon
+                pollingSinceNs: @escaping () -> UInt64? = { nil }, abandon: @escaping () -> Void = {}) {
+        self.adopt = adopt; self.activate = activate; self.resume = resume; self.firstPacketNs = firstPacketNs
+        self.pollingSinceNs = pollingSinceNs; self.abandon = abandon
     }
 }
 
@@ -92,6 +96,8 @@ public enum HandoffTaker {
         }
         let t = options.timeouts
         var adopted = false
+        // Inside the blackout (monotonic ns): `quiesced` received, `ready` sent, `commit` received.
+        var quiescedInNs: UInt64 = 0, readyOutNs: UInt64 = 0, commitInNs: UInt64 = 0
         // Before the commit, a failure here is reported to the old process, which resumes; what was
         // adopted is dropped. `told` is set once the old process has been sent an abort.
         var told = false
@@ -144,6 +150,8 @@ public enum HandoffTaker {
                 throw abort(HandoffError(.transfer, "cannot read state version \(decoded.version)"))
             }
             let fds = HandoffFDTable(fds: try ch.receiveFDs(names: decoded.fds, step: .transfer, timeoutMs: t.stepMs), names: decoded.fds)
+            let portNames = decoded.ports.map(\.name)
+            if welcome.version.hasBinaryLive { HandoffLive.warmUp(ports: portNames) }
             done(.transfer)
 
             try fault(.map)
@@ -163,8 +171,12 @@ public enum HandoffTaker {
 
             try fault(.quiesce)
             let liveFrame = try ch.expect(.quiesced, step: .quiesce, timeoutMs: t.stepMs)
+            quiescedInNs = ws_monotonic_ns()
             let l: HandoffLive
-            do { l = try HandoffJSON.decode(HandoffLive.self, liveFrame.payload, step: .quiesce) } catch { throw abort(error) }
+            do {
+                l = welcome.version.hasBinaryLive ? try HandoffLive(binary: liveFrame.payload, ports: portNames)
+                    : try HandoffJSON.decode(HandoffLive.self, liveFrame.payload, step: .quiesce)
+            } catch { throw abort(error) }
             live = l
             done(.quiesce)
 
@@ -173,7 +185,9 @@ public enum HandoffTaker {
                 throw abort(HandoffError(.commit, "cannot apply the final ring positions: \(error)"))
             }
             try ch.send(.ready, step: .commit)
+            readyOutNs = ws_monotonic_ns()
             _ = try ch.expect(.commit, step: .commit, timeoutMs: t.stepMs)
+            commitInNs = ws_monotonic_ns()
             done(.commit)
         }
         // From here on everything is ours: no failure sends anything back.
@@ -185,17 +199,25 @@ public enum HandoffTaker {
         let resumedAt = ws_monotonic_ns()
         done(.resume)
 
-        // The blackout: from the old process's last forwarded packet (or its pause) to our first.
-        // Wait for that first packet (bounded) before telling the old process we forward: its
-        // release (joining threads, unmapping) must not compete for the CPU inside the blackout.
-        let last = live.map { $0.lastForwardNs ?? $0.quiescedAtNs } ?? resumedAt
+        // The blackout: from the old process's last forwarded burst to our first, both stamped by
+        // the polling threads (CLOCK_MONOTONIC is system-wide). Wait for that first burst (bounded)
+        // before telling the old process we forward: its release (joining threads, unmapping) must
+        // not compete for the CPU inside the blackout.
         var first = hooks.firstPacketNs()
         let waitEnd = resumedAt &+ UInt64(options.trafficWaitMs) * 1_000_000
         while first == nil && ws_monotonic_ns() < waitEnd {
             usleep(50)
             first = hooks.firstPacketNs()
         }
-        let blackout = first.map { Double(Int64(bitPattern: $0 &- last)) / 1e6 }
+        // With several threads the first burst may come before every thread left its park.
+        var pollingSince = hooks.pollingSinceNs()
+        let pollingWaitEnd = ws_monotonic_ns() &+ 5_000_000
+        while first != nil && pollingSince == nil && ws_monotonic_ns() < pollingWaitEnd {
+            usleep(50)
+            pollingSince = hooks.pollingSinceNs()
+        }
+        let measured = Self.blackout(live: live, quiescedInNs: quiescedInNs, readyOutNs: readyOutNs, commitInNs: commitInNs,
+                                     pollingSinceNs: pollingSince, firstNs: first, trafficWaitMs: options.trafficWaitMs)
         mark = ws_monotonic_ns()   // the wait is not part of any step
 
         try fault(.oldExit)
@@ -207,6 +229,43 @@ public enum HandoffTaker {
             log("handoff: unexpected \(f.type) from the old process after the commit")
         }
         done(.oldExit)
-        return HandoffReport(outcome: "committed", blackoutMs: blackout, steps: steps)
+        return HandoffReport(outcome: "committed", blackoutMs: measured.ms, blackoutNote: measured.note,
+                             blackoutParts: measured.parts, notPollingMs: measured.notPollingMs, steps: steps)
+    }
+
+    /// The blackout and where it went, in consecutive parts that add up to it: the old process
+    /// polls but nothing comes (`old-idle`: last burst → its first thread parks), the pause is
+    /// seen and the positions read (`pause`), `quiesced` reaches us (`quiesced-message`), the
+    /// final positions are applied and `ready` sent (`activate`), `commit` comes back
+    /// (`commit-message`), our threads leave their park (`unpark`), our threads poll but nothing
+    /// comes yet (`new-idle`: → our first burst). `pause` through `unpark` is the time no thread
+    /// of either process polled (`notPollingMs`); the idle parts are the guest's. No figure when
+    /// either side forwarded nothing: an idle guest has no blackout to measure, and the pause
+    /// time is no stand-in for a packet.
+    static func blackout(live: HandoffLive?, quiescedInNs: UInt64, readyOutNs: UInt64, commitInNs: UInt64, pollingSinceNs: UInt64?,
+                         firstNs: UInt64?, trafficWaitMs: Int) -> (ms: Double?, note: String?, parts: [HandoffStep], notPollingMs: Double?) {
+        guard let live, let last = live.lastForwardNs else {
+            return (nil, "the old process forwarded nothing since the handoff began (idle guest)", [], nil)
+        }
+        guard let first = firstNs else {
+            return (nil, "this process forwarded nothing within \(trafficWaitMs) ms of resuming (idle guest)", [], nil)
+        }
+        func ms(_ a: UInt64, _ b: UInt64) -> Double { Double(Int64(bitPattern: b &- a)) / 1e6 }
+        // Each point at or after the one before (several threads park and unpark at their own
+        // times), so the parts never go negative and add up to the whole.
+        let parked = max(last, live.pausedAtNs ?? last)
+        let quiesced = max(parked, live.quiescedAtNs)
+        let polling = min(max(commitInNs, pollingSinceNs ?? commitInNs), max(first, commitInNs))
+        let points: [(String, UInt64)] = [("old-idle", parked), ("pause", quiesced), ("quiesced-message", quiescedInNs),
+                                          ("activate", readyOutNs), ("commit-message", commitInNs), ("unpark", polling),
+                                          ("new-idle", max(first, polling))]
+        var parts: [HandoffStep] = []
+        var previous = last
+        for (name, at) in points {
+            parts.append(HandoffStep(name: name, ms: ms(previous, at)))
+            previous = at
+        }
+        let notPolling = live.pausedAtNs != nil && pollingSinceNs != nil ? ms(parked, polling) : nil
+        return (ms(last, first), nil, parts, notPolling)
     }
 }

@@ -23,13 +23,16 @@ public struct HandoffVersion: Codable, Sendable, Equatable, CustomStringConverti
 
     /// 1.0: configuration, regions, pools, ports with vhost-user sessions and TAP fds.
     /// 1.1: per-port counters and the donor's last-forward time (both optional: 1.0 states lack them).
-    public static let current = HandoffVersion(major: 1, minor: 1)
+    /// 1.2: the `quiesced` message is binary (HandoffLiveWire.swift) when both sides speak 1.2.
+    public static let current = HandoffVersion(major: 1, minor: 2)
     /// Majors whose state this binary can read (the current one; add the previous one on a bump and
     /// keep its decoder).
     public static let readableMajors: [UInt16] = [1]
 
     public var description: String { "\(major).\(minor)" }
     public func canRead(_ other: HandoffVersion) -> Bool { Self.readableMajors.contains(other.major) }
+    /// Whether a process speaking this version sends and reads the binary `quiesced` message.
+    public var hasBinaryLive: Bool { (major, minor) >= (1, 2) }
 }
 
 public enum HandoffMessageType: UInt16, Sendable, CustomStringConvertible {
@@ -41,7 +44,8 @@ public enum HandoffMessageType: UInt16, Sendable, CustomStringConvertible {
     case refused = 3
     /// new → old: freeze the control plane (forwarding goes on) and send everything.
     case prepare = 4
-    /// old → new: `HandoffLive` — the datapath is paused at a burst boundary; ring positions.
+    /// old → new: `HandoffLive` — the datapath is paused at a burst boundary; ring positions
+    /// (binary from 1.2, JSON before).
     case quiesced = 5
     /// old → new: the state document (JSON), then its descriptors in `fds` frames.
     case state = 6

@@ -51,6 +51,11 @@ extension BootReport {
         if let h = handoff {
             out += "handoff: \(h.outcome)"
             if let b = h.blackoutMs { out += ", blackout \(ms(b))" }
+            if let n = h.notPollingMs { out += ", no thread polling \(ms(n))" }
+            if let n = h.blackoutNote { out += ", blackout unknown: \(n)" }
+            if !h.blackoutParts.isEmpty {
+                out += " (" + h.blackoutParts.map { "\($0.name) \(ms($0.ms))" }.joined(separator: ", ") + ")"
+            }
             out += "\n"
             for s in h.steps { out += "  \(s.name): \(ms(s.ms))\n" }
         }

@@ -51,6 +51,8 @@ extension Runtime {
     /// nothing is outstanding. A message that raced the cancel fails the freeze (the donor resumes;
     /// the message is handled here; the next attempt will do).
     func freezeControlPlane() throws {
+        // The blackout's first end: the polling threads stamp every burst from now on.
+        datapath.recordForwardTimes()
         bus.sync { [bus, vhostUser] in
             bus.freezeAccepting()
             for d in bus.devices where d.kind == .vhostUser || d.kind == .vhostUserClient { vhostUser.freeze(d) }
@@ -104,26 +106,36 @@ extension Runtime {
             return .success(builder)
         }
         b = try result.get()
+        // The pairs whose final positions `quiesce` reads (the control plane is frozen: they
+        // cannot change before the handoff ends).
+        handoffPairs = bus.sync { [bus, vhostUser] in bus.devices.map { (port: $0.name, pairs: vhostUser.builtPairs(of: $0)) } }
         if let control {
             b.state.configuration.values[HandoffKeys.controlFD] = "\(b.register(control.listeningFD, "control socket \(control.path)"))"
         }
     }
 
-    /// The blackout starts: park every polling thread, read where each ring stands.
+    /// The blackout starts: park every polling thread, read where each ring stands and when the
+    /// last burst went.
     func quiesce() -> HandoffLive {
         datapath.pause()
-        let rings: [HandoffRingPosition] = bus.sync { [bus, vhostUser] in
-            bus.devices.flatMap { d in
-                vhostUser.ringPositions(of: d).map { HandoffRingPosition(port: d.name, index: $0.index, base: $0.base) }
+        // Straight from the pairs taken at export: a trip to the loop thread here would put two
+        // thread wake-ups inside the blackout.
+        var rings: [HandoffRingPosition] = []
+        for (port, pairs) in handoffPairs {
+            for p in pairs {
+                rings.append(HandoffRingPosition(port: port, index: p.rxSetup.index, base: p.position(ofRing: p.rxSetup.index)))
+                rings.append(HandoffRingPosition(port: port, index: p.txSetup.index, base: p.position(ofRing: p.txSetup.index)))
             }
         }
         var counters: [String: QueueCounters] = [:]
         for s in datapath.stats() where s.slot < bus.devices.count { counters[bus.devices[s.slot].name] = s.total }
-        return HandoffLive(rings: rings, counters: counters)
+        return HandoffLive(pausedAtNs: datapath.parkedAtNs, lastForwardNs: datapath.lastForwardNs, rings: rings, counters: counters)
     }
 
     /// Before the commit: forward again and re-arm every receive and accept.
     func resumeAfterFailedHandoff(_ why: String) {
+        handoffPairs = []
+        datapath.stopRecordingForwardTimes()
         datapath.resume()
         bus.sync { [bus, vhostUser] in
             for d in bus.devices where d.kind == .vhostUser || d.kind == .vhostUserClient { vhostUser.thaw(d) }
@@ -134,6 +146,7 @@ extension Runtime {
 
     /// After the commit: stop the threads, close (never shut down, never unlink) every descriptor.
     func releaseAfterHandoff() {
+        handoffPairs = []
         datapath.stop()
         bus.release()
         control?.handOver()

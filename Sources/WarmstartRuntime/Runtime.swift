@@ -58,6 +58,8 @@ public final class Runtime: @unchecked Sendable {
     let logger: Logger
     var busStartNs: UInt64 = 0
     var running = false
+    /// Hot upgrade, old side: the queue pairs of each port, taken at export (Runtime+Donor.swift).
+    var handoffPairs: [(port: String, pairs: [VhostQueuePair])] = []
     private let handoffLock = PThreadMutex()
     private var handedOverPid: Int32?
     /// Set once a hot upgrade committed: the new process (this pid) owns everything.
@@ -196,7 +198,9 @@ public final class Runtime: @unchecked Sendable {
             return RuntimeStats.Port(name: p.name, kind: r?.kind ?? "", state: r?.state.rawValue ?? "", slot: p.slot,
                                      total: p.total, queues: p.queues, reconnects: r?.reconnects ?? 0, reason: r?.reason)
         }
-        return RuntimeStats(forward: options.forward.rawValue, cores: options.cores, ports: ports)
+        let inUse = memory.pools.reduce(0) { $0 + $1.inUseCount }
+        return RuntimeStats(forward: options.forward.rawValue, cores: options.cores, ports: ports,
+                            process: .current(mbufsInUse: inUse, mbufsCached: datapath.cachedMbufs))
     }
 
     // MARK: signals

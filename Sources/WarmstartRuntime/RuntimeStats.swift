@@ -24,9 +24,12 @@ public struct RuntimeStats: Codable, Sendable, Equatable {
     public var forward: String
     public var cores: Int
     public var ports: [Port]
+    /// Descriptors, mappings, threads and mbufs this process holds (absent in answers from
+    /// binaries before it).
+    public var process: ProcessFootprint?
 
-    public init(forward: String, cores: Int, ports: [Port]) {
-        self.forward = forward; self.cores = cores; self.ports = ports
+    public init(forward: String, cores: Int, ports: [Port], process: ProcessFootprint? = nil) {
+        self.forward = forward; self.cores = cores; self.ports = ports; self.process = process
     }
 
     public func jsonData(pretty: Bool = true) throws -> Data {
@@ -49,6 +52,10 @@ public struct RuntimeStats: Codable, Sendable, Equatable {
             out += row(p.name, p.state, p.total)
             for (i, q) in p.queues.enumerated() { out += row("  queue \(i)", "", q) }
             if let r = p.reason, p.state != "started" { out += "  (\(r))\n" }
+        }
+        if let f = process {
+            out += "process \(f.pid): \(f.openFDs) descriptors, \(f.mappings) mappings (\(f.sharedMappings) shared), \(f.threads) thread\(f.threads == 1 ? "" : "s"); "
+                + "mbufs in use \(f.mbufsInUse) (\(f.mbufsCached) in this process's caches)\n"
         }
         return out
     }

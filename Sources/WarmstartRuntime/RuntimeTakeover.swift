@@ -6,6 +6,7 @@ import Logging
 import WarmstartBus
 import WarmstartDatapath
 import WarmstartMemory
+import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVhostUser
 
@@ -13,6 +14,13 @@ import WarmstartVhostUser
 /// `Runtime` from what the running process hands over — its memory regions and live pools, its
 /// ports' sockets and vhost-user sessions, TAP fds, counters and control socket. No MemoryBoot, no
 /// probe: the bus adopts the connected and listening descriptors.
+///
+/// Everything is built while the old process still forwards (`adopt`): regions mapped, pools
+/// attached, the runtime, each vhost-user connection's queue pairs on the datapath at provisional
+/// ring positions, the polling threads created, pinned and parked. Inside the blackout `activate`
+/// only checks the pools' rings, moves each ring to its final position and has the parked threads
+/// watch for the resume closely; after the commit `resume` unparks them — one store — and only
+/// then starts the control plane (bus loop, vhost-user reads, control socket).
 public final class RuntimeTakeover: @unchecked Sendable {
     public struct Overrides: Sendable {
         /// Serve the control socket here instead of taking the old one's over.
@@ -31,6 +39,8 @@ public final class RuntimeTakeover: @unchecked Sendable {
         var listenFD: Int32?
         var session: VhostUserBackendSession?
         var rings: [VringSetup] = []
+        /// The connection with its queue pairs on the datapath, built before the pause.
+        var prepared: PreparedVhostUserConnection?
         var tapFDs: [Int32] = []
         var counters: QueueCounters?
     }
@@ -40,6 +50,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
     let overrides: Overrides
     private var received: HandoffReceived?
     private var regions: [MemoryRegion] = []
+    private var pools: [MbufPool] = []
     private var specs: [PortSpec] = []
     private var forward = ForwardMode.io
     private var cores = 1
@@ -51,8 +62,11 @@ public final class RuntimeTakeover: @unchecked Sendable {
     /// `--control` naming another path than the old one's: bound in `adopt`, so a failure (a live
     /// socket there) aborts the handoff instead of failing after the commit.
     private var ownControl: ControlServer?
-    /// The runtime, once `activate` built it.
+    /// What the old process handed over after its pause (`activate`), for `resume`.
+    private var live: HandoffLive?
+    /// The runtime, built in `adopt` (its polling threads parked until `resume`).
     public private(set) var runtime: Runtime?
+    private var committed = false
 
     public init(recorder: PhaseRecorder, overrides: Overrides, logger: Logger = Logger(label: "warmstart")) {
         self.recorder = recorder
@@ -67,11 +81,13 @@ public final class RuntimeTakeover: @unchecked Sendable {
             adopt: { [unowned self] r in try self.adopt(r) },
             activate: { [unowned self] live in try self.activate(live) },
             resume: { [unowned self] in try self.resume() },
-            firstPacketNs: { [unowned self] in self.firstPacketNs() },
+            firstPacketNs: { [unowned self] in self.runtime?.datapath.firstForwardNs },
+            pollingSinceNs: { [unowned self] in self.runtime?.datapath.unparkedAtNs },
             abandon: { [unowned self] in self.abandon() })
     }
 
-    /// map: regions mapped, configuration read, every port's descriptors and session taken.
+    /// map: regions mapped, configuration read, every port's descriptors and session taken, and
+    /// the runtime prepared (`prepare`).
     func adopt(_ r: HandoffReceived) throws {
         received = r
         let values = r.state.configuration.values
@@ -97,7 +113,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
             switch p.kind {
             case "vhost-user":
                 let a = try r.adoptVhostUserPort(p, configuration: VhostUserBackendPort.configuration(for: specs[i]))
-                port.session = a.session; port.connectionFD = a.connectionFD; port.listenFD = a.listenFD
+                port.session = a.session; port.rings = a.rings; port.connectionFD = a.connectionFD; port.listenFD = a.listenFD
             case "tap":
                 port.tapFDs = try r.adoptTapPort(p)
             default:
@@ -119,52 +135,82 @@ public final class RuntimeTakeover: @unchecked Sendable {
                 throw HandoffError(.map, "\(error)")
             }
         }
+        try prepare(r)
     }
 
-    /// commit (inside the blackout): pools attached with their live state, rings moved to the
-    /// final positions, the runtime built with the bus adopting every descriptor.
-    func activate(_ live: HandoffLive) throws {
-        guard let r = received else { throw HandoffError(.commit, "nothing was adopted") }
-        let pools = try r.attachPools(in: regions)
-        guard !pools.isEmpty else { throw HandoffError(.commit, "the running process handed over no mbuf pool") }
+    /// Still before the pause: the pools attached (their rings are checked once the old process
+    /// has paused), the runtime on that memory (same port slots), each handed-over connection's
+    /// queue pairs built at the provisional positions and on the datapath, and the polling
+    /// threads started parked — created, pinned, their caches allocated.
+    private func prepare(_ r: HandoffReceived) throws {
+        pools = try r.attachPools(in: regions, inMotion: true)
+        guard !pools.isEmpty else { throw HandoffError(.map, "the running process handed over no mbuf pool") }
         let memory = LiveMemory.handedOver(regions: regions, pools: pools)
-        for k in ports.indices {
-            guard let s = ports[k].session else { continue }
-            do {
-                ports[k].rings = try s.applyHandoffPositions(live.positions(of: ports[k].name))
-            } catch {
-                throw HandoffError(.commit, "port '\(ports[k].name)': cannot apply the final ring positions: \(error)")
-            }
-        }
         let options = RuntimeOptions(ports: specs, forward: forward, cores: cores, durationSeconds: overrides.durationSeconds,
                                      controlPath: nil, forceFallbackIO: overrides.forceFallbackIO)
         let rt: Runtime
         do { rt = try Runtime(options: options, memory: memory, recorder: recorder, logger: logger, bus: bus) } catch {
-            throw HandoffError(.commit, "cannot build the runtime: \(error)")
+            throw HandoffError(.map, "cannot build the runtime: \(error)")
         }
         for k in ports.indices {
+            guard let session = ports[k].session, let fd = ports[k].connectionFD else { continue }
+            ports[k].prepared = rt.vhostUser.prepareAdoption(device: rt.bus.devices[ports[k].slot], fd: fd, bus: rt.bus,
+                                                             session: session, rings: ports[k].rings)
+        }
+        runtime = rt
+        // The blackout's second end: the first burst a thread forwards is stamped.
+        rt.datapath.recordForwardTimes()
+        rt.datapath.startPaused()
+    }
+
+    /// commit (inside the blackout): the pools' rings are quiescent, every ring moves to its
+    /// final position, and the parked threads check for the resume every 2 µs.
+    func activate(_ live: HandoffLive) throws {
+        guard let r = received, let rt = runtime else { throw HandoffError(.commit, "nothing was adopted") }
+        try r.checkPoolRings(pools)
+        for p in ports {
+            guard let prepared = p.prepared else { continue }
+            do { try rt.vhostUser.moveRings(of: prepared, to: live.positions(of: p.name)) } catch {
+                throw HandoffError(.commit, "port '\(p.name)': cannot apply the final ring positions: \(error)")
+            }
+        }
+        self.live = live
+        rt.datapath.expectResume()
+    }
+
+    /// After the commit: the parked threads forward (one store), then the control plane starts —
+    /// counters continued, the bus adopting every descriptor (the prepared connections resume
+    /// reading), the control socket (the old one's, adopted, unless `--control` names another).
+    func resume() throws {
+        guard let rt = runtime else { throw HandoffError(.resume, "no runtime was built") }
+        rt.datapath.resume()
+        committed = true
+        // Out of the polling threads' way until their first burst (bounded): this thread may
+        // share a CPU with one, and starting the control plane keeps a CPU busy for a few
+        // hundred microseconds.
+        let until = ws_monotonic_ns() &+ 2_000_000
+        while rt.datapath.firstForwardNs == nil && ws_monotonic_ns() < until { usleep(20) }
+        for k in ports.indices {
             let p = ports[k]
-            ports[k].connectionFD = nil; ports[k].listenFD = nil; ports[k].tapFDs = []; ports[k].session = nil
-            if let c = live.counters[p.name] ?? p.counters { rt.datapath.continueCounters(slot: p.slot, from: c) }
+            ports[k].connectionFD = nil; ports[k].listenFD = nil; ports[k].tapFDs = []; ports[k].session = nil; ports[k].prepared = nil
+            if let c = live?.counters[p.name] ?? p.counters { rt.datapath.continueCounters(slot: p.slot, from: c) }
+            if let session = p.session, let positions = live?.positions(of: p.name) {
+                // The session's own record of where its rings start (the pairs already run there).
+                do { _ = try session.applyHandoffPositions(positions) } catch {
+                    logger.warning("handoff: port '\(p.name)': \(error)")
+                }
+            }
             var conn = p.connectionFD
             if !p.tapFDs.isEmpty {
                 conn = p.tapFDs[0]
                 for extra in p.tapFDs.dropFirst() { close(extra) }   // one queue per TAP port today
             }
             var attach: ((Device) -> Void)?
-            if let session = p.session, let fd = p.connectionFD {
-                let rings = p.rings
-                attach = { [unowned rt] d in rt.vhostUser.adopt(device: d, fd: fd, bus: rt.bus, session: session, rings: rings) }
+            if let prepared = p.prepared {
+                attach = { [unowned rt] d in rt.vhostUser.startPrepared(prepared, device: d) }
             }
             rt.bus.adopt(deviceAt: p.slot, connectionFD: conn, listeningFD: p.listenFD, attach: attach)
         }
-        runtime = rt
-    }
-
-    /// After the commit: the bus adopts (queue pairs join the datapath before its threads start),
-    /// then forwarding and the control socket start.
-    func resume() throws {
-        guard let rt = runtime else { throw HandoffError(.resume, "no runtime was built") }
         var control: ControlServer?
         if let own = ownControl {
             control = own
@@ -179,15 +225,15 @@ public final class RuntimeTakeover: @unchecked Sendable {
         rt.startAdopted(control: control)
     }
 
-    func firstPacketNs() -> UInt64? {
-        guard let rt = runtime else { return nil }
-        let firsts = (0..<rt.bus.devices.count).map { rt.datapath.firstPacketNs[$0] }.filter { $0 != 0 }
-        return firsts.min()
-    }
-
-    /// Before the commit: drop whatever was adopted (closing every descriptor taken).
+    /// Before the commit: drop whatever was adopted (parked threads stopped, prepared pairs off
+    /// the datapath, every descriptor taken closed).
     func abandon() {
-        guard runtime == nil || runtime?.running == false else { return }
+        guard !committed else { return }
+        if let rt = runtime {
+            // Parked threads acknowledge no new plan: stop them before the pairs leave.
+            rt.datapath.stop()
+            for p in ports { if let prepared = p.prepared { rt.vhostUser.abandonPrepared(prepared) } }
+        }
         for p in ports {
             if let f = p.connectionFD { close(f) }
             if let f = p.listenFD { close(f) }
@@ -197,6 +243,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
         if controlFD >= 0 { close(controlFD); controlFD = -1 }
         runtime = nil
         bus = nil
+        pools = []
         ownControl?.stop()
         ownControl = nil
         received = nil
@@ -204,10 +251,9 @@ public final class RuntimeTakeover: @unchecked Sendable {
 }
 
 extension Runtime {
-    /// Starts a runtime whose bus adopts handed-over descriptors: the adoption runs first on the
-    /// loop thread (queue pairs join the datapath while no polling thread runs yet), then the
-    /// polling threads, then the control socket (`control`, with the handoff command so a later
-    /// upgrade can follow).
+    /// Starts a runtime whose bus adopts handed-over descriptors (its polling threads already
+    /// run, over the prepared queue pairs): the adoption runs first on the loop thread, then the
+    /// control socket (`control`, with the handoff command so a later upgrade can follow).
     func startAdopted(control server: ControlServer?) {
         precondition(!running, "Runtime.start called twice")
         if let server {
@@ -218,7 +264,6 @@ extension Runtime {
         busStartNs = ws_monotonic_ns()
         bus.start()
         bus.sync {}   // the adoption (posted first) has run
-        datapath.start()
         control?.start()
     }
 }

@@ -166,6 +166,26 @@ public final class VirtqueueDevice {
         mbufs = .allocate(capacity: options.burstSize)
     }
 
+    /// Moves the queue to `state` (hot upgrade: a queue built before the previous owner paused
+    /// takes up where that one stopped). Only while no thread polls the queue; no allocation. A
+    /// packed ring's positions are descriptor slots and must lie inside the ring.
+    public func reposition(to state: VirtqueueState) throws(VirtqueueError) {
+        if layout == .packed {
+            guard Int(state.lastAvailIndex) < size else {
+                throw .positionOutsideRing(what: "last avail slot", position: state.lastAvailIndex, size: size)
+            }
+            guard Int(state.lastUsedIndex) < size else {
+                throw .positionOutsideRing(what: "last used slot", position: state.lastUsedIndex, size: size)
+            }
+        }
+        st.pointee.lastAvail = state.lastAvailIndex
+        st.pointee.lastUsed = state.lastUsedIndex
+        st.pointee.availWrap = state.availWrapCounter
+        st.pointee.usedWrap = state.usedWrapCounter
+        st.pointee.signalledUsed = state.lastUsedIndex
+        st.pointee.signalledWrap = state.usedWrapCounter
+    }
+
     deinit {
         st.deallocate()
         errorCounts.deallocate()

@@ -13,6 +13,8 @@ public enum VirtqueueError: Error, Equatable, CustomStringConvertible {
     case misaligned(area: String, address: UInt64, alignment: Int)
     /// A host buffer given to a driver queue is too small for the rings it has to hold.
     case bufferTooSmall(needed: Int, available: Int)
+    /// A packed ring position (a descriptor slot) outside the ring.
+    case positionOutsideRing(what: String, position: UInt16, size: Int)
 
     public var description: String {
         switch self {
@@ -28,6 +30,8 @@ public enum VirtqueueError: Error, Equatable, CustomStringConvertible {
             return "\(area) at 0x\(String(a, radix: 16)) is not \(al)-byte aligned"
         case let .bufferTooSmall(n, a):
             return "ring buffer too small: \(n) bytes needed, \(a) given"
+        case let .positionOutsideRing(what, p, n):
+            return "\(what) \(p) is outside the packed ring of \(n) descriptors"
         }
     }
 }

@@ -66,16 +66,18 @@ final class TakeoverInteropTests: XCTestCase {
         let obj = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any]
         let handoff = obj?["handoff"] as? [String: Any]
         XCTAssertEqual(handoff?["outcome"] as? String, "committed", "\(String(describing: obj))")
+        // The blackout, or why there is none: on this shared 2-CPU machine the guest itself is
+        // sometimes off its CPU for the whole handoff (no packet to forward on one side).
         let blackout = handoff?["blackout_ms"] as? Double
-        XCTAssertNotNil(blackout)
+        XCTAssertTrue(blackout != nil || (handoff?["blackout_note"] as? String)?.contains("idle guest") == true, "\(String(describing: handoff))")
         let steps = (handoff?["steps"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
         XCTAssertEqual(steps, ["hello", "transfer", "map", "quiesce", "commit", "resume", "old-exit"])
         print("takeover: blackout \(blackout ?? -1) ms, steps \(handoff?["steps"] ?? [])")
     }
 
     /// A second takeover while one runs is refused with the donor's message; killing (-9) the new
-    /// process in the middle of a handoff — hung at map, then killed at quiesce — leaves the old
-    /// one forwarding.
+    /// process in the middle of a handoff — hung at map, then killed at quiesce — or a failure
+    /// at commit leaves the old one forwarding.
     func testSecondTakeoverRefusedAndKilledTakerLeavesOldForwarding() throws {
         let h = try InteropHarness(name: "faults", prefixBase: "ws-tko")
         defer { h.cleanup() }
@@ -111,6 +113,16 @@ final class TakeoverInteropTests: XCTestCase {
         try assertForwards(h, "after the new process was killed at quiesce")
         XCTAssertTrue(old.isRunning)
 
+        // A new process that fails at commit (the old one paused, this one's polling threads
+        // parked over its prepared queue pairs) drops what it prepared, exits 1 and says why;
+        // the old one resumes.
+        let fourth = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "fourth", environment: ["WARMSTART_HANDOFF_FAULT": "fail:commit"])
+        try waitExit(fourth, seconds: 10, h)
+        XCTAssertEqual(fourth.terminationStatus, 1, h.logText("fourth"))
+        XCTAssertTrue(h.logText("fourth").contains("failed at step 'commit': injected failure"), h.logText("fourth"))
+        try waitLog("warmstart", "takeover by pid \(fourth.processIdentifier) failed at step 'commit'", seconds: 10, h)
+        try assertForwards(h, "after the new process failed at commit")
+
         let (t, w) = try h.stopAndCollect(tp, port: "vm")
         tp.quit()
         // The vhost-user receive was re-armed by the rollbacks: testpmd's exit (end-of-stream on
@@ -128,7 +140,106 @@ final class TakeoverInteropTests: XCTestCase {
         XCTAssertEqual(old.terminationStatus, 0)
     }
 
+    /// Ten successive `run --takeover`, each replacing the previous, under testpmd's traffic. After
+    /// each one, with the traffic at rest, the new process's `stats` footprint matches the first
+    /// process's: the same descriptors, the same shared mappings (our regions, the guest's memory,
+    /// io_uring rings), no more threads, and no mbuf outside its own polling thread's cache (the
+    /// pool is shared memory: an mbuf any earlier process lost would show here). Every old process
+    /// exits 0, testpmd never reconnects, and at the end nothing is lost.
+    ///
+    /// Allowed per process: the total mapping count moves by a mapping or two (private anonymous
+    /// areas of malloc merge with a neighbour or not, depending on addresses); the first process
+    /// may have one more thread (an io_uring worker the kernel starts for its blocking accept).
+    func testTenTakeoversInARowLeakNoDescriptorMappingOrMbuf() throws {
+        let h = try InteropHarness(name: "ten", prefixBase: "ws-tko")
+        defer { h.cleanup() }
+        let sock = "\(h.dir)/a.sock", ctl = "\(h.dir)/control"
+        var current = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"])
+        // --no-flush-rx: `start` after `stop` keeps the 32 packets looping.
+        let tp = try h.startTestpmd(socket: sock, packed: false, mergeable: true, size: 64, appArgs: ["--no-flush-rx"])
+        tp.send("set fwd io")
+        tp.send("start tx_first")
+        usleep(300_000)
+
+        // Forwarding stopped, the loop's packets come to rest in testpmd's receive queue: nothing
+        // is in flight, so every mbuf is in the pool or in the polling thread's cache.
+        func atRest() throws -> (Footprint, PortCounters) {
+            tp.send("stop")
+            try tp.waitFor("Done.", timeout: 10)
+            usleep(200_000)
+            let f = try footprint(h), c = try h.counters(port: "vm")
+            tp.send("start")
+            return (f, c)
+        }
+        let (first, c0) = try atRest()
+        XCTAssertGreaterThan(c0.rxPackets, 0, "the first process forwards")
+        XCTAssertEqual(first.mbufsInUse - first.mbufsCached, 0, "first process: \(first)")
+        var rx = c0.rxPackets
+        var figures: [String] = []
+        for k in 1...10 {
+            let json = "\(h.dir)/r\(k).json"
+            let next = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl, "--report-json", json], log: "new\(k)")
+            let oldLog = k == 1 ? "warmstart" : "new\(k - 1)"
+            try waitExit(current, seconds: 15, h)
+            XCTAssertEqual(current.terminationStatus, 0, "takeover \(k): the old process: \(h.logText(oldLog))")
+            XCTAssertTrue(h.logText(oldLog).contains("handed over to pid \(next.processIdentifier)"), h.logText(oldLog))
+            try waitFile(json, seconds: 10, h)
+            current = next
+            let moving = try h.counters(port: "vm").rxPackets
+            let deadline = Date().addingTimeInterval(5)
+            while try h.counters(port: "vm").rxPackets == moving && Date() < deadline { usleep(10_000) }
+
+            let (f, c) = try atRest()
+            let label = "takeover \(k): \(f); first process: \(first); logs \(h.dir)"
+            XCTAssertEqual(f.pid, next.processIdentifier, "the new process serves the control socket")
+            XCTAssertGreaterThan(c.rxPackets, rx, "the new process forwards and continues the counters: \(label)")
+            XCTAssertEqual(c.state, "started")
+            XCTAssertEqual(c.reconnects, 0, "testpmd never reconnected: \(label)")
+            XCTAssertEqual(f.openFDs, first.openFDs, "descriptors: \(label)")
+            XCTAssertEqual(f.sharedMappings, first.sharedMappings, "shared mappings: \(label)")
+            XCTAssertLessThanOrEqual(abs(f.mappings - first.mappings), 2, "mappings: \(label)")
+            XCTAssertLessThanOrEqual(f.threads, first.threads, "threads: \(label)")
+            XCTAssertEqual(f.mbufsInUse - f.mbufsCached, 0, "mbufs outside this process's cache: \(label)")
+            rx = c.rxPackets
+
+            let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: json))) as? [String: Any]
+            let handoff = report?["handoff"] as? [String: Any]
+            XCTAssertEqual(handoff?["outcome"] as? String, "committed")
+            let blackout = (handoff?["blackout_ms"] as? Double).map { String(format: "%.3f", $0) } ?? "none"
+            let notPolling = (handoff?["not_polling_ms"] as? Double).map { String(format: "%.3f", $0) } ?? "-"
+            figures.append("\(blackout)/\(notPolling)")
+        }
+        let (t, w) = try h.stopAndCollect(tp, port: "vm")
+        tp.quit()
+        kill(current.processIdentifier, SIGTERM)
+        try waitExit(current, seconds: 10, h)
+        XCTAssertEqual(current.terminationStatus, 0)
+        let label = "testpmd \(t) warmstart \(w); logs \(h.dir)"
+        print("ten takeovers: blackout/not-polling ms \(figures.joined(separator: " ")); \(label)")
+        XCTAssertEqual(w.rxPackets, t.tx, "every frame testpmd sent reached Warmstart: \(label)")
+        XCTAssertGreaterThanOrEqual(t.tx, t.rx, label)
+        XCTAssertLessThanOrEqual(t.tx - t.rx, 32, "nothing lost: only testpmd's one burst in flight: \(label)")
+        XCTAssertEqual(w.errors, 0, label)
+        XCTAssertEqual(w.reconnects, 0, label)
+    }
+
     // MARK: helpers
+
+    /// The `process` section of the running warmstart's `stats`.
+    struct Footprint: CustomStringConvertible {
+        var pid: Int32, openFDs: Int, mappings: Int, sharedMappings: Int, threads: Int, mbufsInUse: Int, mbufsCached: Int
+        var description: String {
+            "pid \(pid): \(openFDs) fds, \(mappings) mappings (\(sharedMappings) shared), \(threads) threads, "
+                + "\(mbufsInUse) mbufs in use (\(mbufsCached) cached)"
+        }
+    }
+
+    func footprint(_ h: InteropHarness) throws -> Footprint {
+        guard let p = try h.warmstartStats()["process"] as? [String: Any] else { throw InteropError("no process section in stats") }
+        func n(_ k: String) -> Int { (p[k] as? NSNumber)?.intValue ?? -1 }
+        return Footprint(pid: Int32(n("pid")), openFDs: n("open_fds"), mappings: n("mappings"), sharedMappings: n("shared_mappings"),
+                         threads: n("threads"), mbufsInUse: n("mbufs_in_use"), mbufsCached: n("mbufs_cached"))
+    }
 
     func assertForwards(_ h: InteropHarness, _ when: String) throws {
         let a = try h.counters(port: "vm")

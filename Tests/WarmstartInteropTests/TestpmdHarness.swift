@@ -105,8 +105,10 @@ final class InteropHarness {
     }
 
     /// Starts testpmd interactively (commands on stdin) as the virtio-user front-end of `socket`.
+    /// `appArgs` go after testpmd's own (e.g. `--no-flush-rx`: `start` after `stop` keeps the
+    /// packets looping instead of dropping what waits in the receive queue).
     func startTestpmd(socket: String, packed: Bool, mergeable: Bool, size: Int, name: String = "testpmd",
-                      queues: Int = 1, waitForPrompt: Bool = true) throws -> Testpmd {
+                      queues: Int = 1, waitForPrompt: Bool = true, appArgs: [String] = []) throws -> Testpmd {
         var args = ["-l", "0,1", "--main-lcore", "1", "--no-pci", "--single-file-segments",
                     "--file-prefix", prefix, "-m", "256",
                     "--vdev", "net_virtio_user0,path=\(socket),queues=\(queues),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=\(mergeable ? 1 : 0),queue_size=256",
@@ -117,6 +119,7 @@ final class InteropHarness {
         // most of the machine's hugepages.
         if size > 1518 { args += ["--mbuf-size=10240", "--max-pkt-len=\(size + 600)", "--total-num-mbufs=4096"] }
         args.append("--txpkts=\(size)")
+        args += appArgs
         let stdin = Pipe()
         // stdout is a file: without stdbuf testpmd's answers sit in its stdio buffer until exit.
         let p = try spawn("/usr/bin/stdbuf", ["-oL", "-eL", testpmdPath] + args, log: name, stdin: stdin)

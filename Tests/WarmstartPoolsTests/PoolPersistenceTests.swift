@@ -107,6 +107,23 @@ final class PoolPersistenceTests: XCTestCase {
         XCTAssertNil(attachError())
     }
 
+    /// Hot upgrade attaches before the old process pauses: the layout is checked at once, the ring
+    /// (which the old process may be moving) only by `checkRingQuiescent` after the pause.
+    func testAttachInMotionDefersTheRingCheck() throws {
+        let c = MbufPoolConfig(count: 100, cacheSize: 16)
+        let region = try makeRegion(c)
+        let pool = try MbufPool.layOut(config: c, region: region, offset: 0, poolID: 15)
+        _ = pool.alloc()
+        let b = pool.base
+        b.storeBytes(of: 7, toByteOffset: PoolControl.ringHeaderOffset, as: UInt64.self)   // an enqueue in flight
+        let early = try MbufPool.attach(config: c, region: region, offset: 0, poolID: 15, checkRing: false)
+        XCTAssertThrowsError(try early.checkRingQuiescent()) { e in XCTAssertTrue("\(e)".contains("producer head 7"), "\(e)") }
+        b.storeBytes(of: 0, toByteOffset: PoolControl.ringHeaderOffset, as: UInt64.self)   // the enqueue done
+        XCTAssertNoThrow(try early.checkRingQuiescent())
+        XCTAssertThrowsError(try MbufPool.attach(config: MbufPoolConfig(count: 99, cacheSize: 16), region: region, offset: 0,
+                                                 poolID: 15, checkRing: false), "the layout is still checked")
+    }
+
     /// The same memfd mapped twice, at two addresses: a pool laid out through one mapping is
     /// attached and used through the other, with both views agreeing.
     func testPositionIndependenceAcrossTwoMappings() throws {

@@ -192,12 +192,14 @@ final class HandoffBackend: @unchecked Sendable {
         }
     }
 
-    var firstPacketNs: UInt64? { datapath.map { $0.firstPacketNs[0] == 0 ? nil : $0.firstPacketNs[0] } ?? nil }
+    /// The first burst forwarded since this backend started (the blackout's second end).
+    var firstPacketNs: UInt64? { datapath?.firstForwardNs }
 
     /// The old process's side of the handoff.
     func donorHooks() -> HandoffDonorHooks {
         HandoffDonorHooks(
             freeze: { [self] in
+                datapath.recordForwardTimes()
                 loop?.stop()
                 loop = nil
             },
@@ -209,11 +211,12 @@ final class HandoffBackend: @unchecked Sendable {
             },
             quiesce: { [self] in
                 datapath.pause()
-                var live = HandoffLive(counters: ["vhost0": datapath.stats()[0].total])
+                var live = HandoffLive(lastForwardNs: datapath.lastForwardNs, counters: ["vhost0": datapath.stats()[0].total])
                 if let pair { live.rings = (0..<2).map { HandoffRingPosition(port: "vhost0", index: $0, base: pair.position($0)) } }
                 return live
             },
             resume: { [self] _ in
+                datapath.stopRecordingForwardTimes()
                 datapath.resume()
                 if loop == nil { startLoop() }
             },
@@ -241,6 +244,7 @@ final class HandoffBackend: @unchecked Sendable {
 
     /// The new process after the commit: forward and serve the connection.
     func resumeAfterTakeover() {
+        datapath.recordForwardTimes()
         datapath.start()
         startLoop()
     }

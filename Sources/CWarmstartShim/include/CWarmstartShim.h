@@ -89,6 +89,7 @@ static inline void ws_copy(void *dst, const void *src, size_t n) {
     static inline void ws_store_relaxed_##N(T *p, T v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); } \
     static inline T ws_fetch_add_##N(T *p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); } \
     static inline T ws_fetch_or_##N(T *p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }  \
+    static inline T ws_fetch_and_##N(T *p, T v) { return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL); } \
     static inline T ws_exchange_##N(T *p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); } \
     static inline int ws_cas_##N(T *p, T *expected, T desired) {                                     \
         return __atomic_compare_exchange_n(p, expected, desired, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE); \
@@ -123,6 +124,8 @@ uint64_t ws_monotonic_ns(void);
 uint64_t ws_image_start_ns(void);
 /// Pins the calling thread to one CPU; returns 0 or an errno.
 int ws_pin_thread(int cpu);
+/// prctl(PR_SET_TIMERSLACK) for the calling thread (variadic prctl is not callable from Swift).
+int ws_set_timer_slack_ns(unsigned long ns);
 /// statfs(2): the file system magic and block size of `path`. Returns 0 or -errno.
 int ws_statfs(const char *path, long *magic, long *block_size);
 /// fallocate(2), which Glibc's module does not always export.
