@@ -35,6 +35,12 @@ public final class VirtioUserDriver: DeviceDriver {
         init(fd: Int32) { self.fd = fd }
     }
     private var connections: [ObjectIdentifier: Connection] = [:]
+    private let portsLock = PThreadMutex()
+    private var ports: [Int: VirtioUserPort] = [:]
+
+    /// The port of device `index` once the bus has attached it (any thread): its MAC for the
+    /// counters, its queue pairs for tools.
+    public func port(device index: Int) -> VirtioUserPort? { portsLock.locked { ports[index] } }
 
     /// `regions`: every region shared with the back-end (LiveMemory.regions); `arena`: where the
     /// rings go (the general-purpose region).
@@ -60,6 +66,7 @@ public final class VirtioUserDriver: DeviceDriver {
                 return
             }
             device.driverContext = port
+            portsLock.locked { ports[device.index] = port }
         }
         let conn = Connection(fd: fd)
         connections[ObjectIdentifier(device)] = conn

@@ -45,6 +45,8 @@ public final class Runtime: @unchecked Sendable {
     public let datapath: Datapath
     public let bus: Bus
     public let vhostUser: VhostUserBackendPort
+    /// Set by `enableVirtioUserPorts()`.
+    public internal(set) var virtioUser: VirtioUserDriver?
     public internal(set) var control: ControlServer?
     /// Builds the boot report on request (`warmstart report --control PATH`); set by whoever
     /// assembles the report (the CLI), read from the control thread.
@@ -194,7 +196,8 @@ public final class Runtime: @unchecked Sendable {
         let ports = datapath.stats().map { p -> RuntimeStats.Port in
             let r = p.slot < records.count ? records[p.slot] : nil
             return RuntimeStats.Port(name: p.name, kind: r?.kind ?? "", state: r?.state.rawValue ?? "", slot: p.slot,
-                                     total: p.total, queues: p.queues, reconnects: r?.reconnects ?? 0, reason: r?.reason)
+                                     total: p.total, queues: p.queues, reconnects: r?.reconnects ?? 0, reason: r?.reason,
+                                     mac: virtioUser?.port(device: p.slot).map { PortSpec.formatMAC($0.mac) })
         }
         return RuntimeStats(forward: options.forward.rawValue, cores: options.cores, ports: ports)
     }

@@ -20,6 +20,9 @@ final class VirtioUserDPDKInteropTests: XCTestCase {
     func testSplitFrontendListens() throws { try runCase(packed: false, frontendListens: true) }
     func testPackedBackendListens() throws { try runCase(packed: true, frontendListens: false) }
     func testPackedFrontendListens() throws { try runCase(packed: true, frontendListens: true) }
+    /// Without MRG_RXBUF: 9000 B frames land in receive buffers that are 5-descriptor chains.
+    func testSplitJumboWithoutMergeable() throws { try runCase(packed: false, frontendListens: false, options: ",mrg=0,mtu=9000", segments: 5) }
+    func testPackedJumboWithoutMergeable() throws { try runCase(packed: true, frontendListens: false, options: ",mrg=0,mtu=9000", segments: 5) }
 
     func frame(size: Int, seq: Int) -> [UInt8] {
         var f = [UInt8](repeating: 0, count: size)
@@ -30,9 +33,9 @@ final class VirtioUserDPDKInteropTests: XCTestCase {
         return f
     }
 
-    func runCase(packed: Bool, frontendListens: Bool) throws {
+    func runCase(packed: Bool, frontendListens: Bool, options: String = "", segments: Int = 1) throws {
         if let why = Testpmd.unavailableReason() { throw XCTSkip(why) }
-        let tag = "\(packed ? "p" : "s")\(frontendListens ? "l" : "c")"
+        let tag = "\(packed ? "p" : "s")\(frontendListens ? "l" : "c")\(segments)"
         let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 8192, cacheSize: 64)), hugepages: .auto)
         let dir = "/tmp/ws-vuser-test-\(getpid())-\(tag)"
         mkdir(dir, 0o700)
@@ -46,7 +49,7 @@ final class VirtioUserDPDKInteropTests: XCTestCase {
             unlink(sock)
             if testRun?.failureCount == 0 { unlink(dir + "/testpmd.log"); rmdir(dir) }
         }
-        let bus = try Bus(ports: [try PortSpec.parse("virtio-user:\(sock),packed=\(packed ? 1 : 0)" + (frontendListens ? ",server=1" : ",backoff-min-ms=5"))])
+        let bus = try Bus(ports: [try PortSpec.parse("virtio-user:\(sock),packed=\(packed ? 1 : 0)" + options + (frontendListens ? ",server=1" : ",backoff-min-ms=5"))])
         bus.register(driver: VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena(region: live.generalRegion!)),
                      for: .virtioUser)
         bus.start()
@@ -57,6 +60,7 @@ final class VirtioUserDPDKInteropTests: XCTestCase {
         }
         let port = bus.devices[0].driverContext as! VirtioUserPort
         XCTAssertEqual(port.negotiation!.features & (1 << 34) != 0, packed)
+        XCTAssertEqual(port.receiveSegments, segments, "mbufs per receive buffer")
         let q = port.queues[0]
         let pool = live.mbufPool
         let cache = MbufCache(pool: pool, size: 64)
