@@ -136,6 +136,117 @@ final class VirtioUserDPDKInteropTests: XCTestCase {
     }
 }
 
+extension VirtioUserDPDKInteropTests {
+    func testSplitTwoQueuePairs() throws { try runMultiQueue(packed: false) }
+    func testPackedTwoQueuePairs() throws { try runMultiQueue(packed: true) }
+
+    /// `queues=2` against testpmd `net_vhost0,queues=2 --rxq=2 --txq=2` (macswap: what arrives on
+    /// its rx queue i leaves on its tx queue i): frames sent on each of our pairs come back on
+    /// the same pair, counted per pair, byte for byte.
+    func runMultiQueue(packed: Bool) throws {
+        if let why = Testpmd.unavailableReason() { throw XCTSkip(why) }
+        let tag = "mq\(packed ? "p" : "s")"
+        let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 8192, cacheSize: 64)), hugepages: .auto)
+        let dir = "/tmp/ws-vuser-test-\(getpid())-\(tag)"
+        mkdir(dir, 0o700)
+        let sock = dir + "/vhost.sock"
+        let prefix = "ws-vuser-\(getpid())-\(tag)"
+        let child = try ChildProcess(Testpmd.vhostArguments(socket: sock, client: false, forward: "macswap", prefix: prefix, queues: 2),
+                                     logPath: dir + "/testpmd.log")
+        defer {
+            child.stop()
+            Testpmd.cleanup(prefix: prefix)
+            unlink(sock)
+            if testRun?.failureCount == 0 { unlink(dir + "/testpmd.log"); rmdir(dir) }
+        }
+        let bus = try Bus(ports: [try PortSpec.parse("virtio-user:\(sock),packed=\(packed ? 1 : 0),queues=2,backoff-min-ms=5")])
+        bus.register(driver: VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena(region: live.generalRegion!)),
+                     for: .virtioUser)
+        bus.start()
+        defer { bus.stop() }
+        guard bus.wait(timeoutSeconds: 20, until: { $0[0].state == .started || $0[0].state == .failed }),
+              bus.snapshot()[0].state == .started else {
+            return XCTFail("port did not start: \(bus.snapshot()[0]); testpmd log \(dir)/testpmd.log:\n\(child.logTail())")
+        }
+        let port = bus.devices[0].driverContext as! VirtioUserPort
+        XCTAssertEqual(port.queues.count, 2)
+        XCTAssertGreaterThanOrEqual(port.negotiation?.maxQueuePairs ?? 0, 2, "DPDK answers GET_QUEUE_NUM with its maximum (128)")
+        let pool = live.mbufPool
+        let cache = MbufCache(pool: pool, size: 64)
+        let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 64)
+        defer { out.deallocate() }
+        // Frame: queue in byte 18, sequence in 14..<18.
+        func make(_ q: Int, _ seq: Int, _ size: Int) -> [UInt8] {
+            var f = frame(size: size, seq: seq)
+            f[18] = UInt8(q)
+            return f
+        }
+        var counts = [0, 0], wrongQueue = 0, mismatches: [String] = []
+        var expected: [Int: [UInt8]] = [:]
+        func drain(_ q: Int) {
+            let n = port.queues[q].receiveBurst(into: out, max: 64, cache: cache)
+            for k in 0..<n {
+                var r = [UInt8](repeating: 0, count: Int(out[k].packetLength))
+                _ = r.withUnsafeMutableBytes { pool.copyOut(out[k], to: $0.baseAddress!, max: $0.count) }
+                cache.free(out[k])
+                guard r.count >= 19 else { mismatches.append("runt \(r.count) B"); continue }
+                if Int(r[18]) != q { wrongQueue += 1; continue }
+                let seq = Int(UInt32(r[14]) | UInt32(r[15]) << 8 | UInt32(r[16]) << 16 | UInt32(r[17]) << 24)
+                if seq >= 0xFFFF { continue } // link probe
+                counts[q] += 1
+                guard let f = expected.removeValue(forKey: seq) else { mismatches.append("unexpected seq \(seq) on pair \(q)"); continue }
+                let want = Array(f[6..<12]) + Array(f[0..<6]) + Array(f[12...])
+                if r != want { mismatches.append("seq \(seq) on pair \(q) differs") }
+            }
+        }
+        // Link up on both pairs first (testpmd forwards once its port is up).
+        let deadline = Date().addingTimeInterval(20)
+        for q in 0..<2 {
+            var up = false
+            while !up && Date() < deadline {
+                if let m = makeMbufChain(pool, make(q, 0xFFFF + q, 64)) {
+                    out[0] = m
+                    if port.queues[q].transmitBurst(out, count: 1, cache: cache) == 0 { cache.free(m) }
+                }
+                usleep(10_000)
+                let n = port.queues[q].receiveBurst(into: out, max: 64, cache: cache)
+                for k in 0..<n { cache.free(out[k]) }
+                up = n > 0
+            }
+            XCTAssertTrue(up, "pair \(q): no frame came back from testpmd")
+        }
+        usleep(20_000)
+        for q in 0..<2 { drain(q) }
+        counts = [0, 0]
+        var seq = 0
+        let perQueue = 96
+        for round in 0..<(perQueue / 16) {
+            for q in 0..<2 {
+                var k = 0
+                while k < 16 {
+                    let f = make(q, seq, [64, 1518, 9000][round % 3])
+                    guard let m = makeMbufChain(pool, f) else { break }
+                    out[k] = m
+                    expected[seq] = f
+                    seq += 1
+                    k += 1
+                }
+                var done = 0
+                while done < k && Date() < deadline {
+                    done += port.queues[q].transmitBurst(out + done, count: k - done, cache: cache)
+                    drain(q)
+                }
+            }
+            while counts.reduce(0, +) < seq && Date() < deadline { drain(0); drain(1) }
+        }
+        print("vuser-interop \(tag): per pair \(counts), sent \(seq), wrong pair \(wrongQueue)")
+        XCTAssertEqual(counts, [perQueue, perQueue], "every frame came back on its own pair (testpmd log \(dir)/testpmd.log)")
+        XCTAssertEqual(wrongQueue, 0)
+        XCTAssertEqual(mismatches.prefix(5), [], "\(mismatches.count) frames differ")
+        XCTAssertEqual(port.queues.map(\.errorCount), [0, 0])
+    }
+}
+
 /// `frame` as an mbuf chain from `pool`.
 func makeMbufChain(_ pool: MbufPool, _ frame: [UInt8]) -> Mbuf? {
     let room = pool.config.dataRoom
