@@ -80,6 +80,7 @@ public final class Datapath: @unchecked Sendable {
         let replaced = lock.locked { () -> [DatapathQueue] in
             let old = slots[slot]
             slots[slot] = queues.enumerated().map { DatapathQueue(slot: slot, index: $0.offset, queue: $0.element) }
+            departing[slot, default: []] += old
             publishLocked()
             return old
         }
@@ -93,6 +94,7 @@ public final class Datapath: @unchecked Sendable {
         let removed = lock.locked { () -> [DatapathQueue] in
             let old = slots[slot]
             slots[slot] = []
+            departing[slot, default: []] += old
             publishLocked()
             return old
         }
@@ -106,6 +108,7 @@ public final class Datapath: @unchecked Sendable {
     func fold(_ queues: [DatapathQueue], slot: Int) {
         guard !queues.isEmpty else { return }
         lock.locked {
+            departing[slot]?.removeAll { d in queues.contains { $0 === d } }
             for q in queues {
                 var c = q.counters.pointee
                 c.errors &+= q.queue?.errorCount ?? 0
@@ -120,6 +123,10 @@ public final class Datapath: @unchecked Sendable {
     }
 
     var history: [Int: QueueCounters] = [:]
+    /// Queues taken out of a slot whose counters are not folded yet (threads may still finish a
+    /// burst on them): `stats()` counts them meanwhile, so a port's totals never dip while it
+    /// leaves.
+    var departing: [Int: [DatapathQueue]] = [:]
 
     /// Hot upgrade: slot `slot` continues counters a previous process counted (added to its history).
     public func continueCounters(slot: Int, from c: QueueCounters) {
@@ -224,11 +231,16 @@ public final class Datapath: @unchecked Sendable {
                     c.errors &+= q.queue?.errorCount ?? 0
                     return c
                 }
-                let past = history[slot] ?? QueueCounters()
+                let leaving = (departing[slot] ?? []).map { q -> (Int, QueueCounters) in
+                    var c = q.counters.pointee
+                    c.errors &+= q.queue?.errorCount ?? 0
+                    return (q.index, c)
+                }
+                let past = leaving.map(\.1).reduce(history[slot] ?? QueueCounters(), +)
                 let total = live.reduce(past, +)
                 // Per queue index: what it counts now plus what earlier attachments counted.
                 var qs = queueHistory[slot] ?? []
-                for (i, c) in live.enumerated() {
+                for (i, c) in live.enumerated().map({ ($0.offset, $0.element) }) + leaving {
                     while qs.count <= i { qs.append(QueueCounters()) }
                     qs[i] = qs[i] + c
                 }
