@@ -21,10 +21,13 @@ public final class Datapath: @unchecked Sendable {
         /// Empty polls before a thread starts napping (so an idle datapath does not burn a core).
         public var spinBeforeNap: Int
         public var napMicroseconds: UInt32
+        /// txonly: bytes per generated frame (60 ... 9216; chained when larger than the data room).
+        public var txSize: Int
         public init(mode: ForwardMode = .io, cores: [Int] = [], burst: Int = 32, spinBeforeNap: Int = 20_000,
-                    napMicroseconds: UInt32 = 50) {
+                    napMicroseconds: UInt32 = 50, txSize: Int = 64) {
             self.mode = mode; self.cores = cores; self.burst = max(1, min(burst, 256))
             self.spinBeforeNap = spinBeforeNap; self.napMicroseconds = napMicroseconds
+            self.txSize = max(TxOnlySource.minFrame, min(txSize, TxOnlySource.maxFrame))
         }
     }
 
@@ -157,7 +160,7 @@ public final class Datapath: @unchecked Sendable {
         case .io:
             let peer = slots[ioPeer(of: slot)]
             return peer.isEmpty ? [] : [peer[queueIndex % peer.count]]
-        case .macswap:
+        case .macswap, .txonly:
             return [slots[slot][queueIndex]]
         case .l2:
             // Every port, by slot (index = slot); the engine picks the learned one or floods.

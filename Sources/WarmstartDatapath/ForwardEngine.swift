@@ -16,10 +16,13 @@ struct ForwardEngine {
     /// the same peer queue (a port with more queue pairs than its peer), so io sends take the
     /// peer's transmit lock (one uncontended exchange per burst otherwise).
     let sharedTX: Bool
+    /// txonly: the frame source (nil in the other modes).
+    let source: TxOnlySource?
 
-    /// Polls one queue once; returns the packets received.
+    /// Polls one queue once; returns the packets received (txonly: received + sent).
     @inline(__always)
     func poll(_ q: DatapathQueue, peers: [DatapathQueue], cache: MbufCache) -> Int {
+        if let source { return generate(q, source, cache: cache) }
         let n: Int
         if let v = q.vhost {
             n = v._withUnsafeGuaranteedRef { $0.receiveBurst(into: pkts, max: burst, cache: cache) }
@@ -42,8 +45,36 @@ struct ForwardEngine {
             send(pkts, n, to: q, cache: cache, locked: false)
         case .l2:
             switchBurst(from: q, peers: peers, n, cache: cache)
+        case .txonly:
+            drop(pkts, n, on: q, cache: cache)
         }
         return n
+    }
+
+    /// txonly: counts and frees what arrived (a source has nowhere to send it; not counted as
+    /// drops), then sends one burst of generated frames; frames a full ring does not take are
+    /// dropped and counted, as testpmd's txonly does.
+    @inline(__always)
+    func generate(_ q: DatapathQueue, _ source: TxOnlySource, cache: MbufCache) -> Int {
+        let n: Int
+        if let v = q.vhost {
+            n = v._withUnsafeGuaranteedRef { $0.receiveBurst(into: pkts, max: burst, cache: cache) }
+        } else {
+            guard let rx = q.queue else { return 0 }
+            n = rx.receiveBurst(into: pkts, max: burst, cache: cache)
+        }
+        if n > 0 {
+            var bytes: UInt64 = 0
+            for i in 0..<n { bytes &+= UInt64(pkts[i].packetLength) }
+            q.counters.pointee.rxPackets &+= UInt64(n)
+            q.counters.pointee.rxBytes &+= bytes
+            for i in 0..<n { cache.free(pkts[i]) }
+        }
+        let made = source.fill(pkts, count: burst, cache: cache)
+        if made == 0 { return n }
+        if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
+        send(pkts, made, to: q, cache: cache, locked: false)
+        return n + made
     }
 
     @inline(__always)

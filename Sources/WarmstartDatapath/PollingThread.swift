@@ -72,9 +72,10 @@ final class PollingThread: @unchecked Sendable {
         var myGeneration = UInt64.max
         var queues: [PlannedQueue] = []
         var empty = 0
+        let source = dp.options.mode == .txonly ? TxOnlySource(pool: dp.pool, size: dp.options.txSize, stream: UInt8(truncatingIfNeeded: index)) : nil
         let engine = ForwardEngine(mode: dp.options.mode, pkts: pkts, burst: burst, buckets: buckets,
                                    bucketCounts: bucketCounts, slots: slotCount, macTable: dp.macTable,
-                                   firstPacketNs: dp.firstPacketNs, sharedTX: dp.options.cores.count > 1)
+                                   firstPacketNs: dp.firstPacketNs, sharedTX: dp.options.cores.count > 1, source: source)
         while ws_load_acquire_u32(running) != 0 {
             let g = ws_load_acquire_u64(dp.generation)
             if g != myGeneration {

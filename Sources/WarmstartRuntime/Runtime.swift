@@ -24,13 +24,15 @@ public struct RuntimeOptions: Sendable {
     public var durationSeconds: Double?
     public var controlPath: String?
     public var forceFallbackIO: Bool
+    /// `--forward txonly`: bytes per generated frame.
+    public var txSize: Int
 
     public init(ports: [PortSpec], forward: ForwardMode = .io, cores: Int = 1,
                 deviceWaitSeconds: Double = Bus.defaultDeviceWaitSeconds, durationSeconds: Double? = nil,
-                controlPath: String? = nil, forceFallbackIO: Bool = false) {
+                controlPath: String? = nil, forceFallbackIO: Bool = false, txSize: Int = 64) {
         self.ports = ports; self.forward = forward; self.cores = max(1, cores)
         self.deviceWaitSeconds = deviceWaitSeconds; self.durationSeconds = durationSeconds
-        self.controlPath = controlPath; self.forceFallbackIO = forceFallbackIO
+        self.controlPath = controlPath; self.forceFallbackIO = forceFallbackIO; self.txSize = txSize
     }
 }
 
@@ -81,7 +83,7 @@ public final class Runtime: @unchecked Sendable {
         }
         let cpus = Self.cpus(forThreads: options.cores)
         datapath = Datapath(pool: memory.mbufPool, ports: bus.devices.map(\.name),
-                            options: Datapath.Options(mode: options.forward, cores: cpus))
+                            options: Datapath.Options(mode: options.forward, cores: cpus, txSize: options.txSize))
         vhostUser = VhostUserBackendPort(datapath: datapath, logger: Logger(label: "warmstart.vhost-user"))
         vhostUser.register(on: bus)
         // A TAP needs no negotiation: it joins the datapath as soon as the bus has it open, and
