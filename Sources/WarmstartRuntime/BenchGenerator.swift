@@ -14,14 +14,16 @@ final class Generator {
     let template: UnsafeMutableRawPointer
     let latency = LatencyHistogram()
 
-    init(options: BenchOptions, pool: MbufPool, queue: VirtioUserQueuePair) {
+    /// `sourceMAC`: the front-end port's own address, the frames' source.
+    init(options: BenchOptions, pool: MbufPool, queue: VirtioUserQueuePair, sourceMAC: [UInt8]) {
         o = options
         self.pool = pool
         q = queue
         cache = MbufCache(pool: pool)
         template = .allocate(byteCount: options.size, alignment: 64)
-        // Ethernet II, locally administered MACs, EtherType 0x88B5 (local experimental).
-        let head: [UInt8] = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xB5]
+        // Ethernet II to a locally administered address from the port's MAC, EtherType 0x88B5
+        // (local experimental).
+        let head: [UInt8] = [0x02, 0, 0, 0, 0, 0x02] + sourceMAC + [0x88, 0xB5]
         for i in 0..<options.size { template.storeBytes(of: i < 14 ? head[i] : UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
     }
     deinit { template.deallocate() }
@@ -55,6 +57,7 @@ final class Generator {
         let burst = o.burst
         let pk = UnsafeMutablePointer<Mbuf>.allocate(capacity: burst)
         let rx = UnsafeMutablePointer<Mbuf>.allocate(capacity: 256)
+        let rxMax = min(256, q.rx.size)
         defer { pk.deallocate(); rx.deallocate() }
         var have = 0
         var seq: UInt64 = 0
@@ -90,7 +93,7 @@ final class Generator {
                 for k in 0..<(have - sent) { pk[k] = pk[sent + k] }
             }
             have -= sent
-            let n = q.receiveBurst(into: rx, max: 256, cache: cache)
+            let n = q.receiveBurst(into: rx, max: rxMax, cache: cache)
             if n > 0 {
                 now = ws_monotonic_ns()
                 for k in 0..<n {
@@ -120,7 +123,7 @@ final class Generator {
         // Drain what is still on its way back (loopback), so drops count only real losses.
         let drainEnd = ws_monotonic_ns() + 200_000_000
         while o.mode == .loopback && ws_monotonic_ns() < drainEnd && rxCount < tx {
-            let n = q.receiveBurst(into: rx, max: 256, cache: cache)
+            let n = q.receiveBurst(into: rx, max: rxMax, cache: cache)
             for k in 0..<n { cache.free(rx[k]) }
             rxCount &+= UInt64(n)
             _ = q.transmitBurst(pk, count: 0, cache: cache)
@@ -141,5 +144,74 @@ final class Generator {
                            latencyP99Us: o.mode == .loopback ? us(latency.quantile(0.99)) : nil,
                            latencyP999Us: o.mode == .loopback ? us(latency.quantile(0.999)) : nil,
                            setupMs: setupMs, perSecondMpps: samples)
+    }
+}
+
+/// The sink loop (sink mode, one thread): the back-end generates, we receive, count and free.
+final class Sink {
+    let o: BenchOptions
+    let pool: MbufPool
+    let q: VirtioUserQueuePair
+    let cache: MbufCache
+    let latency = LatencyHistogram()
+
+    init(options: BenchOptions, pool: MbufPool, queue: VirtioUserQueuePair) {
+        o = options
+        self.pool = pool
+        q = queue
+        cache = MbufCache(pool: pool)
+    }
+
+    func run(setupMs: Double, progress: (String) -> Void, alive: () -> Bool) throws -> BenchResult {
+        let max = min(256, q.rx.size)
+        let rx = UnsafeMutablePointer<Mbuf>.allocate(capacity: max)
+        defer { rx.deallocate() }
+        var rxCount: UInt64 = 0, rxBytes: UInt64 = 0, lastRx: UInt64 = 0
+        let start = ws_monotonic_ns()
+        let end = start + UInt64(o.duration * 1e9)
+        var nextReport = start + 1_000_000_000
+        var iterations = 0
+        var samples: [Double] = []
+        samples.reserveCapacity(Int(o.duration) + 2)
+        // Warmstart's txonly stamps its send time where our generator does (same monotonic
+        // clock across processes): one-way latency. testpmd's frames carry no stamp.
+        let stamped = o.backend == .warmstart
+        while true {
+            var now = ws_monotonic_ns()
+            if now >= end { break }
+            let n = q.receiveBurst(into: rx, max: max, cache: cache)
+            if n > 0 {
+                if stamped { now = ws_monotonic_ns() }
+                for k in 0..<n {
+                    let m = rx[k]
+                    if stamped && m.dataLength >= UInt16(Bench.stampOffset + 8) {
+                        let stamp = m.data.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
+                        if stamp <= now && stamp >= start { latency.record(now - stamp) }
+                    }
+                    rxBytes &+= UInt64(m.packetLength)
+                    cache.free(m)
+                }
+                rxCount &+= UInt64(n)
+            }
+            iterations &+= 1
+            if iterations & 1023 == 0 && now >= nextReport {
+                if !alive() { throw BenchError("the back-end went away during the run") }
+                samples.append(Double(rxCount - lastRx) / 1e6)
+                if o.duration > 3 {
+                    let secs = Double(now - start) / 1e9
+                    progress("  \(Int(secs.rounded())) s: rx \(format2(Double(rxCount - lastRx) / 1e6)) Mpps")
+                }
+                lastRx = rxCount
+                nextReport += 1_000_000_000
+            }
+        }
+        let elapsed = Double(ws_monotonic_ns() - start) / 1e9
+        cache.flush()
+        let us = { (v: UInt64?) in v.map { Double($0) / 1000 } }
+        return BenchResult(backend: o.backend.rawValue, layout: o.packed ? "packed" : "split", mode: o.mode.rawValue,
+                           frameBytes: o.size, burst: o.burst, seconds: elapsed, txPackets: 0, rxPackets: rxCount,
+                           drops: 0, mpps: Double(rxCount) / elapsed / 1e6, gbps: Double(rxBytes) * 8 / elapsed / 1e9,
+                           latencyP50Us: us(latency.quantile(0.5)), latencyP99Us: us(latency.quantile(0.99)),
+                           latencyP999Us: us(latency.quantile(0.999)), setupMs: setupMs, perSecondMpps: samples)
     }
 }
