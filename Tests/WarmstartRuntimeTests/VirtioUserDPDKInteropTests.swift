@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 import WarmstartBus
-import WarmstartDatapath
+@testable import WarmstartDatapath
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
@@ -244,6 +244,52 @@ extension VirtioUserDPDKInteropTests {
         XCTAssertEqual(wrongQueue, 0)
         XCTAssertEqual(mismatches.prefix(5), [], "\(mismatches.count) frames differ")
         XCTAssertEqual(port.queues.map(\.errorCount), [0, 0])
+    }
+}
+
+extension VirtioUserDPDKInteropTests {
+    /// `warmstart run --port virtio-user:SOCK,queues=2,mac=… --cores 2` against testpmd generating
+    /// on both of its queues (txonly): the runtime's two polling threads each serve one of the
+    /// port's pairs, both count received frames, and the counters carry the port's MAC.
+    func testRuntimeServesEveryQueuePairOnItsOwnThread() throws {
+        if let why = Testpmd.unavailableReason() { throw XCTSkip(why) }
+        let tag = "mqrt"
+        let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 16384, cacheSize: 256)), hugepages: .auto)
+        let dir = "/tmp/ws-vuser-test-\(getpid())-\(tag)"
+        mkdir(dir, 0o700)
+        let sock = dir + "/vhost.sock"
+        let prefix = "ws-vuser-\(getpid())-\(tag)"
+        let child = try ChildProcess(Testpmd.vhostArguments(socket: sock, client: false, forward: "txonly", prefix: prefix,
+                                                            queues: 2, extra: ["--txpkts=64"]),
+                                     logPath: dir + "/testpmd.log")
+        defer {
+            child.stop()
+            Testpmd.cleanup(prefix: prefix)
+            unlink(sock)
+            if testRun?.failureCount == 0 { unlink(dir + "/testpmd.log"); rmdir(dir) }
+        }
+        let spec = try PortSpec.parse("virtio-user:\(sock),queues=2,mac=02:00:00:00:0a:02,backoff-min-ms=5,name=vu")
+        let rec = PhaseRecorder(clock: BootClock(environment: [:]))
+        let runtime = try Runtime(options: RuntimeOptions(ports: [spec], forward: .macswap, cores: 2), memory: live, recorder: rec)
+        runtime.enableVirtioUserPorts()
+        try runtime.start()
+        defer { runtime.stop() }
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            let q = runtime.stats().ports[0].queues
+            if q.count == 2 && q.allSatisfy({ $0.rxPackets > 1000 }) { break }
+            usleep(20_000)
+        }
+        let st = runtime.stats().ports[0]
+        print("vuser-interop \(tag): per queue rx \(st.queues.map(\.rxPackets)), state \(st.state)")
+        XCTAssertEqual(st.state, "started", "\(st.reason ?? ""); testpmd log \(dir)/testpmd.log")
+        XCTAssertEqual(st.queues.count, 2)
+        for (i, q) in st.queues.enumerated() { XCTAssertGreaterThan(q.rxPackets, 1000, "queue \(i) received") }
+        XCTAssertEqual(st.mac, "02:00:00:00:0a:02")
+        XCTAssertTrue(runtime.stats().renderText().contains("mac 02:00:00:00:0a:02"))
+        // One pair per polling thread.
+        let plan = runtime.datapath.lock.locked { runtime.datapath.published.perThread.map { $0.map(\.queue.index) } }
+        XCTAssertEqual(plan, [[0], [1]])
     }
 }
 
