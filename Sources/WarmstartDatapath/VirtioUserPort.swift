@@ -226,24 +226,30 @@ public final class VirtioUserPort: @unchecked Sendable {
 
     /// The MAC the port uses on this connection. With VHOST_USER_PROTOCOL_F_CONFIG and
     /// VIRTIO_NET_F_MAC the back-end has an address in its config space (§5.1.4): `mac=` is
-    /// written there (SET_CONFIG) and read back — a back-end that keeps another address is an
-    /// error, never silently contradicted; without `mac=` the back-end's address is taken (as
-    /// DPDK's virtio-user does) unless it is not a unicast address. Otherwise: `mac=` or the
-    /// port's random address.
+    /// written there (SET_CONFIG) and read back — a back-end that refuses it or keeps another
+    /// address is an error, never silently contradicted; without `mac=` the back-end's address is
+    /// taken (as DPDK's virtio-user does) unless it cannot be read or is not a unicast address.
+    /// Otherwise: `mac=` or the port's random address.
     func agreeOnMAC(_ fe: VhostUserFrontend, _ n: VhostUserNegotiation) throws -> [UInt8] {
         let own = mac
         guard n.protocolFeatures & VhostUserProtocolFeature.config.mask != 0,
               n.features & VirtioNetFeature.mac.mask != 0 else { return own }
-        if let wanted = config.mac {
-            try fe.setConfig(offset: 0, bytes: wanted)
-            let got = try fe.getConfig(offset: 0, size: 6)
-            guard got == wanted else {
-                throw VirtioUserError.badConfig("port \(config.name): mac=\(PortSpec.formatMAC(wanted)) but the back-end keeps \(PortSpec.formatMAC(got)) in its config space")
+        guard let wanted = config.mac else {
+            guard let got = try? fe.getConfig(offset: 0, size: 6) else { return own }
+            return PortSpec.macProblem(PortSpec.formatMAC(got)) == nil ? got : own
+        }
+        let text = PortSpec.formatMAC(wanted)
+        do { try fe.setConfig(offset: 0, bytes: wanted) } catch {
+            if case .peerFailed = error.reason {
+                throw VirtioUserError.badConfig("port \(config.name): the back-end refused mac=\(text) (SET_CONFIG failed)")
             }
-            return wanted
+            throw error
         }
         let got = try fe.getConfig(offset: 0, size: 6)
-        return PortSpec.macProblem(PortSpec.formatMAC(got)) == nil ? got : own
+        guard got == wanted else {
+            throw VirtioUserError.badConfig("port \(config.name): mac=\(text) but the back-end keeps \(PortSpec.formatMAC(got)) in its config space")
+        }
+        return wanted
     }
 
     /// Mbufs per posted receive buffer: 1 with MRG_RXBUF (a frame spreads over as many buffers as
