@@ -176,8 +176,11 @@ extension Bench {
         if o.frontendListens { spec += ",server=1" }
         if let mac = o.mac { spec += ",mac=\(PortSpec.formatMAC(mac))" }
         let bus = try Bus(ports: [try PortSpec.parse(spec)])
-        bus.register(driver: VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena.shared(for: general)),
-                     for: .virtioUser)
+        // We poll the queues ourselves: a teardown (back-end gone) waits until we let go of them.
+        let lease = QueueLease()
+        let driver = VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena.shared(for: general))
+        driver.beforeTeardown = { _ in lease.revoke() }
+        bus.register(driver: driver, for: .virtioUser)
         bus.start()
         defer { bus.stop() }
         let deadline = ws_monotonic_ns() + 20_000_000_000
@@ -198,10 +201,10 @@ extension Bench {
         let alive = { backendAlive() && bus.snapshot()[0].state == .started }
         var r: BenchResult
         if o.mode == .sink {
-            r = try Sink(options: o, pool: live.mbufPool, queue: q).run(setupMs: setupMs, progress: progress, alive: alive)
+            r = try Sink(options: o, pool: live.mbufPool, queue: q).run(setupMs: setupMs, lease: lease, progress: progress, alive: alive)
         } else {
             r = try Generator(options: o, pool: live.mbufPool, queue: q, sourceMAC: port.mac)
-                .run(setupMs: setupMs, progress: progress, alive: alive)
+                .run(setupMs: setupMs, lease: lease, progress: progress, alive: alive)
         }
         r.mac = PortSpec.formatMAC(port.mac)
         return r
