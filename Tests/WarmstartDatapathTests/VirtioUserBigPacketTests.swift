@@ -94,7 +94,7 @@ final class VirtioUserBigPacketTests: XCTestCase {
     func testMTURequiredWhenAsked() throws {
         let fe = try FrontendSide()
         let be = try InProcessBackend(configuration: VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.mtu.mask))
-        addTeardownBlock { be.stop() }
+        addTeardownBlock { [weak be] in be?.stop() }
         let port = try VirtioUserPort(config: VirtioUserConfig(mergeable: false, mtu: 9000), regions: fe.regions, pool: fe.pool, arena: fe.arena)
         XCTAssertThrowsError(try port.establish(fd: be.frontendFD)) { e in
             guard case let VirtioUserError.missingFeatures(names) = e else { return XCTFail("\(e)") }

@@ -30,7 +30,7 @@ final class VirtioUserMACTests: XCTestCase {
         // Chosen once per port: the same after the connection is set up again.
         port.teardown()
         let be2 = try InProcessBackend()
-        addTeardownBlock { be2.stop() }
+        addTeardownBlock { [weak be2] in be2?.stop() }
         port.queues = try port.establish(fd: be2.frontendFD).1
         XCTAssertEqual(port.mac, mac, "kept across reconnects")
         // And another port gets another one (48 random bits: equal only by a 2^-46 accident).
@@ -67,7 +67,7 @@ final class VirtioUserMACTests: XCTestCase {
         let be = try InProcessBackend(configuration: backendWithMAC) { frame, _, session in
             if frame.header.knownRequest == .setConfig { session.netConfig.mac = Self.backendMAC }
         }
-        addTeardownBlock { be.stop() }
+        addTeardownBlock { [weak be] in be?.stop() }
         let port = try VirtioUserPort(config: VirtioUserConfig(name: "vu3", mac: Self.ours), regions: fe.regions,
                                       pool: fe.pool, arena: fe.arena)
         XCTAssertThrowsError(try port.establish(fd: be.frontendFD)) { e in

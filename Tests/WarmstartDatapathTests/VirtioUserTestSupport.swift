@@ -39,7 +39,6 @@ final class InProcessBackend: @unchecked Sendable {
     var ended: VhostUserError?
     let poolRegion: MemoryRegion
     let pool: MbufPool
-    private var thread: Thread?
 
     /// `onMessage`: called on the serving thread after each message was handled (tests use it
     /// to play a back-end that behaves differently from ours).
@@ -72,7 +71,9 @@ final class InProcessBackend: @unchecked Sendable {
             })
             self.lock.lock(); self.ended = end; self.lock.unlock()
         }
-        thread = t
+        // Not kept: the thread's closure holds this object, and a stored Thread would hold the
+        // closure — a cycle that would keep the session (its mapped regions and eventfds) alive
+        // for the rest of the test run.
         t.start()
     }
 
@@ -147,6 +148,19 @@ final class InProcessBackend: @unchecked Sendable {
     }
 }
 
+/// A unix stream socket listening on `path` (a stand-in back-end's listener), or -1.
+func listenUnix(_ path: String) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+    let bound = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard fd >= 0, bound == 0, listen(fd, 4) == 0 else { if fd >= 0 { close(fd) }; return -1 }
+    return fd
+}
+
 /// A test frame: dst, src, type, then a pattern seeded by `seed`.
 func testFrame(size: Int, seed: UInt8) -> [UInt8] {
     var f = [UInt8](repeating: 0, count: size)
@@ -198,7 +212,7 @@ extension XCTestCase {
                            file: StaticString = #filePath, line: UInt = #line) throws
         -> (VirtioUserPort, InProcessBackend, VhostUserNegotiation, [VirtioUserQueuePair]) {
         let be = try InProcessBackend(configuration: backend, onMessage: onMessage)
-        addTeardownBlock { be.stop() }
+        addTeardownBlock { [weak be] in be?.stop() }
         let port = try VirtioUserPort(config: cfg, regions: fe.regions, pool: fe.pool, arena: fe.arena)
         let (n, pairs) = try port.establish(fd: be.frontendFD)
         port.queues = pairs
