@@ -23,19 +23,8 @@ struct ForwardEngine {
     @inline(__always)
     func poll(_ q: DatapathQueue, peers: [DatapathQueue], cache: MbufCache) -> Int {
         if let source { return generate(q, source, cache: cache) }
-        let n: Int
-        if let v = q.vhost {
-            n = v._withUnsafeGuaranteedRef { $0.receiveBurst(into: pkts, max: burst, cache: cache) }
-        } else {
-            guard let rx = q.queue else { return 0 }
-            n = rx.receiveBurst(into: pkts, max: burst, cache: cache)
-        }
+        let n = receive(q, cache: cache)
         if n == 0 { return 0 }
-        var bytes: UInt64 = 0
-        for i in 0..<n { bytes &+= UInt64(pkts[i].packetLength) }
-        let c = q.counters
-        c.pointee.rxPackets &+= UInt64(n)
-        c.pointee.rxBytes &+= bytes
         if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
         switch mode {
         case .io:
@@ -56,6 +45,18 @@ struct ForwardEngine {
     /// dropped and counted, as testpmd's txonly does.
     @inline(__always)
     func generate(_ q: DatapathQueue, _ source: TxOnlySource, cache: MbufCache) -> Int {
+        let n = receive(q, cache: cache)
+        for i in 0..<n { cache.free(pkts[i]) }
+        let made = source.fill(pkts, count: burst, cache: cache)
+        if made == 0 { return n }
+        if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
+        send(pkts, made, to: q, cache: cache, locked: false)
+        return n + made
+    }
+
+    /// One receive burst from `q` into `pkts`, counted on `q`.
+    @inline(__always)
+    func receive(_ q: DatapathQueue, cache: MbufCache) -> Int {
         let n: Int
         if let v = q.vhost {
             n = v._withUnsafeGuaranteedRef { $0.receiveBurst(into: pkts, max: burst, cache: cache) }
@@ -63,18 +64,13 @@ struct ForwardEngine {
             guard let rx = q.queue else { return 0 }
             n = rx.receiveBurst(into: pkts, max: burst, cache: cache)
         }
-        if n > 0 {
-            var bytes: UInt64 = 0
-            for i in 0..<n { bytes &+= UInt64(pkts[i].packetLength) }
-            q.counters.pointee.rxPackets &+= UInt64(n)
-            q.counters.pointee.rxBytes &+= bytes
-            for i in 0..<n { cache.free(pkts[i]) }
-        }
-        let made = source.fill(pkts, count: burst, cache: cache)
-        if made == 0 { return n }
-        if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
-        send(pkts, made, to: q, cache: cache, locked: false)
-        return n + made
+        if n == 0 { return 0 }
+        var bytes: UInt64 = 0
+        for i in 0..<n { bytes &+= UInt64(pkts[i].packetLength) }
+        let c = q.counters
+        c.pointee.rxPackets &+= UInt64(n)
+        c.pointee.rxBytes &+= bytes
+        return n
     }
 
     @inline(__always)

@@ -103,13 +103,7 @@ final class Generator {
             let n = q.receiveBurst(into: rx, max: rxMax, cache: cache)
             if n > 0 {
                 now = ws_monotonic_ns()
-                for k in 0..<n {
-                    let m = rx[k]
-                    let stamp = m.data.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
-                    if stamp <= now && stamp >= start { latency.record(now - stamp) }
-                    rxBytes &+= UInt64(m.packetLength)
-                    cache.free(m)
-                }
+                rxBytes &+= consumeReceived(rx, n, cache: cache, latency: latency, stamped: true, start: start, now: now)
                 rxCount &+= UInt64(n)
             }
             iterations &+= 1
@@ -155,6 +149,24 @@ final class Generator {
     }
 }
 
+/// Frees `n` received frames and returns their bytes; with `stamped`, records the latency of each
+/// whose send stamp (offset `Bench.stampOffset`, in the first segment) lies in [start, now].
+@inline(__always)
+func consumeReceived(_ rx: UnsafeMutablePointer<Mbuf>, _ n: Int, cache: MbufCache, latency: LatencyHistogram,
+                     stamped: Bool, start: UInt64, now: UInt64) -> UInt64 {
+    var bytes: UInt64 = 0
+    for k in 0..<n {
+        let m = rx[k]
+        if stamped && m.dataLength >= UInt16(Bench.stampOffset + 8) {
+            let stamp = m.data.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
+            if stamp <= now && stamp >= start { latency.record(now - stamp) }
+        }
+        bytes &+= UInt64(m.packetLength)
+        cache.free(m)
+    }
+    return bytes
+}
+
 /// The sink loop (sink mode, one thread): the back-end generates, we receive, count and free.
 final class Sink {
     let o: BenchOptions
@@ -195,15 +207,7 @@ final class Sink {
             let n = q.receiveBurst(into: rx, max: max, cache: cache)
             if n > 0 {
                 if stamped { now = ws_monotonic_ns() }
-                for k in 0..<n {
-                    let m = rx[k]
-                    if stamped && m.dataLength >= UInt16(Bench.stampOffset + 8) {
-                        let stamp = m.data.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
-                        if stamp <= now && stamp >= start { latency.record(now - stamp) }
-                    }
-                    rxBytes &+= UInt64(m.packetLength)
-                    cache.free(m)
-                }
+                rxBytes &+= consumeReceived(rx, n, cache: cache, latency: latency, stamped: stamped, start: start, now: now)
                 rxCount &+= UInt64(n)
             }
             iterations &+= 1
