@@ -21,7 +21,7 @@ public enum DeviceKind: String, CaseIterable, Sendable {
         case .vhostUser: return ["name", "mode", "queues", "features"]
         case .vhostUserClient: return ["name", "queues", "features", "backoff-min-ms", "backoff-max-ms"]
         case .virtioUser: return ["name", "queues", "server", "mode", "backoff-min-ms", "backoff-max-ms",
-                                  "packed", "mrg", "size", "mac"]
+                                  "packed", "mrg", "size", "mac", "mtu"]
         case .tap: return ["name", "queues"]
         }
     }
@@ -129,9 +129,11 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
                 throw PortSpecError("port '\(entry)': size '\(value)' must be a power of two from 2 to 32768")
             }
         case "mac":
-            let parts = value.split(separator: ":")
-            guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else {
-                throw PortSpecError("port '\(entry)': mac '\(value)' is not like 02:00:00:00:00:01")
+            if let why = PortSpec.macProblem(value) { throw PortSpecError("port '\(entry)': mac '\(value)' \(why)") }
+        case "mtu":
+            // virtio 1.2 §5.1.4.1: at least 68; a 16-bit config field.
+            guard let n = Int(value), n >= 68, n <= 65535 else {
+                throw PortSpecError("port '\(entry)': mtu '\(value)' must be an integer from 68 to 65535")
             }
         case "features":
             let ok = value.hasPrefix("0x") || value.hasPrefix("0X") ? UInt64(value.dropFirst(2), radix: 16) != nil : UInt64(value) != nil
@@ -142,6 +144,35 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
             guard !value.isEmpty else { throw PortSpecError("port '\(entry)': name is empty") }
         default: break
         }
+    }
+}
+
+extension PortSpec {
+    /// Six hexadecimal bytes separated by colons (`02:00:00:00:00:01`), or nil.
+    public static func parseMAC(_ s: String) -> [UInt8]? {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count == 6, parts.allSatisfy({ $0.count == 2 }) else { return nil }
+        let bytes = parts.compactMap { UInt8($0, radix: 16) }
+        return bytes.count == 6 ? bytes : nil
+    }
+
+    /// Why `value` cannot be a port's own MAC address, or nil when it can: six hexadecimal bytes,
+    /// unicast (IEEE 802: bit 0 of the first byte marks a group address), not all zeros.
+    public static func macProblem(_ value: String) -> String? {
+        guard let mac = parseMAC(value) else { return "is not six hexadecimal bytes like 02:00:00:00:00:01" }
+        if mac[0] & 1 != 0 {
+            return "is a multicast address (the low bit of the first byte is set); a port's MAC must be unicast"
+        }
+        if !mac.contains(where: { $0 != 0 }) { return "is all zeros" }
+        return nil
+    }
+
+    /// `02:00:00:00:00:01`.
+    public static func formatMAC(_ mac: [UInt8]) -> String {
+        mac.map { b in
+            let h = String(b, radix: 16)
+            return h.count == 1 ? "0" + h : h
+        }.joined(separator: ":")
     }
 }
 

@@ -49,4 +49,7 @@ public enum ForwardMode: String, CaseIterable, Sendable, Codable {
     case macswap
     /// A MAC-learning switch over all ports.
     case l2
+    /// A traffic source, like testpmd's txonly: every poll of a queue sends a burst of generated
+    /// frames (`Datapath.Options.txSize` bytes) on it; what it receives is counted and dropped.
+    case txonly
 }

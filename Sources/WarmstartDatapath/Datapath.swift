@@ -27,10 +27,13 @@ public final class Datapath: @unchecked Sendable {
         /// Empty polls before a thread starts napping (so an idle datapath does not burn a core).
         public var spinBeforeNap: Int
         public var napMicroseconds: UInt32
+        /// txonly: bytes per generated frame (60 ... 9216; chained when larger than the data room).
+        public var txSize: Int
         public init(mode: ForwardMode = .io, cores: [Int] = [], burst: Int = 32, spinBeforeNap: Int = 20_000,
-                    napMicroseconds: UInt32 = 50) {
+                    napMicroseconds: UInt32 = 50, txSize: Int = 64) {
             self.mode = mode; self.cores = cores; self.burst = max(1, min(burst, 256))
             self.spinBeforeNap = spinBeforeNap; self.napMicroseconds = napMicroseconds
+            self.txSize = max(TxOnlySource.minFrame, min(txSize, TxOnlySource.maxFrame))
         }
     }
 
@@ -97,6 +100,7 @@ public final class Datapath: @unchecked Sendable {
         let replaced = lock.locked { () -> [DatapathQueue] in
             let old = slots[slot]
             slots[slot] = queues.enumerated().map { DatapathQueue(slot: slot, index: $0.offset, queue: $0.element) }
+            departing[slot, default: []] += old
             publishLocked()
             return old
         }
@@ -110,6 +114,7 @@ public final class Datapath: @unchecked Sendable {
         let removed = lock.locked { () -> [DatapathQueue] in
             let old = slots[slot]
             slots[slot] = []
+            departing[slot, default: []] += old
             publishLocked()
             return old
         }
@@ -123,6 +128,7 @@ public final class Datapath: @unchecked Sendable {
     func fold(_ queues: [DatapathQueue], slot: Int) {
         guard !queues.isEmpty else { return }
         lock.locked {
+            departing[slot]?.removeAll { d in queues.contains { $0 === d } }
             for q in queues {
                 var c = q.counters.pointee
                 c.errors &+= q.queue?.errorCount ?? 0
@@ -137,6 +143,10 @@ public final class Datapath: @unchecked Sendable {
     }
 
     var history: [Int: QueueCounters] = [:]
+    /// Queues taken out of a slot whose counters are not folded yet (threads may still finish a
+    /// burst on them): `stats()` counts them meanwhile, so a port's totals never dip while it
+    /// leaves.
+    var departing: [Int: [DatapathQueue]] = [:]
 
     /// Hot upgrade: slot `slot` continues counters a previous process counted (added to its history).
     public func continueCounters(slot: Int, from c: QueueCounters) {
@@ -167,7 +177,7 @@ public final class Datapath: @unchecked Sendable {
         case .io:
             let peer = slots[ioPeer(of: slot)]
             return peer.isEmpty ? [] : [peer[queueIndex % peer.count]]
-        case .macswap:
+        case .macswap, .txonly:
             return [slots[slot][queueIndex]]
         case .l2:
             // Every port, by slot (index = slot); the engine picks the learned one or floods.
@@ -324,11 +334,16 @@ public final class Datapath: @unchecked Sendable {
                     c.errors &+= q.queue?.errorCount ?? 0
                     return c
                 }
-                let past = history[slot] ?? QueueCounters()
+                let leaving = (departing[slot] ?? []).map { q -> (Int, QueueCounters) in
+                    var c = q.counters.pointee
+                    c.errors &+= q.queue?.errorCount ?? 0
+                    return (q.index, c)
+                }
+                let past = leaving.map(\.1).reduce(history[slot] ?? QueueCounters(), +)
                 let total = live.reduce(past, +)
                 // Per queue index: what it counts now plus what earlier attachments counted.
                 var qs = queueHistory[slot] ?? []
-                for (i, c) in live.enumerated() {
+                for (i, c) in live.enumerated().map({ ($0.offset, $0.element) }) + leaving {
                     while qs.count <= i { qs.append(QueueCounters()) }
                     qs[i] = qs[i] + c
                 }

@@ -16,10 +16,47 @@ struct ForwardEngine {
     /// the same peer queue (a port with more queue pairs than its peer), so io sends take the
     /// peer's transmit lock (one uncontended exchange per burst otherwise).
     let sharedTX: Bool
+    /// txonly: the frame source (nil in the other modes).
+    let source: TxOnlySource?
 
-    /// Polls one queue once; returns the packets received.
+    /// Polls one queue once; returns the packets received (txonly: received + sent).
     @inline(__always)
     func poll(_ q: DatapathQueue, peers: [DatapathQueue], cache: MbufCache) -> Int {
+        if let source { return generate(q, source, cache: cache) }
+        let n = receive(q, cache: cache)
+        if n == 0 { return 0 }
+        if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
+        switch mode {
+        case .io:
+            if let peer = peers.first { send(pkts, n, to: peer, cache: cache, locked: sharedTX) } else { drop(pkts, n, on: q, cache: cache) }
+        case .macswap:
+            for i in 0..<n { swapMACs(pkts[i]) }
+            send(pkts, n, to: q, cache: cache, locked: false)
+        case .l2:
+            switchBurst(from: q, peers: peers, n, cache: cache)
+        case .txonly:
+            drop(pkts, n, on: q, cache: cache)
+        }
+        return n
+    }
+
+    /// txonly: counts and frees what arrived (a source has nowhere to send it; not counted as
+    /// drops), then sends one burst of generated frames; frames a full ring does not take are
+    /// dropped and counted, as testpmd's txonly does.
+    @inline(__always)
+    func generate(_ q: DatapathQueue, _ source: TxOnlySource, cache: MbufCache) -> Int {
+        let n = receive(q, cache: cache)
+        for i in 0..<n { cache.free(pkts[i]) }
+        let made = source.fill(pkts, count: burst, cache: cache)
+        if made == 0 { return n }
+        if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
+        send(pkts, made, to: q, cache: cache, locked: false)
+        return n + made
+    }
+
+    /// One receive burst from `q` into `pkts`, counted on `q`.
+    @inline(__always)
+    func receive(_ q: DatapathQueue, cache: MbufCache) -> Int {
         let n: Int
         if let v = q.vhost {
             n = v._withUnsafeGuaranteedRef { $0.receiveBurst(into: pkts, max: burst, cache: cache) }
@@ -33,16 +70,6 @@ struct ForwardEngine {
         let c = q.counters
         c.pointee.rxPackets &+= UInt64(n)
         c.pointee.rxBytes &+= bytes
-        if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
-        switch mode {
-        case .io:
-            if let peer = peers.first { send(pkts, n, to: peer, cache: cache, locked: sharedTX) } else { drop(pkts, n, on: q, cache: cache) }
-        case .macswap:
-            for i in 0..<n { swapMACs(pkts[i]) }
-            send(pkts, n, to: q, cache: cache, locked: false)
-        case .l2:
-            switchBurst(from: q, peers: peers, n, cache: cache)
-        }
         return n
     }
 

@@ -98,9 +98,10 @@ final class PollingThread: @unchecked Sendable {
         // had taken off its CPU would otherwise park on packets it could have sent). A thread
         // started paused parks before touching any queue: until it is resumed they are not its.
         var drained = true
+        let source = dp.options.mode == .txonly ? TxOnlySource(pool: dp.pool, size: dp.options.txSize, stream: UInt8(truncatingIfNeeded: index)) : nil
         let engine = ForwardEngine(mode: dp.options.mode, pkts: pkts, burst: burst, buckets: buckets,
                                    bucketCounts: bucketCounts, slots: slotCount, macTable: dp.macTable,
-                                   firstPacketNs: dp.firstPacketNs, sharedTX: dp.options.cores.count > 1)
+                                   firstPacketNs: dp.firstPacketNs, sharedTX: dp.options.cores.count > 1, source: source)
         while ws_load_acquire_u32(running) != 0 {
             let g = ws_load_acquire_u64(dp.generation)
             if g != myGeneration {

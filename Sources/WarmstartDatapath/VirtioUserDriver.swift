@@ -26,6 +26,10 @@ public final class VirtioUserDriver: DeviceDriver {
     /// When set, started ports join it (slot = device index) and leave it before their mbufs are
     /// reclaimed; nil: the caller polls `VirtioUserPort.queues` itself (bench, tests).
     public let datapath: Datapath?
+    /// Called on the loop thread when a port with live queue pairs is torn down, before its
+    /// posted mbufs go back to the pool: a caller that polls the queues itself (no datapath)
+    /// returns from it only once it no longer touches them. Set before the bus starts.
+    public var beforeTeardown: ((Device) -> Void)?
 
     /// One connection's life: set-up may finish after the Bus dropped it.
     final class Connection {
@@ -35,6 +39,12 @@ public final class VirtioUserDriver: DeviceDriver {
         init(fd: Int32) { self.fd = fd }
     }
     private var connections: [ObjectIdentifier: Connection] = [:]
+    private let portsLock = PThreadMutex()
+    private var ports: [Int: VirtioUserPort] = [:]
+
+    /// The port of device `index` once the bus has attached it (any thread): its MAC for the
+    /// counters, its queue pairs for tools.
+    public func port(device index: Int) -> VirtioUserPort? { portsLock.locked { ports[index] } }
 
     /// `regions`: every region shared with the back-end (LiveMemory.regions); `arena`: where the
     /// rings go (the general-purpose region).
@@ -60,6 +70,7 @@ public final class VirtioUserDriver: DeviceDriver {
                 return
             }
             device.driverContext = port
+            portsLock.locked { ports[device.index] = port }
         }
         let conn = Connection(fd: fd)
         connections[ObjectIdentifier(device)] = conn
@@ -112,9 +123,15 @@ public final class VirtioUserDriver: DeviceDriver {
         guard let conn = connections.removeValue(forKey: ObjectIdentifier(device)) else { return }
         conn.dropped = true
         if let w = conn.watch { bus.loop.cancel(w); conn.watch = nil }
-        // The polling threads let go first (attach/detach wait for every thread at a burst
-        // boundary); only then may the posted mbufs go back to the pool.
-        if let dp = datapath, let p = device.driverContext as? VirtioUserPort, !p.queues.isEmpty { dp.detach(slot: device.index) }
+        // A set-up thread still talking to the back-end on this socket fails now instead of
+        // holding the port's set-up lock (and this loop thread) until its receive times out.
+        Glibc.shutdown(conn.fd, Int32(SHUT_RDWR))
+        // Whoever polls the queues lets go first (the datapath's threads at a burst boundary, or
+        // the caller's own loop); only then may the posted mbufs go back to the pool.
+        if let p = device.driverContext as? VirtioUserPort, !p.queues.isEmpty {
+            datapath?.detach(slot: device.index)
+            beforeTeardown?(device)
+        }
         (device.driverContext as? VirtioUserPort)?.teardown()
     }
 }

@@ -8,33 +8,69 @@ import WarmstartVirtio
 import Glibc
 #endif
 
-/// What a `virtio-user:PATH[,packed=0|1][,queues=N][,mrg=0|1][,server=1][,size=N][,mac=...]` port asks
-/// the back-end for.
+/// What a `virtio-user:PATH[,packed=0|1][,queues=N][,mrg=0|1][,server=1][,size=N][,mac=...][,mtu=N]`
+/// port asks the back-end for.
 public struct VirtioUserConfig: Sendable, Equatable {
+    /// The port's name, for errors.
+    public var name: String
     public var packed: Bool
     public var queuePairs: Int
     public var mergeable: Bool
     /// Descriptors per ring (a power of two for split rings; DPDK's virtio-user default is 256).
     public var queueSize: Int
+    /// `mac=`: the port's MAC address. nil: the back-end's (when it has one in its config space),
+    /// else a random locally administered one.
     public var mac: [UInt8]?
+    /// `mtu=`: the port's MTU, told to the back-end (VIRTIO_NET_F_MTU, required then, and
+    /// NET_SET_MTU); without MRG_RXBUF it sizes the receive buffers. nil: 1500, F_MTU not asked.
+    public var mtu: Int?
 
-    public init(packed: Bool = false, queuePairs: Int = 1, mergeable: Bool = true, queueSize: Int = 256, mac: [UInt8]? = nil) {
+    public init(name: String = "virtio-user", packed: Bool = false, queuePairs: Int = 1, mergeable: Bool = true,
+                queueSize: Int = 256, mac: [UInt8]? = nil, mtu: Int? = nil) {
+        self.name = name
         self.packed = packed; self.queuePairs = queuePairs; self.mergeable = mergeable
-        self.queueSize = queueSize; self.mac = mac
+        self.queueSize = queueSize; self.mac = mac; self.mtu = mtu
     }
 
-    public init(spec: PortSpec) {
+    /// From a port spec; `mac=` and `mtu=` are checked again (a spec need not come from `parse`),
+    /// errors name the port and the value.
+    public init(spec: PortSpec) throws(VirtioUserError) {
         func flag(_ k: String, _ d: Bool) -> Bool { spec.option(k).map { $0 == "1" || $0 == "on" } ?? d }
-        self.init(packed: flag("packed", false), queuePairs: spec.option("queues").flatMap { Int($0) } ?? 1,
+        var mac: [UInt8]?
+        if let text = spec.option("mac") {
+            if let why = PortSpec.macProblem(text) { throw .badConfig("port \(spec.name): mac '\(text)' \(why)") }
+            mac = PortSpec.parseMAC(text)
+        }
+        var mtu: Int?
+        if let text = spec.option("mtu") {
+            guard let m = Int(text), m >= 68, m <= 65535 else {
+                throw .badConfig("port \(spec.name): mtu '\(text)' must be an integer from 68 to 65535")
+            }
+            mtu = m
+        }
+        self.init(name: spec.name, packed: flag("packed", false), queuePairs: spec.option("queues").flatMap { Int($0) } ?? 1,
                   mergeable: flag("mrg", true), queueSize: spec.option("size").flatMap { Int($0) } ?? 256,
-                  mac: spec.option("mac").flatMap(VirtioUserConfig.parseMAC))
+                  mac: mac, mtu: mtu)
     }
 
-    public static func parseMAC(_ s: String) -> [UInt8]? {
-        let parts = s.split(separator: ":")
-        guard parts.count == 6 else { return nil }
-        let bytes = parts.compactMap { UInt8($0, radix: 16) }
-        return bytes.count == 6 ? bytes : nil
+    public static func parseMAC(_ s: String) -> [UInt8]? { PortSpec.parseMAC(s) }
+
+    /// A random locally administered unicast address (as DPDK's rte_eth_random_addr).
+    public static func randomMAC() -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        var mac = (0..<6).map { _ in UInt8.random(in: 0...255, using: &g) }
+        mac[0] = (mac[0] & 0xFE) | 0x02
+        return mac
+    }
+
+    /// The largest frame (L2, no header) the negotiated `features` let the device deliver in one
+    /// receive buffer when MRG_RXBUF is off, as Linux virtio-net sizes its "big packets": 65550
+    /// with GUEST_TSO4/TSO6/UFO (a 64 KiB GSO frame), the MTU plus the Ethernet header when
+    /// VIRTIO_NET_F_MTU is negotiated, else 1514.
+    public static func largestReceivedFrame(features: UInt64, mtu: Int?) -> Int {
+        if features & VirtioNetFeature.mask([.guestTSO4, .guestTSO6, .guestUFO]) != 0 { return 65550 }
+        if features & VirtioNetFeature.mtu.mask != 0, let mtu { return mtu + 14 }
+        return 1514
     }
 }
 
@@ -54,6 +90,15 @@ public final class VirtioUserPort: @unchecked Sendable {
     public internal(set) var negotiation: VhostUserNegotiation?
     /// How many connections were set up (1 + reconnects that got through negotiation).
     public internal(set) var connections = 0
+    /// Descriptors (mbufs) per posted receive buffer on the live connection: 1, or more without
+    /// MRG_RXBUF when the largest frame does not fit one mbuf.
+    public internal(set) var receiveSegments = 1
+    private let macLock = PThreadMutex()
+    private var currentMAC: [UInt8]
+
+    /// The port's MAC address (any thread): `mac=`, else the back-end's once it told us, else the
+    /// random one chosen when the port was made (kept across reconnects).
+    public var mac: [UInt8] { macLock.locked { currentMAC } }
 
     /// Carves the rings out of `arena` (sized for either layout, so `packed=` may change freely).
     public init(config: VirtioUserConfig, regions: [MemoryRegion], pool: MbufPool, arena: RingArena) throws(VirtioUserError) {
@@ -66,6 +111,7 @@ public final class VirtioUserPort: @unchecked Sendable {
         self.config = config
         self.regions = regions
         self.pool = pool
+        currentMAC = config.mac ?? VirtioUserConfig.randomMAC()
         let bytes = max(DriverQueue.ringBytes(layout: .split, size: config.queueSize),
                         DriverQueue.ringBytes(layout: .packed, size: config.queueSize))
         var rings: [(UnsafeMutableRawPointer, UInt64, Int)] = []
@@ -93,10 +139,29 @@ public final class VirtioUserPort: @unchecked Sendable {
     public func establish(fd: Int32) throws(VirtioUserError) -> (VhostUserNegotiation, [VirtioUserQueuePair]) {
         setupLock.lock(); defer { setupLock.unlock() }
         let channel = VhostUserChannel(fd: fd, ownsFD: false, readsReplies: true)
-        let fe = VhostUserFrontend(channel: channel, options: VhostUserFrontendOptions(
-            packed: config.packed, queuePairs: config.queuePairs, mergeableRxBuffers: config.mergeable))
+        // MAC is asked for so a back-end with an address in its config space can say it (or take
+        // ours); MTU only with mtu=, and then required: the user asked for that MTU.
+        var extra = VirtioNetFeature.mask([.ringEventIdx, .ringIndirectDesc, .mac])
+        if config.mtu != nil { extra |= VirtioNetFeature.mtu.mask }
+        var options = VhostUserFrontendOptions(packed: config.packed, queuePairs: config.queuePairs,
+                                               mergeableRxBuffers: config.mergeable, extraFeatures: extra)
+        if config.mtu != nil { options.requiredFeatures |= VirtioNetFeature.mtu.mask }
+        let fe = VhostUserFrontend(channel: channel, options: options)
         let n: VhostUserNegotiation
-        do { n = try fe.negotiate() } catch { throw VirtioUserError.from(error) }
+        let mac: [UInt8]
+        do {
+            n = try fe.negotiate()
+            mac = try agreeOnMAC(fe, n)
+            if let mtu = config.mtu, n.protocolFeatures & VhostUserProtocolFeature.netMTU.mask != 0 {
+                try fe.setMTU(mtu)
+            }
+        } catch let e as VhostUserError {
+            throw VirtioUserError.from(e)
+        } catch let e as VirtioUserError {
+            throw e
+        } catch {
+            throw VirtioUserError.protocolError("\(error)")
+        }
         let table = Self.memoryTable(regions)
         let slots = n.maxMemorySlots ?? 8
         guard table.count <= slots else {
@@ -104,7 +169,9 @@ public final class VirtioUserPort: @unchecked Sendable {
         }
         do { try fe.setMemoryTable(table) } catch { throw VirtioUserError.from(error) }
         let layout: VirtqueueLayout = n.features & VirtioNetFeature.ringPacked.mask != 0 ? .packed : .split
-        let options = VirtqueueOptions(features: VirtioFeatures(rawValue: n.features))
+        let ringOptions = VirtqueueOptions(features: VirtioFeatures(rawValue: n.features))
+        let segments = try Self.receiveSegments(features: n.features, mtu: config.mtu, pool: pool,
+                                                headerSize: ringOptions.netHeaderSize, queueSize: config.queueSize)
         // A fresh ring starts at index 0; packed rings also start with both wrap counters set
         // (§2.7.1), which SET_VRING_BASE carries in bit 15 (vhost-user "Ring states").
         let baseLayout: VringLayout = layout == .packed ? .packed : .split
@@ -116,12 +183,12 @@ public final class VirtioUserPort: @unchecked Sendable {
                 for r in [2 * i, 2 * i + 1] {
                     let mem = ringMemory[r]
                     q.append(try DriverQueue(layout: layout, size: config.queueSize, host: mem.host, guest: mem.guest,
-                                             length: mem.length, options: options))
+                                             length: mem.length, options: ringOptions))
                     kicks.append(ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK))
                     calls.append(ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK))
                 }
                 let pair = VirtioUserQueuePair(index: i, rx: q[0], tx: q[1], pool: pool, rxKickFD: kicks[0], txKickFD: kicks[1],
-                                               rxCallFD: calls[0], txCallFD: calls[1])
+                                               rxCallFD: calls[0], txCallFD: calls[1], rxSegments: segments)
                 pairs.append(pair)
                 guard !kicks.contains(-1), !calls.contains(-1) else {
                     throw VirtioUserError.system("eventfd", errno)
@@ -152,7 +219,57 @@ public final class VirtioUserPort: @unchecked Sendable {
             for p in pairs { p.reclaim() }
             throw VirtioUserError.badConfig("ring set-up: \(error)")
         }
+        macLock.locked { currentMAC = mac }
+        receiveSegments = segments
         return (n, pairs)
+    }
+
+    /// The MAC the port uses on this connection. With VHOST_USER_PROTOCOL_F_CONFIG and
+    /// VIRTIO_NET_F_MAC the back-end has an address in its config space (§5.1.4): `mac=` is
+    /// written there (SET_CONFIG) and read back — a back-end that refuses it or keeps another
+    /// address is an error, never silently contradicted; without `mac=` the back-end's address is
+    /// taken (as DPDK's virtio-user does) unless it cannot be read or is not a unicast address.
+    /// Otherwise: `mac=` or the port's random address.
+    func agreeOnMAC(_ fe: VhostUserFrontend, _ n: VhostUserNegotiation) throws -> [UInt8] {
+        let own = mac
+        guard n.protocolFeatures & VhostUserProtocolFeature.config.mask != 0,
+              n.features & VirtioNetFeature.mac.mask != 0 else { return own }
+        guard let wanted = config.mac else {
+            guard let got = try? fe.getConfig(offset: 0, size: 6) else { return own }
+            return PortSpec.macProblem(PortSpec.formatMAC(got)) == nil ? got : own
+        }
+        let text = PortSpec.formatMAC(wanted)
+        do { try fe.setConfig(offset: 0, bytes: wanted) } catch {
+            if case .peerFailed = error.reason {
+                throw VirtioUserError.badConfig("port \(config.name): the back-end refused mac=\(text) (SET_CONFIG failed)")
+            }
+            throw error
+        }
+        let got = try fe.getConfig(offset: 0, size: 6)
+        guard got == wanted else {
+            throw VirtioUserError.badConfig("port \(config.name): mac=\(text) but the back-end keeps \(PortSpec.formatMAC(got)) in its config space")
+        }
+        return wanted
+    }
+
+    /// Mbufs per posted receive buffer: 1 with MRG_RXBUF (a frame spreads over as many buffers as
+    /// it needs, §5.1.6.4) or when the largest frame the features allow
+    /// (`VirtioUserConfig.largestReceivedFrame`) fits one data room; else the first mbuf's data
+    /// room plus as many further mbufs (header room + data room each) as the rest needs. The chain
+    /// has one descriptor more than mbufs: the header has its own (VirtioUserBigPackets.swift).
+    static func receiveSegments(features: UInt64, mtu: Int?, pool: MbufPool, headerSize: Int,
+                                queueSize: Int) throws(VirtioUserError) -> Int {
+        if features & VirtioNetFeature.mrgRxbuf.mask != 0 { return 1 }
+        let frame = VirtioUserConfig.largestReceivedFrame(features: features, mtu: mtu)
+        let room = pool.config.dataRoom
+        if frame <= room { return 1 }
+        let per = room + headerSize
+        let segments = 1 + (frame - room + per - 1) / per
+        let limit = min(VirtioUserQueuePair.scratchCapacity, queueSize)
+        guard segments + 1 <= limit else {
+            throw VirtioUserError.badConfig("receive buffers for \(frame)-byte frames take \(segments) mbufs of \(room) bytes (\(segments + 1) descriptors): more than \(limit) (use mrg=1 or a larger --data-room)")
+        }
+        return segments
     }
 
     /// Drops the current connection's queue pairs, giving every posted mbuf back to the pool.

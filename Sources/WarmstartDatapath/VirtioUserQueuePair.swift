@@ -41,6 +41,8 @@ public final class VirtioUserQueuePair: BurstQueue {
     /// Bytes of one posted RX buffer: header + data room.
     let rxBufferLength: UInt32
     let rxBufferOffset: Int
+    /// Mbufs per posted receive buffer (> 1: chains without MRG_RXBUF, VirtioUserBigPackets.swift).
+    public let rxSegments: Int
 
     struct State {
         var errors: UInt64 = 0
@@ -60,9 +62,11 @@ public final class VirtioUserQueuePair: BurstQueue {
     public var errorCount: UInt64 { st.pointee.errors }
     public var kickCount: UInt64 { st.pointee.kicks }
 
-    /// Takes ownership of the four eventfds.
+    /// Takes ownership of the four eventfds. `rxSegments`: mbufs per receive buffer (1 ... 63).
     public init(index: Int, rx: DriverQueue, tx: DriverQueue, pool: MbufPool,
-                rxKickFD: Int32, txKickFD: Int32, rxCallFD: Int32, txCallFD: Int32) {
+                rxKickFD: Int32, txKickFD: Int32, rxCallFD: Int32, txCallFD: Int32, rxSegments: Int = 1) {
+        precondition(rxSegments >= 1 && rxSegments < Self.scratchCapacity, "1 to \(Self.scratchCapacity - 1) mbufs per receive buffer")
+        self.rxSegments = rxSegments
         self.index = index
         self.rx = rx
         self.tx = tx
@@ -81,7 +85,7 @@ public final class VirtioUserQueuePair: BurstQueue {
         st.initialize(to: State())
         let cap = max(rx.size, tx.size)
         completions = .allocate(capacity: cap)
-        fresh = .allocate(capacity: Self.refillBatch)
+        fresh = .allocate(capacity: Swift.max(Self.refillBatch, rxSegments))
         scratch = .allocate(capacity: Self.scratchCapacity)
         rx.disableCalls()
         tx.disableCalls()
@@ -123,6 +127,7 @@ public final class VirtioUserQueuePair: BurstQueue {
     /// Fills the receive ring from `source` in bursts of 32 (initial fill and each receive call).
     @inline(__always)
     func refill<S: MbufSource>(_ source: S) {
+        if rxSegments > 1 { return refillChains(source) }
         var posted = false
         while rx.numFree >= Self.refillBatch {
             guard source.allocBulk(fresh, count: Self.refillBatch) else { break }
@@ -139,6 +144,7 @@ public final class VirtioUserQueuePair: BurstQueue {
     public func fillReceiveRing() { refill(pool) }
 
     public func receiveBurst(into out: UnsafeMutablePointer<Mbuf>, max: Int, cache: MbufCache) -> Int {
+        if rxSegments > 1 { return receiveChains(into: out, max: max, cache: cache) }
         let n = rx.reap(completions, max: max)
         var got = 0
         let hs = headerSize

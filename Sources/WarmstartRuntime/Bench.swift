@@ -1,3 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import CWarmstartShim
 import WarmstartBus
 import WarmstartDatapath
@@ -12,7 +17,10 @@ import Glibc
 /// vhost-user back-end in another process — Warmstart's own (`warmstart run --port vhost-user:…`)
 /// or DPDK's testpmd (`--backend dpdk`) — over a socket in a private temp directory.
 public struct BenchOptions: Sendable {
-    public enum Mode: String, Sendable, CaseIterable, Codable { case oneway, loopback }
+    /// oneway: we generate, the back-end drops (rxonly); loopback: we generate, the back-end
+    /// reflects (macswap); sink: the back-end generates (testpmd txonly / warmstart run
+    /// --forward txonly), we receive and count.
+    public enum Mode: String, Sendable, CaseIterable, Codable { case oneway, loopback, sink }
     public enum Backend: String, Sendable, CaseIterable, Codable { case warmstart, dpdk }
 
     public var packed = false
@@ -30,6 +38,8 @@ public struct BenchOptions: Sendable {
     public var hugepages = HugepageMode.auto
     /// Our own executable (for `--backend warmstart`).
     public var selfPath = "/proc/self/exe"
+    /// The front-end port's MAC (`mac=`); nil: the port chooses (see VirtioUserPort.mac).
+    public var mac: [UInt8]?
     public init() {}
 }
 
@@ -43,9 +53,11 @@ public struct BenchResult: Sendable, Codable {
     public var txPackets: UInt64
     public var rxPackets: UInt64
     /// Loopback: sent and never seen back. One way: 0 (the ring is lossless; a full ring just
-    /// makes the generator wait).
+    /// makes the generator wait). Sink: frames the back-end generated and could not put in our
+    /// receive ring (its own count over its whole run: testpmd's TX-dropped, warmstart's drops).
     public var drops: UInt64
-    /// Packets per second: received back (loopback) or taken by the back-end (one way).
+    /// Packets per second: received back (loopback), taken by the back-end (one way), received
+    /// (sink).
     public var mpps: Double
     /// Frame bytes (L2, no preamble or gap) per second × 8.
     public var gbps: Double
@@ -56,13 +68,18 @@ public struct BenchResult: Sendable, Codable {
     /// Mpps of each whole second of the run (received back in loopback, sent one way): the
     /// per-second figures comparisons should take the median of.
     public var perSecondMpps: [Double]
+    /// The front-end port's MAC (the generator's source address).
+    public var mac: String?
 
     public func text() -> String {
         var s = "bench: \(backend) back-end, \(layout) ring, \(mode), \(frameBytes) B frames, burst \(burst), \(String(format2(seconds))) s\n"
-        s += "  \(format2(mpps)) Mpps, \(format2(gbps)) Gbit/s; tx \(txPackets), rx \(rxPackets), drops \(drops)\n"
+        s += "  \(format2(mpps)) Mpps, \(format2(gbps)) Gbit/s; tx \(txPackets), rx \(rxPackets), drops \(drops)"
+        s += mode == BenchOptions.Mode.sink.rawValue ? " (the back-end's count)\n" : "\n"
         if let a = latencyP50Us, let b = latencyP99Us, let c = latencyP999Us {
-            s += "  latency p50 \(format2(a)) µs, p99 \(format2(b)) µs, p99.9 \(format2(c)) µs (round trip)\n"
+            let how = mode == BenchOptions.Mode.sink.rawValue ? "one way, back-end send → received" : "round trip"
+            s += "  latency p50 \(format2(a)) µs, p99 \(format2(b)) µs, p99.9 \(format2(c)) µs (\(how))\n"
         }
+        if let mac { s += "  front-end port MAC \(mac)\n" }
         s += "  set-up (back-end start → port started) \(format2(setupMs)) ms\n"
         return s
     }
@@ -103,12 +120,16 @@ public enum Bench {
         switch o.backend {
         case .dpdk:
             if let why = Testpmd.unavailableReason() { throw BenchError("--backend dpdk: \(why)") }
-            argv = Testpmd.vhostArguments(socket: sock, client: o.frontendListens,
-                                          forward: o.mode == .oneway ? "rxonly" : "macswap", prefix: prefix,
-                                          lcores: "\(o.cpu),\(other)", mainLcore: o.cpu)
+            let forward = ["oneway": "rxonly", "loopback": "macswap", "sink": "txonly"][o.mode.rawValue]!
+            // txonly: frames of --size bytes in bursts of --burst; mbufs big enough for one frame.
+            // (--mbuf-size before --txpkts: testpmd checks the segment length against it.)
+            let sink = o.mode == .sink ? (o.size > 2048 ? ["--mbuf-size=\(o.size + 256)"] : []) + ["--txpkts=\(o.size)", "--burst=\(o.burst)"] : []
+            argv = Testpmd.vhostArguments(socket: sock, client: o.frontendListens, forward: forward, prefix: prefix,
+                                          lcores: "\(o.cpu),\(other)", mainLcore: o.cpu, extra: sink)
         case .warmstart:
             argv = [resolvedPath(o.selfPath), "run", "--port", (o.frontendListens ? "vhost-user-client:" : "vhost-user:") + sock,
-                    "--forward", "macswap", "--cores", "\(other)", "--no-snapshot", "--mbufs", "16384"]
+                    "--forward", o.mode == .sink ? "txonly" : "macswap", "--cores", "\(other)", "--no-snapshot", "--mbufs", "16384"]
+                + (o.mode == .sink ? ["--tx-size", "\(o.size)", "--control", dir + "/control.sock"] : [])
         }
         let child = try ChildProcess(argv, logPath: dir + "/backend.log")
         defer {
@@ -116,8 +137,27 @@ public enum Bench {
             if o.backend == .dpdk { Testpmd.cleanup(prefix: prefix) }
             unlink(dir + "/backend.log")
         }
-        return try drive(memory: live, socket: sock, options: o, startNs: t0, progress: progress,
-                         backendAlive: { child.isRunning }, backendLog: { child.logTail() })
+        var r = try drive(memory: live, socket: sock, options: o, startNs: t0, progress: progress,
+                          backendAlive: { child.isRunning }, backendLog: { child.logTail() })
+        if o.mode == .sink {
+            switch o.backend {
+            case .warmstart:
+                r.drops = (try? backendDrops(control: dir + "/control.sock")) ?? 0
+                child.stop()
+            case .dpdk:
+                child.stop()
+                r.drops = Testpmd.txDropped(log: child.log) ?? 0
+            }
+        }
+        return r
+    }
+
+    /// What a `warmstart run` back-end counted as dropped (its control socket's stats).
+    static func backendDrops(control: String) throws -> UInt64 {
+        let line = try ControlClient.request(path: control, ControlRequest(cmd: "stats"))
+        struct Answer: Decodable { var result: RuntimeStats? }
+        let stats = try JSONDecoder().decode(Answer.self, from: Data(line.utf8)).result
+        return stats?.ports.reduce(0) { $0 + $1.total.drops } ?? 0
     }
 }
 
@@ -134,9 +174,13 @@ extension Bench {
         // backoff, so starting both at once is fine.
         var spec = "virtio-user:\(sock),packed=\(o.packed ? 1 : 0),size=\(o.queueSize),backoff-min-ms=5,backoff-max-ms=50"
         if o.frontendListens { spec += ",server=1" }
+        if let mac = o.mac { spec += ",mac=\(PortSpec.formatMAC(mac))" }
         let bus = try Bus(ports: [try PortSpec.parse(spec)])
-        bus.register(driver: VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena.shared(for: general)),
-                     for: .virtioUser)
+        // We poll the queues ourselves: a teardown (back-end gone) waits until we let go of them.
+        let lease = QueueLease()
+        let driver = VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena.shared(for: general))
+        driver.beforeTeardown = { _ in lease.revoke() }
+        bus.register(driver: driver, for: .virtioUser)
         bus.start()
         defer { bus.stop() }
         let deadline = ws_monotonic_ns() + 20_000_000_000
@@ -154,9 +198,16 @@ extension Bench {
             throw BenchError("port started without queues")
         }
         _ = ws_pin_thread(Int32(o.cpu))
-        return try Generator(options: o, pool: live.mbufPool, queue: q).run(setupMs: setupMs, progress: progress) {
-            backendAlive() && bus.snapshot()[0].state == .started
+        let alive = { backendAlive() && bus.snapshot()[0].state == .started }
+        var r: BenchResult
+        if o.mode == .sink {
+            r = try Sink(options: o, pool: live.mbufPool, queue: q).run(setupMs: setupMs, lease: lease, progress: progress, alive: alive)
+        } else {
+            r = try Generator(options: o, pool: live.mbufPool, queue: q, sourceMAC: port.mac)
+                .run(setupMs: setupMs, lease: lease, progress: progress, alive: alive)
         }
+        r.mac = PortSpec.formatMAC(port.mac)
+        return r
     }
 }
 

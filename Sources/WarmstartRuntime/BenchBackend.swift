@@ -121,6 +121,19 @@ public struct Testpmd: Sendable {
          "--", "--forward-mode=\(forward)", "--stats-period", "1", "--nb-cores=1", "--total-num-mbufs=16384"] + extra
     }
 
+    /// The TX-dropped count in the forward statistics testpmd prints when it stops (txonly: frames
+    /// the peer's receive ring had no room for), or nil when the log has none.
+    public static func txDropped(log: String) -> UInt64? {
+        var inStats = false
+        for line in log.split(separator: "\n") {
+            if line.contains("Forward statistics for port 0") { inStats = true; continue }
+            guard inStats else { continue }
+            let words = line.split(separator: " ")
+            if let k = words.firstIndex(of: "TX-dropped:"), k + 1 < words.count { return UInt64(words[k + 1]) }
+        }
+        return nil
+    }
+
     /// Removes what a testpmd with `prefix` left: /dev/hugepages/PREFIX* and /var/run/dpdk/PREFIX.
     public static func cleanup(prefix: String) {
         if let d = opendir("/dev/hugepages") {

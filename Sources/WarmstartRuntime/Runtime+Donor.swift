@@ -14,6 +14,7 @@ extension Runtime {
         static let ports = "ports"
         static let forward = "forward"
         static let cores = "cores"
+        static let txSize = "tx-size"
         static let controlFD = "control-fd"
         static let controlPath = "control-path"
     }
@@ -23,6 +24,7 @@ extension Runtime {
     func registerHandoff(on server: ControlServer) {
         let values = [HandoffKeys.ports: options.ports.map(\.description).joined(separator: "\n"),
                       HandoffKeys.forward: options.forward.rawValue, HandoffKeys.cores: "\(options.cores)",
+                      HandoffKeys.txSize: "\(options.txSize)",
                       HandoffKeys.controlPath: server.path]
         let donor = HandoffDonor(hooks: donorHooks(), configuration: HandoffConfiguration(arguments: CommandLine.arguments, values: values),
                                  log: { [logger] line in logger.notice("\(line)") })

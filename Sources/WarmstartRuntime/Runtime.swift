@@ -24,13 +24,15 @@ public struct RuntimeOptions: Sendable {
     public var durationSeconds: Double?
     public var controlPath: String?
     public var forceFallbackIO: Bool
+    /// `--forward txonly`: bytes per generated frame.
+    public var txSize: Int
 
     public init(ports: [PortSpec], forward: ForwardMode = .io, cores: Int = 1,
                 deviceWaitSeconds: Double = Bus.defaultDeviceWaitSeconds, durationSeconds: Double? = nil,
-                controlPath: String? = nil, forceFallbackIO: Bool = false) {
+                controlPath: String? = nil, forceFallbackIO: Bool = false, txSize: Int = 64) {
         self.ports = ports; self.forward = forward; self.cores = max(1, cores)
         self.deviceWaitSeconds = deviceWaitSeconds; self.durationSeconds = durationSeconds
-        self.controlPath = controlPath; self.forceFallbackIO = forceFallbackIO
+        self.controlPath = controlPath; self.forceFallbackIO = forceFallbackIO; self.txSize = txSize
     }
 }
 
@@ -45,6 +47,8 @@ public final class Runtime: @unchecked Sendable {
     public let datapath: Datapath
     public let bus: Bus
     public let vhostUser: VhostUserBackendPort
+    /// Set by `enableVirtioUserPorts()`.
+    public internal(set) var virtioUser: VirtioUserDriver?
     public internal(set) var control: ControlServer?
     /// Builds the boot report on request (`warmstart report --control PATH`); set by whoever
     /// assembles the report (the CLI), read from the control thread.
@@ -81,7 +85,7 @@ public final class Runtime: @unchecked Sendable {
         }
         let cpus = Self.cpus(forThreads: options.cores)
         datapath = Datapath(pool: memory.mbufPool, ports: bus.devices.map(\.name),
-                            options: Datapath.Options(mode: options.forward, cores: cpus))
+                            options: Datapath.Options(mode: options.forward, cores: cpus, txSize: options.txSize))
         vhostUser = VhostUserBackendPort(datapath: datapath, logger: Logger(label: "warmstart.vhost-user"))
         vhostUser.register(on: bus)
         // A TAP needs no negotiation: it joins the datapath as soon as the bus has it open, and
@@ -196,7 +200,8 @@ public final class Runtime: @unchecked Sendable {
         let ports = datapath.stats().map { p -> RuntimeStats.Port in
             let r = p.slot < records.count ? records[p.slot] : nil
             return RuntimeStats.Port(name: p.name, kind: r?.kind ?? "", state: r?.state.rawValue ?? "", slot: p.slot,
-                                     total: p.total, queues: p.queues, reconnects: r?.reconnects ?? 0, reason: r?.reason)
+                                     total: p.total, queues: p.queues, reconnects: r?.reconnects ?? 0, reason: r?.reason,
+                                     mac: virtioUser?.port(device: p.slot).map { PortSpec.formatMAC($0.mac) })
         }
         let inUse = memory.pools.reduce(0) { $0 + $1.inUseCount }
         return RuntimeStats(forward: options.forward.rawValue, cores: options.cores, ports: ports,

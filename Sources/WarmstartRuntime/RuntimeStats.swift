@@ -19,6 +19,8 @@ public struct RuntimeStats: Codable, Sendable, Equatable {
         public var queues: [QueueCounters]
         public var reconnects: Int
         public var reason: String?
+        /// The port's own MAC address (virtio-user ports), nil where the port has none.
+        public var mac: String?
     }
 
     public var forward: String
@@ -50,6 +52,7 @@ public struct RuntimeStats: Codable, Sendable, Equatable {
         }
         for p in ports {
             out += row(p.name, p.state, p.total)
+            if let mac = p.mac { out += "  mac \(mac)\n" }
             for (i, q) in p.queues.enumerated() { out += row("  queue \(i)", "", q) }
             if let r = p.reason, p.state != "started" { out += "  (\(r))\n" }
         }

@@ -54,6 +54,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
     private var specs: [PortSpec] = []
     private var forward = ForwardMode.io
     private var cores = 1
+    private var txSize = 64
     private var ports: [Port] = []
     private var controlFD: Int32 = -1
     private var oldControlPath: String?
@@ -107,6 +108,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
             forward = m
         }
         cores = values[Runtime.HandoffKeys.cores].flatMap { Int($0) } ?? 1
+        txSize = values[Runtime.HandoffKeys.txSize].flatMap { Int($0) } ?? 64
         regions = try r.mapRegions()
         for (i, p) in r.state.ports.enumerated() {
             var port = Port(slot: i, name: p.name, counters: p.counters)
@@ -147,7 +149,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
         guard !pools.isEmpty else { throw HandoffError(.map, "the running process handed over no mbuf pool") }
         let memory = LiveMemory.handedOver(regions: regions, pools: pools)
         let options = RuntimeOptions(ports: specs, forward: forward, cores: cores, durationSeconds: overrides.durationSeconds,
-                                     controlPath: nil, forceFallbackIO: overrides.forceFallbackIO)
+                                     controlPath: nil, forceFallbackIO: overrides.forceFallbackIO, txSize: txSize)
         let rt: Runtime
         do { rt = try Runtime(options: options, memory: memory, recorder: recorder, logger: logger, bus: bus) } catch {
             throw HandoffError(.map, "cannot build the runtime: \(error)")

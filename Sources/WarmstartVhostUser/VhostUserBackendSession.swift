@@ -13,9 +13,11 @@ public struct VhostUserBackendConfiguration: Sendable {
     /// regions actually present, not with this cap.
     public var maxMemorySlots: Int
     public var netConfig: VirtioNetConfig
+    /// Features beyond the default set this port offers too (only `VhostUserFeatures.netOptIn`).
+    public var optInFeatures: UInt64
 
     public init(maxQueuePairs: Int = 1, featureMask: UInt64 = ~0, protocolFeatures: UInt64 = VhostUserFeatures.protocolDefault,
-                maxMemorySlots: Int = 509, netConfig: VirtioNetConfig = VirtioNetConfig()) {
+                maxMemorySlots: Int = 509, netConfig: VirtioNetConfig = VirtioNetConfig(), optInFeatures: UInt64 = 0) {
         precondition(maxQueuePairs >= 1 && maxQueuePairs <= 128, "vring indices are 8 bits in SET_VRING_KICK/CALL/ERR")
         self.maxQueuePairs = maxQueuePairs
         self.featureMask = featureMask
@@ -23,9 +25,10 @@ public struct VhostUserBackendConfiguration: Sendable {
         self.maxMemorySlots = maxMemorySlots
         self.netConfig = netConfig
         self.netConfig.maxVirtqueuePairs = UInt16(maxQueuePairs)
+        self.optInFeatures = optInFeatures & VhostUserFeatures.netOptIn
     }
 
-    public var offeredFeatures: UInt64 { VhostUserFeatures.netDefault & featureMask }
+    public var offeredFeatures: UInt64 { VhostUserFeatures.netDefault & featureMask | optInFeatures }
 }
 
 /// What the datapath must act on after a message.

@@ -167,6 +167,16 @@ public final class VhostUserFrontend {
         return c.bytes
     }
 
+    /// SET_CONFIG: a driver write of `bytes` at `offset` of the device configuration space
+    /// (virtio-net: only the MAC is writable by a driver, §5.1.4).
+    public func setConfig(offset: UInt32, bytes: [UInt8]) throws(VhostUserError) {
+        try send(.setConfig, .config(ConfigPayload(offset: offset, size: UInt32(bytes.count), bytes: bytes)))
+    }
+
+    /// NET_SET_MTU: tells the back-end the MTU the driver uses (with VIRTIO_NET_F_MTU and the
+    /// NET_MTU protocol feature, as QEMU does for `host_mtu`).
+    public func setMTU(_ mtu: Int) throws(VhostUserError) { try send(.netSetMTU, .u64(UInt64(mtu))) }
+
     /// GET_INFLIGHT_FD: the back-end's inflight buffer for `numQueues` queues of `queueSize`;
     /// the returned descriptor is the caller's.
     public func getInflightFD(numQueues: Int, queueSize: Int) throws(VhostUserError) -> (InflightPayload, Int32) {

@@ -58,6 +58,12 @@ public enum VhostUserFeatures {
         .hostTSO4, .hostTSO6, .hostECN, .hostUFO, .guestAnnounce, .protocolFeatures, .inOrder,
     ])
 
+    /// Offered only when a port asks (`VhostUserBackendConfiguration.optInFeatures`): MAC — the
+    /// address in the config space is then the device's, and drivers (DPDK's virtio-user, Linux)
+    /// take it instead of choosing their own; off by default so every port does not hand out the
+    /// same default address.
+    public static let netOptIn: UInt64 = VirtioNetFeature.mac.mask
+
     /// The protocol features this back-end really implements (each has a handler in the session).
     /// Not offered: LOG_SHMFD (no dirty logging), BACKEND_REQ (no back-end channel),
     /// INBAND_NOTIFICATIONS, PAGEFAULT, DEVICE_STATE; INFLIGHT_SHMFD is opt-in (below).

@@ -20,7 +20,7 @@ struct Run: ParsableCommand {
         discussion: """
             With no --snapshot, the default snapshot is used and created on the first run: on hugetlbfs (/dev/hugepages) when 2M pages are free, else on /dev/shm.
             With ports, the runtime forwards until SIGINT/SIGTERM or --duration, then prints per-port and per-queue counters; with --boot-only it waits for the devices (--device-wait), prints the boot report and exits.
-            Port kinds: vhost-user:PATH (listen), vhost-user-client:PATH (connect); keys: name=, queues=N, features=0xMASK, mode= (socket mode).
+            Port kinds: vhost-user:PATH (listen), vhost-user-client:PATH (connect); keys: name=, queues=N, features=0xMASK, mode= (socket mode). virtio-user:PATH (Warmstart as the driver of a vhost-user back-end); keys: name=, queues=N, packed=0|1, mrg=0|1, size=N, mac=, mtu=N, server=1.
             """)
 
     @OptionGroup var layout: LayoutOptions
@@ -40,8 +40,10 @@ struct Run: ParsableCommand {
     var ports: [String] = []
     @Option(help: "A file of ports, one --port value per line (# comments).")
     var config: String?
-    @Option(help: "Forwarding: io (ports paired 0↔1, 2↔3; an odd last port to itself), macswap, l2.")
+    @Option(help: "Forwarding: io (ports paired 0↔1, 2↔3; an odd last port to itself), macswap, l2, or txonly (a traffic source: every queue sends --tx-size byte frames, what arrives is dropped).")
     var forward: ForwardMode = .io
+    @Option(name: .customLong("tx-size"), help: "With --forward txonly: frame size in bytes (60...9216).")
+    var txSize: Int = 64
     @Option(help: "Polling threads, pinned to the last N CPUs.")
     var cores: Int = 1
     @Option(name: .customLong("device-wait"), help: "With --boot-only: seconds to wait for every device to be started or failed.")
@@ -57,6 +59,7 @@ struct Run: ParsableCommand {
         guard cores >= 1 else { throw ValidationError("--cores must be at least 1") }
         guard deviceWait >= 0 else { throw ValidationError("--device-wait must not be negative") }
         if let d = duration, d < 0 { throw ValidationError("--duration must not be negative") }
+        guard txSize >= 60, txSize <= 9216 else { throw ValidationError("--tx-size must be 60...9216 bytes") }
     }
 
     func portSpecs() throws -> [PortSpec] {
@@ -130,7 +133,7 @@ struct Run: ParsableCommand {
     func runWithPorts(_ specs: [PortSpec], live: LiveMemory, snapshot snap: BootReport.Snapshot,
                       recorder: PhaseRecorder, clock: BootClock) throws {
         let options = RuntimeOptions(ports: specs, forward: forward, cores: cores, deviceWaitSeconds: deviceWait,
-                                     durationSeconds: duration, controlPath: control)
+                                     durationSeconds: duration, controlPath: control, txSize: txSize)
         let runtime: Runtime
         do {
             runtime = try Runtime(options: options, memory: live, recorder: recorder)

@@ -68,6 +68,31 @@ final class DatapathTests: XCTestCase {
     let macC: [UInt8] = [0x02, 0, 0, 0, 0, 0xC]
     let bcast: [UInt8] = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]
 
+    /// While a port leaves (its queues out of the plan, threads not yet past their last burst on
+    /// them) its counters are still in `stats()`: a total never dips, and is counted once after.
+    func testCountersDoNotDipWhileAPortLeaves() {
+        let dp = Datapath(pool: pool, ports: ["p0"], options: .init(mode: .macswap, spinBeforeNap: 10))
+        let q = TestQueue()
+        dp.attach(slot: 0, queues: [q])
+        dp.start()
+        defer { dp.stop() }
+        for i in 0..<50 { q.push(frame(dst: macB, src: macA, payload: UInt8(i))) }
+        waitFor("50 frames reflected") { q.sent.count == 50 }
+        XCTAssertEqual(dp.stats()[0].total.rxPackets, 50)
+        // A parked thread does not acknowledge the plan without the queue: detach waits, and
+        // meanwhile the queue is out of the slot but not folded into the history yet.
+        dp.pause()
+        let left = DispatchSemaphore(value: 0)
+        Thread { dp.detach(slot: 0); left.signal() }.start()
+        waitFor("queue out of the slot") { dp.lock.locked { dp.slots[0].isEmpty } }
+        XCTAssertEqual(dp.stats()[0].total.rxPackets, 50, "counted while leaving")
+        XCTAssertEqual(dp.stats()[0].queues.first?.txPackets, 50)
+        dp.resume()
+        XCTAssertEqual(left.wait(timeout: .now() + 5), .success)
+        XCTAssertEqual(dp.stats()[0].total.rxPackets, 50, "folded once")
+        XCTAssertEqual(dp.stats()[0].queues.map(\.rxPackets), [50])
+    }
+
     func testIOModePairsPortsLikeTestpmd() {
         let dp = Datapath(pool: pool, ports: ["p0", "p1", "p2"], options: .init(mode: .io, spinBeforeNap: 10))
         XCTAssertEqual(dp.ioPeer(of: 0), 1)

@@ -39,9 +39,11 @@ final class InProcessBackend: @unchecked Sendable {
     var ended: VhostUserError?
     let poolRegion: MemoryRegion
     let pool: MbufPool
-    private var thread: Thread?
 
-    init(configuration: VhostUserBackendConfiguration = VhostUserBackendConfiguration(), connectedFD: Int32? = nil) throws {
+    /// `onMessage`: called on the serving thread after each message was handled (tests use it
+    /// to play a back-end that behaves differently from ours).
+    init(configuration: VhostUserBackendConfiguration = VhostUserBackendConfiguration(), connectedFD: Int32? = nil,
+         onMessage: ((VhostUserFrame, VhostUserOutcome, VhostUserBackendSession) -> Void)? = nil) throws {
         session = VhostUserBackendSession(configuration: configuration)
         if let fd = connectedFD {
             backendFD = fd; frontendFD = -1
@@ -54,7 +56,9 @@ final class InProcessBackend: @unchecked Sendable {
                                             pageSize: .small4K)
         pool = try MbufPool.layOut(config: cfg, region: poolRegion, offset: 0, poolID: 1)
         let t = Thread { [self] in
-            let end = session.serve(VhostUserChannel(fd: backendFD), onEvents: { events in
+            let end = session.serve(VhostUserChannel(fd: backendFD), onMessage: { frame, outcome in
+                onMessage?(frame, outcome, self.session)
+            }, onEvents: { events in
                 self.lock.lock()
                 for e in events {
                     switch e {
@@ -67,7 +71,9 @@ final class InProcessBackend: @unchecked Sendable {
             })
             self.lock.lock(); self.ended = end; self.lock.unlock()
         }
-        thread = t
+        // Not kept: the thread's closure holds this object, and a stored Thread would hold the
+        // closure — a cycle that would keep the session (its mapped regions and eventfds) alive
+        // for the rest of the test run.
         t.start()
     }
 
@@ -142,6 +148,19 @@ final class InProcessBackend: @unchecked Sendable {
     }
 }
 
+/// A unix stream socket listening on `path` (a stand-in back-end's listener), or -1.
+func listenUnix(_ path: String) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var addr = sockaddr_un()
+    addr.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
+    let bound = withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard fd >= 0, bound == 0, listen(fd, 4) == 0 else { if fd >= 0 { close(fd) }; return -1 }
+    return fd
+}
+
 /// A test frame: dst, src, type, then a pattern seeded by `seed`.
 func testFrame(size: Int, seed: UInt8) -> [UInt8] {
     var f = [UInt8](repeating: 0, count: size)
@@ -182,4 +201,39 @@ func frameDiff(_ a: [UInt8]?, _ b: [UInt8]) -> String {
     if a.count != b.count { return "length \(a.count), expected \(b.count)" }
     if let i = a.indices.first(where: { a[$0] != b[$0] }) { return "first difference at byte \(i): \(a[i]) vs \(b[i])" }
     return "equal"
+}
+
+extension XCTestCase {
+    /// A virtio-user port over `fe`'s memory, set up against an in-process back-end (stopped at
+    /// teardown), its queue pairs published as the bus driver would.
+    func connectVirtioUser(_ fe: FrontendSide, _ cfg: VirtioUserConfig,
+                           backend: VhostUserBackendConfiguration = VhostUserBackendConfiguration(),
+                           onMessage: ((VhostUserFrame, VhostUserOutcome, VhostUserBackendSession) -> Void)? = nil,
+                           file: StaticString = #filePath, line: UInt = #line) throws
+        -> (VirtioUserPort, InProcessBackend, VhostUserNegotiation, [VirtioUserQueuePair]) {
+        let be = try InProcessBackend(configuration: backend, onMessage: onMessage)
+        addTeardownBlock { [weak be] in be?.stop() }
+        let port = try VirtioUserPort(config: cfg, regions: fe.regions, pool: fe.pool, arena: fe.arena)
+        let (n, pairs) = try port.establish(fd: be.frontendFD)
+        port.queues = pairs
+        XCTAssertTrue(be.waitForRings(2 * cfg.queuePairs), "back-end did not start the rings", file: file, line: line)
+        return (port, be, n, pairs)
+    }
+
+    /// Receives on `q` until `count` frames came or `timeout` passed.
+    func receiveFrames(_ q: VirtioUserQueuePair, pool: MbufPool, cache: MbufCache, count: Int, timeout: Double = 5) -> [[UInt8]] {
+        let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 32)
+        defer { out.deallocate() }
+        var got: [[UInt8]] = []
+        let end = Date().addingTimeInterval(timeout)
+        while got.count < count && Date() < end {
+            let n = q.receiveBurst(into: out, max: 32, cache: cache)
+            for k in 0..<n {
+                got.append(copyFrame(pool, out[k]))
+                cache.free(out[k])
+            }
+            if n == 0 { usleep(100) }
+        }
+        return got
+    }
 }
