@@ -114,10 +114,10 @@ final class TakeoverInteropTests: XCTestCase {
         // parked over its prepared queue pairs) drops what it prepared, exits 1 and says why;
         // the old one resumes.
         let fourth = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "fourth", environment: ["WARMSTART_HANDOFF_FAULT": "fail:commit"])
-        try waitExit(fourth, seconds: 10, h)
+        try waitExit(fourth, h)
         XCTAssertEqual(fourth.terminationStatus, 1, h.logText("fourth"))
         XCTAssertTrue(h.logText("fourth").contains("failed at step 'commit': injected failure"), h.logText("fourth"))
-        try waitLog("warmstart", "takeover by pid \(fourth.processIdentifier) failed at step 'commit'", seconds: 10, h)
+        try waitLog("warmstart", "takeover by pid \(fourth.processIdentifier) failed at step 'commit'", h)
         try assertForwards(h, "after the new process failed at commit")
 
         let (t, w) = try h.stopAndCollect(tp, port: "vm")
@@ -153,15 +153,16 @@ final class TakeoverInteropTests: XCTestCase {
         let tp = try h.startTestpmd(socket: sock, packed: false, mergeable: true, size: 64, appArgs: ["--no-flush-rx"])
         tp.send("set fwd io")
         tp.send("start tx_first")
-        usleep(300_000)
+        try h.waitForCounters(port: "vm", "forward") { $0.rxPackets >= Self.frames }
 
-        // Forwarding stopped, the loop's packets come to rest in testpmd's receive queue: nothing
-        // is in flight, so every mbuf is in the pool or in the polling thread's cache.
+        // Forwarding stopped, the loop's packets come to rest in testpmd's receive queue: once
+        // Warmstart has taken and reflected every frame testpmd sent, nothing is in flight, so
+        // every mbuf is in the pool or in the polling thread's cache (given a moment: the thread
+        // frees a burst's mbufs after counting it).
         func atRest() throws -> (Footprint, PortCounters) {
-            tp.send("stop")
-            try tp.waitFor("Done.", timeout: 10)
-            usleep(200_000)
-            let f = try footprint(h), c = try h.counters(port: "vm")
+            let (_, c) = try h.stopAndCollect(tp, port: "vm")
+            var f = try footprint(h)
+            waitUntil(timeout: 10) { f = (try? footprint(h)) ?? f; return f.mbufsInUse == f.mbufsCached }
             tp.send("start")
             return (f, c)
         }
@@ -174,14 +175,13 @@ final class TakeoverInteropTests: XCTestCase {
             let json = "\(h.dir)/r\(k).json"
             let next = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl, "--report-json", json], log: "new\(k)")
             let oldLog = k == 1 ? "warmstart" : "new\(k - 1)"
-            try waitExit(current, seconds: 15, h)
+            try waitExit(current, h)
             XCTAssertEqual(current.terminationStatus, 0, "takeover \(k): the old process: \(h.logText(oldLog))")
             XCTAssertTrue(h.logText(oldLog).contains("handed over to pid \(next.processIdentifier)"), h.logText(oldLog))
-            try waitFile(json, seconds: 10, h)
+            try waitFile(json, h)
             current = next
             let moving = try h.counters(port: "vm").rxPackets
-            let deadline = Date().addingTimeInterval(5)
-            while try h.counters(port: "vm").rxPackets == moving && Date() < deadline { usleep(10_000) }
+            try h.waitForCounters(port: "vm", "forward after takeover \(k)") { $0.rxPackets >= moving + Self.frames }
 
             let (f, c) = try atRest()
             let label = "takeover \(k): \(f); first process: \(first); logs \(h.dir)"
@@ -206,7 +206,7 @@ final class TakeoverInteropTests: XCTestCase {
         let (t, w) = try h.stopAndCollect(tp, port: "vm")
         tp.quit()
         kill(current.processIdentifier, SIGTERM)
-        try waitExit(current, seconds: 10, h)
+        try waitExit(current, h)
         XCTAssertEqual(current.terminationStatus, 0)
         let label = "testpmd \(t) warmstart \(w); logs \(h.dir)"
         print("ten takeovers: blackout/not-polling ms \(figures.joined(separator: " ")); \(label)")

@@ -231,6 +231,7 @@ final class InteropHarness {
 
 /// Polls `condition` every `interval` µs until it holds (true, at once) or `timeout` seconds
 /// passed (false). For waits whose end is an event, never a measurement of speed.
+@discardableResult
 func waitUntil(timeout: Double, interval: useconds_t = 10_000, _ condition: () throws -> Bool) rethrows -> Bool {
     let end = Date().addingTimeInterval(timeout)
     while true {
