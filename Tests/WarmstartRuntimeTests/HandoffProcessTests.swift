@@ -43,7 +43,9 @@ final class HandoffProcessTests: XCTestCase {
             resume: { next!.resumeAfterTakeover() },
             firstPacketNs: { next?.firstPacketNs },
             abandon: { pending = nil; next = nil })
-        let options = HandoffTakerOptions(trafficWaitMs: 1000, fault: env[Self.childFault].flatMap(HandoffFault.init(parsing:)))
+        // The blackout's second end is this process's first forwarded burst: wait for it as long
+        // as a loaded machine needs (it comes at once when the guest is sending).
+        let options = HandoffTakerOptions(trafficWaitMs: Int(testDeadline * 1000), fault: env[Self.childFault].flatMap(HandoffFault.init(parsing:)))
         do {
             let report = try HandoffTaker.takeover(path: path, hooks: hooks, options: options)
             if let out = env[Self.childReport] {
@@ -217,7 +219,7 @@ final class HandoffProcessTests: XCTestCase {
         let report = try JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: reportPath)))
         print("process handoff: blackout \(report.blackoutMs ?? -1) ms; " + report.steps.map { "\($0.name) \(String(format: "%.3f", $0.ms)) ms" }.joined(separator: ", "))
         XCTAssertEqual(report.outcome, "committed")
-        XCTAssertNotNil(report.blackoutMs)
+        XCTAssertNotNil(report.blackoutMs, report.blackoutNote ?? "")
         // The front-end closes: the child exits cleanly.
         shutdown(guest.frontend.channel.fd, Int32(SHUT_RDWR))
         waitUntil { !child.isRunning }

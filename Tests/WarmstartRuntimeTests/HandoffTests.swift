@@ -62,7 +62,7 @@ final class HandoffTests: XCTestCase {
         backend = next
         XCTAssertEqual(report.outcome, "committed")
         XCTAssertEqual(report.steps.map(\.name), HandoffStepName.allCases.map(\.rawValue))
-        XCTAssertNotNil(report.blackoutMs)
+        XCTAssertNotNil(report.blackoutMs, report.blackoutNote ?? "")
         print("handoff under traffic: blackout \(report.blackoutMs ?? -1) ms; " + report.steps.map { "\($0.name) \(String(format: "%.3f", $0.ms)) ms" }.joined(separator: ", "))
         waitForMore(50_000)
         finish(traffic)
