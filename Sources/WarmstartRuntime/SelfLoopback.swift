@@ -23,6 +23,8 @@ public enum SelfLoopback {
         public var runtime: Runtime
         /// Boot-clock ms at which the loopback was up (front-end port started): the end of boot.
         public var readyMs: Double
+        /// The private temp directory that held the socket: removed by the time `run` returns.
+        public var directory: String
     }
 
     public static func run(memory: LiveMemory, recorder: PhaseRecorder, duration: Double, size: Int = 64,
@@ -52,6 +54,6 @@ public enum SelfLoopback {
         let t0 = ws_monotonic_ns()
         let traffic = try Bench.drive(memory: memory, socket: sock, options: o, startNs: t0, progress: progress)
         runtime.recordDevicePhases()
-        return Result(traffic: traffic, runtime: runtime, readyMs: recorder.clock.ms(t0) + traffic.setupMs)
+        return Result(traffic: traffic, runtime: runtime, readyMs: recorder.clock.ms(t0) + traffic.setupMs, directory: dir)
     }
 }

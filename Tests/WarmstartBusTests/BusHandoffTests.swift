@@ -21,7 +21,7 @@ final class BusHandoffTests: XCTestCase {
 
     private func connectClient(_ path: String) throws -> Int32 {
         var client: Int32?
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(testDeadline)
         while client == nil && Date() < deadline { client = Peer.connect(path); if client == nil { usleep(1000) } }
         return try XCTUnwrap(client, "no socket at \(path)")
     }
@@ -64,7 +64,7 @@ final class BusHandoffTests: XCTestCase {
         bus.start()
         defer { bus.stop() }
         XCTAssertTrue(bus.waitFor("vm", .probing))
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(testDeadline)
         while !FileManager.default.fileExists(atPath: path) && Date() < deadline { usleep(1000) }
         usleep(20_000)   // the accept is armed
         bus.sync { bus.freezeAccepting() }

@@ -32,12 +32,12 @@ final class BusStateTests: XCTestCase {
             XCTAssertTrue(bus.waitFor("vm1", .probing))
             // The socket exists only once the bus listens; a frontend connects right after.
             var client: Int32? = nil
-            let deadline = Date().addingTimeInterval(5)
+            let deadline = Date().addingTimeInterval(testDeadline)
             while client == nil && Date() < deadline { client = Peer.connect(path); if client == nil { usleep(1000) } }
             let fd = try XCTUnwrap(client, "no socket at \(path)")
             defer { close(fd) }
             XCTAssertTrue(Peer.handshake(fd))
-            XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: 5))
+            XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: testDeadline))
             let r = try XCTUnwrap(bus.record("vm1"))
             XCTAssertEqual(r.state, .started)
             XCTAssertNotNil(r.probeMs); XCTAssertNotNil(r.startMs); XCTAssertNotNil(r.readyAtMs)
@@ -79,7 +79,7 @@ final class BusStateTests: XCTestCase {
         let (bus, _) = try makeBus(["vhost-user:\(path)"])
         bus.start()
         defer { bus.stop() }
-        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: 5))
+        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: testDeadline))
         let r = try XCTUnwrap(bus.record("notasocket"))
         XCTAssertEqual(r.state, .failed)
         XCTAssertEqual(r.reason, "\(path) exists and is a regular file, not a socket; refusing to replace it")
@@ -90,7 +90,7 @@ final class BusStateTests: XCTestCase {
         let (bus, _) = try makeBus(["vhost-user:\(dir)/nodir/p.sock", "vhost-user:/sys/ws-test.sock"])
         bus.start()
         defer { bus.stop() }
-        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: 5))
+        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: testDeadline))
         XCTAssertEqual(bus.record("p.sock")?.state, .failed)
         XCTAssertEqual(bus.record("p.sock")?.reason,
                        "cannot create socket \(dir)/nodir/p.sock: directory \(dir)/nodir does not exist")
@@ -113,7 +113,7 @@ final class BusStateTests: XCTestCase {
         bus.start()
         _ = ws_setfsuid(UInt32(previous))
         defer { bus.stop() }
-        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: 5))
+        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: testDeadline))
         XCTAssertEqual(bus.record("p.sock")?.state, .failed)
         XCTAssertEqual(bus.record("p.sock")?.reason,
                        "cannot create socket \(ro)/p.sock: Permission denied (is \(ro) writable by this user?)")
@@ -127,13 +127,13 @@ final class BusStateTests: XCTestCase {
         bus.start()
         defer { bus.stop() }
         // The socket file appears without a state change: poll for it.
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(testDeadline)
         while !FileManager.default.fileExists(atPath: path) && Date() < deadline { usleep(500) }
         // First frontend connects and leaves before saying anything.
         let quitter = try XCTUnwrap(Peer.connect(path))
         XCTAssertTrue(bus.waitFor("mid.sock", .negotiating))
         close(quitter)
-        XCTAssertTrue(bus.wait(timeoutSeconds: 5) { $0[0].state == .probing && $0[0].reconnects == 1 })
+        XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].state == .probing && $0[0].reconnects == 1 })
         XCTAssertEqual(bus.record("mid.sock")?.reason, "peer closed during negotiation")
         // The listening socket stays: the next frontend gets through.
         let good = try XCTUnwrap(Peer.connect(path))
@@ -153,7 +153,7 @@ final class BusStateTests: XCTestCase {
             bus.start()
             defer { bus.stop() }
             // No frontend yet: probing, retrying, with the reason saying so.
-            XCTAssertTrue(bus.wait(timeoutSeconds: 5) { $0[0].reason?.contains("retrying in") == true })
+            XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].reason?.contains("retrying in") == true })
             XCTAssertEqual(bus.record("c")?.state, .probing)
             XCTAssertTrue(bus.record("c")?.reason?.hasPrefix("connect \(path): No such file or directory; retrying in") == true)
 
@@ -175,7 +175,7 @@ final class BusStateTests: XCTestCase {
             XCTAssertTrue(bus.waitFor("c", .started))
             XCTAssertEqual(bus.record("c")?.reconnects, 0)
             restart.signal()
-            XCTAssertTrue(bus.wait(timeoutSeconds: 5) { $0[0].state == .started && $0[0].reconnects == 1 },
+            XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].state == .started && $0[0].reconnects == 1 },
                           "\(bus.snapshot())")
             XCTAssertEqual(leftLock.withLock { left }, 1, "the datapath heard the device leave once")
             restart.signal()

@@ -45,7 +45,7 @@ final class ParallelProbeTests: XCTestCase {
             let b = try bus(paths.map { "vhost-user-client:\($0)" }, fallback: fallback)
             let t0 = ws_monotonic_ns()
             b.start()
-            XCTAssertTrue(b.waitUntilSettled(timeoutSeconds: 5), "\(b.snapshot())")
+            XCTAssertTrue(b.waitUntilSettled(timeoutSeconds: testDeadline), "\(b.snapshot())")
             let wallMs = Double(ws_monotonic_ns() - t0) / 1e6
             let recs = b.snapshot()
             XCTAssertEqual(recs.map(\.state), Array(repeating: .started, count: 8))
@@ -71,12 +71,12 @@ final class ParallelProbeTests: XCTestCase {
             let t0 = ws_monotonic_ns()
             b.start()
             let fast = paths.indices.filter { $0 != 3 }
-            XCTAssertTrue(b.wait(timeoutSeconds: 5) { recs in fast.allSatisfy { recs[$0].state == .started } })
+            XCTAssertTrue(b.wait(timeoutSeconds: testDeadline) { recs in fast.allSatisfy { recs[$0].state == .started } })
             let fastMs = Double(ws_monotonic_ns() - t0) / 1e6
             XCTAssertLessThan(fastMs, 300, "fast ports waited for the slow one (\(b.loop.backendName))")
             XCTAssertNotEqual(b.snapshot()[3].state, .started, "the slow peer has not answered yet")
             XCTAssertFalse(b.waitUntilSettled(timeoutSeconds: 0.1), "the absent peer keeps the bus unsettled")
-            XCTAssertTrue(b.wait(timeoutSeconds: 5) { $0[3].state == .started })
+            XCTAssertTrue(b.wait(timeoutSeconds: testDeadline) { $0[3].state == .started })
             let recs = b.snapshot()
             XCTAssertGreaterThan(recs[3].readyAtMs ?? 0, 550)
             for i in fast { XCTAssertLessThan(recs[i].readyAtMs ?? .infinity, recs[3].readyAtMs ?? 0) }
@@ -108,7 +108,7 @@ final class ParallelProbeTests: XCTestCase {
         let serverPeers = servers.map { path in
             Background {
                 var fd: Int32? = nil
-                let deadline = Date().addingTimeInterval(5)
+                let deadline = Date().addingTimeInterval(testDeadline)
                 while fd == nil && Date() < deadline { fd = Peer.connect(path); if fd == nil { usleep(500) } }
                 guard let fd else { return }
                 Peer.handshake(fd)
@@ -117,7 +117,7 @@ final class ParallelProbeTests: XCTestCase {
                 close(fd)
             }
         }
-        XCTAssertTrue(b.waitUntilSettled(timeoutSeconds: 10), "\(b.snapshot().filter { !$0.state.isSettled })")
+        XCTAssertTrue(b.waitUntilSettled(timeoutSeconds: testDeadline), "\(b.snapshot().filter { !$0.state.isSettled })")
         let recs = b.snapshot()
         XCTAssertEqual(recs.filter { $0.state == .started }.count, 32)
         XCTAssertEqual(recs.filter { $0.state == .failed }.count, 16)
@@ -138,7 +138,7 @@ final class ParallelProbeTests: XCTestCase {
                                                                        "vhost-user-client:\(dir)/none.sock"]
                 let b = try bus(specs, fallback: fallback)
                 b.start()
-                XCTAssertTrue(b.wait(timeoutSeconds: 5) { $0.prefix(4).allSatisfy { $0.state == .started } })
+                XCTAssertTrue(b.wait(timeoutSeconds: testDeadline) { $0.prefix(4).allSatisfy { $0.state == .started } })
                 b.stop()
                 peers.forEach { $0.join() }
                 listeners.forEach { close($0) }
@@ -154,7 +154,7 @@ final class ParallelProbeTests: XCTestCase {
         let b = try Bus(ports: [try PortSpec.parse("virtio-user:\(path)")], bootOriginNs: ws_monotonic_ns())
         b.start()
         defer { b.stop() }
-        XCTAssertTrue(b.waitUntilSettled(timeoutSeconds: 5))
+        XCTAssertTrue(b.waitUntilSettled(timeoutSeconds: testDeadline))
         XCTAssertEqual(b.snapshot()[0].state, .failed)
         XCTAssertEqual(b.snapshot()[0].reason, "no driver registered for virtio-user ports")
     }

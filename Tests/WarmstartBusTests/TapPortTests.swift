@@ -49,7 +49,7 @@ final class TapPortTests: XCTestCase {
         XCTAssertEqual(ws_enter_netns(home), 0, "could not return to the test's namespace")
         defer { bus.stop(); close(udp) }
 
-        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: 5))
+        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: testDeadline))
         let rec = try XCTUnwrap(bus.snapshot().first)
         XCTAssertEqual(rec.state, .started, rec.reason ?? "")
         XCTAssertNotNil(rec.probeMs)
@@ -101,15 +101,15 @@ final class TapPortTests: XCTestCase {
         let bus = try Bus(ports: [try PortSpec.parse("tap:lo")], bootOriginNs: ws_monotonic_ns())
         bus.start()
         defer { bus.stop() }
-        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: 5))
+        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: testDeadline))
         let r = try XCTUnwrap(bus.snapshot().first)
         XCTAssertEqual(r.state, .failed)
         XCTAssertTrue(r.reason?.hasPrefix("tap lo: TUNSETIFF: ") == true, r.reason ?? "nil")
     }
 
-    /// Reads frames (skipping the 12-byte virtio-net header) until one matches or 3 s pass.
+    /// Reads frames (skipping the 12-byte virtio-net header) until one matches (or the deadline).
     private func readFrame(_ fd: Int32, matching: ([UInt8]) -> Bool) -> [UInt8]? {
-        let deadline = Date().addingTimeInterval(3)
+        let deadline = Date().addingTimeInterval(testDeadline)
         var buf = [UInt8](repeating: 0, count: 2048)
         while Date() < deadline {
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)

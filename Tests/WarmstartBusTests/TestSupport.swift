@@ -4,6 +4,11 @@ import Foundation
 import WarmstartIO
 @testable import WarmstartBus
 
+/// How long a wait for an event (a state reached, a frame arrived) may take: for a machine
+/// loaded by parallel builds. Waits return as soon as their condition holds; checks that
+/// something does *not* happen keep their short windows.
+let testDeadline: Double = 60
+
 /// Stand-in for the vhost-user layer: the peer sends "HELLO", the driver answers "OK" and marks
 /// the device ready and started; a closed connection sends the device back to probing.
 final class HandshakeDriver: DeviceDriver {
@@ -115,7 +120,7 @@ func removeTree(_ path: String) { try? FileManager.default.removeItem(atPath: pa
 
 extension Bus {
     func record(_ name: String) -> DeviceRecord? { snapshot().first { $0.name == name } }
-    func waitFor(_ name: String, _ state: DeviceState, timeout: Double = 5) -> Bool {
+    func waitFor(_ name: String, _ state: DeviceState, timeout: Double = testDeadline) -> Bool {
         wait(timeoutSeconds: timeout) { $0.first { $0.name == name }?.state == state }
     }
 }

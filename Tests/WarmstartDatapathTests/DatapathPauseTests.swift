@@ -50,7 +50,7 @@ final class DatapathPauseTests: XCTestCase {
     func datapath() -> Datapath { Datapath(pool: pool, ports: ["p0"], options: .init(mode: .macswap, spinBeforeNap: 100)) }
 
     func waitFor(_ what: String, _ cond: () -> Bool) {
-        let end = Date().addingTimeInterval(10)
+        let end = Date().addingTimeInterval(testDeadline)
         while !cond() && Date() < end { usleep(1000) }
         XCTAssertTrue(cond(), "timed out waiting for \(what)")
     }

@@ -57,7 +57,7 @@ final class DatapathTests: XCTestCase {
         pool = try MbufPool.layOut(config: cfg, region: region, offset: 0, poolID: 0)
     }
 
-    func waitFor(_ what: String, timeout: Double = 5, _ cond: () -> Bool) {
+    func waitFor(_ what: String, timeout: Double = testDeadline, _ cond: () -> Bool) {
         let end = Date().addingTimeInterval(timeout)
         while !cond() && Date() < end { usleep(1000) }
         XCTAssertTrue(cond(), "timed out waiting for \(what)")

@@ -66,7 +66,7 @@ final class TapQueueTests: XCTestCase {
         XCTAssertEqual(q.transmitBurst(burst, count: 1, cache: cache), 1)
 
         var reply: [UInt8]?
-        let deadline = Date().addingTimeInterval(3)
+        let deadline = Date().addingTimeInterval(testDeadline)
         while reply == nil && Date() < deadline {
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             _ = poll(&p, 1, 100)

@@ -6,6 +6,11 @@ import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartDatapath
 
+/// How long a wait for an event (a state reached, a frame arrived) may take: for a machine
+/// loaded by parallel builds. Waits return as soon as their condition holds; checks that
+/// something does *not* happen keep their short windows.
+let testDeadline: Double = 60
+
 /// Warmstart's side: a pool region and a general-purpose region (two memfds with I/O addresses
 /// like LiveMemory's), the pool, and the ring arena.
 final class FrontendSide {
@@ -83,14 +88,14 @@ final class InProcessBackend: @unchecked Sendable {
     /// Ends the serving thread and closes our end of the pair (test teardown).
     func stop() {
         disconnect()
-        let end = Date().addingTimeInterval(2)
+        let end = Date().addingTimeInterval(testDeadline)
         while !hasEnded && Date() < end { usleep(1000) }
         if frontendFD >= 0 { close(frontendFD) }
     }
 
     var hasEnded: Bool { lock.lock(); defer { lock.unlock() }; return ended != nil }
 
-    func waitForRings(_ n: Int, timeout: Double = 5) -> Bool {
+    func waitForRings(_ n: Int, timeout: Double = testDeadline) -> Bool {
         let end = Date().addingTimeInterval(timeout)
         while Date() < end {
             lock.lock(); let c = setups.count; lock.unlock()
@@ -121,7 +126,7 @@ final class InProcessBackend: @unchecked Sendable {
     }
 
     /// Frames the front-end transmitted (device dequeue on vring 1), up to `max`, polling up to `timeout`.
-    func receive(_ count: Int, ring: Int = 1, timeout: Double = 5) -> [[UInt8]] {
+    func receive(_ count: Int, ring: Int = 1, timeout: Double = testDeadline) -> [[UInt8]] {
         var got: [[UInt8]] = []
         let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 32)
         defer { out.deallocate() }

@@ -141,7 +141,7 @@ final class VirtioUserTests: XCTestCase {
             let g = testFrame(size: size, seed: UInt8(truncatingIfNeeded: 100 + k))
             XCTAssertTrue(be.send(g), "back-end delivered \(size) B", file: file, line: line)
             var n = 0
-            let end = Date().addingTimeInterval(2)
+            let end = Date().addingTimeInterval(testDeadline)
             while n == 0 && Date() < end { n = q.receiveBurst(into: out, max: 32, cache: cache) }
             XCTAssertEqual(n, 1, "frontend received \(size) B", file: file, line: line)
             if n == 1 {
@@ -199,11 +199,11 @@ final class VirtioUserTests: XCTestCase {
         var backends: [InProcessBackend] = []
         for round in 0..<2 {
             var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-            XCTAssertEqual(poll(&pfd, 1, 5000), 1, "frontend connected (round \(round))")
+            XCTAssertEqual(poll(&pfd, 1, Int32(testDeadline * 1000)), 1, "frontend connected (round \(round))")
             let be = try InProcessBackend(connectedFD: accept(listener, nil, nil))
             backends.append(be)
             addTeardownBlock { [weak be] in be?.stop() }
-            XCTAssertTrue(bus.wait(timeoutSeconds: 5) { $0[0].state == .started }, "\(bus.snapshot())")
+            XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].state == .started }, "\(bus.snapshot())")
             XCTAssertTrue(be.waitForRings(2))
             let port = bus.devices[0].driverContext as! VirtioUserPort
             XCTAssertEqual(port.connections, round + 1)
@@ -214,12 +214,12 @@ final class VirtioUserTests: XCTestCase {
             let got = be.receive(1).first
             XCTAssertTrue(sameFrame(got, testFrame(size: 1518, seed: 9)), frameDiff(got, testFrame(size: 1518, seed: 9)))
             be.disconnect()
-            XCTAssertTrue(bus.wait(timeoutSeconds: 5) { $0[0].reconnects == round + 1 }, "\(bus.snapshot())")
+            XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].reconnects == round + 1 }, "\(bus.snapshot())")
             let rec = bus.snapshot()[0]
             XCTAssertTrue(rec.reason?.contains("closed the connection") ?? false, "\(rec)")
         }
         // The frontend is reconnecting; all posted buffers of the dropped connections went back.
-        XCTAssertTrue(bus.wait(timeoutSeconds: 2) { $0[0].state != .started })
+        XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].state != .started })
         XCTAssertEqual(fe.pool.inUseCount, 0, "teardown reclaimed every posted mbuf")
     }
 

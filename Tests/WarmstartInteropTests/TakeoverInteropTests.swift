@@ -3,7 +3,9 @@ import XCTest
 
 /// `warmstart run --takeover CTL` against a running `warmstart run --control CTL`, with DPDK's
 /// testpmd (virtio-user, io forwarding looping its --tx-first burst through Warmstart's macswap)
-/// as the guest. Two real processes; testpmd never reconnects.
+/// as the guest. Two real processes; testpmd never reconnects. Every wait ends on an event (a count
+/// reached, a process gone, a file written) with a deadline for a loaded machine; no check
+/// depends on speed.
 final class TakeoverInteropTests: XCTestCase {
     /// The new process takes over while testpmd forwards: the old one exits 0, traffic keeps
     /// flowing through the new one, nothing is lost (testpmd TX − RX ≤ its one burst in flight),
@@ -17,22 +19,18 @@ final class TakeoverInteropTests: XCTestCase {
         let tp = try h.startTestpmd(socket: sock, packed: false, mergeable: true, size: 64)
         tp.send("set fwd io")
         tp.send("start tx_first")
-        usleep(1_000_000)
-        let before = try h.counters(port: "vm")
-        XCTAssertGreaterThan(before.rxPackets, 0, "the old process forwards")
+        let before = try h.waitForCounters(port: "vm", "forward through the old process") { $0.rxPackets >= Self.frames }
 
         let new = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl, "--report-json", json], log: "new")
-        try waitExit(old, seconds: 15, h)
+        try waitExit(old, h)
         XCTAssertEqual(old.terminationStatus, 0, "old process: \(h.logText("warmstart"))")
         XCTAssertTrue(h.logText("warmstart").contains("handed over to pid \(new.processIdentifier)"), h.logText("warmstart"))
-        try waitFile(json, seconds: 10, h)
+        try waitFile(json, h)
         XCTAssertTrue(new.isRunning, "the new process keeps running: \(h.logText("new"))")
 
         // Forwarding goes on through the new process, which answers on the same control path.
         let a = try h.counters(port: "vm")
-        usleep(700_000)
-        let b = try h.counters(port: "vm")
-        XCTAssertGreaterThan(b.rxPackets, a.rxPackets, "the new process forwards")
+        let b = try h.waitForCounters(port: "vm", "forward through the new process") { $0.rxPackets >= a.rxPackets + Self.frames }
         XCTAssertGreaterThanOrEqual(a.rxPackets, before.rxPackets, "counters continue across the handoff")
         XCTAssertEqual(b.state, "started")
         XCTAssertEqual(b.reconnects, 0, "testpmd never reconnected")
@@ -40,20 +38,19 @@ final class TakeoverInteropTests: XCTestCase {
         // A later upgrade follows: the new process took the control socket over and hands over in turn.
         let json2 = "\(h.dir)/r2.json"
         let newer = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl, "--report-json", json2], log: "newer")
-        try waitExit(new, seconds: 15, h)
+        try waitExit(new, h)
         XCTAssertEqual(new.terminationStatus, 0, "first new process: \(h.logText("new"))")
         XCTAssertTrue(h.logText("new").contains("handed over to pid \(newer.processIdentifier)"), h.logText("new"))
-        try waitFile(json2, seconds: 10, h)
+        try waitFile(json2, h)
         let c = try h.counters(port: "vm")
-        usleep(500_000)
-        let d = try h.counters(port: "vm")
-        XCTAssertGreaterThan(d.rxPackets, c.rxPackets, "the second new process forwards")
+        let d = try h.waitForCounters(port: "vm", "forward through the second new process") { $0.rxPackets >= c.rxPackets + Self.frames }
         XCTAssertGreaterThanOrEqual(c.rxPackets, b.rxPackets, "counters continue across both handoffs")
+        XCTAssertEqual(d.reconnects, 0, "testpmd never reconnected")
 
         let (t, w) = try h.stopAndCollect(tp, port: "vm")
         tp.quit()
         kill(newer.processIdentifier, SIGTERM)
-        try waitExit(newer, seconds: 10, h)
+        try waitExit(newer, h)
         let label = "testpmd \(t) warmstart \(w); logs \(h.dir)"
         print("takeover: \(label)")
         XCTAssertEqual(w.rxPackets, t.tx, "every frame testpmd sent reached Warmstart (old + new): \(label)")
@@ -86,29 +83,29 @@ final class TakeoverInteropTests: XCTestCase {
         let tp = try h.startTestpmd(socket: sock, packed: false, mergeable: true, size: 64)
         tp.send("set fwd io")
         tp.send("start tx_first")
-        usleep(500_000)
+        try h.waitForCounters(port: "vm", "forward") { $0.rxPackets >= Self.frames }
 
         // The first takeover hangs at map (the old one is frozen, waiting for `mapped`).
         let first = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "first", environment: ["WARMSTART_HANDOFF_FAULT": "hang:map"])
-        try waitLog("first", "taking over from pid", seconds: 10, h)
+        try waitLog("first", "taking over from pid", h)
         let second = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "second")
-        try waitExit(second, seconds: 10, h)
+        try waitExit(second, h)
         XCTAssertNotEqual(second.terminationStatus, 0)
         XCTAssertTrue(h.logText("second").contains("a handoff is already running (to pid \(first.processIdentifier)"), h.logText("second"))
 
         // kill -9 the hung one: the old process resumes (its receive of `mapped` ends).
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
-        try waitLog("warmstart", "resumed forwarding", seconds: 10, h)
+        try waitLog("warmstart", "resumed forwarding", h)
         try assertForwards(h, "after the hung takeover was killed")
 
         // kill -9 at quiesce (the datapath is paused when it dies): the old one resumes again.
         let third = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "third", environment: ["WARMSTART_HANDOFF_FAULT": "kill:quiesce"])
-        try waitExit(third, seconds: 10, h)
+        try waitExit(third, h)
         XCTAssertEqual(third.terminationReason, .uncaughtSignal)
         // Killed at the start of its quiesce step: the old one notices while sending `quiesced` or
         // waiting for `ready`, whichever comes first.
-        try waitLog("warmstart", "takeover by pid \(third.processIdentifier) failed at step", seconds: 10, h)
+        try waitLog("warmstart", "takeover by pid \(third.processIdentifier) failed at step", h)
         XCTAssertTrue(h.logText("warmstart").contains("resumed forwarding"))
         try assertForwards(h, "after the new process was killed at quiesce")
         XCTAssertTrue(old.isRunning)
@@ -117,23 +114,20 @@ final class TakeoverInteropTests: XCTestCase {
         // parked over its prepared queue pairs) drops what it prepared, exits 1 and says why;
         // the old one resumes.
         let fourth = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl], log: "fourth", environment: ["WARMSTART_HANDOFF_FAULT": "fail:commit"])
-        try waitExit(fourth, seconds: 10, h)
+        try waitExit(fourth, h)
         XCTAssertEqual(fourth.terminationStatus, 1, h.logText("fourth"))
         XCTAssertTrue(h.logText("fourth").contains("failed at step 'commit': injected failure"), h.logText("fourth"))
-        try waitLog("warmstart", "takeover by pid \(fourth.processIdentifier) failed at step 'commit'", seconds: 10, h)
+        try waitLog("warmstart", "takeover by pid \(fourth.processIdentifier) failed at step 'commit'", h)
         try assertForwards(h, "after the new process failed at commit")
 
         let (t, w) = try h.stopAndCollect(tp, port: "vm")
         tp.quit()
         // The vhost-user receive was re-armed by the rollbacks: testpmd's exit (end-of-stream on
         // the connection) is seen, and the port goes back to accepting.
-        var gone = try h.counters(port: "vm")
-        let deadline = Date().addingTimeInterval(5)
-        while gone.state != "probing" && Date() < deadline { usleep(20_000); gone = try h.counters(port: "vm") }
-        XCTAssertEqual(gone.state, "probing", "the old process saw testpmd leave: \(gone)")
+        let gone = try h.waitForCounters(port: "vm", "see testpmd leave (state probing)") { $0.state == "probing" }
         XCTAssertEqual(gone.reconnects, 1, "\(gone)")
         kill(old.processIdentifier, SIGTERM)
-        try waitExit(old, seconds: 10, h)
+        try waitExit(old, h)
         XCTAssertEqual(w.rxPackets, t.tx, "testpmd \(t) warmstart \(w)")
         XCTAssertLessThanOrEqual(t.tx - t.rx, 32, "nothing lost: testpmd \(t) warmstart \(w)")
         XCTAssertEqual(w.reconnects, 0)
@@ -159,15 +153,16 @@ final class TakeoverInteropTests: XCTestCase {
         let tp = try h.startTestpmd(socket: sock, packed: false, mergeable: true, size: 64, appArgs: ["--no-flush-rx"])
         tp.send("set fwd io")
         tp.send("start tx_first")
-        usleep(300_000)
+        try h.waitForCounters(port: "vm", "forward") { $0.rxPackets >= Self.frames }
 
-        // Forwarding stopped, the loop's packets come to rest in testpmd's receive queue: nothing
-        // is in flight, so every mbuf is in the pool or in the polling thread's cache.
+        // Forwarding stopped, the loop's packets come to rest in testpmd's receive queue: once
+        // Warmstart has taken and reflected every frame testpmd sent, nothing is in flight, so
+        // every mbuf is in the pool or in the polling thread's cache (given a moment: the thread
+        // frees a burst's mbufs after counting it).
         func atRest() throws -> (Footprint, PortCounters) {
-            tp.send("stop")
-            try tp.waitFor("Done.", timeout: 10)
-            usleep(200_000)
-            let f = try footprint(h), c = try h.counters(port: "vm")
+            let (_, c) = try h.stopAndCollect(tp, port: "vm")
+            var f = try footprint(h)
+            waitUntil(timeout: 10) { f = (try? footprint(h)) ?? f; return f.mbufsInUse == f.mbufsCached }
             tp.send("start")
             return (f, c)
         }
@@ -180,14 +175,13 @@ final class TakeoverInteropTests: XCTestCase {
             let json = "\(h.dir)/r\(k).json"
             let next = try h.spawn(h.warmstartPath, ["run", "--takeover", ctl, "--report-json", json], log: "new\(k)")
             let oldLog = k == 1 ? "warmstart" : "new\(k - 1)"
-            try waitExit(current, seconds: 15, h)
+            try waitExit(current, h)
             XCTAssertEqual(current.terminationStatus, 0, "takeover \(k): the old process: \(h.logText(oldLog))")
             XCTAssertTrue(h.logText(oldLog).contains("handed over to pid \(next.processIdentifier)"), h.logText(oldLog))
-            try waitFile(json, seconds: 10, h)
+            try waitFile(json, h)
             current = next
             let moving = try h.counters(port: "vm").rxPackets
-            let deadline = Date().addingTimeInterval(5)
-            while try h.counters(port: "vm").rxPackets == moving && Date() < deadline { usleep(10_000) }
+            try h.waitForCounters(port: "vm", "forward after takeover \(k)") { $0.rxPackets >= moving + Self.frames }
 
             let (f, c) = try atRest()
             let label = "takeover \(k): \(f); first process: \(first); logs \(h.dir)"
@@ -212,7 +206,7 @@ final class TakeoverInteropTests: XCTestCase {
         let (t, w) = try h.stopAndCollect(tp, port: "vm")
         tp.quit()
         kill(current.processIdentifier, SIGTERM)
-        try waitExit(current, seconds: 10, h)
+        try waitExit(current, h)
         XCTAssertEqual(current.terminationStatus, 0)
         let label = "testpmd \(t) warmstart \(w); logs \(h.dir)"
         print("ten takeovers: blackout/not-polling ms \(figures.joined(separator: " ")); \(label)")
@@ -241,31 +235,34 @@ final class TakeoverInteropTests: XCTestCase {
                          threads: n("threads"), mbufsInUse: n("mbufs_in_use"), mbufsCached: n("mbufs_cached"))
     }
 
+    /// Frames the forwarding process must count to show it forwards (a few ms on a quiet machine).
+    static let frames: UInt64 = 10_000
+
+    /// Waits until the old process has forwarded `frames` more frames.
     func assertForwards(_ h: InteropHarness, _ when: String) throws {
         let a = try h.counters(port: "vm")
-        usleep(500_000)
-        let b = try h.counters(port: "vm")
-        XCTAssertGreaterThan(b.rxPackets, a.rxPackets, "the old process forwards \(when): \(h.logText("warmstart"))")
+        do {
+            try h.waitForCounters(port: "vm", "forward \(when)") { $0.rxPackets >= a.rxPackets + Self.frames }
+        } catch {
+            XCTFail("\(error)\n\(h.logText("warmstart"))")
+        }
     }
 
-    func waitExit(_ p: Process, seconds: Double, _ h: InteropHarness) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while p.isRunning && Date() < deadline { usleep(20_000) }
+    func waitExit(_ p: Process, seconds: Double = InteropHarness.deadline, _ h: InteropHarness) throws {
+        _ = waitUntil(timeout: seconds, interval: 20_000) { !p.isRunning }
         guard !p.isRunning else { throw InteropError("process \(p.processIdentifier) still running after \(seconds) s; logs \(h.dir)") }
         p.waitUntilExit()
     }
 
-    func waitFile(_ path: String, seconds: Double, _ h: InteropHarness) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !FileManager.default.fileExists(atPath: path) && Date() < deadline { usleep(20_000) }
+    func waitFile(_ path: String, seconds: Double = InteropHarness.deadline, _ h: InteropHarness) throws {
+        _ = waitUntil(timeout: seconds, interval: 20_000) { FileManager.default.fileExists(atPath: path) }
         guard FileManager.default.fileExists(atPath: path) else {
             throw InteropError("\(path) not written within \(seconds) s; new: \(h.logText("new"))")
         }
     }
 
-    func waitLog(_ name: String, _ text: String, seconds: Double, _ h: InteropHarness) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while !h.logText(name).contains(text) && Date() < deadline { usleep(20_000) }
+    func waitLog(_ name: String, _ text: String, seconds: Double = InteropHarness.deadline, _ h: InteropHarness) throws {
+        _ = waitUntil(timeout: seconds, interval: 20_000) { h.logText(name).contains(text) }
         guard h.logText(name).contains(text) else {
             throw InteropError("no '\(text)' in \(name) within \(seconds) s:\n\(h.logText(name))")
         }

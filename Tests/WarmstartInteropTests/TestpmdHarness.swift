@@ -5,6 +5,9 @@ import XCTest
 /// interop tests. Every child is killed by its pid, and testpmd's hugepage files and runtime
 /// directory are removed, whatever the test's outcome.
 final class InteropHarness {
+    /// How long any wait for a condition may take: generous, for a machine loaded by parallel
+    /// builds. Waits return as soon as their condition holds.
+    static let deadline: Double = 60
     let dir: String
     let prefix: String
     var children: [Process] = []
@@ -93,11 +96,7 @@ final class InteropHarness {
         let p = try spawn(warmstartPath, args + extra, log: "warmstart")
         // Listening sockets and the control socket exist once it is up.
         let paths = ports.compactMap { $0.split(separator: ":", maxSplits: 1).last.map { String($0.split(separator: ",")[0]) } } + ["\(dir)/control"]
-        let deadline = Date().addingTimeInterval(10)
-        while Date() < deadline, !paths.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) {
-            guard p.isRunning else { break }
-            usleep(20_000)
-        }
+        _ = waitUntil(timeout: Self.deadline) { !p.isRunning || paths.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) }
         guard paths.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) else {
             throw InteropError("warmstart did not come up; log: \(log("warmstart"))")
         }
@@ -105,13 +104,16 @@ final class InteropHarness {
     }
 
     /// Starts testpmd interactively (commands on stdin) as the virtio-user front-end of `socket`.
-    /// `appArgs` go after testpmd's own (e.g. `--no-flush-rx`: `start` after `stop` keeps the
-    /// packets looping instead of dropping what waits in the receive queue).
+    /// `inOrder`: VIRTIO_F_IN_ORDER, offered by Warmstart's back-end and asked for by testpmd's
+    /// virtio-user unless `in_order=0` (its default is 1). `appArgs` go after testpmd's own (e.g.
+    /// `--no-flush-rx`: `start` after `stop` keeps the packets looping instead of dropping what
+    /// waits in the receive queue).
     func startTestpmd(socket: String, packed: Bool, mergeable: Bool, size: Int, name: String = "testpmd",
-                      queues: Int = 1, waitForPrompt: Bool = true, appArgs: [String] = []) throws -> Testpmd {
+                      queues: Int = 1, inOrder: Bool = true, waitForPrompt: Bool = true, appArgs: [String] = []) throws -> Testpmd {
         var args = ["-l", "0,1", "--main-lcore", "1", "--no-pci", "--single-file-segments",
                     "--file-prefix", prefix, "-m", "256",
-                    "--vdev", "net_virtio_user0,path=\(socket),queues=\(queues),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=\(mergeable ? 1 : 0),queue_size=256",
+                    "--vdev", "net_virtio_user0,path=\(socket),queues=\(queues),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=\(mergeable ? 1 : 0),"
+                        + "in_order=\(inOrder ? 1 : 0),queue_size=256",
                     "--", "-i", "--nb-cores=1", "--rxq=\(queues)", "--txq=\(queues)"]
         // Jumbo frames: one segment must fit an mbuf, and testpmd checks --txpkts against the
         // mbuf size given before it.
@@ -125,7 +127,7 @@ final class InteropHarness {
         let p = try spawn("/usr/bin/stdbuf", ["-oL", "-eL", testpmdPath] + args, log: name, stdin: stdin)
         let t = Testpmd(process: p, stdin: stdin.fileHandleForWriting, logPath: log(name))
         // The port is up when the prompt answers.
-        if waitForPrompt { try t.waitFor("testpmd>", timeout: 20) }
+        if waitForPrompt { try t.waitFor("testpmd>", timeout: Self.deadline) }
         return t
     }
 
@@ -148,12 +150,14 @@ final class InteropHarness {
     }
 
     /// The `stats` answer of the running warmstart.
-    func warmstartStats() throws -> [String: Any] {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    func warmstartStats() throws -> [String: Any] { try Self.stats(control: "\(dir)/control") }
+
+    /// The `stats` answer of the warmstart whose control socket is `path`.
+    static func stats(control path: String) throws -> [String: Any] {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
-        let path = "\(dir)/control"
         withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
@@ -183,15 +187,34 @@ final class InteropHarness {
         return qs.map { ($0["rx_packets"] as? NSNumber)?.uint64Value ?? 0 }
     }
 
-    /// Port `name`'s total counters from warmstart.
-    /// Stops testpmd's forwarding, lets Warmstart drain the guest's TX ring (testpmd no longer
-    /// polls), then reads both sides' counters.
+    /// Stops testpmd's forwarding, then reads both sides' counters once every frame testpmd sent is
+    /// accounted for: testpmd no longer transmits (its counters are final), and Warmstart keeps
+    /// polling until it has taken every frame left in the guest's TX ring and forwarded or dropped
+    /// each one.
     func stopAndCollect(_ tp: Testpmd, port: String) throws
         -> (testpmd: (rx: UInt64, rxBytes: UInt64, tx: UInt64, txBytes: UInt64), warmstart: PortCounters) {
         tp.send("stop")
-        try tp.waitFor("Done.", timeout: 10)
-        usleep(300_000)
-        return (try tp.portStats(), try counters(port: port))
+        try tp.waitFor("Done.", timeout: Self.deadline)
+        let t = try tp.portStats()
+        let w = try waitForCounters(port: port, "take the \(t.tx) frames testpmd sent and forward or drop each") {
+            $0.rxPackets >= t.tx && $0.txPackets + $0.drops >= $0.rxPackets
+        }
+        return (t, w)
+    }
+
+    /// Polls port `name`'s counters until `condition` holds (returning them at once), or throws
+    /// with the last ones after `timeout` seconds. The deadline is for a loaded machine; on a
+    /// quiet one the condition holds within milliseconds.
+    @discardableResult
+    func waitForCounters(port name: String, timeout: Double = InteropHarness.deadline, _ what: String,
+                         _ condition: (PortCounters) -> Bool) throws -> PortCounters {
+        var last = try counters(port: name)
+        let ok = try waitUntil(timeout: timeout) {
+            last = try counters(port: name)
+            return condition(last)
+        }
+        guard ok else { throw InteropError("port \(name): did not \(what) within \(timeout) s: \(last); logs \(dir)") }
+        return last
     }
 
     func counters(port name: String) throws -> PortCounters {
@@ -203,6 +226,18 @@ final class InteropHarness {
                             txBytes: n("tx_bytes"), drops: n("drops"), errors: n("errors"),
                             state: p["state"] as? String ?? "", reconnects: p["reconnects"] as? Int ?? 0,
                             reason: p["reason"] as? String)
+    }
+}
+
+/// Polls `condition` every `interval` µs until it holds (true, at once) or `timeout` seconds
+/// passed (false). For waits whose end is an event, never a measurement of speed.
+@discardableResult
+func waitUntil(timeout: Double, interval: useconds_t = 10_000, _ condition: () throws -> Bool) rethrows -> Bool {
+    let end = Date().addingTimeInterval(timeout)
+    while true {
+        if try condition() { return true }
+        if Date() >= end { return false }
+        usleep(interval)
     }
 }
 
@@ -259,7 +294,7 @@ final class Testpmd {
     /// `show port stats 0`: exact counters once forwarding is stopped.
     func portStats() throws -> (rx: UInt64, rxBytes: UInt64, tx: UInt64, txBytes: UInt64) {
         send("show port stats 0")
-        let text = try waitFor("Tx-bps", timeout: 5)
+        let text = try waitFor("Tx-bps", timeout: InteropHarness.deadline)
         func value(_ key: String) -> UInt64 {
             guard let r = text.range(of: key + ":") else { return 0 }
             let digits = text[r.upperBound...].drop(while: { $0 == " " }).prefix(while: { $0.isNumber })
@@ -272,7 +307,7 @@ final class Testpmd {
     /// "RX-nombuf", "TX-packets", "TX-errors", "TX-bytes"): exact once no frame is in flight.
     func nicStats(port: Int) throws -> [String: UInt64] {
         send("show port stats \(port)")
-        let text = try waitFor("Tx-bps", timeout: 5)
+        let text = try waitFor("Tx-bps", timeout: InteropHarness.deadline)
         guard let start = text.range(of: "NIC statistics for port \(port)") else {
             throw InteropError("testpmd: no statistics for port \(port) in:\n\(text)")
         }
@@ -287,8 +322,7 @@ final class Testpmd {
     /// `quit`, then SIGKILL if it lingers.
     func quit() {
         send("quit")
-        let deadline = Date().addingTimeInterval(5)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
+        _ = waitUntil(timeout: 30, interval: 20_000) { !process.isRunning }
         if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
     }

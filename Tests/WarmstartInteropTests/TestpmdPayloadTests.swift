@@ -26,16 +26,20 @@ import WarmstartVirtio
 /// testpmd's port counters must equal what Warmstart sent and received on each side (no drop
 /// anywhere), the queues report no error, and every mbuf is back in the pool.
 ///
-/// The matrix: split and packed rings × testpmd's `mrg_rxbuf=1|0` (`in_order=0`) × 64, 1518 and
-/// 9000 B. Warmstart's virtio-user port takes the same ring layout and always negotiates
-/// MRG_RXBUF with net_vhost (its receive buffers are 2 KiB mbufs: a 9000 B frame needs five).
+/// The matrix: split and packed rings × testpmd's `mrg_rxbuf=1|0` × `in_order=0|1` (VIRTIO_F_IN_ORDER,
+/// see the in-order cases) × 64, 1518 and 9000 B, and two queue pairs once (packed, mergeable,
+/// `in_order=0`): about 1.7 s a case on a quiet machine. Warmstart's virtio-user port takes the
+/// same ring layout and always negotiates MRG_RXBUF with net_vhost (its receive buffers are 2 KiB
+/// mbufs: a 9000 B frame needs five).
 /// What the 9000 B frames exercise:
 ///   - mrg_rxbuf=1: testpmd has 2 KiB mbufs (`--max-pkt-len=9600`, Rx scatter on port 0 only:
 ///     net_vhost has no scatter offload). Warmstart's back-end enqueues a 5-segment chain over
 ///     five merged guest buffers (num_buffers 5), testpmd's virtio-user reassembles a chain and
-///     sends it as a multi-segment frame through an indirect table (INDIRECT_DESC is negotiated),
-///     which Warmstart's back-end dequeues into a chain. (Packed-ring tables from DPDK carry
-///     WRITE on their header entry: see TransmitTests.testPackedIndirectTXTableWithDPDKFlags.)
+///     sends it as a multi-segment frame through an indirect table (INDIRECT_DESC is negotiated)
+///     — on the split ring with `in_order=1` as a plain chain (header, then one descriptor per
+///     segment: DPDK's in-order TX never uses indirect tables) — which Warmstart's back-end
+///     dequeues into a chain. (Packed-ring tables from DPDK carry WRITE on their header entry:
+///     see TransmitTests.testPackedIndirectTXTableWithDPDKFlags.)
 ///   - mrg_rxbuf=0: testpmd has 10 KiB mbufs (`--mbuf-size=10240`), so every guest buffer holds a
 ///     whole frame: Warmstart's back-end gathers a 5-segment chain into one descriptor, and
 ///     dequeues a single 9012 B descriptor (header pushed in front of the data) into a chain.
@@ -43,6 +47,9 @@ import WarmstartVirtio
 ///     per segment) and receives 5 merged buffers from net_vhost in both settings.
 /// 64 B and 1518 B frames fit one buffer everywhere (1518 B with mrg_rxbuf=0 goes into 10 KiB
 /// buffers).
+///
+/// No check depends on speed: waits end on events (probes back, every frame checked), with
+/// deadlines for a loaded machine.
 ///
 /// Skips (with the reason) without testpmd, root or free hugepages. testpmd runs under
 /// `setpriv --pdeathsig KILL` and is killed by pid; its hugepage files, runtime directory and
@@ -52,10 +59,17 @@ final class TestpmdPayloadTests: XCTestCase {
     struct Case: CustomStringConvertible {
         var packed: Bool
         var mergeable: Bool
+        var inOrder = false
         var queues = 1
-        var description: String { "\(packed ? "packed" : "split") mrg_rxbuf=\(mergeable ? 1 : 0)" + (queues > 1 ? " queues=\(queues)" : "") }
-        var tag: String { "\(packed ? "p" : "s")\(mergeable ? 1 : 0)q\(queues)" }
+        var description: String {
+            "\(packed ? "packed" : "split") mrg_rxbuf=\(mergeable ? 1 : 0) in_order=\(inOrder ? 1 : 0)" + (queues > 1 ? " queues=\(queues)" : "")
+        }
+        var tag: String { "\(packed ? "p" : "s")\(mergeable ? 1 : 0)\(inOrder ? "o" : "")q\(queues)" }
     }
+
+    /// No frame arriving for this long means frames were lost (the sender keeps at most a window
+    /// in flight); long, because a loaded machine can starve testpmd's forwarding core for seconds.
+    static let stallSeconds: Double = 30
 
     static let sizes = [64, 1518, 9000]
     /// Frames per stream and size (debug build, quiet machine: well under a second each).
@@ -76,6 +90,17 @@ final class TestpmdPayloadTests: XCTestCase {
     /// Two queue pairs on every port: testpmd forwards queue i to queue i, each of the four
     /// streams keeps its order on its own queue.
     func testPackedMergeableTwoQueues() throws { try run(Case(packed: true, mergeable: true, queues: 2)) }
+
+    // VIRTIO_F_IN_ORDER (testpmd's default, `in_order=1`). DPDK's virtio-user then takes its
+    // in-order paths: split TX (`virtio_xmit_pkts_inorder`: one descriptor per frame when the
+    // header fits the headroom, else header + one per segment, never indirect) and split RX
+    // (`virtio_recv_pkts_inorder`, which finds each buffer by its used-ring position, so ours
+    // must be returned in ring order); packed TX reclaims a whole batch from one used descriptor
+    // — what Warmstart's `publishPackedUsedInOrder` writes for each guest-TX burst.
+    func testSplitMergeableInOrder() throws { try run(Case(packed: false, mergeable: true, inOrder: true)) }
+    func testSplitNotMergeableInOrder() throws { try run(Case(packed: false, mergeable: false, inOrder: true)) }
+    func testPackedMergeableInOrder() throws { try run(Case(packed: true, mergeable: true, inOrder: true)) }
+    func testPackedNotMergeableInOrder() throws { try run(Case(packed: true, mergeable: false, inOrder: true)) }
 
     /// The back-end port's queue pairs as `onQueuesChanged` reports them (loop thread).
     final class BackendQueues: @unchecked Sendable {
@@ -113,11 +138,10 @@ final class TestpmdPayloadTests: XCTestCase {
             bus.stop()
             h.cleanup()
         }
-        let upDeadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: wsSocket) && Date() < upDeadline { usleep(5000) }
+        _ = waitUntil(timeout: InteropHarness.deadline, interval: 5000) { FileManager.default.fileExists(atPath: wsSocket) }
         tp = try h.startTestpmdBridge(frontendOf: wsSocket, backendAt: dpdkSocket, packed: c.packed,
-                                      mergeable: c.mergeable, queues: c.queues)
-        let started = bus.wait(timeoutSeconds: 20) { $0.allSatisfy { $0.state == .started } }
+                                      mergeable: c.mergeable, inOrder: c.inOrder, queues: c.queues)
+        let started = bus.wait(timeoutSeconds: InteropHarness.deadline) { $0.allSatisfy { $0.state == .started } }
                       && beQueues.state.pairs.count == c.queues
         let beq = beQueues.state.pairs.sorted { $0.pairIndex < $1.pairIndex }
         guard started, let fe = bus.devices[1].driverContext as? VirtioUserPort, fe.queues.count == c.queues else {
@@ -129,6 +153,10 @@ final class TestpmdPayloadTests: XCTestCase {
         // Both sides negotiated what the case asks for.
         XCTAssertEqual(beq[0].rxSetup.layout, c.packed ? .packed : .split, "\(c)")
         XCTAssertEqual(beq[0].rxSetup.mergeableRxBuffers, c.mergeable, "\(c): testpmd's mrg_rxbuf")
+        for q in beq {
+            XCTAssertEqual(q.rxSetup.features & VirtioNetFeature.inOrder.mask != 0, c.inOrder, "\(c): testpmd's in_order")
+            XCTAssertEqual(q.guestTX.options.inOrder, c.inOrder, "\(c): the guest-TX queue's in-order path")
+        }
         XCTAssertEqual(fe.negotiation!.features & VirtioNetFeature.ringPacked.mask != 0, c.packed, "\(c)")
         XCTAssertNotEqual(fe.negotiation!.features & VirtioNetFeature.mrgRxbuf.mask, 0, "\(c): net_vhost grants MRG_RXBUF")
         print("payload \(c): testpmd's virtio-user negotiated \(VirtioNetFeature.names(beq[0].rxSetup.features).joined(separator: " "))")
@@ -145,38 +173,53 @@ final class TestpmdPayloadTests: XCTestCase {
         let all = toBackend + toFrontend
 
         // Warm-up: testpmd forwards to net_vhost only once its vring is enabled, a moment after
-        // our port started. Probe both ways on every queue until a frame came through each side,
-        // let the last ones arrive, then count from zero on both sides.
+        // our port started. Probe both ways on every queue until a frame came through each side.
+        let probeToBackend = PayloadStream(id: 0x7E, name: "probe to the back-end")
+        let probeToFrontend = PayloadStream(id: 0x7F, name: "probe to the front-end")
+        probeToBackend.begin(run: 0xFFFF_FFFF, size: 64, count: .max)
+        probeToFrontend.begin(run: 0xFFFF_FFFF, size: 64, count: .max)
         var through = (toBackend: 0, toFrontend: 0)
-        let warmDeadline = Date().addingTimeInterval(10)
-        let probe = PayloadStream(id: 0x7F, name: "probe")
-        probe.begin(run: 0xFFFF_FFFF, size: 64, count: .max)
-        while (through.toBackend == 0 || through.toFrontend == 0) && Date() < warmDeadline {
-            for q in 0..<c.queues {
-                probe.send(frames: frames, pool: pool, cache: cache, out: out, window: .max, max: 1) { feq[q].transmitBurst($0, count: $1, cache: cache) }
-                probe.send(frames: frames, pool: pool, cache: cache, out: out, window: .max, max: 1) { beq[q].transmitBurst($0, count: $1, cache: cache) }
-            }
-            usleep(5000)
+        func drainProbes() {
             through.toBackend += beq.reduce(0) { $0 + drain($1, cache, out) }
             through.toFrontend += feq.reduce(0) { $0 + drain($1, cache, out) }
         }
-        guard through.toBackend > 0 && through.toFrontend > 0 else {
+        let warm = waitUntil(timeout: InteropHarness.deadline, interval: 5000) {
+            for q in 0..<c.queues {
+                probeToBackend.send(frames: frames, pool: pool, cache: cache, out: out, window: .max, max: 1) { feq[q].transmitBurst($0, count: $1, cache: cache) }
+                probeToFrontend.send(frames: frames, pool: pool, cache: cache, out: out, window: .max, max: 1) { beq[q].transmitBurst($0, count: $1, cache: cache) }
+            }
+            drainProbes()
+            return through.toBackend > 0 && through.toFrontend > 0
+        }
+        guard warm else {
             return XCTFail("\(c): no probe came through testpmd (\(through)); log \(h.log("testpmd")):\n\(tp!.tail)")
         }
-        var quiet = 0
-        while quiet < 20 {
-            usleep(5000)
-            let n = beq.reduce(0) { $0 + drain($1, cache, out) } + feq.reduce(0) { $0 + drain($1, cache, out) }
-            quiet = n == 0 ? quiet + 1 : 0
+        // Then let every probe finish, whatever the machine's load: testpmd has received each one
+        // we sent (a ring loses nothing) and we have received every one it transmitted (it drops
+        // what it cannot transmit: probes sent before net_vhost's vring was enabled) — the same
+        // answer twice in a row, so none sits between testpmd's receive and its transmit.
+        // Counters from here on are differences from these: `clear port stats all` races with the
+        // forwarding core (DPDK's virtio PMD adds its burst count, 0 included, on every poll), so
+        // a clear can be undone by the next poll.
+        var base0: [String: UInt64] = [:], base1: [String: UInt64] = [:]
+        var settledOnce = false
+        let settled = try waitUntil(timeout: InteropHarness.deadline, interval: 5000) {
+            drainProbes()
+            let s0 = try tp!.nicStats(port: 0), s1 = try tp!.nicStats(port: 1)
+            let done = s1["RX-packets"] == probeToBackend.sentPackets && s0["RX-packets"] == probeToFrontend.sentPackets
+                && s0["TX-packets"] == UInt64(through.toBackend) && s1["TX-packets"] == UInt64(through.toFrontend)
+            let twice = done && settledOnce && s0 == base0 && s1 == base1
+            (settledOnce, base0, base1) = (done, s0, s1)
+            return twice
         }
-        // Counters from here on are differences: `clear port stats all` races with the forwarding
-        // core (DPDK's virtio PMD adds its burst count, 0 included, on every poll), so a clear
-        // can be undone by the next poll.
-        let base0 = try tp!.nicStats(port: 0), base1 = try tp!.nicStats(port: 1)
+        guard settled else {
+            return XCTFail("\(c): probes still in flight: sent \(probeToBackend.sentPackets) → back-end, \(probeToFrontend.sentPackets) → "
+                           + "front-end, received \(through); testpmd port 0 \(base0), port 1 \(base1)")
+        }
 
         for size in Self.sizes {
             let count = Self.frameCount(size)
-            let run = UInt32(size) << 8 | UInt32(c.queues) << 2 | (c.packed ? 2 : 0) | (c.mergeable ? 1 : 0)
+            let run = UInt32(size) << 8 | (c.inOrder ? 16 : 0) | UInt32(c.queues) << 2 | (c.packed ? 2 : 0) | (c.mergeable ? 1 : 0)
             for s in all { s.begin(run: run, size: size, count: count) }
             let window = Self.window(size)
             let t0 = Date()
@@ -198,7 +241,7 @@ final class TestpmdPayloadTests: XCTestCase {
                 if received != lastReceived {
                     lastReceived = received
                     lastProgress = Date()
-                } else if Date().timeIntervalSince(lastProgress) > 5 {
+                } else if Date().timeIntervalSince(lastProgress) > Self.stallSeconds {
                     stalled = true
                     break
                 } else {
@@ -213,7 +256,7 @@ final class TestpmdPayloadTests: XCTestCase {
                       + "(up to \(s.maxSegments) segments), \(secs) s")
                 XCTAssertEqual(s.phaseReceived, count,
                                "\(c) \(size) B \(s.name): \(s.phaseSent) sent, \(s.inFlight) never arrived, next due seq \(s.nextExpected)"
-                               + (stalled ? "; stalled (nothing arrived for 5 s); testpmd's last lines:\n\(tp!.tail)" : ""))
+                               + (stalled ? "; stalled (nothing arrived for \(Self.stallSeconds) s); testpmd's last lines:\n\(tp!.tail)" : ""))
             }
             let problems = all.flatMap(\.problems), problemCount = all.reduce(0) { $0 + $1.problemCount }
             XCTAssertEqual(problemCount, 0, "\(c) \(size) B: \(problemCount) bad frames:\n" + problems.joined(separator: "\n"))
@@ -288,10 +331,11 @@ extension InteropHarness {
     /// testpmd with two ports forwarding io between them: port 0 the virtio-user front-end of the
     /// back-end listening at `frontendOf`, port 1 a vhost back-end listening at `backendAt`.
     /// Returns once forwarding runs.
-    func startTestpmdBridge(frontendOf: String, backendAt: String, packed: Bool, mergeable: Bool, queues: Int = 1) throws -> Testpmd {
+    func startTestpmdBridge(frontendOf: String, backendAt: String, packed: Bool, mergeable: Bool, inOrder: Bool,
+                            queues: Int = 1) throws -> Testpmd {
         var args = ["-l", "0,1", "--main-lcore", "1", "--no-pci", "--single-file-segments",
                     "--file-prefix", prefix, "-m", "256",
-                    "--vdev", "net_virtio_user0,path=\(frontendOf),queues=\(queues),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=\(mergeable ? 1 : 0),in_order=0,queue_size=256",
+                    "--vdev", "net_virtio_user0,path=\(frontendOf),queues=\(queues),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=\(mergeable ? 1 : 0),in_order=\(inOrder ? 1 : 0),queue_size=256",
                     "--vdev", "net_vhost0,iface=\(backendAt),queues=\(queues)",
                     "--", "-i", "--nb-cores=1", "--rxq=\(queues)", "--txq=\(queues)", "--disable-device-start", "--max-pkt-len=9600"]
         // Without mergeable buffers every virtio-user receive buffer must hold a whole frame.
@@ -304,14 +348,14 @@ extension InteropHarness {
         }
         let p = try spawn(argv[0], Array(argv.dropFirst()), log: "testpmd", stdin: stdin)
         let t = Testpmd(process: p, stdin: stdin.fileHandleForWriting, logPath: log("testpmd"))
-        try t.waitFor("testpmd>", timeout: 20)
+        try t.waitFor("testpmd>", timeout: InteropHarness.deadline)
         // 2 KiB mbufs take 9000 B frames as chains: Rx scatter on the virtio-user port (net_vhost
         // has no such offload and chains on its own).
         if mergeable { t.send("port config 0 rx_offload scatter on") }
         t.send("port start all")
         t.send("set fwd io")
         t.send("start")
-        try t.waitFor("io packet forwarding - ports=2", timeout: 20)
+        try t.waitFor("io packet forwarding - ports=2", timeout: InteropHarness.deadline)
         return t
     }
 }

@@ -63,8 +63,7 @@ final class HandoffGuest: @unchecked Sendable {
 
     /// One round of the driver: reap TX, reap and re-post RX, send up to `window` packets in flight.
     func pump(total: Int, window: Int = 128) {
-        let n = tx.reap(completions, max: 512)
-        for i in 0..<n { if let m = pool.mbuf(at: UInt32(completions[i].token)) { pool.free(m) } }
+        reapTX()
         let r = rx.reap(completions, max: 512)
         if r > 0 {
             lock.lock()
@@ -94,22 +93,40 @@ final class HandoffGuest: @unchecked Sendable {
         if posted > 0 { tx.publish() }
     }
 
-    private let stopping = UnsafeMutablePointer<Bool>.allocate(capacity: 1)
+    /// Takes the TX buffers the device has returned back into the pool.
+    func reapTX() {
+        let n = tx.reap(completions, max: 512)
+        for i in 0..<n { if let m = pool.mbuf(at: UInt32(completions[i].token)) { pool.free(m) } }
+    }
+
+    /// [stop sending, abandon], under `lock`.
+    private let stopping: UnsafeMutablePointer<Bool> = {
+        let p = UnsafeMutablePointer<Bool>.allocate(capacity: 2)
+        p.initialize(repeating: false, count: 2)
+        return p
+    }()
     /// Packets sent so far (stable once `stopSending` was called and the traffic thread ended).
     var sentCount: Int { lock.withLock { nextSeq } }
-    var isStopping: Bool { lock.withLock { stopping.pointee } }
+    var isStopping: Bool { lock.withLock { stopping[0] } }
 
-    /// Drives traffic on a thread until `stopSending` and everything sent came back, or `seconds`
-    /// passed.
-    func run(seconds: Double = 30) -> Thread {
-        stopping.pointee = false
+    var isAbandoned: Bool { lock.withLock { stopping[1] } }
+
+    /// Drives traffic on a thread until `stopSending` and everything sent came back (its TX
+    /// buffers too), or `abandon`. `seconds` only bounds a test that forgot both: on a loaded
+    /// machine the traffic a test waits for can take minutes, never a fixed time.
+    func run(seconds: Double = 600) -> Thread {
+        stopping[0] = false
+        stopping[1] = false
         let t = Thread { [self] in
             let end = Date().addingTimeInterval(seconds)
-            while Date() < end {
+            while Date() < end && !isAbandoned {
                 let stop = isStopping
                 if stop && receivedCount >= sentCount { break }
                 pump(total: stop ? 0 : Int.max)
             }
+            // The device returns a TX buffer before the packet comes back on RX: every one sent
+            // is in the used ring by now, and the last round may have reaped TX before it was.
+            reapTX()
         }
         t.start()
         return t
@@ -117,6 +134,11 @@ final class HandoffGuest: @unchecked Sendable {
 
     /// Sends no new packet from now on; what is in flight still comes back.
     func stopSending() {
-        lock.withLock { stopping.pointee = true }
+        lock.withLock { stopping[0] = true }
+    }
+
+    /// Ends the traffic thread at once (tear-down of a test that failed half-way).
+    func abandon() {
+        lock.withLock { stopping[0] = true; stopping[1] = true }
     }
 }

@@ -14,6 +14,22 @@ import WarmstartVirtio
 // with real SCM_RIGHTS: the new backend maps the memory from the passed descriptors, never shares
 // the old one's objects.
 
+/// How long a wait for an event (traffic counted, a process gone, a file written) may take: for
+/// a machine loaded by parallel builds. Every wait returns as soon as its condition holds.
+let testDeadline: Double = 60
+
+/// Polls `condition` every `interval` µs until it holds (true, at once) or `timeout` seconds
+/// passed (false).
+@discardableResult
+func waitUntil(timeout: Double = testDeadline, interval: useconds_t = 1000, _ condition: () throws -> Bool) rethrows -> Bool {
+    let end = Date().addingTimeInterval(timeout)
+    while true {
+        if try condition() { return true }
+        if Date() >= end { return false }
+        usleep(interval)
+    }
+}
+
 func countOpenFDs() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
 func countMappings(containing text: String? = nil) -> Int {
     (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8))?.split(separator: "\n")
@@ -138,6 +154,12 @@ final class HandoffBackend: @unchecked Sendable {
         datapath = Datapath(pool: pool, ports: ["vhost0"], options: Self.dpOptions)
         connFD = fd
         session = VhostUserBackendSession()
+        // Every forwarded burst is stamped for the backend's whole life, not from the freeze as
+        // the runtime does (it reads no clock otherwise): the blackout's first end is then the
+        // last burst before the pause even when a loaded machine kept the guest thread from
+        // sending in the few milliseconds between freeze and pause (the report then had no
+        // blackout: "the old process forwarded nothing since the handoff began").
+        datapath.recordForwardTimes()
         datapath.start()
         startLoop()
     }
@@ -199,7 +221,6 @@ final class HandoffBackend: @unchecked Sendable {
     func donorHooks() -> HandoffDonorHooks {
         HandoffDonorHooks(
             freeze: { [self] in
-                datapath.recordForwardTimes()
                 loop?.stop()
                 loop = nil
             },
@@ -216,7 +237,6 @@ final class HandoffBackend: @unchecked Sendable {
                 return live
             },
             resume: { [self] _ in
-                datapath.stopRecordingForwardTimes()
                 datapath.resume()
                 if loop == nil { startLoop() }
             },
@@ -244,7 +264,7 @@ final class HandoffBackend: @unchecked Sendable {
 
     /// The new process after the commit: forward and serve the connection.
     func resumeAfterTakeover() {
-        datapath.recordForwardTimes()
+        datapath.recordForwardTimes()   // the blackout's second end; and this backend's own stamps
         datapath.start()
         startLoop()
     }
@@ -298,7 +318,8 @@ func handOff(from old: HandoffBackend, fault: HandoffFault? = nil, timeouts: Han
         abandon: { pending = nil; next = nil })
     let result = Result { () throws(HandoffError) in
         try HandoffTaker.takeover(channel: HandoffChannel(fd: t), hooks: hooks,
-                                  options: HandoffTakerOptions(timeouts: timeouts, trafficWaitMs: 500, oldExitWaitMs: 2000, fault: fault))
+                                  options: HandoffTakerOptions(timeouts: timeouts, trafficWaitMs: Int(testDeadline * 1000), oldExitWaitMs: 2000,
+                                                               fault: fault))
     }
     done.wait()
     return (next, result, outcome!)

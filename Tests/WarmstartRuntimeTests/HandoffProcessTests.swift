@@ -13,7 +13,8 @@ final class HandoffProcessTests: XCTestCase {
     static let childControl = "WS_HANDOFF_CHILD_CONTROL"
     static let childFault = "WARMSTART_HANDOFF_FAULT"
     static let childReport = "WS_HANDOFF_CHILD_REPORT"
-    static let childAdoptDelay = "WS_HANDOFF_CHILD_ADOPT_DELAY_MS"
+    /// A path: the child holds its adopt step (the handoff stays running) until this file exists.
+    static let childAdoptGate = "WS_HANDOFF_CHILD_ADOPT_GATE"
     static let childNextControl = "WS_HANDOFF_CHILD_NEXT_CONTROL"
 
     var guest: HandoffGuest!
@@ -31,17 +32,20 @@ final class HandoffProcessTests: XCTestCase {
         let env = ProcessInfo.processInfo.environment
         var pending: HandoffPendingBackend?
         var next: HandoffBackend?
-        let delay = env[Self.childAdoptDelay].flatMap { UInt32($0) } ?? 0
+        let gate = env[Self.childAdoptGate]
         let hooks = HandoffTakerHooks(
             adopt: {
-                if delay > 0 { usleep(delay * 1000) }   // a slow new binary: the handoff stays running
+                // A slow new binary: the handoff stays running until the test opens the gate.
+                if let gate { waitUntil(timeout: 2 * testDeadline) { FileManager.default.fileExists(atPath: gate) } }
                 pending = try HandoffPendingBackend($0)
             },
             activate: { next = try HandoffBackend(pending: pending!, live: $0); pending = nil },
             resume: { next!.resumeAfterTakeover() },
             firstPacketNs: { next?.firstPacketNs },
             abandon: { pending = nil; next = nil })
-        let options = HandoffTakerOptions(trafficWaitMs: 1000, fault: env[Self.childFault].flatMap(HandoffFault.init(parsing:)))
+        // The blackout's second end is this process's first forwarded burst: wait for it as long
+        // as a loaded machine needs (it comes at once when the guest is sending).
+        let options = HandoffTakerOptions(trafficWaitMs: Int(testDeadline * 1000), fault: env[Self.childFault].flatMap(HandoffFault.init(parsing:)))
         do {
             let report = try HandoffTaker.takeover(path: path, hooks: hooks, options: options)
             if let out = env[Self.childReport] {
@@ -91,13 +95,15 @@ final class HandoffProcessTests: XCTestCase {
         backend = try HandoffBackend(connection: b)
         guest = try HandoffGuest(socket: g)
         try guest.connect()
-        let end = Date().addingTimeInterval(5)
-        while backend.pair == nil && Date() < end { usleep(1000) }
+        XCTAssertTrue(waitUntil { backend.pair != nil }, "rings did not start")
         // The old process's control socket, serving handoffs one connection at a time.
         controlPath = "/tmp/ws-handoff-test-\(getpid()).sock"
         let fd = Self.listen(controlPath)
         listenFD = fd
-        donor = HandoffDonor(hooks: backend.donorHooks())
+        // Step timeouts far above what a loaded machine needs (a child process starting, the
+        // first one held at adopt while a second starts and is refused): these tests end steps
+        // by killing the child, never by a timeout (HandoffTests covers those).
+        donor = HandoffDonor(hooks: backend.donorHooks(), timeouts: HandoffTimeouts(stepMs: 120_000, mapMs: 120_000))
         let donor = donor!
         Thread { [self] in
             while true {
@@ -115,6 +121,7 @@ final class HandoffProcessTests: XCTestCase {
 
     override func tearDown() {
         guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
+        guest?.abandon()
         if listenFD >= 0 { shutdown(listenFD, Int32(SHUT_RDWR)); close(listenFD) }
         unlink(controlPath)
         backend?.releaseAll()
@@ -123,7 +130,7 @@ final class HandoffProcessTests: XCTestCase {
     }
 
     /// Starts this test binary as the new process.
-    func spawnChild(fault: String? = nil, report: String? = nil, adoptDelayMs: Int? = nil, stderr: Pipe? = nil,
+    func spawnChild(fault: String? = nil, report: String? = nil, adoptGate: String? = nil, stderr: Pipe? = nil,
                     from control: String? = nil, serving next: String? = nil) throws -> Process {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
@@ -133,7 +140,7 @@ final class HandoffProcessTests: XCTestCase {
         env[Self.childNextControl] = next
         env[Self.childFault] = fault
         env[Self.childReport] = report
-        env[Self.childAdoptDelay] = adoptDelayMs.map(String.init)
+        env[Self.childAdoptGate] = adoptGate
         p.environment = env
         if let stderr { p.standardError = stderr }
         p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
@@ -141,9 +148,12 @@ final class HandoffProcessTests: XCTestCase {
         return p
     }
 
-    func waitFor(_ count: Int, timeout: Double = 20) {
-        let end = Date().addingTimeInterval(timeout)
-        while guest.receivedCount < count && Date() < end { usleep(500) }
+    /// Waits until `count` packets came back; false (and a failure) if they did not in time.
+    @discardableResult
+    func waitFor(_ count: Int, file: StaticString = #filePath, line: UInt = #line) -> Bool {
+        let ok = waitUntil(interval: 500) { guest.receivedCount >= count }
+        if !ok { XCTFail("only \(guest.receivedCount) of \(count) packets came back within \(testDeadline) s", file: file, line: line) }
+        return ok
     }
 
     var outcomeCount: Int { outcomeLock.lock(); defer { outcomeLock.unlock() }; return outcomes.count }
@@ -151,36 +161,32 @@ final class HandoffProcessTests: XCTestCase {
 
     func testKillDashNineOfTheNewProcessAtEachStepLeavesTheOldOneForwarding() throws {
         guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
-        let traffic = guest.run(seconds: 60)
+        let traffic = guest.run()
         let steps: [HandoffStepName] = [.hello, .transfer, .map, .quiesce, .commit]
         for (k, step) in steps.enumerated() {
             waitFor(guest.receivedCount + 20_000)
             let child = try spawnChild(fault: "kill:\(step.rawValue)")
-            let deadline = Date().addingTimeInterval(20)
-            while child.isRunning && Date() < deadline { usleep(1000) }
+            waitUntil { !child.isRunning }
             if child.isRunning { kill(child.processIdentifier, SIGKILL); XCTFail("\(step): child did not kill itself") }
             child.waitUntilExit()
             XCTAssertEqual(child.terminationReason, .uncaughtSignal, "\(step)")
             XCTAssertEqual(child.terminationStatus, SIGKILL, "\(step)")
-            let end = Date().addingTimeInterval(5)
-            while outcomeCount < k + 1 && Date() < end { usleep(1000) }
+            waitUntil { outcomeCount >= k + 1 }
             switch lastOutcome {
             case .committed?, nil: XCTFail("\(step): \(String(describing: lastOutcome))")
             case let .rolledBack(reason)?, let .refused(reason)?:
                 XCTAssertTrue(reason.contains("closed the connection"), "\(step): \(reason)")
             }
             let before = backend.datapath.stats()[0].total.rxPackets
-            let until = Date().addingTimeInterval(5)
-            while backend.datapath.stats()[0].total.rxPackets < before + 1000 && Date() < until { usleep(500) }
-            XCTAssertGreaterThanOrEqual(backend.datapath.stats()[0].total.rxPackets, before + 1000, "\(step): old backend not forwarding")
+            XCTAssertTrue(waitUntil(interval: 500) { backend.datapath.stats()[0].total.rxPackets >= before + 1000 },
+                          "\(step): old backend not forwarding")
         }
         finish(traffic)
     }
 
     func finish(_ traffic: Thread) {
         guest.stopSending()
-        let end = Date().addingTimeInterval(30)
-        while traffic.isExecuting && Date() < end { usleep(1000) }
+        XCTAssertTrue(waitUntil { !traffic.isExecuting }, "packets still in flight after \(testDeadline) s")
         let total = guest.sentCount
         XCTAssertEqual(guest.receivedCount, total, "packets sent = packets received")
         XCTAssertTrue(guest.received.elementsEqual((0..<total).lazy.map { UInt32($0) }), "each packet exactly once, in order")
@@ -194,33 +200,29 @@ final class HandoffProcessTests: XCTestCase {
         guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
         let reportPath = "/tmp/ws-handoff-report-\(getpid()).json"
         defer { unlink(reportPath) }
-        let traffic = guest.run(seconds: 60)
+        let traffic = guest.run()
         waitFor(50_000)
         XCTAssertEqual(openFDs(to: "memfd:warmstart:guest"), 2, "the guest's region and the backend session's mapping")
         let child = try spawnChild(report: reportPath)
-        let end = Date().addingTimeInterval(20)
-        while lastOutcome == nil && Date() < end { usleep(1000) }
+        waitUntil { lastOutcome != nil }
         XCTAssertEqual(lastOutcome, .committed(newPid: child.processIdentifier))
         // The old process holds nothing of the backend any more: no pool memory, no connection.
-        let released = Date().addingTimeInterval(5)
-        while countMappings(containing: "memfd:warmstart:host") > 0 && Date() < released { usleep(1000) }
+        waitUntil { countMappings(containing: "memfd:warmstart:host") == 0 }
         XCTAssertEqual(countMappings(containing: "memfd:warmstart:host"), 0)
         XCTAssertEqual(openFDs(to: "memfd:warmstart:host"), 0)
         XCTAssertEqual(openFDs(to: "memfd:warmstart:guest"), 1, "only the guest's own region")
-        waitFor(guest.receivedCount + 100_000, timeout: 30)
+        waitFor(guest.receivedCount + 100_000)
         finish(traffic)
-        let written = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: reportPath) && Date() < written { usleep(1000) }
+        waitUntil { FileManager.default.fileExists(atPath: reportPath) }
         // The same vhost-user connection, now served by the child: no reconnect, no renegotiation.
         XCTAssertEqual(try guest.frontend.getStatus(), 0)
         let report = try JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: reportPath)))
         print("process handoff: blackout \(report.blackoutMs ?? -1) ms; " + report.steps.map { "\($0.name) \(String(format: "%.3f", $0.ms)) ms" }.joined(separator: ", "))
         XCTAssertEqual(report.outcome, "committed")
-        XCTAssertNotNil(report.blackoutMs)
+        XCTAssertNotNil(report.blackoutMs, report.blackoutNote ?? "")
         // The front-end closes: the child exits cleanly.
         shutdown(guest.frontend.channel.fd, Int32(SHUT_RDWR))
-        let deadline = Date().addingTimeInterval(10)
-        while child.isRunning && Date() < deadline { usleep(1000) }
+        waitUntil { !child.isRunning }
         if child.isRunning { kill(child.processIdentifier, SIGKILL) }
         child.waitUntilExit()
         XCTAssertEqual(child.terminationStatus, 0)
@@ -231,12 +233,13 @@ final class HandoffProcessTests: XCTestCase {
     /// completes, and traffic never stops.
     func testSecondTakeoverProcessIsRefusedWhileOneRuns() throws {
         guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
-        let traffic = guest.run(seconds: 60)
+        let traffic = guest.run()
         waitFor(20_000)
-        let first = try spawnChild(adoptDelayMs: 6000)
-        let busy = Date().addingTimeInterval(10)
-        while !donor.isBusy && Date() < busy { usleep(1000) }
-        XCTAssertTrue(donor.isBusy)
+        let gate = "/tmp/ws-handoff-gate-\(getpid())"
+        unlink(gate)
+        defer { unlink(gate) }
+        let first = try spawnChild(adoptGate: gate)
+        XCTAssertTrue(waitUntil { donor.isBusy })
         let errors = Pipe()
         let second = try spawnChild(stderr: errors)
         second.waitUntilExit()
@@ -244,15 +247,14 @@ final class HandoffProcessTests: XCTestCase {
         XCTAssertEqual(second.terminationStatus, 3)
         XCTAssertTrue(message.contains("refused by the running process: a handoff is already running (to pid \(first.processIdentifier)"), message)
         print("second takeover: \(message.trimmingCharacters(in: .whitespacesAndNewlines))")
-        let end = Date().addingTimeInterval(20)
-        while outcomeCount < 2 && Date() < end { usleep(1000) }
+        FileManager.default.createFile(atPath: gate, contents: nil)   // the first one goes on
+        waitUntil { outcomeCount >= 2 }
         outcomeLock.lock(); let all = outcomes; outcomeLock.unlock()
         XCTAssertTrue(all.contains(.committed(newPid: first.processIdentifier)), "\(all)")
-        waitFor(guest.receivedCount + 50_000, timeout: 30)
+        waitFor(guest.receivedCount + 50_000)
         finish(traffic)
         shutdown(guest.frontend.channel.fd, Int32(SHUT_RDWR))
-        let gone = Date().addingTimeInterval(10)
-        while first.isRunning && Date() < gone { usleep(1000) }
+        waitUntil { !first.isRunning }
         if first.isRunning { kill(first.processIdentifier, SIGKILL) }
         first.waitUntilExit()
         XCTAssertEqual(first.terminationStatus, 0)
@@ -264,7 +266,7 @@ final class HandoffProcessTests: XCTestCase {
     /// and each old process exits cleanly once it has handed over.
     func testTenProcessUpgradesInARow() throws {
         guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
-        let traffic = guest.run(seconds: 120)
+        let traffic = guest.run()
         waitFor(20_000)
         var previous: Process?
         var from = controlPath
@@ -278,11 +280,12 @@ final class HandoffProcessTests: XCTestCase {
             defer { unlink(report) }
             let child = try spawnChild(report: report, from: from, serving: next)
             children.append(child)
-            let end = Date().addingTimeInterval(20)
-            while !(FileManager.default.fileExists(atPath: report) && FileManager.default.fileExists(atPath: next)) && Date() < end { usleep(1000) }
+            waitUntil { FileManager.default.fileExists(atPath: report) && FileManager.default.fileExists(atPath: next) }
             guard FileManager.default.fileExists(atPath: report) else { return XCTFail("upgrade \(k) did not complete") }
-            usleep(20_000)
-            let r = try JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: report)))
+            // The child writes the report in one go after the commit; read it once it decodes.
+            var decoded: HandoffReport?
+            waitUntil { decoded = try? JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: report))); return decoded != nil }
+            guard let r = decoded else { return XCTFail("upgrade \(k): report \(report) unreadable") }
             blackouts.append(r.blackoutMs ?? .nan)
             if let previous {
                 previous.waitUntilExit()
@@ -308,9 +311,10 @@ final class HandoffProcessTests: XCTestCase {
         XCTAssertEqual(Set(held.map(\.fds)).count, 1, "memory and socket descriptors per process: \(held.map(\.fds))")
         XCTAssertEqual(Set(held.map(\.maps)).count, 1, "memory mappings per process: \(held.map(\.maps))")
         XCTAssertEqual(countMappings(containing: "memfd:warmstart:host"), 0)
+        // The last one serves the next upgrade and never exits by itself: stop it.
         shutdown(guest.frontend.channel.fd, Int32(SHUT_RDWR))
-        let gone = Date().addingTimeInterval(10)
-        while previous!.isRunning && Date() < gone { usleep(1000) }
+        kill(previous!.processIdentifier, SIGKILL)
+        previous!.waitUntilExit()
         unlink(from)
     }
 }
@@ -322,8 +326,7 @@ final class HandoffControlServerTests: XCTestCase {
         var backend: HandoffBackend? = try HandoffBackend(connection: b)
         let guest = try HandoffGuest(socket: g)
         try guest.connect()
-        let ready = Date().addingTimeInterval(5)
-        while backend!.pair == nil && Date() < ready { usleep(1000) }
+        XCTAssertTrue(waitUntil { backend!.pair != nil }, "rings did not start")
         let path = "/tmp/ws-handoff-control-\(getpid()).sock"
         let server = try ControlServer(path: path, logger: Logger(label: "test"))
         defer { server.stop() }
@@ -332,8 +335,8 @@ final class HandoffControlServerTests: XCTestCase {
         server.start()
         XCTAssertTrue(server.commands.contains("handoff"))
         let traffic = guest.run()
-        let end = Date().addingTimeInterval(10)
-        while guest.receivedCount < 20_000 && Date() < end { usleep(1000) }
+        defer { guest.abandon() }
+        XCTAssertTrue(waitUntil { guest.receivedCount >= 20_000 }, "traffic before the handoff")
 
         var pending: HandoffPendingBackend?
         var next: HandoffBackend?
@@ -345,20 +348,20 @@ final class HandoffControlServerTests: XCTestCase {
         var report: HandoffReport?
         let t = Thread { report = try? HandoffTaker.takeover(channel: HandoffChannel.connectUpgrading(path: path), hooks: hooks) }
         t.start()
-        while !donor.isBusy { usleep(1000) }
+        XCTAssertTrue(waitUntil { donor.isBusy })
         // The control socket still answers, and a second handoff is refused with the reason.
         XCTAssertTrue(try ControlClient.request(path: path, ControlRequest(cmd: "ping")).contains("pong"))
         XCTAssertThrowsError(try HandoffTaker.takeover(channel: HandoffChannel.connectUpgrading(path: path),
                                                        hooks: HandoffTakerHooks(adopt: { _ in }, resume: {}))) { e in
             XCTAssertTrue("\(e)".contains("a handoff is already running"), "\(e)")
         }
-        while t.isExecuting { usleep(1000) }
+        XCTAssertTrue(waitUntil { !t.isExecuting })
         XCTAssertEqual(report?.outcome, "committed")
         backend = next
         let more = guest.receivedCount + 20_000
-        while guest.receivedCount < more && Date() < end.addingTimeInterval(10) { usleep(1000) }
+        XCTAssertTrue(waitUntil { guest.receivedCount >= more }, "traffic after the handoff")
         guest.stopSending()
-        while traffic.isExecuting { usleep(1000) }
+        XCTAssertTrue(waitUntil { !traffic.isExecuting })
         XCTAssertEqual(guest.receivedCount, guest.sentCount, "packets sent = packets received")
         backend?.releaseAll()
     }

@@ -45,9 +45,8 @@ final class HandoffTestpmdTests: XCTestCase {
         guard poll(&p, 1, 30_000) == 1 else { return XCTFail("testpmd did not connect; log \(log)") }
         let backend = try HandoffBackend(connection: accept(listener, nil, nil))
         cleanup.append { backend.releaseAll() }
-        let started = Date().addingTimeInterval(20)
-        while backend.datapath.stats()[0].total.rxPackets < 100_000 && Date() < started { usleep(10_000) }
-        XCTAssertGreaterThanOrEqual(backend.datapath.stats()[0].total.rxPackets, 100_000, "no traffic from testpmd; log \(log)")
+        XCTAssertTrue(waitUntil(interval: 10_000) { backend.datapath.stats()[0].total.rxPackets >= 100_000 },
+                      "no traffic from testpmd; log \(log)")
         let before = backend.datapath.stats()[0].total
 
         // The old process's control socket; the child takes over from it.
@@ -86,37 +85,33 @@ final class HandoffTestpmdTests: XCTestCase {
             let k = try spawn(fault: "kill:\(step)")
             k.waitUntilExit()
             XCTAssertEqual(k.terminationStatus, SIGKILL, step)
-            XCTAssertEqual(outcomes.wait(timeout: .now() + 20), .success, step)
+            XCTAssertEqual(outcomes.wait(timeout: .now() + testDeadline), .success, step)
             let o = lock.withLock { results.last }
             if case .committed? = o { XCTFail("\(step): committed") }
             let rx = backend.datapath.stats()[0].total.rxPackets
-            let until = Date().addingTimeInterval(10)
-            while backend.datapath.stats()[0].total.rxPackets < rx + 10_000 && Date() < until { usleep(1000) }
-            XCTAssertGreaterThanOrEqual(backend.datapath.stats()[0].total.rxPackets, rx + 10_000, "\(step): old backend not forwarding")
+            XCTAssertTrue(waitUntil { backend.datapath.stats()[0].total.rxPackets >= rx + 10_000 }, "\(step): old backend not forwarding")
         }
         print("testpmd: five kill -9 drills survived; old backend forwarded \(backend.datapath.stats()[0].total.rxPackets) packets")
         let outcome = outcomes
         var result: HandoffDonorOutcome? { lock.withLock { results.last } }
         let child = try spawn(fault: nil)
         cleanup.append { if child.isRunning { kill(child.processIdentifier, SIGKILL) }; child.waitUntilExit() }
-        XCTAssertEqual(outcome.wait(timeout: .now() + 20), .success)
+        XCTAssertEqual(outcome.wait(timeout: .now() + testDeadline), .success)
         XCTAssertEqual(result, .committed(newPid: child.processIdentifier))
-        let written = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: report) && Date() < written { usleep(1000) }
-        let r = try JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: report)))
+        var decoded: HandoffReport?
+        waitUntil { decoded = try? JSONDecoder().decode(HandoffReport.self, from: Data(contentsOf: URL(fileURLWithPath: report))); return decoded != nil }
+        let r = try XCTUnwrap(decoded, "no handoff report at \(report)")
         print("testpmd handoff: blackout \(r.blackoutMs ?? -1) ms; " + r.steps.map { "\($0.name) \(String(format: "%.3f", $0.ms)) ms" }.joined(separator: ", "))
         print("old backend forwarded \(before.rxPackets) packets before the kill -9 drills")
 
-        // testpmd keeps forwarding through the child: its RX count keeps growing.
+        // testpmd keeps forwarding through the child: its RX count (printed every second) grows.
         let rxAtHandoff = Self.last("RX-packets:", in: log) ?? 0
-        sleep(2)
-        let rxLater = Self.last("RX-packets:", in: log) ?? 0
-        XCTAssertGreaterThan(rxLater, rxAtHandoff + 100_000, "testpmd stalled after the handoff; log \(log)")
+        XCTAssertTrue(waitUntil(interval: 100_000) { (Self.last("RX-packets:", in: log) ?? 0) > rxAtHandoff + 100_000 },
+                      "testpmd stalled after the handoff; log \(log)")
 
         // Stop testpmd: it stops its port (GET_VRING_BASE, answered by the child) and prints totals.
         kill(pmd.processIdentifier, SIGINT)
-        let stopped = Date().addingTimeInterval(20)
-        while pmd.isRunning && Date() < stopped { usleep(10_000) }
+        waitUntil(interval: 10_000) { !pmd.isRunning }
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
         let tx = Self.last("TX-packets:", in: log) ?? 0, rx = Self.last("RX-packets:", in: log) ?? 0
         let txDropped = Self.last("TX-dropped:", in: log) ?? -1, rxDropped = Self.last("RX-dropped:", in: log) ?? -1
@@ -127,8 +122,7 @@ final class HandoffTestpmdTests: XCTestCase {
         // still circulating when it stopped (one --tx-first burst), or lost.
         XCTAssertLessThanOrEqual(tx - rx, 32, "packets sent − packets received")
         XCTAssertFalse(text.contains("VHOST_CONFIG") && text.contains("disconnect"), "testpmd saw a disconnect")
-        let exited = Date().addingTimeInterval(10)
-        while child.isRunning && Date() < exited { usleep(10_000) }
+        waitUntil(interval: 10_000) { !child.isRunning }
         XCTAssertFalse(child.isRunning, "the child exits when testpmd closes the connection")
         if testRun?.failureCount == 0 { unlink(log) }
     }

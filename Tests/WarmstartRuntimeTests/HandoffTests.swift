@@ -17,30 +17,34 @@ final class HandoffTests: XCTestCase {
         backend = try HandoffBackend(connection: b)
         guest = try HandoffGuest(socket: g)
         try guest.connect()
-        let end = Date().addingTimeInterval(5)
-        while backend.pair == nil && Date() < end { usleep(1000) }
-        XCTAssertNotNil(backend.pair, "rings did not start")
+        XCTAssertTrue(waitUntil { backend.pair != nil }, "rings did not start")
     }
 
     override func tearDown() {
+        guest?.abandon()
         backend?.releaseAll()
         backend = nil
         guest = nil
     }
 
-    func waitFor(_ count: Int, timeout: Double = 20) {
-        let end = Date().addingTimeInterval(timeout)
-        while guest.receivedCount < count && Date() < end { usleep(500) }
+    /// Waits until `count` packets came back; false (and a failure) if they did not in time.
+    @discardableResult
+    func waitFor(_ count: Int, file: StaticString = #filePath, line: UInt = #line) -> Bool {
+        let ok = waitUntil(interval: 500) { guest.receivedCount >= count }
+        if !ok { XCTFail("only \(guest.receivedCount) of \(count) packets came back within \(testDeadline) s", file: file, line: line) }
+        return ok
     }
 
     /// Waits for `more` packets beyond what came back so far.
-    func waitForMore(_ more: Int, timeout: Double = 20) { waitFor(guest.receivedCount + more, timeout: timeout) }
+    @discardableResult
+    func waitForMore(_ more: Int, file: StaticString = #filePath, line: UInt = #line) -> Bool {
+        waitFor(guest.receivedCount + more, file: file, line: line)
+    }
 
     /// Stops sending, lets what is in flight come back, and checks every packet came back once.
     func finish(_ traffic: Thread) {
         guest.stopSending()
-        let end = Date().addingTimeInterval(20)
-        while traffic.isExecuting && Date() < end { usleep(1000) }
+        XCTAssertTrue(waitUntil { !traffic.isExecuting }, "packets still in flight after \(testDeadline) s")
         let total = guest.sentCount
         XCTAssertGreaterThan(total, 0)
         XCTAssertEqual(guest.receivedCount, total, "packets sent = packets received")
@@ -58,7 +62,7 @@ final class HandoffTests: XCTestCase {
         backend = next
         XCTAssertEqual(report.outcome, "committed")
         XCTAssertEqual(report.steps.map(\.name), HandoffStepName.allCases.map(\.rawValue))
-        XCTAssertNotNil(report.blackoutMs)
+        XCTAssertNotNil(report.blackoutMs, report.blackoutNote ?? "")
         print("handoff under traffic: blackout \(report.blackoutMs ?? -1) ms; " + report.steps.map { "\($0.name) \(String(format: "%.3f", $0.ms)) ms" }.joined(separator: ", "))
         waitForMore(50_000)
         finish(traffic)
@@ -75,15 +79,10 @@ final class HandoffTests: XCTestCase {
         backend = try HandoffBackend(connection: b)
         guest = try HandoffGuest(socket: g, packed: true)
         try guest.connect()
-        let end = Date().addingTimeInterval(5)
-        while backend.pair == nil && Date() < end { usleep(1000) }
+        waitUntil { backend.pair != nil }
         XCTAssertEqual(backend.pair?.setups.first?.layout, .packed)
         let traffic = guest.run()
-        waitForMore(1_000, timeout: 5)
-        guard guest.receivedCount >= 1_000 else {
-            guest.stopSending()
-            return XCTFail("no traffic over packed rings")
-        }
+        guard waitForMore(1_000) else { return guest.abandon() }
         var wraps: [Bool] = []
         for _ in 0..<10 {
             waitForMore(7_777)
@@ -116,6 +115,9 @@ final class HandoffTests: XCTestCase {
         }
         finish(traffic)
         print("ten handoffs: blackout ms " + blackouts.map { String(format: "%.3f", $0) }.joined(separator: " "))
+        // The handoffs' donor threads, Foundation and earlier tests' threads close descriptors a
+        // moment later at any time: a leak is a count that does not come back.
+        waitUntil(timeout: 10) { countOpenFDs() == fds }
         XCTAssertEqual(countOpenFDs(), fds, "descriptors after 10 handoffs: new " + Set(fdList()).subtracting(fdNames).sorted().joined(separator: " "))
         // Every guest-memory and pool mapping is a memfd mapping: exactly as many as before. The
         // process's other mappings may vary by a few (malloc arenas and stacks of finished threads).
@@ -142,9 +144,8 @@ final class HandoffTests: XCTestCase {
             case let .rolledBack(reason), let .refused(reason): XCTAssertFalse(reason.isEmpty)
             }
             // The old backend forwards again.
-            let end = Date().addingTimeInterval(5)
-            while backend.datapath.stats()[0].total.rxPackets <= before + 1000 && Date() < end { usleep(500) }
-            XCTAssertGreaterThan(backend.datapath.stats()[0].total.rxPackets, before + 1000, "\(step): old backend not forwarding")
+            XCTAssertTrue(waitUntil(interval: 500) { backend.datapath.stats()[0].total.rxPackets > before + 1000 },
+                          "\(step): old backend not forwarding")
         }
         // A failure the new process reports (cannot map) is named in the old one's log.
         let (_, r2, o2) = handOff(from: backend, fault: .fail(.map), log: { logs.append($0) })
@@ -186,7 +187,7 @@ final class HandoffTests: XCTestCase {
                 resume: { next!.resumeAfterTakeover() }))
         }
         taker.start()
-        while !donor.isBusy { usleep(1000) }
+        XCTAssertTrue(waitUntil { donor.isBusy })
         Thread { _ = donor.serve(HandoffChannel(fd: d2)) }.start()
         XCTAssertThrowsError(try HandoffTaker.takeover(channel: HandoffChannel(fd: t2), hooks: HandoffTakerHooks(adopt: { _ in }, resume: {}))) { e in
             XCTAssertTrue("\(e)".contains("a handoff is already running"), "\(e)")
@@ -195,7 +196,7 @@ final class HandoffTests: XCTestCase {
         gate.signal()
         served.wait()
         XCTAssertEqual(first, .committed(newPid: getpid()))
-        while taker.isExecuting { usleep(1000) }
+        XCTAssertTrue(waitUntil { !taker.isExecuting })
         backend = next
         // A third one, after the handover, is refused too: this process holds nothing any more.
         let (d3, t3) = socketPair()

@@ -47,7 +47,7 @@ final class TestGuest {
     }
 
     static func connect(_ path: String) throws -> Int32 {
-        let deadline = Date().addingTimeInterval(5)
+        let deadline = Date().addingTimeInterval(testDeadline)
         while true {
             let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             var addr = sockaddr_un()
@@ -137,8 +137,8 @@ final class TestGuest {
         return out
     }
 
-    /// Receives until `count` frames arrived or the timeout.
-    func receive(count: Int, timeout: Double = 5) -> [[UInt8]] {
+    /// Receives until `count` frames arrived (at once) or the timeout.
+    func receive(count: Int, timeout: Double = testDeadline) -> [[UInt8]] {
         var all: [[UInt8]] = []
         let deadline = Date().addingTimeInterval(timeout)
         while all.count < count && Date() < deadline {

@@ -42,7 +42,7 @@ final class VhostPortTests: XCTestCase {
 
     /// Counters are bumped right after a burst is handed over, so the guest can see packets a
     /// moment before the counters do.
-    func waitCounters(_ rt: Runtime, port: Int, timeout: Double = 2, _ cond: (QueueCounters) -> Bool) -> QueueCounters {
+    func waitCounters(_ rt: Runtime, port: Int, timeout: Double = testDeadline, _ cond: (QueueCounters) -> Bool) -> QueueCounters {
         let deadline = Date().addingTimeInterval(timeout)
         var c = rt.stats().ports[port].total
         while !cond(c) && Date() < deadline { usleep(1000); c = rt.stats().ports[port].total }
@@ -51,7 +51,7 @@ final class VhostPortTests: XCTestCase {
 
     func state(_ rt: Runtime, _ name: String) -> DeviceRecord? { rt.bus.snapshot().first { $0.name == name } }
 
-    func waitState(_ rt: Runtime, _ name: String, _ s: DeviceState, timeout: Double = 5) -> Bool {
+    func waitState(_ rt: Runtime, _ name: String, _ s: DeviceState, timeout: Double = testDeadline) -> Bool {
         rt.bus.wait(timeoutSeconds: timeout) { $0.first { $0.name == name }?.state == s }
     }
 
@@ -95,7 +95,7 @@ final class VhostPortTests: XCTestCase {
             _ = try g.frontend.negotiate()
             XCTAssertTrue(waitState(rt, "a", .negotiating))
         } // the channel closes its socket here
-        XCTAssertTrue(rt.bus.wait(timeoutSeconds: 5) { $0[0].state == .probing && $0[0].reconnects == 1 }, "\(rt.bus.snapshot())")
+        XCTAssertTrue(rt.bus.wait(timeoutSeconds: testDeadline) { $0[0].state == .probing && $0[0].reconnects == 1 }, "\(rt.bus.snapshot())")
         let g = try TestGuest(socketPath: "\(dir!)/a.sock")
         try g.bringUp()
         XCTAssertTrue(waitState(rt, "a", .started))
@@ -205,15 +205,22 @@ final class VhostPortTests: XCTestCase {
             try b.startRings(bases: (rxBase, txBase))
             received += b.receive().count
         }
-        received += b.receive(count: 1, timeout: 0.2).count
-        let pa = waitCounters(rt, port: 0) { $0.rxPackets == UInt64(sent) }
-        // io: with B absent A drops (counted on A); with B present but full, B drops.
-        let pb = waitCounters(rt, port: 1) { $0.txPackets + $0.drops + pa.drops >= UInt64(sent) }
-        let pa2 = rt.stats().ports[0].total
-        XCTAssertEqual(pa2.rxPackets, UInt64(sent))
-        XCTAssertEqual(pb.txPackets + pb.drops + pa2.drops, UInt64(sent), "forwarded or dropped: A \(pa2) B \(pb)")
+        // Every frame A sent is taken, and forwarded or dropped — io: with B absent A drops
+        // (counted on A); with B present but full, B drops. Both ports read together.
+        var pa = rt.stats().ports[0].total, pb = rt.stats().ports[1].total
+        let settled = waitUntil {
+            let s = rt.stats().ports
+            (pa, pb) = (s[0].total, s[1].total)
+            return pa.rxPackets >= UInt64(sent) && pb.txPackets + pb.drops + pa.drops >= UInt64(sent)
+        }
+        XCTAssertTrue(settled, "A \(pa) B \(pb), \(sent) sent")
+        XCTAssertEqual(pa.rxPackets, UInt64(sent))
+        XCTAssertEqual(pb.txPackets + pb.drops + pa.drops, UInt64(sent), "forwarded or dropped: A \(pa) B \(pb)")
         XCTAssertGreaterThan(pb.txPackets, 0)
-        XCTAssertEqual(pb.txPackets, UInt64(received) + UInt64(b.receive().count), "B got what was forwarded")
+        // What B's counters call forwarded is in its RX ring (counted after the hand-over).
+        received += b.receive(count: Int(pb.txPackets) - received).count
+        XCTAssertEqual(pb.txPackets, UInt64(received), "B got what was forwarded")
+        XCTAssertEqual(b.receive(), [], "and nothing more")
         XCTAssertEqual(state(rt, "b")?.state, .started)
     }
 
@@ -233,7 +240,7 @@ final class VhostPortTests: XCTestCase {
         XCTAssertEqual(listen(listener, 1), 0)
         let rt = try start(ports: ["vhost-user-client:\(path),name=c"], forward: .macswap)
         var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
-        XCTAssertEqual(poll(&pfd, 1, 5000), 1, "the runtime connects")
+        XCTAssertEqual(poll(&pfd, 1, Int32(testDeadline * 1000)), 1, "the runtime connects")
         let g = try TestGuest(fd: accept(listener, nil, nil))
         try g.bringUp()
         XCTAssertTrue(waitState(rt, "c", .started))

@@ -28,6 +28,13 @@ final class FrontendMemory {
     /// A fresh descriptor for a message (the receiver owns and closes what it gets).
     func dupFD() -> Int32 { dup(fd) }
 
+    /// The memfd's inode: its mappings in /proc/self/maps carry it.
+    var inode: UInt64 {
+        var st = stat()
+        precondition(fstat(fd, &st) == 0)
+        return UInt64(st.st_ino)
+    }
+
     func region(guest: UInt64 = 0, offset: UInt64 = 0, size: UInt64? = nil) -> MemoryRegionPayload {
         MemoryRegionPayload(guestAddress: guest, size: size ?? UInt64(self.size), userAddress: user + offset, mmapOffset: offset)
     }
@@ -36,9 +43,39 @@ final class FrontendMemory {
 func makeEventFD() -> Int32 { ws_eventfd(0, WS_EFD_CLOEXEC) }
 func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
 
-func countOpenFDs() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
-func countMappings() -> Int {
-    (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8))?.split(separator: "\n").count ?? -1
+/// What descriptor `fd` refers to, comparable between descriptors: the file's device and inode
+/// (a memfd or a file is its inode) and, for an eventfd — all eventfds share one anonymous inode —
+/// the id the kernel gives each one (`eventfd-id` in fdinfo). Nil when `fd` is not open.
+func fileIdentity(_ fd: Int32) -> String? {
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { return nil }
+    var identity = "\(st.st_dev):\(st.st_ino)"
+    if let info = try? String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8),
+       let line = info.split(separator: "\n").first(where: { $0.hasPrefix("eventfd-id:") }) {
+        identity += " eventfd \(line.dropFirst("eventfd-id:".count).trimmingCharacters(in: .whitespaces))"
+    }
+    return identity
+}
+
+/// This process's open descriptors that refer to one of the files `identities` (`fileIdentity`).
+///
+/// Leak checks count these rather than every open descriptor: a test shares the process with
+/// descriptors that other tests' threads and Foundation (its Process manager closes a child's
+/// termination socket on its own thread, after `waitUntilExit` returned) open and close at any
+/// moment — and with nearly two hundred that earlier tests leave open — so a count of all of them
+/// is not a property of the test.
+func descriptors(referringTo identities: Set<String>) -> [Int32] {
+    let fds = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
+    return fds.filter { fileIdentity($0).map(identities.contains) ?? false }.sorted()
+}
+
+/// This process's mappings of the file with inode `inode` (the fifth column of /proc/self/maps).
+func countMappings(ofInode inode: UInt64) -> Int {
+    let maps = (try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? ""
+    return maps.split(separator: "\n").filter { line in
+        let f = line.split(separator: " ", omittingEmptySubsequences: true)
+        return f.count >= 5 && f[4] == "\(inode)"
+    }.count
 }
 
 func msg(_ r: VhostUserRequest, _ p: VhostUserPayload = .none, fds: [Int32] = [], needReply: Bool = false) -> VhostUserMessage {

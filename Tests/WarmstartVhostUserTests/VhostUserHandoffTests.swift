@@ -70,40 +70,59 @@ final class VhostUserHandoffTests: XCTestCase {
         XCTAssertEqual(state.vrings[1].started, false)
     }
 
+    /// The files a session configured by `configureRing` for `rings` holds: the front-end memory
+    /// and each ring's call and kick eventfds (their identities), with the eventfds to pass.
+    func ringFiles(_ rings: Int, mem: FrontendMemory) -> (identities: Set<String>, kicks: [Int32], calls: [Int32]) {
+        let kicks = (0..<rings).map { _ in makeEventFD() }, calls = (0..<rings).map { _ in makeEventFD() }
+        let ids = ([mem.fd] + kicks + calls).compactMap(fileIdentity)
+        XCTAssertEqual(Set(ids).count, 1 + 2 * rings, "every file has its own identity: \(ids)")
+        return (Set(ids), kicks, calls)
+    }
+
     func testFeaturesTheNewBinaryDoesNotOfferAreRefusedAndNothingLeaks() throws {
         let mem = FrontendMemory(size: 1 << 20)
         let old = configuredSession(mem: mem)
-        configureRing(old, RingPlan(index: 0), mem: mem)
-        let fdsBefore = countOpenFDs(), mapsBefore = countMappings()
+        let files = ringFiles(1, mem: mem)
+        configureRing(old, RingPlan(index: 0), mem: mem, kick: files.kicks[0], call: files.calls[0])
+        // All an import is handed are descriptors of these files: a leak is a descriptor of one of
+        // them, or a mapping of the memory, beyond what the session and the test hold.
+        let fdsBefore = descriptors(referringTo: files.identities), mapsBefore = countMappings(ofInode: mem.inode)
+        XCTAssertEqual(fdsBefore.count, 4, "the test's memory, the session's memory, kick and call: \(fdsBefore)")
         let (state, table) = transfer(old)
         let narrow = VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.mrgRxbuf.mask)
         XCTAssertThrowsError(try VhostUserBackendSession.importHandoffState(state, configuration: narrow, take: take(table))) { e in
             XCTAssertTrue("\(e)".contains("mrgRxbuf"), "\(e)")
         }
-        for fd in table { close(fd) }   // refused before taking anything: the caller still owns them
+        // Refused before taking anything: the caller still owns (and closes) every descriptor.
+        for fd in table { XCTAssertEqual(close(fd), 0, "descriptor \(fd) was still the caller's") }
         // A failure after some descriptors were taken: a region that runs past its file.
         var bad = state
         bad.memory![0].size = 2 << 20
         let (_, table2) = transfer(old)
         XCTAssertThrowsError(try VhostUserBackendSession.importHandoffState(bad, configuration: VhostUserBackendConfiguration(), take: take(table2)))
         XCTAssertFalse(isOpen(table2[bad.memory![0].fd]), "the region fd was taken and must be closed on failure")
-        for (i, fd) in table2.enumerated() where i != bad.memory![0].fd { close(fd) }
-        XCTAssertEqual(countOpenFDs(), fdsBefore)
-        XCTAssertEqual(countMappings(), mapsBefore)
+        for (i, fd) in table2.enumerated() where i != bad.memory![0].fd {
+            XCTAssertEqual(close(fd), 0, "descriptor \(fd) was not taken: still the caller's")
+        }
+        XCTAssertEqual(descriptors(referringTo: files.identities), fdsBefore, "descriptors of the handed-over files")
+        XCTAssertEqual(countMappings(ofInode: mem.inode), mapsBefore, "mappings of the front-end memory")
     }
 
     func testTenTransfersLeakNothing() throws {
         let mem = FrontendMemory(size: 1 << 20)
         var s = configuredSession(mem: mem)
-        configureRing(s, RingPlan(index: 0), mem: mem)
-        configureRing(s, RingPlan(index: 1, offset: 0x20000), mem: mem)
-        let fdsBefore = countOpenFDs(), mapsBefore = countMappings()
+        let files = ringFiles(2, mem: mem)
+        configureRing(s, RingPlan(index: 0), mem: mem, kick: files.kicks[0], call: files.calls[0])
+        configureRing(s, RingPlan(index: 1, offset: 0x20000), mem: mem, kick: files.kicks[1], call: files.calls[1])
+        let fdsBefore = descriptors(referringTo: files.identities).count, mapsBefore = countMappings(ofInode: mem.inode)
+        XCTAssertEqual(fdsBefore, 6, "the test's memory, the session's memory, two kicks and two calls")
         for k in 0..<10 {
             let (state, table) = transfer(s, positions: [0: VringBase(lastAvailIndex: UInt16(k), lastUsedIndex: UInt16(k))])
             s = try VhostUserBackendSession.importHandoffState(state, configuration: VhostUserBackendConfiguration(), take: take(table)).0
         }
-        XCTAssertEqual(countOpenFDs(), fdsBefore)
-        XCTAssertEqual(countMappings(), mapsBefore)
+        // The session now holds the tenth generation of descriptors (other numbers, same files).
+        XCTAssertEqual(descriptors(referringTo: files.identities).count, fdsBefore, "descriptors of the session's files")
+        XCTAssertEqual(countMappings(ofInode: mem.inode), mapsBefore, "mappings of the front-end memory")
         XCTAssertEqual(s.startedRings.first?.base.lastAvailIndex, 9)
     }
 }

@@ -40,13 +40,13 @@ final class VhostUserSessionTests: XCTestCase {
     func testTooSmallFileFailsCleanly() {
         let mem = FrontendMemory(size: 4096)
         let s = VhostUserBackendSession()
-        let before = countMappings()
+        let before = countMappings(ofInode: mem.inode)
         let fd = mem.dupFD()
         let o = s.send(msg(.setMemTable, .memoryTable([mem.region(size: 8192)]), fds: [fd]))
         XCTAssertNotNil(o.error)
         XCTAssertTrue(o.error!.description.contains("the file has"), o.error!.description)
         XCTAssertFalse(isOpen(fd))
-        XCTAssertEqual(countMappings(), before)
+        XCTAssertEqual(countMappings(ofInode: mem.inode), before)
         // offset + size past the end too.
         XCTAssertFalse(s.send(msg(.setMemTable, .memoryTable([mem.region(offset: 4096, size: 4096)]), fds: [mem.dupFD()])).ok)
     }
@@ -55,7 +55,10 @@ final class VhostUserSessionTests: XCTestCase {
         let mem = FrontendMemory(size: 1 << 20)
         let s = VhostUserBackendSession()
         XCTAssertTrue(s.send(msg(.setMemTable, .memoryTable([mem.region()]), fds: [mem.dupFD()])).ok)
-        let fdsBefore = countOpenFDs(), mapsBefore = countMappings()
+        // Descriptors and mappings of the front-end memory only (see `descriptors(referringTo:)`).
+        let file: Set = [fileIdentity(mem.fd)!]
+        let fdsBefore = descriptors(referringTo: file).count, mapsBefore = countMappings(ofInode: mem.inode)
+        XCTAssertEqual(fdsBefore, 2, "the test's and the session's")
         for k in 0..<100 {
             let r1 = MemoryRegionPayload(guestAddress: 0, size: 0x80000, userAddress: mem.user, mmapOffset: 0)
             let r2 = MemoryRegionPayload(guestAddress: 0x100000, size: 0x80000, userAddress: mem.user + 0x80000, mmapOffset: 0x80000)
@@ -63,8 +66,8 @@ final class VhostUserSessionTests: XCTestCase {
             XCTAssertTrue(o.ok, "\(String(describing: o.error))")
         }
         XCTAssertTrue(s.send(msg(.setMemTable, .memoryTable([mem.region()]), fds: [mem.dupFD()])).ok)
-        XCTAssertEqual(countOpenFDs(), fdsBefore)
-        XCTAssertEqual(countMappings(), mapsBefore)
+        XCTAssertEqual(descriptors(referringTo: file).count, fdsBefore)
+        XCTAssertEqual(countMappings(ofInode: mem.inode), mapsBefore)
         XCTAssertEqual(s.memory?.generation, 102)
     }
 
@@ -210,7 +213,9 @@ final class VhostUserSessionTests: XCTestCase {
         let extra = FrontendMemory(size: 1 << 20)
         let s = configuredSession(mem: mem)
         XCTAssertEqual(s.send(msg(.getMaxMemSlots)).replyU64, 509)
-        let fdsBefore = countOpenFDs(), mapsBefore = countMappings()
+        let files: Set = [fileIdentity(mem.fd)!, fileIdentity(extra.fd)!]
+        func mappings() -> Int { countMappings(ofInode: mem.inode) + countMappings(ofInode: extra.inode) }
+        let fdsBefore = descriptors(referringTo: files), mapsBefore = mappings()
         let r = extra.region(guest: 0x4000_0000)
         XCTAssertTrue(s.send(msg(.addMemReg, .memoryRegion(r), fds: [extra.dupFD()])).ok)
         XCTAssertEqual(s.memory?.regions.count, 2)
@@ -225,8 +230,8 @@ final class VhostUserSessionTests: XCTestCase {
         XCTAssertTrue(s.send(msg(.remMemReg, .memoryRegion(r))).ok)
         XCTAssertEqual(s.memory?.regions.count, 1)
         XCTAssertNil(s.memory?.translate(guest: 0x4000_0100, length: 1))
-        XCTAssertEqual(countOpenFDs(), fdsBefore)
-        XCTAssertEqual(countMappings(), mapsBefore)
+        XCTAssertEqual(descriptors(referringTo: files), fdsBefore)
+        XCTAssertEqual(mappings(), mapsBefore)
     }
 
     func testRemovingTheRegionUnderAStartedRingStopsIt() {

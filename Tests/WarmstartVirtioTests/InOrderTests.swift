@@ -111,6 +111,67 @@ final class InOrderTests: XCTestCase {
         XCTAssertEqual(fx.device.counters.count(.headerTooShort), 1)
     }
 
+    /// A burst the single-descriptor fast path starts and the full walk finishes (a chain in the
+    /// middle): each part is reported by its own used descriptor — at the burst's first slot with
+    /// the id of the last single, then at the chain's first slot with the id of the part's last
+    /// buffer — and every other slot is skipped. The driver reclaims both parts in order.
+    func testPackedInOrderFastPathThenFullWalkInOneBurst() throws {
+        let fx = try Fixture(layout: .packed, size: 8, features: [.version1, .inOrder])
+        let ring = fx.driver.packed!
+        post(fx, ring: ring, slot: 0, wrap: true, id: 7, buffer: 0, payload: 60, seed: 1)
+        post(fx, ring: ring, slot: 1, wrap: true, id: 6, buffer: 1, payload: 60, seed: 2)
+        post(fx, ring: ring, slot: 3, wrap: true, id: 5, buffer: 2, payload: 64, seed: 3, headerBytes: 0)
+        post(fx, ring: ring, slot: 2, wrap: true, id: 0, buffer: 3, payload: 0, seed: 0, next: true)
+        post(fx, ring: ring, slot: 4, wrap: true, id: 4, buffer: 4, payload: 60, seed: 4)
+        let got = fx.dequeue()
+        XCTAssertEqual(got.count, 4)
+        for (k, m) in got.enumerated() {
+            XCTAssertEqual(payload(m, fx), Fixture.expected(length: k == 2 ? 64 : 60, seed: UInt8(k + 1)), "packet \(k)")
+        }
+        got.forEach { fx.hostPool.free($0) }
+        XCTAssertEqual(ring.loadFlags(0), PackedRing.usedFlags(wrap: true))
+        XCTAssertEqual(ring.descriptor(0).id, 6, "the fast path's part ends with the second single")
+        XCTAssertEqual(ring.loadFlags(2), PackedRing.usedFlags(wrap: true))
+        XCTAssertEqual(ring.descriptor(2).id, 4, "the full walk's part ends with the last single")
+        for k in [1, 3, 4] { XCTAssertEqual(ring.loadFlags(k), PackedRing.availFlags(wrap: true), "slot \(k) skipped") }
+        XCTAssertEqual(fx.device.lastUsedIndex, 5)
+        XCTAssertEqual(fx.device.lastAvailIndex, 5)
+        XCTAssertEqual(fx.device.counters.packets, 4)
+        XCTAssertEqual(fx.hostPool.inUseCount, 0)
+    }
+
+    /// An mbuf shortage part-way through an in-order burst: the one used descriptor covers only
+    /// the chains taken (it carries the id of the last of them, and the device skips only their
+    /// slots); the rest stay available and come out, reported the same way, once mbufs are back.
+    func testPackedInOrderPoolShortageReportsOnlyWhatWasTaken() throws {
+        let fx = try Fixture(layout: .packed, size: 8, features: [.version1, .inOrder], poolCount: 3)
+        let ring = fx.driver.packed!
+        for k in 0..<5 { post(fx, ring: ring, slot: k, wrap: true, id: UInt16(7 - k), buffer: k, payload: 60, seed: UInt8(k)) }
+        let first = fx.dequeue()
+        XCTAssertEqual(first.count, 3, "three mbufs: three chains taken")
+        XCTAssertGreaterThan(fx.device.counters.allocFailures, 0)
+        for (k, m) in first.enumerated() { XCTAssertEqual(payload(m, fx), Fixture.expected(length: 60, seed: UInt8(k))) }
+        XCTAssertEqual(ring.loadFlags(0), PackedRing.usedFlags(wrap: true))
+        XCTAssertEqual(ring.descriptor(0).id, 5, "the id of the last chain taken, not of the burst's last")
+        for k in 1..<5 { XCTAssertEqual(ring.loadFlags(k), PackedRing.availFlags(wrap: true), "slot \(k) not written") }
+        XCTAssertEqual(fx.device.lastUsedIndex, 3)
+        XCTAssertEqual(fx.device.lastAvailIndex, 3, "chains 3 and 4 stay available")
+        first.forEach { fx.hostPool.free($0) }
+
+        let second = fx.dequeue()
+        XCTAssertEqual(second.count, 2)
+        for (k, m) in second.enumerated() { XCTAssertEqual(payload(m, fx), Fixture.expected(length: 60, seed: UInt8(3 + k))) }
+        second.forEach { fx.hostPool.free($0) }
+        XCTAssertEqual(ring.loadFlags(3), PackedRing.usedFlags(wrap: true))
+        XCTAssertEqual(ring.descriptor(3).id, 3)
+        XCTAssertEqual(ring.loadFlags(4), PackedRing.availFlags(wrap: true), "slot 4 skipped")
+        XCTAssertEqual(fx.device.lastUsedIndex, 5)
+        XCTAssertEqual(fx.device.lastAvailIndex, 5)
+        XCTAssertEqual(fx.device.counters.packets, 5)
+        XCTAssertEqual(fx.device.counters.dropped, 0)
+        XCTAssertEqual(fx.hostPool.inUseCount, 0)
+    }
+
     /// Without IN_ORDER every chain gets its own used descriptor (the default path is unchanged).
     func testPackedWithoutInOrderWritesEveryChain() throws {
         let fx = try Fixture(layout: .packed, size: 8, features: [.version1])
