@@ -59,8 +59,7 @@ extension VirtqueueDevice {
             let len = Int(d.len)
             if d.flags & special != 0 || len < hs || len &- hs > virtioMaxPacketLength { more = true; break }
             guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
-            ws_prefetch(p)
-            if len > 64 { ws_prefetch(p + 64) }
+            prefetchBuffer(p, len, writable: false)
             segments[k] = Segment(host: p, length: len)
             chains[k].id = head
             k &+= 1
@@ -202,8 +201,7 @@ extension VirtqueueDevice {
             let len = Int(d.len)
             if len < hs || len &- hs > virtioMaxPacketLength || Int(d.id) >= n { more = true; break }
             guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
-            ws_prefetch(p)
-            if len > 64 { ws_prefetch(p + 64) }
+            prefetchBuffer(p, len, writable: false)
             segments[k] = Segment(host: p, length: len)
             chains[k].id = d.id
             chains[k].descriptorCount = 1

@@ -24,8 +24,8 @@ extension VirtqueueDevice {
         return nil
     }
 
-    /// Starts pulling a guest buffer's first two cache lines (header and a small frame) while the
-    /// rest of the burst is walked: the guest's CPU wrote them last, and the copy phase would
+    /// Starts pulling the first one or two cache lines of the `len` bytes about to be read or
+    /// written at `p` (header and a small frame) while the rest of the burst is walked: the guest's CPU wrote them last, and the copy phase would
     /// otherwise wait for each cross-core miss in turn.
     @inline(__always)
     func prefetchBuffer(_ p: UnsafeMutableRawPointer, _ len: Int, writable: Bool) {

@@ -166,8 +166,7 @@ extension VirtqueueDevice {
             let d = ring.descriptor(Int(head))
             if d.flags & mask != VirtqDescriptorFlags.write || Int(d.len) < hs &+ Int(m.dataLength) { more = true; break }
             guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
-            ws_prefetch_w(p)
-            if Int(m.dataLength) > 52 { ws_prefetch_w(p + 64) }
+            prefetchBuffer(p, hs &+ Int(m.dataLength), writable: true)
             segments[k] = Segment(host: p, length: Int(d.len))
             chains[k].id = head
             k &+= 1
@@ -226,8 +225,7 @@ extension VirtqueueDevice {
             let d = ring.descriptor(slot, flags: f)
             if Int(d.id) >= n || Int(d.len) < hs &+ Int(m.dataLength) { more = true; break }
             guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
-            ws_prefetch_w(p)
-            if Int(m.dataLength) > 52 { ws_prefetch_w(p + 64) }
+            prefetchBuffer(p, hs &+ Int(m.dataLength), writable: true)
             segments[k] = Segment(host: p, length: Int(d.len))
             chains[k].id = d.id
             chains[k].descriptorCount = 1
