@@ -160,12 +160,7 @@ extension VirtqueueDevice {
         }
         if walked == 0 { return 0 }
         let (consumed, produced) = copyOut(pool, out, walked)
-        if options.inOrder {
-            publishPackedUsedInOrder(ring, consumed)
-        } else {
-            publishPackedUsed(ring, consumed, advanceAvail: true)
-        }
-        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
+        returnPackedTX(ring, consumed)
         return produced
     }
 
@@ -212,12 +207,7 @@ extension VirtqueueDevice {
         }
         if k == 0 || !pool.allocBulk(mbufs, count: k) { return nil }
         let produced = copySimpleTX(pool, out, k)
-        if options.inOrder {
-            publishPackedUsedInOrder(ring, k)
-        } else {
-            publishPackedUsed(ring, k, advanceAvail: true)
-        }
-        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
+        returnPackedTX(ring, k)
         return (produced, k, more)
     }
 
@@ -421,6 +411,18 @@ extension VirtqueueDevice {
     func armPackedKick(_ ring: PackedRing) {
         let offWrap = lastAvailIndex | (availWrapCounter ? 0x8000 : 0)
         PackedRing.storeEvent(ring.deviceEvent, offWrap: offWrap, flags: PackedRing.eventFlagsDesc)
+    }
+
+    /// Gives the guest-TX chains `0..<n` back (one used descriptor for the burst with IN_ORDER,
+    /// one per chain otherwise) and, with EVENT_IDX, asks for the next kick.
+    @inline(__always)
+    func returnPackedTX(_ ring: PackedRing, _ n: Int) {
+        if options.inOrder {
+            publishPackedUsedInOrder(ring, n)
+        } else {
+            publishPackedUsed(ring, n, advanceAvail: true)
+        }
+        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
     }
 
     /// IN_ORDER (§2.7.9): the chains `0..<n` were used in the order the driver made them available,
