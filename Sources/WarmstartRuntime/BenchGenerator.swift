@@ -5,16 +5,39 @@ import WarmstartPools
 import Glibc
 #endif
 
-/// The generator/sink loop (one thread: send a burst, receive a burst).
-final class Generator {
+/// The generator/sink loop (one thread: send a burst, receive a burst). `round(now:)` is one
+/// turn of it and `run` turns it until the duration has passed; the SPI lets the
+/// instruction-count harness (Benchmarks/VirtioUserTX) drive the very same rounds against a
+/// device in its own process.
+@_spi(Benchmarks)
+public final class Generator {
     let o: BenchOptions
     let pool: MbufPool
     let q: VirtioUserQueuePair
     let cache: MbufCache
     let template: UnsafeMutableRawPointer
     let latency = LatencyHistogram()
+    /// The burst being built (frames the queue did not take stay at its front) and the
+    /// receive array.
+    let pk: UnsafeMutablePointer<Mbuf>
+    let rx: UnsafeMutablePointer<Mbuf>
+    static let rxCapacity = 256
 
-    init(options: BenchOptions, pool: MbufPool, queue: VirtioUserQueuePair) {
+    /// Counters and the fill level of `pk`, in raw memory beside the arrays.
+    struct Counters {
+        var have = 0
+        var seq: UInt64 = 0
+        var tx: UInt64 = 0
+        var rx: UInt64 = 0
+        /// Time stamps older than this are not ours (recycled buffers of an earlier run).
+        var start: UInt64 = 0
+    }
+    let c: UnsafeMutablePointer<Counters>
+
+    public var txPackets: UInt64 { c.pointee.tx }
+    public var rxPackets: UInt64 { c.pointee.rx }
+
+    public init(options: BenchOptions, pool: MbufPool, queue: VirtioUserQueuePair) {
         o = options
         self.pool = pool
         q = queue
@@ -23,8 +46,15 @@ final class Generator {
         // Ethernet II, locally administered MACs, EtherType 0x88B5 (local experimental).
         let head: [UInt8] = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xB5]
         for i in 0..<options.size { template.storeBytes(of: i < 14 ? head[i] : UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
+        pk = .allocate(capacity: options.burst)
+        rx = .allocate(capacity: Self.rxCapacity)
+        c = .allocate(capacity: 1)
+        c.initialize(to: Counters())
     }
-    deinit { template.deallocate() }
+    deinit {
+        for k in 0..<c.pointee.have { cache.free(pk[k]) }
+        template.deallocate(); pk.deallocate(); rx.deallocate(); c.deallocate()
+    }
 
     /// Builds one frame (a chain when larger than the data room) stamped with `seq` and `now`.
     @inline(__always)
@@ -51,15 +81,50 @@ final class Generator {
         return true
     }
 
-    func run(setupMs: Double, progress: (String) -> Void, alive: () -> Bool) throws -> BenchResult {
+    /// One round: fill the burst (one bulk allocation), send it, take what came back (loopback:
+    /// latency from each frame's time stamp). Returns how many frames the queue took.
+    @inline(never)
+    public func round(now: UInt64) -> Int {
         let burst = o.burst
-        let pk = UnsafeMutablePointer<Mbuf>.allocate(capacity: burst)
-        let rx = UnsafeMutablePointer<Mbuf>.allocate(capacity: 256)
-        defer { pk.deallocate(); rx.deallocate() }
-        var have = 0
-        var seq: UInt64 = 0
-        var tx: UInt64 = 0, rxCount: UInt64 = 0, rxBytes: UInt64 = 0
+        var have = c.pointee.have
+        if have < burst && cache.allocBulk(pk + have, count: burst - have) {
+            // A frame that cannot get its further segments is dropped here.
+            var k = have
+            while k < burst {
+                if build(pk[k], seq: c.pointee.seq, now: now) {
+                    c.pointee.seq &+= 1
+                    pk[have] = pk[k]
+                    have += 1
+                } else {
+                    cache.free(pk[k])
+                }
+                k += 1
+            }
+        }
+        let sent = q.transmitBurst(pk, count: have, cache: cache)
+        c.pointee.tx &+= UInt64(sent)
+        if sent > 0 && sent < have {
+            for k in 0..<(have - sent) { pk[k] = pk[sent + k] }
+        }
+        c.pointee.have = have - sent
+        let n = q.receiveBurst(into: rx, max: Self.rxCapacity, cache: cache)
+        if n > 0 {
+            let later = ws_monotonic_ns()
+            let start = c.pointee.start
+            for k in 0..<n {
+                let m = rx[k]
+                let stamp = m.data.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
+                if stamp <= later && stamp >= start { latency.record(later - stamp) }
+                cache.free(m)
+            }
+            c.pointee.rx &+= UInt64(n)
+        }
+        return sent
+    }
+
+    func run(setupMs: Double, progress: (String) -> Void, alive: () -> Bool) throws -> BenchResult {
         let start = ws_monotonic_ns()
+        c.pointee.start = start
         let end = start + UInt64(o.duration * 1e9)
         var nextReport = start + 1_000_000_000
         var lastTx: UInt64 = 0, lastRx: UInt64 = 0
@@ -67,44 +132,13 @@ final class Generator {
         var samples: [Double] = []
         samples.reserveCapacity(Int(o.duration) + 2)
         while true {
-            var now = ws_monotonic_ns()
+            let now = ws_monotonic_ns()
             if now >= end { break }
-            // Fill the burst (unsent frames from the last round stay at the front).
-            if have < burst && cache.allocBulk(pk + have, count: burst - have) {
-                // One allocation per burst; a frame that cannot get its further segments is dropped here.
-                var k = have
-                while k < burst {
-                    if build(pk[k], seq: seq, now: now) {
-                        seq &+= 1
-                        pk[have] = pk[k]
-                        have += 1
-                    } else {
-                        cache.free(pk[k])
-                    }
-                    k += 1
-                }
-            }
-            let sent = q.transmitBurst(pk, count: have, cache: cache)
-            tx &+= UInt64(sent)
-            if sent > 0 && sent < have {
-                for k in 0..<(have - sent) { pk[k] = pk[sent + k] }
-            }
-            have -= sent
-            let n = q.receiveBurst(into: rx, max: 256, cache: cache)
-            if n > 0 {
-                now = ws_monotonic_ns()
-                for k in 0..<n {
-                    let m = rx[k]
-                    let stamp = m.data.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
-                    if stamp <= now && stamp >= start { latency.record(now - stamp) }
-                    rxBytes &+= UInt64(m.packetLength)
-                    cache.free(m)
-                }
-                rxCount &+= UInt64(n)
-            }
+            _ = round(now: now)
             iterations &+= 1
             if iterations & 1023 == 0 && now >= nextReport {
                 if !alive() { throw BenchError("the back-end went away during the run") }
+                let tx = c.pointee.tx, rxCount = c.pointee.rx
                 let counted = o.mode == .loopback ? rxCount - lastRx : tx - lastTx
                 samples.append(Double(counted) / 1e6)
                 if o.duration > 3 {
@@ -116,15 +150,18 @@ final class Generator {
             }
         }
         let elapsed = Double(ws_monotonic_ns() - start) / 1e9
-        for k in 0..<have { cache.free(pk[k]) }
+        for k in 0..<c.pointee.have { cache.free(pk[k]) }
+        c.pointee.have = 0
+        let tx = c.pointee.tx
         // Drain what is still on its way back (loopback), so drops count only real losses.
         let drainEnd = ws_monotonic_ns() + 200_000_000
-        while o.mode == .loopback && ws_monotonic_ns() < drainEnd && rxCount < tx {
-            let n = q.receiveBurst(into: rx, max: 256, cache: cache)
+        while o.mode == .loopback && ws_monotonic_ns() < drainEnd && c.pointee.rx < tx {
+            let n = q.receiveBurst(into: rx, max: Self.rxCapacity, cache: cache)
             for k in 0..<n { cache.free(rx[k]) }
-            rxCount &+= UInt64(n)
+            c.pointee.rx &+= UInt64(n)
             _ = q.transmitBurst(pk, count: 0, cache: cache)
         }
+        let rxCount = c.pointee.rx
         cache.flush()
         if getenv("WARMSTART_BENCH_DEBUG") != nil {
             let line = "pool: in use \(pool.inUseCount) bad frees \(pool.badFreeCount) double frees \(pool.doubleFreeCount) q errors \(q.errorCount) kicks \(q.kickCount)\n"
