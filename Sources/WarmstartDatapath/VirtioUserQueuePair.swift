@@ -34,10 +34,8 @@ public final class VirtioUserQueuePair: BurstQueue {
     let pool: MbufPool
     let headerSize: Int
     let mergeable: Bool
-    // Fast guest-address translation for the pool's region (all our mbufs live there).
-    let poolHost: UInt
-    let poolGuest: UInt64
-    let poolSize: UInt
+    /// Guest-address translation for the pool's region (all our mbufs live there).
+    let window: GuestWindow
     /// Bytes of one posted RX buffer: header + data room.
     let rxBufferLength: UInt32
     let rxBufferOffset: Int
@@ -52,6 +50,8 @@ public final class VirtioUserQueuePair: BurstQueue {
     }
     let st: UnsafeMutablePointer<State>
     let completions: UnsafeMutablePointer<DriverCompletion>
+    /// Tokens of reaped transmit chains: head mbufs' header addresses, i.e. `Mbuf` values.
+    let reaped: UnsafeMutableRawPointer
     let fresh: UnsafeMutablePointer<Mbuf>
     let scratch: UnsafeMutablePointer<DriverBuffer>
     static let scratchCapacity = 64
@@ -71,9 +71,7 @@ public final class VirtioUserQueuePair: BurstQueue {
         self.rxCallFD = rxCallFD; self.txCallFD = txCallFD
         headerSize = rx.options.netHeaderSize
         mergeable = rx.options.mergeableRxBuffers
-        poolHost = UInt(bitPattern: pool.region.base)
-        poolGuest = pool.region.ioAddress
-        poolSize = UInt(pool.region.size)
+        window = GuestWindow(host: pool.region.base, guest: pool.region.ioAddress, size: pool.region.size)
         precondition(pool.config.headroom >= headerSize, "mbuf headroom must hold the virtio-net header")
         rxBufferOffset = MbufLayout.headerSize + pool.config.headroom - headerSize
         rxBufferLength = UInt32(pool.config.dataRoom + headerSize)
@@ -81,6 +79,7 @@ public final class VirtioUserQueuePair: BurstQueue {
         st.initialize(to: State())
         let cap = max(rx.size, tx.size)
         completions = .allocate(capacity: cap)
+        reaped = .allocate(byteCount: 8 * tx.size, alignment: 8)
         fresh = .allocate(capacity: Self.refillBatch)
         scratch = .allocate(capacity: Self.scratchCapacity)
         rx.disableCalls()
@@ -88,19 +87,13 @@ public final class VirtioUserQueuePair: BurstQueue {
     }
 
     deinit {
-        st.deallocate(); completions.deallocate(); fresh.deallocate(); scratch.deallocate()
+        st.deallocate(); completions.deallocate(); reaped.deallocate(); fresh.deallocate(); scratch.deallocate()
         for fd in [rxKickFD, txKickFD, rxCallFD, txCallFD] where fd >= 0 { close(fd) }
     }
 
     @inline(__always)
     func guest(_ p: UnsafeMutableRawPointer) -> UInt64 {
-        UInt64(UInt(bitPattern: p) &- poolHost) &+ poolGuest
-    }
-
-    @inline(__always)
-    func inPool(_ p: UnsafeMutableRawPointer, _ len: Int) -> Bool {
-        let off = UInt(bitPattern: p) &- poolHost
-        return off < poolSize && UInt(len) <= poolSize &- off
+        UInt64(UInt(bitPattern: p) &- window.host) &+ window.guest
     }
 
     @inline(__always)
@@ -193,14 +186,15 @@ public final class VirtioUserQueuePair: BurstQueue {
 
     // MARK: transmit (vring 2i+1)
 
-    /// Frees what the device has finished with.
+    /// Frees what the device has finished with: one pass over the used entries, then one bulk
+    /// free of the head mbufs (their tokens).
     @inline(__always)
     func reapTX(_ cache: MbufCache) {
-        let n = tx.reap(completions, max: tx.size)
-        for k in 0..<n {
-            let t = completions[k].token
-            if t == .max { st.pointee.errors &+= 1; continue }
-            cache.free(Mbuf(header: UnsafeMutableRawPointer(bitPattern: UInt(t))!))
+        let tokens = reaped.assumingMemoryBound(to: UInt64.self)
+        let (n, rejected) = tx.reapTokens(tokens, max: tx.size)
+        if rejected > 0 { st.pointee.errors &+= UInt64(rejected) }
+        if n > 0 {
+            tokens.withMemoryRebound(to: Mbuf.self, capacity: n) { cache.freeBulk($0, count: n) }
         }
     }
 
@@ -208,43 +202,11 @@ public final class VirtioUserQueuePair: BurstQueue {
         // Reap only when short of descriptors (DPDK's tx_free_thresh): reading the used index on
         // every burst pulls a cache line the device is writing on the other core.
         if tx.numFree < Swift.max(count, Self.refillBatch) || count == 0 { reapTX(cache) }
-        let hs = headerSize
         var sent = 0
-        while sent < count {
-            let m = pkts[sent]
-            let segs = Int(m.segmentCount)
-            guard segs <= tx.numFree, m.headroom >= hs else { break }
-            let start = m.data - hs
-            // §5.1.6.2: no offloads asked for → all-zero header (num_buffers 0 on transmit).
-            if m.offload.contains(.vnetHeaderValid) {
-                var header = m.vnetHeader
-                header.numBuffers = 0
-                header.store(to: start)
-            } else {
-                start.storeBytes(of: UInt64(0), as: UInt64.self)
-                start.storeBytes(of: UInt32(0), toByteOffset: 8, as: UInt32.self)
-            }
-            let firstLen = hs + Int(m.dataLength)
-            guard inPool(start, firstLen) else { st.pointee.errors &+= 1; break }
-            let token = UInt64(UInt(bitPattern: m.header))
-            if m.nextIndex == MbufLayout.noNext {
-                var b = DriverBuffer(addr: guest(start), len: UInt32(firstLen), writable: false)
-                if tx.add(&b, count: 1, token: token) == nil { break }
-            } else {
-                scratch[0] = DriverBuffer(addr: guest(start), len: UInt32(firstLen), writable: false)
-                var n = 1
-                var s = m
-                var ok = true
-                while s.nextIndex != MbufLayout.noNext {
-                    guard let next = pool.nextSegment(of: s), n < Self.scratchCapacity,
-                          inPool(next.data, Int(next.dataLength)) else { ok = false; break }
-                    s = next
-                    scratch[n] = DriverBuffer(addr: guest(s.data), len: UInt32(s.dataLength), writable: false)
-                    n += 1
-                }
-                guard ok, n <= tx.numFree else { if !ok { st.pointee.errors &+= 1 }; break }
-                if tx.add(scratch, count: n, token: token) == nil { break }
-            }
+        while true {
+            // Single-segment packets in one pass; the packet it stops at goes the general way.
+            sent += tx.addTXBurst(pkts + sent, count: count - sent, window: window)
+            guard sent < count, addGeneral(pkts[sent]) else { break }
             sent += 1
         }
         if sent > 0 {
@@ -252,6 +214,33 @@ public final class VirtioUserQueuePair: BurstQueue {
             if tx.needsKick() { kick(txKickFD) }
         }
         return sent
+    }
+
+    /// One packet the burst path did not take: a chain (header + first segment in one
+    /// descriptor, one more per segment). False when it cannot go now (no room, headroom
+    /// shorter than the header) or at all (memory outside the pool: counted as an error).
+    func addGeneral(_ m: Mbuf) -> Bool {
+        let hs = headerSize
+        guard Int(m.segmentCount) <= tx.numFree, m.headroom >= hs else { return false }
+        let start = m.data - hs
+        let firstLen = hs + Int(m.dataLength)
+        guard let first = window.guestAddress(of: start, length: firstLen) else { st.pointee.errors &+= 1; return false }
+        scratch[0] = DriverBuffer(addr: first, len: UInt32(firstLen), writable: false)
+        var n = 1
+        var s = m
+        while s.nextIndex != MbufLayout.noNext {
+            guard let next = pool.nextSegment(of: s), n < Self.scratchCapacity,
+                  let addr = window.guestAddress(of: next.data, length: Int(next.dataLength)) else {
+                st.pointee.errors &+= 1
+                return false
+            }
+            s = next
+            scratch[n] = DriverBuffer(addr: addr, len: UInt32(s.dataLength), writable: false)
+            n += 1
+        }
+        guard n <= tx.numFree else { return false }
+        DriverQueue.storeTXHeader(m, at: start, headerSize: hs)
+        return tx.add(scratch, count: n, token: UInt64(UInt(bitPattern: m.header))) != nil
     }
 
     // MARK: teardown
