@@ -33,6 +33,13 @@ public final class Generator {
         var start: UInt64 = 0
     }
     let c: UnsafeMutablePointer<Counters>
+    /// Frame bytes, burst size and the pool's data room, copied out of `o` and `pool`.
+    let size: Int
+    let burst: Int
+    let room: Int
+    /// Frames fit one mbuf and the 64 header bytes fit its room: the per-frame work is a 64-byte
+    /// copy, the lengths and a sequence number.
+    let singleSegment: Bool
 
     public var txPackets: UInt64 { c.pointee.tx }
     public var rxPackets: UInt64 { c.pointee.rx }
@@ -42,10 +49,16 @@ public final class Generator {
         self.pool = pool
         q = queue
         cache = MbufCache(pool: pool)
-        template = .allocate(byteCount: options.size, alignment: 64)
+        size = options.size
+        burst = options.burst
+        room = pool.config.dataRoom
+        singleSegment = size <= room && room >= Self.stampedBytes
+        template = .allocate(byteCount: max(options.size, Self.stampedBytes), alignment: 64)
         // Ethernet II, locally administered MACs, EtherType 0x88B5 (local experimental).
         let head: [UInt8] = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xB5]
-        for i in 0..<options.size { template.storeBytes(of: i < 14 ? head[i] : UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
+        for i in 0..<max(options.size, Self.stampedBytes) {
+            template.storeBytes(of: i < 14 ? head[i] : UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self)
+        }
         pk = .allocate(capacity: options.burst)
         rx = .allocate(capacity: Self.rxCapacity)
         c = .allocate(capacity: 1)
@@ -56,17 +69,27 @@ public final class Generator {
         template.deallocate(); pk.deallocate(); rx.deallocate(); c.deallocate()
     }
 
-    /// Builds one frame (a chain when larger than the data room) stamped with `seq` and `now`.
+    /// Bytes of each frame the generator writes: headers, sequence and time stamp only, as
+    /// testpmd's txonly writes only its headers; the payload is whatever the recycled buffer holds.
+    static let stampedBytes = 64
+
+    /// Copies the template's first 64 bytes (headers and this round's time stamp) to `d`.
     @inline(__always)
-    func build(_ m: Mbuf, seq: UInt64, now: UInt64) -> Bool {
-        let room = Int(pool.config.dataRoom)
+    func copyStamped(to d: UnsafeMutableRawPointer) {
+        let t = UnsafeRawPointer(template)
+        for i in stride(from: 0, to: Self.stampedBytes, by: 16) {
+            d.storeBytes(of: t.load(fromByteOffset: i, as: SIMD2<UInt64>.self), toByteOffset: i, as: SIMD2<UInt64>.self)
+        }
+    }
+
+    /// Builds one frame as a chain of data-room-sized segments, stamped with `seq` (the time
+    /// stamp comes with the template).
+    func buildChain(_ m: Mbuf, seq: UInt64) -> Bool {
         var seg = m
         var off = 0
         while true {
-            let n = min(room, o.size - off)
-            // Headers, sequence and time stamp only (the first 64 bytes), as testpmd's txonly
-            // writes only its headers: the payload is whatever the recycled buffer holds.
-            if off == 0 { seg.data.copyMemory(from: template, byteCount: min(n, 64)) }
+            let n = min(room, size - off)
+            if off == 0 { seg.data.copyMemory(from: template, byteCount: min(n, Self.stampedBytes)) }
             seg.dataLength = UInt16(n)
             seg.packetLength = UInt32(n)
             off += n
@@ -75,9 +98,8 @@ public final class Generator {
             _ = pool.append(next, to: m)
             seg = next
         }
-        m.packetLength = UInt32(o.size)
+        m.packetLength = UInt32(size)
         m.data.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
-        m.data.storeBytes(of: now, toByteOffset: Bench.stampOffset, as: UInt64.self)
         return true
     }
 
@@ -85,21 +107,39 @@ public final class Generator {
     /// latency from each frame's time stamp). Returns how many frames the queue took.
     @inline(never)
     public func round(now: UInt64) -> Int {
-        let burst = o.burst
+        let burst = self.burst
         var have = c.pointee.have
         if have < burst && cache.allocBulk(pk + have, count: burst - have) {
-            // A frame that cannot get its further segments is dropped here.
-            var k = have
-            while k < burst {
-                if build(pk[k], seq: c.pointee.seq, now: now) {
-                    c.pointee.seq &+= 1
-                    pk[have] = pk[k]
-                    have += 1
-                } else {
-                    cache.free(pk[k])
+            // Every frame of the round carries the same send time: stamp the template once.
+            template.storeBytes(of: now, toByteOffset: Bench.stampOffset, as: UInt64.self)
+            var seq = c.pointee.seq
+            if singleSegment {
+                let length = UInt16(size)
+                for k in have..<burst {
+                    let m = pk[k]
+                    let d = m.data
+                    copyStamped(to: d)
+                    d.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
+                    m.dataLength = length
+                    m.packetLength = UInt32(length)
+                    seq &+= 1
                 }
-                k += 1
+                have = burst
+            } else {
+                // A frame that cannot get its further segments is dropped here.
+                var k = have
+                while k < burst {
+                    if buildChain(pk[k], seq: seq) {
+                        seq &+= 1
+                        pk[have] = pk[k]
+                        have += 1
+                    } else {
+                        cache.free(pk[k])
+                    }
+                    k += 1
+                }
             }
+            c.pointee.seq = seq
         }
         let sent = q.transmitBurst(pk, count: have, cache: cache)
         c.pointee.tx &+= UInt64(sent)
