@@ -50,8 +50,10 @@ public final class VirtioUserQueuePair: BurstQueue {
     }
     let st: UnsafeMutablePointer<State>
     let completions: UnsafeMutablePointer<DriverCompletion>
-    /// Tokens of reaped transmit chains: head mbufs' header addresses, i.e. `Mbuf` values.
+    /// Tokens of reaped chains (both rings): mbufs' header addresses, i.e. `Mbuf` values; and
+    /// the used lengths of reaped receive buffers.
     let reaped: UnsafeMutableRawPointer
+    let usedLengths: UnsafeMutablePointer<UInt32>
     let fresh: UnsafeMutablePointer<Mbuf>
     let scratch: UnsafeMutablePointer<DriverBuffer>
     static let scratchCapacity = 64
@@ -79,7 +81,8 @@ public final class VirtioUserQueuePair: BurstQueue {
         st.initialize(to: State())
         let cap = max(rx.size, tx.size)
         completions = .allocate(capacity: cap)
-        reaped = .allocate(byteCount: 8 * tx.size, alignment: 8)
+        reaped = .allocate(byteCount: 8 * cap, alignment: 8)
+        usedLengths = .allocate(capacity: rx.size)
         fresh = .allocate(capacity: Self.refillBatch)
         scratch = .allocate(capacity: Self.scratchCapacity)
         rx.disableCalls()
@@ -87,7 +90,7 @@ public final class VirtioUserQueuePair: BurstQueue {
     }
 
     deinit {
-        st.deallocate(); completions.deallocate(); reaped.deallocate(); fresh.deallocate(); scratch.deallocate()
+        st.deallocate(); completions.deallocate(); reaped.deallocate(); usedLengths.deallocate(); fresh.deallocate(); scratch.deallocate()
         for fd in [rxKickFD, txKickFD, rxCallFD, txCallFD] where fd >= 0 { close(fd) }
     }
 
@@ -105,22 +108,21 @@ public final class VirtioUserQueuePair: BurstQueue {
 
     // MARK: receive (vring 2i)
 
-    /// Posts one fresh mbuf as a device-writable buffer; false when the ring is full.
-    @inline(__always)
-    func postRX(_ m: Mbuf) -> Bool {
-        let start = m.header + rxBufferOffset
-        return rx.addRX(addr: guest(start), len: rxBufferLength,
-                        token: UInt64(UInt(bitPattern: m.header))) != nil
-    }
-
-    /// Fills the receive ring from `source` in bursts of 32 (initial fill and each receive call).
+    /// Fills the receive ring from `source` in bursts of 32 (initial fill and each receive call):
+    /// each fresh mbuf's room becomes one device-writable buffer, a burst in one pass.
     @inline(__always)
     func refill<S: MbufSource>(_ source: S) {
         var posted = false
         while rx.numFree >= Self.refillBatch {
             guard source.allocBulk(fresh, count: Self.refillBatch) else { break }
-            for k in 0..<Self.refillBatch { _ = postRX(fresh[k]) }
-            posted = true
+            let k = rx.addRXBurst(fresh, count: Self.refillBatch, offset: rxBufferOffset, length: rxBufferLength,
+                                  window: window)
+            posted = posted || k > 0
+            if k < Self.refillBatch {
+                // Not reached: the room was there and our mbufs lie in the pool's window.
+                for i in k..<Self.refillBatch { source.free(fresh[i]) }
+                break
+            }
         }
         if posted {
             rx.publish()
@@ -132,17 +134,16 @@ public final class VirtioUserQueuePair: BurstQueue {
     public func fillReceiveRing() { refill(pool) }
 
     public func receiveBurst(into out: UnsafeMutablePointer<Mbuf>, max: Int, cache: MbufCache) -> Int {
-        let n = rx.reap(completions, max: max)
+        let tokens = reaped.assumingMemoryBound(to: UInt64.self)
+        let (n, rejected) = rx.reapTokens(tokens, lengths: usedLengths, max: Swift.min(max, rx.size))
+        if rejected > 0 { st.pointee.errors &+= UInt64(rejected) }
         var got = 0
         let hs = headerSize
         for k in 0..<n {
-            let c = completions[k]
-            guard c.token != .max, let h = UnsafeMutableRawPointer(bitPattern: UInt(c.token)) else {
-                st.pointee.errors &+= 1
-                continue
-            }
+            // Tokens are the header addresses of mbufs we posted (never 0).
+            let h = UnsafeMutableRawPointer(bitPattern: UInt(tokens[k])).unsafelyUnwrapped
             let m = Mbuf(header: h)
-            let len = Int(c.length)
+            let len = Int(usedLengths[k])
             if let headPtr = st.pointee.pendingHead {
                 // A further buffer of a mergeable frame: pure data from the buffer's start.
                 let head = Mbuf(header: headPtr)
