@@ -1,11 +1,14 @@
-// Instructions per packet of Warmstart's virtio-user generator and transmit path, with no peer
-// process: the generator `warmstart bench` runs (Generator.round) sends into real rings laid out
-// as VirtioUserPort lays them out, and a device stand-in in this process marks every buffer used
-// between rounds. Every round is then a full burst, so an instruction count of `round` (callgrind
-// --toggle-collect) divided by the frames sent is the per-packet cost, free of the idle polling a
-// busy or descheduled back-end causes. scripts/callgrind-virtio-user.sh runs it.
+// Instructions per packet of Warmstart's virtio-user generator, transmit and receive paths, with
+// no peer process: the generator `warmstart bench` runs (Generator.round) sends into real rings
+// laid out as VirtioUserPort lays them out, and a device stand-in in this process marks every
+// buffer used between rounds (with --loopback it first copies each frame's header and first 64
+// bytes into one of our receive buffers, as a reflecting back-end would). Every round is then a
+// full burst, so an instruction count of `round` (callgrind --toggle-collect) divided by the
+// frames sent is the per-packet cost, free of the idle polling a busy or descheduled back-end
+// causes. scripts/callgrind-virtio-user.sh runs it.
 //
 //   VirtioUserTX [--layout split|packed] [--size BYTES] [--rounds N] [--queue-size N] [--burst N]
+//                [--loopback]
 import CWarmstartShim
 import Glibc
 import WarmstartMemory
@@ -15,47 +18,66 @@ import WarmstartVirtio
 import WarmstartDatapath
 @_spi(Benchmarks) import WarmstartRuntime
 
-/// The device side of the transmit ring, reduced to what a polling back-end must do for the
-/// driver: ask for no kicks, and return every available chain as used, in order.
-struct InstantDevice {
+/// One ring's device side, reduced to what a polling back-end does for the driver: ask for no
+/// kicks, take the available chains in order, mark them used in order.
+struct DeviceRing {
     let q: DriverQueue
-    var next = 0          // split: last avail idx seen; packed: next slot
-    var wrap = true       // packed: the device's wrap counter
+    var next = 0, wrap = true       // next available: split avail index / packed slot and wrap counter
+    var used = 0, usedWrap = true   // next used: split used index / packed slot and wrap counter
+
     init(_ q: DriverQueue) {
         self.q = q
         if let p = q.packed { PackedRing.storeEvent(p.deviceEvent, offWrap: 0, flags: PackedRing.eventFlagsDisable) }
         if let s = q.split { s.usedFlags = SplitRing.usedNoNotify }
     }
-    mutating func complete() -> Int {
-        var n = 0
+
+    /// The next available chain: its id, its first buffer, and how many descriptors it holds.
+    mutating func take() -> (id: UInt16, addr: UInt64, len: UInt32, descriptors: Int)? {
         if let s = q.split {
-            let avail = s.loadAvailIndex()
-            var i = UInt16(truncatingIfNeeded: next)
-            while i != avail {
-                s.setUsedElement(i, id: UInt32(s.availEntry(i)), len: 0)
-                i &+= 1
-                n += 1
+            let i = UInt16(truncatingIfNeeded: next)
+            guard i != s.loadAvailIndex() else { return nil }
+            let head = s.availEntry(i)
+            let d = s.descriptor(Int(head))
+            var count = 1, f = d.flags, at = Int(head)
+            while f & VirtqDescriptorFlags.next != 0 {
+                at = Int(s.descriptor(at).next)
+                f = s.descriptor(at).flags
+                count += 1
             }
-            s.storeUsedIndex(i)
-            next = Int(i)
-        } else if let p = q.packed {
-            while true {
-                let f = p.loadFlags(next)
-                guard PackedRing.isAvailable(f, wrap: wrap) else { break }
-                let first = next, id = p.descriptor(next, flags: f).id
-                var flags = f
-                while true {   // skip the rest of the chain
-                    next += 1
-                    if next == p.size { next = 0; wrap.toggle() }
-                    if flags & VirtqDescriptorFlags.next == 0 { break }
-                    flags = p.loadFlags(next)
-                }
-                p.setUsedBody(first, id: id, len: 0)
-                p.storeFlags(first, PackedRing.usedFlags(wrap: first < next ? wrap : !wrap))
-                n += 1
-            }
+            next += 1
+            return (head, d.addr, d.len, count)
         }
-        return n
+        let p = q.packed!
+        let f = p.loadFlags(next)
+        guard PackedRing.isAvailable(f, wrap: wrap) else { return nil }
+        let d = p.descriptor(next, flags: f)
+        var count = 0, flags = f
+        while true {
+            count += 1
+            next += 1
+            if next == p.size { next = 0; wrap.toggle() }
+            if flags & VirtqDescriptorFlags.next == 0 { break }
+            flags = p.loadFlags(next)
+        }
+        return (d.id, d.addr, d.len, count)
+    }
+
+    /// Marks chain `id` used, `len` bytes written (split: visible at `flush()`).
+    mutating func giveBack(_ id: UInt16, len: UInt32, descriptors: Int) {
+        if let s = q.split {
+            s.setUsedElement(UInt16(truncatingIfNeeded: used), id: UInt32(id), len: len)
+            used += 1
+            return
+        }
+        let p = q.packed!
+        p.setUsedBody(used, id: id, len: len)
+        p.storeFlags(used, PackedRing.usedFlags(wrap: usedWrap))
+        used += descriptors
+        if used >= p.size { used -= p.size; usedWrap.toggle() }
+    }
+
+    func flush() {
+        if let s = q.split { s.storeUsedIndex(UInt16(truncatingIfNeeded: used)) }
     }
 }
 
@@ -66,6 +88,7 @@ func run() throws {
     var rounds = 20_000
     var args = CommandLine.arguments.dropFirst()
     while let a = args.popFirst() {
+        if a == "--loopback" { options.mode = .loopback; continue }
         guard let v = args.popFirst() else { fatalError("\(a) needs a value") }
         switch a {
         case "--layout": options.packed = v == "packed"
@@ -96,15 +119,30 @@ func run() throws {
     let pair = VirtioUserQueuePair(index: 0, rx: rxq, tx: txq, pool: live.mbufPool,
                                    rxKickFD: fds[0], txKickFD: fds[1], rxCallFD: fds[2], txCallFD: fds[3])
     pair.fillReceiveRing()
+    let region = live.mbufPool.region
+    func host(_ guest: UInt64) -> UnsafeMutableRawPointer { region.base + Int(guest - region.ioAddress) }
 
-    var device = InstantDevice(txq)
+    var tx = DeviceRing(txq), rx = DeviceRing(rxq)
     let generator = Generator(options: options, pool: live.mbufPool, queue: pair)
-    var completed = 0
+    var completed = 0, reflected = 0
     for r in 0..<rounds {
         _ = generator.round(now: UInt64(r))
-        completed += device.complete()
+        while let c = tx.take() {
+            if options.mode == .loopback, c.descriptors == 1, let b = rx.take() {
+                // Header and the first 64 bytes, as the frame's length: what the generator reads.
+                let n = min(Int(c.len), Int(b.len))
+                host(b.addr).copyMemory(from: host(c.addr), byteCount: min(n, 12 + 64))
+                host(b.addr).storeBytes(of: UInt16(1).littleEndian, toByteOffset: 10, as: UInt16.self)
+                rx.giveBack(b.id, len: UInt32(n), descriptors: 1)
+                reflected += 1
+            }
+            tx.giveBack(c.id, len: 0, descriptors: c.descriptors)
+            completed += 1
+        }
+        tx.flush()
+        rx.flush()
     }
-    print("VirtioUserTX: \(options.packed ? "packed" : "split") \(options.size) B, \(rounds) rounds, \(generator.txPackets) frames sent, \(completed) completed, queue errors \(pair.errorCount)")
+    print("VirtioUserTX: \(options.packed ? "packed" : "split") \(options.size) B, \(rounds) rounds, \(generator.txPackets) frames sent, \(completed) completed, \(generator.rxPackets) received of \(reflected) reflected, queue errors \(pair.errorCount)")
 }
 
 try run()
