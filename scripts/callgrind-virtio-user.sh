@@ -3,8 +3,10 @@
 # a figure a noisy, shared 2-vCPU machine does not move (Docs/BENCH-VIRTIO-USER.md).
 #
 #   (default)  Benchmarks/VirtioUserTX: the generator's rounds (Generator.round, what `warmstart
-#              bench` runs) against a device in the same process that returns every buffer at once.
-#              No peer, so nothing but the frames' own work is counted; exact to the instruction.
+#              bench` runs) against a device in the same process that returns every buffer at once
+#              (oneway), or first reflects each frame into one of our receive buffers (loopback:
+#              the receive path and latency sampling too). No peer, so nothing but the frames' own
+#              work is counted; exact to the instruction.
 #   --setup    The real set-up of scripts/bench-virtio-user.sh, each front-end under callgrind
 #              against a native testpmd net_vhost rxonly: Warmstart's generator thread (`warmstart
 #              bench --mode oneway`) and testpmd's virtio-user txonly forwarding thread. Both count
@@ -50,18 +52,21 @@ if [ "$SETUP" = 0 ]; then
   swift build -c release --package-path Benchmarks --product VirtioUserTX >"$TMP/build.log" 2>&1 \
     || { tail -20 "$TMP/build.log" >&2; exit 1; }
   bin=$(stripped Benchmarks/.build/release/VirtioUserTX)
-  echo "# Warmstart virtio-user generator + TX, instant in-process device, $ROUNDS rounds of 32"
-  echo "| layout | size | frames | instructions | per frame |"
-  echo "|---|---|---|---|---|"
-  for layout in $LAYOUTS; do
-    for size in $SIZES; do
-      out="$TMP/cg.out"
-      line=$(valgrind --tool=callgrind --callgrind-out-file="$out" --toggle-collect='*9Generator*5round*' \
-        "$bin" --layout "$layout" --size "$size" --rounds "$ROUNDS" 2>"$TMP/vg.err") \
-        || { tail -5 "$TMP/vg.err" >&2; exit 1; }
-      frames=$(echo "$line" | sed -E 's/.* ([0-9]+) frames sent.*/\1/')
-      ir=$(total "$out")
-      echo "| $layout | $size | $frames | $ir | $(ratio "$ir" "$frames") |"
+  echo "# Warmstart virtio-user generator (+ TX, + RX in loopback), instant in-process device, $ROUNDS rounds of 32"
+  echo "| mode | layout | size | frames | instructions | per frame |"
+  echo "|---|---|---|---|---|---|"
+  for mode in oneway loopback; do
+    for layout in $LAYOUTS; do
+      for size in $SIZES; do
+        out="$TMP/cg.out"
+        flag=(); [ "$mode" = loopback ] && flag=(--loopback)
+        line=$(valgrind --tool=callgrind --callgrind-out-file="$out" --toggle-collect='*9Generator*5round*' \
+          "$bin" --layout "$layout" --size "$size" --rounds "$ROUNDS" "${flag[@]}" 2>"$TMP/vg.err") \
+          || { tail -5 "$TMP/vg.err" >&2; exit 1; }
+        frames=$(echo "$line" | sed -E 's/.* ([0-9]+) frames sent.*/\1/')
+        ir=$(total "$out")
+        echo "| $mode | $layout | $size | $frames | $ir | $(ratio "$ir" "$frames") |"
+      done
     done
   done
   exit 0
