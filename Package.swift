@@ -56,8 +56,9 @@ let package = Package(
         .testTarget(name: "WarmstartVhostUserTests", dependencies: ["WarmstartVhostUser"]),
         .testTarget(name: "WarmstartDatapathTests", dependencies: ["WarmstartDatapath"]),
         .testTarget(name: "WarmstartRuntimeTests", dependencies: ["WarmstartRuntime"]),
-        // Runs the warmstart executable against DPDK's testpmd; skips without testpmd/hugepages.
-        .testTarget(name: "WarmstartInteropTests", dependencies: []),
+        // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against
+        // DPDK's testpmd; skips without testpmd/hugepages.
+        .testTarget(name: "WarmstartInteropTests", dependencies: ["WarmstartRuntime"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -31,7 +31,7 @@ public enum VirtioNetFeature: Int, Sendable, CaseIterable {
     case version1 = 32          // VIRTIO_F_VERSION_1
     case accessPlatform = 33
     case ringPacked = 34        // VIRTIO_F_RING_PACKED
-    case inOrder = 35
+    case inOrder = 35           // VIRTIO_F_IN_ORDER
 
     public var mask: UInt64 { 1 << UInt64(rawValue) }
 
@@ -55,7 +55,7 @@ public enum VhostUserFeatures {
     public static let netDefault: UInt64 = VirtioNetFeature.mask([
         .version1, .ringPacked, .ringEventIdx, .ringIndirectDesc, .anyLayout, .mrgRxbuf, .mq,
         .csum, .guestCsum, .mtu, .status, .gso, .guestTSO4, .guestTSO6, .guestECN, .guestUFO,
-        .hostTSO4, .hostTSO6, .hostECN, .hostUFO, .guestAnnounce, .protocolFeatures,
+        .hostTSO4, .hostTSO6, .hostECN, .hostUFO, .guestAnnounce, .protocolFeatures, .inOrder,
     ])
 
     /// The protocol features this back-end really implements (each has a handler in the session).

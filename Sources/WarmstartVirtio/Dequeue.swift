@@ -1,3 +1,4 @@
+import CWarmstartShim
 import WarmstartPools
 
 // Guest TX → mbufs (the device reads driver-written buffers, §2.6.8 used ring / §2.7.1 packed used descriptors, §5.1.6.2).
@@ -27,6 +28,59 @@ extension VirtqueueDevice {
     }
 
     func dequeueSplit(_ ring: SplitRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        guard let (produced, taken, more) = dequeueSplitSimple(ring, pool, out, want) else {
+            return dequeueSplitGeneral(ring, pool, out, want)
+        }
+        if !more { return produced }
+        return produced &+ dequeueSplitGeneral(ring, pool, out + produced, want &- taken)
+    }
+
+    /// Split counterpart of `dequeuePackedSimple`: heads whose descriptor is one direct,
+    /// device-readable buffer in one region holding the header and a frame. Nil when the run is
+    /// empty, the avail index is bad (the full walk marks the queue broken) or mbufs are short.
+    @inline(__always)
+    func dequeueSplitSimple(_ ring: SplitRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>,
+                            _ want: Int) -> (Int, Int, Bool)? {
+        if netHeaderSize != 12 { return nil }
+        let hs = 12
+        let availIndex = ring.loadAvailIndex()
+        let pending = Int(availIndex &- lastAvailIndex)
+        if pending == 0 { return (0, 0, false) }
+        if pending > size { return nil }
+        let avail = min(pending, want)
+        let special = VirtqDescriptorFlags.next | VirtqDescriptorFlags.indirect | VirtqDescriptorFlags.write
+        let base = lastAvailIndex
+        var k = 0
+        var more = false
+        while k < avail {
+            let head = ring.availEntry(base &+ UInt16(truncatingIfNeeded: k))
+            if Int(head) >= size { more = true; break }
+            let d = ring.descriptor(Int(head))
+            let len = Int(d.len)
+            if d.flags & special != 0 || len < hs || len &- hs > virtioMaxPacketLength { more = true; break }
+            guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
+            ws_prefetch(p)
+            if len > 64 { ws_prefetch(p + 64) }
+            segments[k] = Segment(host: p, length: len)
+            chains[k].id = head
+            k &+= 1
+        }
+        if k == 0 || !pool.allocBulk(mbufs, count: k) { return nil }
+        let produced = copySimpleTX(pool, out, k)
+        var used = lastUsedIndex
+        for i in 0..<k {
+            ring.setUsedElement(used, id: UInt32(chains[i].id), len: 0)
+            used &+= 1
+        }
+        ring.storeUsedIndex(used)
+        lastUsedIndex = used
+        lastAvailIndex = base &+ UInt16(truncatingIfNeeded: k)
+        if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
+        return (produced, k, more)
+    }
+
+    func dequeueSplitGeneral(_ ring: SplitRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        if want <= 0 { return 0 }
         let availIndex = ring.loadAvailIndex()
         let pending = Int(availIndex &- lastAvailIndex)
         if pending > size {
@@ -73,6 +127,17 @@ extension VirtqueueDevice {
     }
 
     func dequeuePacked(_ ring: PackedRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        guard let (produced, taken, more) = dequeuePackedSimple(ring, pool, out, want) else {
+            return dequeuePackedGeneral(ring, pool, out, want)
+        }
+        // The simple run stopped at an available descriptor it does not take: the full walk
+        // continues the burst from there.
+        if !more { return produced }
+        return produced &+ dequeuePackedGeneral(ring, pool, out + produced, want &- taken)
+    }
+
+    func dequeuePackedGeneral(_ ring: PackedRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ want: Int) -> Int {
+        if want <= 0 { return 0 }
         var slot = Int(lastAvailIndex)
         var wrap = availWrapCounter
         var cursor = 0
@@ -96,8 +161,117 @@ extension VirtqueueDevice {
         }
         if walked == 0 { return 0 }
         let (consumed, produced) = copyOut(pool, out, walked)
-        publishPackedUsed(ring, consumed, advanceAvail: true)
+        if options.inOrder {
+            publishPackedUsedInOrder(ring, consumed)
+        } else {
+            publishPackedUsed(ring, consumed, advanceAvail: true)
+        }
         if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
+        return produced
+    }
+
+    /// The common packed burst in two tight passes: descriptors that are one direct, device-readable
+    /// buffer in one region, holding the 12-byte header and a frame. Every check of the full walk
+    /// applies (direction, id < queue size, whole-range translation, header length); the first
+    /// descriptor that is anything else — chained, indirect, writable, bad — ends the simple run and
+    /// is left for the full walk, which counts and returns bad chains. Returns nil when the run is
+    /// empty or mbufs are short, so the caller takes the full walk (nothing was consumed); else
+    /// (mbufs produced, descriptors taken, whether an available descriptor it did not take follows).
+    @inline(__always)
+    func dequeuePackedSimple(_ ring: PackedRing, _ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>,
+                             _ want: Int) -> (Int, Int, Bool)? {
+        if netHeaderSize != 12 { return nil }
+        let hs = 12
+        let n = size
+        var slot = Int(lastAvailIndex)
+        var wrap = availWrapCounter
+        // AVAIL/USED bits as an available descriptor of this lap has them, and NEXT, WRITE and
+        // INDIRECT clear: one compare per descriptor.
+        let mask: UInt16 = VirtqDescriptorFlags.avail | VirtqDescriptorFlags.used
+            | VirtqDescriptorFlags.next | VirtqDescriptorFlags.write | VirtqDescriptorFlags.indirect
+        var expect = PackedRing.availFlags(wrap: wrap)
+        var k = 0
+        var more = false
+        while k < want {
+            let f = ring.loadFlags(slot)
+            if f & mask != expect {
+                more = PackedRing.isAvailable(f, wrap: wrap)
+                break
+            }
+            let d = ring.descriptor(slot, flags: f)
+            let len = Int(d.len)
+            if len < hs || len &- hs > virtioMaxPacketLength || Int(d.id) >= n { more = true; break }
+            guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
+            ws_prefetch(p)
+            if len > 64 { ws_prefetch(p + 64) }
+            segments[k] = Segment(host: p, length: len)
+            chains[k].id = d.id
+            chains[k].descriptorCount = 1
+            chains[k].usedLength = 0
+            k &+= 1
+            slot &+= 1
+            if slot == n { slot = 0; wrap.toggle(); expect = PackedRing.availFlags(wrap: wrap) }
+        }
+        if k == 0 || !pool.allocBulk(mbufs, count: k) { return nil }
+        let produced = copySimpleTX(pool, out, k)
+        if options.inOrder {
+            publishPackedUsedInOrder(ring, k)
+        } else {
+            publishPackedUsed(ring, k, advanceAvail: true)
+        }
+        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
+        return (produced, k, more)
+    }
+
+    /// Pass 2 of the simple guest-TX paths: `segments[0..<k]` (header + frame each) into the `k`
+    /// mbufs in `mbufs`, header raw into the mbuf's virtio-net field (bytes 40..51, same layout).
+    /// A frame larger than one mbuf goes through the general copy (chained); one that cannot get
+    /// its segments is dropped and counted. Returns the mbufs written to `out`.
+    @inline(__always)
+    func copySimpleTX(_ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ k: Int) -> Int {
+        let hs = 12
+        var produced = 0
+        var bytes: UInt64 = 0
+        for i in 0..<k {
+            let m = mbufs[i]
+            let sg = segments[i]
+            let src = UnsafeRawPointer(sg.host)
+            let frame = sg.length &- hs
+            let hb = m.header + 40
+            hb.storeBytes(of: src.loadUnaligned(as: UInt64.self), as: UInt64.self)
+            hb.storeBytes(of: src.loadUnaligned(fromByteOffset: 8, as: UInt32.self), toByteOffset: 8, as: UInt32.self)
+            if frame <= m.tailroom {
+                ws_copy(m.data, src + hs, frame)
+                m.dataLength = UInt16(truncatingIfNeeded: frame)
+                m.packetLength = UInt32(truncatingIfNeeded: frame)
+                let hf = src.load(as: UInt8.self)
+                var flags: UInt64 = 1 << 0 // vnetHeaderValid
+                if hf & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
+                if hf & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
+                if src.load(fromByteOffset: 1, as: UInt8.self) != 0 { flags |= 1 << 3 } // gso
+                m.offload = MbufOffload(rawValue: flags)
+            } else {
+                // Larger than one mbuf (a GSO frame): the general copy chains segments.
+                var c = ChainInfo()
+                c.id = chains[i].id
+                c.descriptorCount = 1
+                c.segmentStart = Int32(truncatingIfNeeded: i)
+                c.segmentEnd = Int32(truncatingIfNeeded: i &+ 1)
+                c.capacity = sg.length
+                c.error = -1
+                if !copyChain(c, into: m, pool) {
+                    pool.free(m)
+                    st.pointee.allocFailures &+= 1
+                    st.pointee.dropped &+= 1
+                    continue
+                }
+            }
+            out[produced] = m
+            produced &+= 1
+            bytes &+= UInt64(frame)
+        }
+        st.pointee.packets &+= UInt64(produced)
+        st.pointee.bytes &+= bytes
         return produced
     }
 
@@ -157,31 +331,31 @@ extension VirtqueueDevice {
     func copyChain(_ c: ChainInfo, into head: Mbuf, _ pool: MbufSource) -> Bool {
         var seg = Int(c.segmentStart)
         var off = 0
-        // The header: read in place when the first piece holds it (the usual case), else
-        // gathered into a local (it may straddle pieces).
-        let hdr: VirtioNetHeader
+        // The header goes straight into the mbuf's 12-byte virtio-net header field (the same
+        // little-endian layout): two loads and two stores when the first piece holds it (the usual
+        // case), else gathered byte by byte (it may straddle pieces; a legacy 10-byte header
+        // leaves num_buffers 0).
+        let hb = head.header + 40 // MbufLayout.vnetFlags (a literal: no cross-module global access)
         let first = segments[seg]
         if netHeaderSize == VirtioNetHeader.size && first.length >= VirtioNetHeader.size {
-            hdr = VirtioNetHeader(loadingFrom: UnsafeRawPointer(first.host))
+            let src = UnsafeRawPointer(first.host)
+            hb.storeBytes(of: src.loadUnaligned(as: UInt64.self), as: UInt64.self)
+            hb.storeBytes(of: src.loadUnaligned(fromByteOffset: 8, as: UInt32.self), toByteOffset: 8, as: UInt32.self)
             off = VirtioNetHeader.size
             if off == first.length { seg &+= 1; off = 0 }
         } else {
-            var raw: (UInt64, UInt32) = (0, 0)
-            hdr = withUnsafeMutableBytes(of: &raw) { buf in
-                var got = 0
-                while got < netHeaderSize {
-                    let s = segments[seg]
-                    let n = min(netHeaderSize &- got, s.length &- off)
-                    (buf.baseAddress! + got).copyMemory(from: s.host + off, byteCount: n)
-                    got &+= n
-                    off &+= n
-                    if off == s.length { seg &+= 1; off = 0 }
-                }
-                return VirtioNetHeader(loadingFrom: UnsafeRawPointer(buf.baseAddress!))
+            hb.storeBytes(of: 0, as: UInt64.self)
+            hb.storeBytes(of: 0, toByteOffset: 8, as: UInt32.self)
+            var got = 0
+            while got < netHeaderSize {
+                let s = segments[seg]
+                let n = min(netHeaderSize &- got, s.length &- off)
+                (hb + got).copyMemory(from: s.host + off, byteCount: n)
+                got &+= n
+                off &+= n
+                if off == s.length { seg &+= 1; off = 0 }
             }
         }
-        var header = hdr
-        if netHeaderSize < 12 { header.numBuffers = 0 }
         let total = c.capacity &- netHeaderSize
         var m = head
         var dst = m.data
@@ -194,7 +368,7 @@ extension VirtqueueDevice {
         let end = Int(c.segmentEnd)
         if end == seg &+ 1 && total <= room {
             // Fast path: the data is one piece and fits the head mbuf.
-            dst.copyMemory(from: segments[seg].host + off, byteCount: total)
+            ws_copy(dst, segments[seg].host + off, total)
             filled = total
             left = 0
         }
@@ -235,12 +409,12 @@ extension VirtqueueDevice {
         head.segmentCount = segmentCount
         // MbufOffload bits spelled as literals: the library's static lets are not inlinable and
         // would cost a global accessor call per packet.
+        let hdrFlags = hb.load(as: UInt8.self)
         var flags: UInt64 = 1 << 0 // vnetHeaderValid
-        if header.flags & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
-        if header.flags & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
-        if header.gsoType != 0 { flags |= 1 << 3 }   // gso
+        if hdrFlags & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
+        if hdrFlags & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
+        if hb.load(fromByteOffset: 1, as: UInt8.self) != 0 { flags |= 1 << 3 } // gso_type → gso
         head.offload = MbufOffload(rawValue: flags)
-        head.vnetHeader = header
         return true
     }
 
@@ -251,6 +425,31 @@ extension VirtqueueDevice {
         PackedRing.storeEvent(ring.deviceEvent, offWrap: offWrap, flags: PackedRing.eventFlagsDesc)
     }
 
+    /// IN_ORDER (§2.7.9): the chains `0..<n` were used in the order the driver made them available,
+    /// so one used descriptor, written where the batch starts with the buffer id of its last chain,
+    /// reports all of them; the device then skips forward past every descriptor of the batch. Guest
+    /// TX only (used length 0): the driver learns nothing per buffer that this drops. One cache line
+    /// crosses to the driver per burst instead of one per four descriptors.
+    func publishPackedUsedInOrder(_ ring: PackedRing, _ n: Int) {
+        if n == 0 { return }
+        let firstSlot = Int(lastUsedIndex)
+        let firstFlags = PackedRing.usedFlags(wrap: usedWrapCounter)
+        var descriptors = 0
+        for k in 0..<n { descriptors &+= Int(chains[k].descriptorCount) }
+        ring.setUsedBody(firstSlot, id: chains[n &- 1].id, len: 0)
+        ring.storeFlags(firstSlot, firstFlags)
+        var slot = firstSlot &+ descriptors
+        var wrap = usedWrapCounter
+        while slot >= size { slot &-= size; wrap.toggle() }
+        lastUsedIndex = UInt16(truncatingIfNeeded: slot)
+        usedWrapCounter = wrap
+        var a = Int(lastAvailIndex) &+ descriptors
+        var aw = availWrapCounter
+        while a >= size { a &-= size; aw.toggle() }
+        lastAvailIndex = UInt16(truncatingIfNeeded: a)
+        availWrapCounter = aw
+    }
+
     /// Writes the used descriptors of chains `0..<n` (packed, §2.7.1) — ids and lengths first, the
     /// first descriptor's flags last with release, so the driver sees the burst at once — and
     /// moves the avail position past them when `advanceAvail`.
@@ -258,6 +457,8 @@ extension VirtqueueDevice {
         if n == 0 { return }
         var slot = Int(lastUsedIndex)
         var wrap = usedWrapCounter
+        // Usually both positions stand together (nothing in flight): then avail follows used.
+        let inStep = advanceAvail && lastAvailIndex == lastUsedIndex && availWrapCounter == wrap
         let firstSlot = slot
         let firstFlags = PackedRing.usedFlags(wrap: wrap)
         for k in 0..<n {
@@ -270,7 +471,10 @@ extension VirtqueueDevice {
         ring.storeFlags(firstSlot, firstFlags)
         lastUsedIndex = UInt16(truncatingIfNeeded: slot)
         usedWrapCounter = wrap
-        if advanceAvail {
+        if inStep {
+            lastAvailIndex = lastUsedIndex
+            availWrapCounter = wrap
+        } else if advanceAvail {
             // The same chains, in the same order, leave the avail side (in-flight chains handed
             // over by a hot upgrade may keep the two positions apart).
             var a = Int(lastAvailIndex)

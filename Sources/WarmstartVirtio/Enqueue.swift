@@ -1,3 +1,4 @@
+import CWarmstartShim
 import WarmstartPools
 
 // Mbufs → guest RX (the device writes driver-supplied buffers, §5.1.6.3, §5.1.6.4).
@@ -98,39 +99,175 @@ extension VirtqueueDevice {
         switch layout {
         case .split:
             let ring = split.unsafelyUnwrapped
-            let availIndex = ring.loadAvailIndex()
-            let pending = Int(availIndex &- lastAvailIndex)
-            if pending > size {
-                markBroken(.availIndexTooFarAhead(availIndex: availIndex, lastAvailIndex: lastAvailIndex))
-                return 0
+            guard let (simple, more) = enqueueSplitSimple(ring, packets, want) else {
+                return enqueueSplitGeneral(ring, pool, packets, want)
             }
-            if pending == 0 { return 0 }
-            var c = SplitAvailCursor(ring: ring, base: lastAvailIndex, pending: pending)
-            let (handled, chainCount) = reserve(&c, packets, want)
-            copyIn(pool, packets, handled)
-            var used = lastUsedIndex
-            for k in 0..<chainCount {
-                let ch = chains[k]
-                if Int(ch.id) >= size { continue } // a head out of range has no id to return
-                ring.setUsedElement(used, id: UInt32(ch.id), len: ch.usedLength)
-                used &+= 1
-            }
-            lastAvailIndex &+= UInt16(truncatingIfNeeded: c.taken)
-            if used != lastUsedIndex {
-                ring.storeUsedIndex(used)
-                lastUsedIndex = used
-            }
-            if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
-            return handled
+            if !more { return simple }
+            return simple &+ enqueueSplitGeneral(ring, pool, packets + simple, want &- simple)
         case .packed:
             let ring = packed.unsafelyUnwrapped
-            var c = PackedAvailCursor(ring: ring, slot: Int(lastAvailIndex), wrap: availWrapCounter)
-            let (handled, chainCount) = reserve(&c, packets, want)
-            copyIn(pool, packets, handled)
-            publishPackedUsed(ring, chainCount, advanceAvail: true)
-            if options.eventIndex && notificationsEnabled && chainCount > 0 { armPackedKick(ring) }
-            return handled
+            guard let (simple, more) = enqueuePackedSimple(ring, packets, want) else {
+                return enqueuePackedGeneral(ring, pool, packets, want)
+            }
+            if !more { return simple }
+            return simple &+ enqueuePackedGeneral(ring, pool, packets + simple, want &- simple)
         }
+    }
+
+    func enqueueSplitGeneral(_ ring: SplitRing, _ pool: MbufSource, _ packets: UnsafePointer<Mbuf>, _ want: Int) -> Int {
+        if want <= 0 { return 0 }
+        let availIndex = ring.loadAvailIndex()
+        let pending = Int(availIndex &- lastAvailIndex)
+        if pending > size {
+            markBroken(.availIndexTooFarAhead(availIndex: availIndex, lastAvailIndex: lastAvailIndex))
+            return 0
+        }
+        if pending == 0 { return 0 }
+        var c = SplitAvailCursor(ring: ring, base: lastAvailIndex, pending: pending)
+        let (handled, chainCount) = reserve(&c, packets, want)
+        copyIn(pool, packets, handled)
+        var used = lastUsedIndex
+        for k in 0..<chainCount {
+            let ch = chains[k]
+            if Int(ch.id) >= size { continue } // a head out of range has no id to return
+            ring.setUsedElement(used, id: UInt32(ch.id), len: ch.usedLength)
+            used &+= 1
+        }
+        lastAvailIndex &+= UInt16(truncatingIfNeeded: c.taken)
+        if used != lastUsedIndex {
+            ring.storeUsedIndex(used)
+            lastUsedIndex = used
+        }
+        if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
+        return handled
+    }
+
+    /// Split counterpart of `enqueuePackedSimple`: heads whose descriptor is one direct,
+    /// device-writable buffer in one region with room for the header and a one-segment packet.
+    /// Nil when the run is empty or the avail index is bad (the full path marks the queue broken).
+    @inline(__always)
+    func enqueueSplitSimple(_ ring: SplitRing, _ packets: UnsafePointer<Mbuf>, _ want: Int) -> (Int, Bool)? {
+        if netHeaderSize != 12 { return nil }
+        let hs = 12
+        let availIndex = ring.loadAvailIndex()
+        let pending = Int(availIndex &- lastAvailIndex)
+        if pending == 0 { return (0, false) }
+        if pending > size { return nil }
+        let avail = min(pending, want)
+        let mask = VirtqDescriptorFlags.next | VirtqDescriptorFlags.indirect | VirtqDescriptorFlags.write
+        let base = lastAvailIndex
+        var k = 0
+        var more = false
+        while k < avail {
+            let m = packets[k]
+            if m.nextIndex != mbufNoNext { more = true; break }
+            let head = ring.availEntry(base &+ UInt16(truncatingIfNeeded: k))
+            if Int(head) >= size { more = true; break }
+            let d = ring.descriptor(Int(head))
+            if d.flags & mask != VirtqDescriptorFlags.write || Int(d.len) < hs &+ Int(m.dataLength) { more = true; break }
+            guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
+            ws_prefetch_w(p)
+            if Int(m.dataLength) > 52 { ws_prefetch_w(p + 64) }
+            segments[k] = Segment(host: p, length: Int(d.len))
+            chains[k].id = head
+            k &+= 1
+        }
+        if k == 0 { return nil }
+        writeSimpleRX(packets, k)
+        var used = lastUsedIndex
+        for i in 0..<k {
+            ring.setUsedElement(used, id: UInt32(chains[i].id), len: chains[i].usedLength)
+            used &+= 1
+        }
+        ring.storeUsedIndex(used)
+        lastUsedIndex = used
+        lastAvailIndex = base &+ UInt16(truncatingIfNeeded: k)
+        if options.eventIndex && notificationsEnabled { ring.availEvent = lastAvailIndex }
+        return (k, more)
+    }
+
+    func enqueuePackedGeneral(_ ring: PackedRing, _ pool: MbufSource, _ packets: UnsafePointer<Mbuf>, _ want: Int) -> Int {
+        if want <= 0 { return 0 }
+        var c = PackedAvailCursor(ring: ring, slot: Int(lastAvailIndex), wrap: availWrapCounter)
+        let (handled, chainCount) = reserve(&c, packets, want)
+        copyIn(pool, packets, handled)
+        publishPackedUsed(ring, chainCount, advanceAvail: true)
+        if options.eventIndex && notificationsEnabled && chainCount > 0 { armPackedKick(ring) }
+        return handled
+    }
+
+    /// The common packed receive burst in two tight passes: a one-segment packet into one direct,
+    /// device-writable descriptor (in one region) that holds the 12-byte header and the frame —
+    /// with or without MRG_RXBUF, num_buffers is then 1. Pass 1 reads and checks the descriptors
+    /// (id < queue size, whole-range translation) and starts pulling each buffer; pass 2 writes
+    /// header and frame. The first packet or descriptor that is anything else ends the run and is
+    /// left to the full path. Nil when the run is empty (nothing consumed); else (packets
+    /// delivered, whether the full path should continue the burst).
+    @inline(__always)
+    func enqueuePackedSimple(_ ring: PackedRing, _ packets: UnsafePointer<Mbuf>, _ want: Int) -> (Int, Bool)? {
+        if netHeaderSize != 12 { return nil }
+        let hs = 12
+        let n = size
+        var slot = Int(lastAvailIndex)
+        var wrap = availWrapCounter
+        let mask: UInt16 = VirtqDescriptorFlags.avail | VirtqDescriptorFlags.used
+            | VirtqDescriptorFlags.next | VirtqDescriptorFlags.write | VirtqDescriptorFlags.indirect
+        var expect = PackedRing.availFlags(wrap: wrap) | VirtqDescriptorFlags.write
+        var k = 0
+        var more = false
+        while k < want {
+            let m = packets[k]
+            if m.nextIndex != mbufNoNext { more = true; break }
+            let f = ring.loadFlags(slot)
+            if f & mask != expect {
+                more = PackedRing.isAvailable(f, wrap: wrap)
+                break
+            }
+            let d = ring.descriptor(slot, flags: f)
+            if Int(d.id) >= n || Int(d.len) < hs &+ Int(m.dataLength) { more = true; break }
+            guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
+            ws_prefetch_w(p)
+            if Int(m.dataLength) > 52 { ws_prefetch_w(p + 64) }
+            segments[k] = Segment(host: p, length: Int(d.len))
+            chains[k].id = d.id
+            chains[k].descriptorCount = 1
+            k &+= 1
+            slot &+= 1
+            if slot == n { slot = 0; wrap.toggle(); expect = PackedRing.availFlags(wrap: wrap) | VirtqDescriptorFlags.write }
+        }
+        if k == 0 { return nil }
+        writeSimpleRX(packets, k)
+        publishPackedUsed(ring, k, advanceAvail: true)
+        if options.eventIndex && notificationsEnabled { armPackedKick(ring) }
+        return (k, more)
+    }
+
+    /// Pass 2 of the simple receive paths: packet `i` (one segment) into `segments[i]` — the
+    /// header raw from the mbuf's virtio-net field (bytes 40..51) or zeros, num_buffers 1, then the
+    /// frame — and its used length into `chains[i]`.
+    @inline(__always)
+    func writeSimpleRX(_ packets: UnsafePointer<Mbuf>, _ k: Int) {
+        let hs = 12
+        var bytes: UInt64 = 0
+        for i in 0..<k {
+            let m = packets[i]
+            let g = segments[i].host
+            if m.offload.rawValue & 1 != 0 { // vnetHeaderValid: the mbuf's header field, raw (bytes 40..51)
+                let hb = UnsafeRawPointer(m.header + 40)
+                g.storeBytes(of: hb.load(as: UInt64.self), as: UInt64.self)
+                g.storeBytes(of: hb.load(fromByteOffset: 8, as: UInt16.self), toByteOffset: 8, as: UInt16.self)
+            } else {
+                g.storeBytes(of: 0, as: UInt64.self)
+                g.storeBytes(of: 0, toByteOffset: 8, as: UInt16.self)
+            }
+            g.storeBytes(of: UInt16(1).littleEndian, toByteOffset: 10, as: UInt16.self) // num_buffers
+            let frame = Int(m.dataLength)
+            ws_copy(g + hs, m.data, frame)
+            chains[i].usedLength = UInt32(truncatingIfNeeded: hs &+ frame)
+            bytes &+= UInt64(frame)
+        }
+        st.pointee.packets &+= UInt64(k)
+        st.pointee.bytes &+= bytes
     }
 
     /// Phase 1: reserves chains for packets `0..<want`. Returns the packets handled and the chains
@@ -191,20 +328,31 @@ extension VirtqueueDevice {
             let (first, chainCount) = packetChains[p]
             if chainCount == 0 { continue }
             let m = packets[p]
-            var header = m.offload.rawValue & 1 != 0 ? m.vnetHeader : VirtioNetHeader() // vnetHeaderValid
             // §5.1.6.4: without MRG_RXBUF the device sets num_buffers to 1.
-            header.numBuffers = options.mergeableRxBuffers ? UInt16(truncatingIfNeeded: chainCount) : 1
+            let numBuffers = options.mergeableRxBuffers ? UInt16(truncatingIfNeeded: chainCount) : 1
             let fc = Int(first)
             var s = ScatterCursor(chain: fc, endChain: fc &+ Int(chainCount), seg: Int(chains[fc].segmentStart))
             let hs = netHeaderSize
             let hasPiece = chains[fc].segmentEnd > chains[fc].segmentStart
             let firstPiece = hasPiece ? segments[s.seg] : Segment(host: UnsafeMutableRawPointer(bitPattern: 1)!, length: 0)
             if hs == VirtioNetHeader.size && firstPiece.length >= hs {
-                // The usual case: the header goes straight into the first piece.
-                header.store(to: firstPiece.host)
+                // The usual case: the header goes straight into the first piece, copied raw from
+                // the mbuf's header field (the same little-endian layout; bytes 40..51), or zeros.
+                let g = firstPiece.host
+                if m.offload.rawValue & 1 != 0 { // vnetHeaderValid
+                    let hb = UnsafeRawPointer(m.header + 40) // MbufLayout.vnetFlags
+                    g.storeBytes(of: hb.load(as: UInt64.self), as: UInt64.self)
+                    g.storeBytes(of: hb.load(fromByteOffset: 8, as: UInt16.self), toByteOffset: 8, as: UInt16.self)
+                } else {
+                    g.storeBytes(of: 0, as: UInt64.self)
+                    g.storeBytes(of: 0, toByteOffset: 8, as: UInt16.self)
+                }
+                g.storeBytes(of: numBuffers.littleEndian, toByteOffset: 10, as: UInt16.self)
                 chains[fc].usedLength &+= UInt32(hs)
                 if firstPiece.length == hs { s.seg &+= 1 } else { s.off = hs }
             } else {
+                var header = m.offload.rawValue & 1 != 0 ? m.vnetHeader : VirtioNetHeader() // vnetHeaderValid
+                header.numBuffers = numBuffers
                 var raw: (UInt64, UInt32) = (0, 0)
                 withUnsafeMutableBytes(of: &raw) { header.store(to: $0.baseAddress!) }
                 _ = withUnsafeBytes(of: &raw) { s.put(self, $0.baseAddress!, hs) }
@@ -214,7 +362,7 @@ extension VirtqueueDevice {
             let dataLength = Int(m.dataLength)
             if s.chain == fc && s.seg == Int(chains[fc].segmentStart) && s.off == hs && m.nextIndex == mbufNoNext && firstPiece.length &- hs >= dataLength {
                 // Fast path: one mbuf segment into the rest of the first piece.
-                (firstPiece.host + hs).copyMemory(from: m.data, byteCount: dataLength)
+                ws_copy(firstPiece.host + hs, m.data, dataLength)
                 chains[fc].usedLength &+= UInt32(truncatingIfNeeded: dataLength)
                 st.pointee.packets &+= 1
                 st.pointee.bytes &+= UInt64(dataLength)

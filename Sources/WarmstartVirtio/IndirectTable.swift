@@ -2,8 +2,9 @@
 //
 // Checks: the feature was negotiated; INDIRECT is not combined with NEXT; the table length is a
 // nonzero multiple of 16 with at most `size` entries; the table lies in one region; no entry is
-// itself INDIRECT. Split tables chain with NEXT inside the table (bounded by the entry count);
-// packed tables are read in order (§2.7.7: entries are used sequentially).
+// itself INDIRECT; entry directions match the chain's (except WRITE in packed TX tables, below).
+// Split tables chain with NEXT inside the table (bounded by the entry count); packed tables are
+// read in order (§2.7.7: entries are used sequentially).
 
 extension VirtqueueDevice {
     func walkIndirect(_ d: SplitDescriptor, writable: Bool, packed: Bool, cursor: inout Int, total: inout Int) -> ChainError? {
@@ -33,7 +34,12 @@ extension VirtqueueDevice {
             var e = SplitRing.loadDescriptor(table + 16 &* index)
             if packed { e.flags = e.next }
             if e.flags & VirtqDescriptorFlags.indirect != 0 { return .nestedIndirect }
-            if !Self.directionOK(e.flags, writable: writable) { return .wrongDirection }
+            // A packed table of a chain the device reads (TX) may carry WRITE: DPDK's virtio
+            // driver marks every entry WRITE at set-up and never clears it in the header entry
+            // (DPDK's vhost ignores entry flags). Reading a device-writable buffer is a SHOULD NOT
+            // for the device (§2.7 "The Virtqueue Descriptor Table"), writing a readable one a
+            // MUST NOT: the check stays for chains the device writes (RX) and for split tables.
+            if !(packed && !writable) && !Self.directionOK(e.flags, writable: writable) { return .wrongDirection }
             if let err = addBuffer(e.addr, e.len, &cursor) { return err }
             total &+= Int(e.len)
             if packed {

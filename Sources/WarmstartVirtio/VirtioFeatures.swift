@@ -16,6 +16,9 @@ public struct VirtioFeatures: OptionSet, Sendable, Hashable {
     public static let version1 = VirtioFeatures(rawValue: 1 << 32)
     /// VIRTIO_F_RING_PACKED (bit 34, §2.7).
     public static let ringPacked = VirtioFeatures(rawValue: 1 << 34)
+    /// VIRTIO_F_IN_ORDER (bit 35, §2.6.9 / §2.7.9): buffers are used in the order they were made
+    /// available, so a device may report a batch of guest-TX buffers with one used element.
+    public static let inOrder = VirtioFeatures(rawValue: 1 << 35)
 }
 
 /// Which of the two ring layouts a queue uses (§2.6 split, §2.7 packed).
@@ -39,6 +42,7 @@ public struct VirtqueueOptions: Sendable, Equatable {
     public var mergeableRxBuffers: Bool { features.contains(.mergeableRxBuffers) }
     public var eventIndex: Bool { features.contains(.eventIndex) }
     public var indirectDescriptors: Bool { features.contains(.indirectDescriptors) }
+    public var inOrder: Bool { features.contains(.inOrder) }
 
     /// Size of the virtio-net header in front of every packet (§5.1.6): 12 bytes with VERSION_1 or
     /// MRG_RXBUF (`struct virtio_net_hdr_v1` / `_mrg_rxbuf`), else the legacy 10 bytes.

@@ -11,8 +11,9 @@ final class InteropHarness {
     let testpmdPath: String
     let warmstartPath: String
 
-    /// Skips (with the reason) when testpmd, free hugepages or the warmstart executable is missing.
-    init(name: String, prefixBase: String = "ws-vport") throws {
+    /// Skips (with the reason) when testpmd, free hugepages or (when `needsWarmstart`: tests that
+    /// drive Warmstart in-process do not) the warmstart executable is missing.
+    init(name: String, prefixBase: String = "ws-vport", needsWarmstart: Bool = true) throws {
         let env = ProcessInfo.processInfo.environment
         testpmdPath = env["WARMSTART_TESTPMD"] ?? "/usr/bin/dpdk-testpmd"
         guard FileManager.default.isExecutableFile(atPath: testpmdPath) else {
@@ -21,10 +22,16 @@ final class InteropHarness {
         guard getuid() == 0 else { throw XCTSkip("testpmd needs root here (hugepages)") }
         let free = Self.freeHugepages()
         guard free >= 160 else { throw XCTSkip("only \(free) free 2 MiB hugepages; testpmd -m 256 needs 128+") }
-        guard let bin = Self.findWarmstart() else {
+        let bin = Self.findWarmstart()
+        if needsWarmstart && bin == nil {
             throw XCTSkip("warmstart executable not found under .build (run `swift build` first, or set WARMSTART_BIN)")
         }
-        warmstartPath = bin
+        warmstartPath = bin ?? ""
+        // A test process that crashed could not clean up: its testpmd died with it (pdeathsig)
+        // but left hugepage files, which hold hugepages until removed.
+        Self.removeLeftovers(prefixBase: prefixBase)
+        // Writing to a testpmd that died must fail, not raise SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
         prefix = "\(prefixBase)-\(getpid())-\(name)"
         dir = "/tmp/\(prefix)"
         try? FileManager.default.removeItem(atPath: dir)
@@ -42,6 +49,20 @@ final class InteropHarness {
         }
         try? FileManager.default.removeItem(atPath: "/var/run/dpdk/" + prefix)
         if ProcessInfo.processInfo.environment["WARMSTART_KEEP_LOGS"] != "1" { try? FileManager.default.removeItem(atPath: dir) }
+    }
+
+    /// Removes hugepage files, DPDK runtime directories and work directories named
+    /// `PREFIXBASE-PID-…` whose process PID no longer exists.
+    static func removeLeftovers(prefixBase: String) {
+        let fm = FileManager.default
+        for dir in ["/dev/hugepages", "/var/run/dpdk", "/tmp"] {
+            for name in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] where name.hasPrefix(prefixBase + "-") {
+                let rest = name.dropFirst(prefixBase.count + 1)
+                guard let pid = Int32(rest.prefix(while: { $0.isNumber })), pid > 0, pid != getpid(),
+                      kill(pid, 0) != 0 && errno == ESRCH else { continue }
+                try? fm.removeItem(atPath: dir + "/" + name)
+            }
+        }
     }
 
     static func freeHugepages() -> Int {
@@ -207,7 +228,12 @@ final class Testpmd {
 
     var output: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
-    func send(_ command: String) { stdin.write(Data((command + "\n").utf8)) }
+    /// Writes `command` to testpmd's stdin; a testpmd that died is noticed by the next
+    /// `waitFor` (the write fails with EPIPE instead of killing the test with SIGPIPE).
+    func send(_ command: String) {
+        guard process.isRunning else { return }
+        try? stdin.write(contentsOf: Data((command + "\n").utf8))
+    }
 
     /// Waits until `marker` appears in output not consumed yet; consumes through it.
     @discardableResult
@@ -237,6 +263,22 @@ final class Testpmd {
             return UInt64(digits) ?? 0
         }
         return (value("RX-packets"), value("RX-bytes"), value("TX-packets"), value("TX-bytes"))
+    }
+
+    /// `show port stats PORT` as key → value ("RX-packets", "RX-missed", "RX-bytes", "RX-errors",
+    /// "RX-nombuf", "TX-packets", "TX-errors", "TX-bytes"): exact once no frame is in flight.
+    func nicStats(port: Int) throws -> [String: UInt64] {
+        send("show port stats \(port)")
+        let text = try waitFor("Tx-bps", timeout: 5)
+        guard let start = text.range(of: "NIC statistics for port \(port)") else {
+            throw InteropError("testpmd: no statistics for port \(port) in:\n\(text)")
+        }
+        var out: [String: UInt64] = [:]
+        let words = text[start.upperBound...].split(whereSeparator: { $0 == " " || $0 == "\n" })
+        for (i, w) in words.enumerated() where w.hasSuffix(":") && (w.hasPrefix("RX-") || w.hasPrefix("TX-")) && i + 1 < words.count {
+            if let v = UInt64(words[i + 1]) { out[String(w.dropLast())] = v }
+        }
+        return out
     }
 
     /// `quit`, then SIGKILL if it lingers.

@@ -178,6 +178,17 @@ final class VhostUserValidationTests: XCTestCase {
         XCTAssertFalse(s.send(msg(.setProtocolFeatures, .u64(VhostUserProtocolFeature.logSHMFD.mask))).ok)
     }
 
+    /// IN_ORDER is offered (the rings use buffers in the order they are made available; packed
+    /// guest TX is reported one used descriptor per burst) and can be acked like any other bit.
+    func testInOrderOfferedAndAcked() {
+        let s = VhostUserBackendSession()
+        let offer = s.send(msg(.getFeatures)).replyU64 ?? 0
+        XCTAssertNotEqual(offer & VirtioNetFeature.inOrder.mask, 0)
+        let ack = VirtioNetFeature.mask([.version1, .ringPacked, .inOrder])
+        XCTAssertTrue(s.send(msg(.setFeatures, .u64(ack))).ok)
+        XCTAssertEqual(s.ackedFeatures, ack)
+    }
+
     func testReplyAck() {
         let s = VhostUserBackendSession()
         // Before REPLY_ACK is negotiated NEED_REPLY gets no reply.

@@ -188,6 +188,12 @@ final class HostileGuestTests: XCTestCase {
         for l in Self.both { try hostile(l, .wrongDirection) { Self.corruptTX($0) { $0.flags |= VirtqDescriptorFlags.write } } }
     }
 
+    /// Split indirect TX tables keep the direction check (packed TX tables do not: see
+    /// TransmitTests.testPackedIndirectTXTableWithDPDKFlags).
+    func testWritableEntryInSplitIndirectTX() throws {
+        try hostile(.split, .wrongDirection) { Self.corruptIndirect($0, entryFlags: { $0 | VirtqDescriptorFlags.write }) }
+    }
+
     func testPackedBadBufferID() throws {
         try hostile(.packed, .badBufferID) { Self.corruptTX($0) { $0.next = 0x7FFF } }
     }

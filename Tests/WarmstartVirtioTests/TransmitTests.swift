@@ -126,6 +126,43 @@ final class TransmitTests: XCTestCase {
     func testIndirectSplit() throws { try checkIndirect(.split) }
     func testIndirectPacked() throws { try checkIndirect(.packed) }
 
+    /// A packed indirect TX table as DPDK's virtio driver writes it (net/virtio, every version
+    /// through 24.x): vring_desc_init_indirect_packed marks every entry WRITE once, the transmit
+    /// path then writes NEXT|AVAIL/USED into the data entries and never touches the header entry,
+    /// which stays WRITE. Only WRITE is a valid flag in a packed table (the others are ignored),
+    /// and a device SHOULD NOT (not MUST NOT) read a device-writable buffer: the chain is read
+    /// whole. Found by TestpmdPayloadTests: every multi-segment frame from testpmd's packed-ring
+    /// virtio-user was dropped as `wrongDirection`.
+    func testPackedIndirectTXTableWithDPDKFlags() throws {
+        let fx = try Fixture(layout: .packed)
+        let base = fx.rxAddress(0, size: 4096)
+        for k in 0..<3000 { fx.host(base + 64).storeBytes(of: UInt8(truncatingIfNeeded: k * 5), toByteOffset: k, as: UInt8.self) }
+        VirtioNetHeader().store(to: fx.host(base, 12))
+        let b: [DriverBuffer] = [
+            DriverBuffer(addr: base, len: 12, writable: false),
+            DriverBuffer(addr: base + 64, len: 1000, writable: false),
+            DriverBuffer(addr: base + 1064, len: 2000, writable: false),
+        ]
+        let tg = Fixture.guestB + UInt64(Fixture.tableOffset)
+        let table = fx.host(tg, 48)
+        _ = b.withUnsafeBufferPointer { fx.driver.addIndirect($0.baseAddress!, count: 3, token: 1 << 40, table: table, tableGuest: tg) }
+        // Flags at byte 14 of each pvirtq_desc, as DPDK leaves them.
+        let dpdkFlags: [UInt16] = [VirtqDescriptorFlags.write, VirtqDescriptorFlags.next | VirtqDescriptorFlags.avail,
+                                   VirtqDescriptorFlags.avail]
+        for (k, f) in dpdkFlags.enumerated() { table.storeBytes(of: f.littleEndian, toByteOffset: 16 * k + 14, as: UInt16.self) }
+        XCTAssertNotNil(fx.postTX(length: 100, seed: 7))
+        fx.driver.publish()
+        let got = fx.dequeue()
+        XCTAssertEqual(got.count, 2)
+        if got.count == 2 {
+            XCTAssertEqual(fx.bytes(of: got[0], pool: fx.hostPool), (0..<3000).map { UInt8(truncatingIfNeeded: $0 * 5) })
+            XCTAssertEqual(fx.bytes(of: got[1], pool: fx.hostPool), Fixture.expected(length: 100, seed: 7))
+        }
+        got.forEach { fx.hostPool.free($0) }
+        XCTAssertEqual(fx.device.counters.totalErrors, 0)
+        XCTAssertEqual(fx.reapTX().count, 2)
+    }
+
     /// Many more packets than the ring holds: indices wrap, packed wrap counters flip.
     func checkWrap(_ layout: VirtqueueLayout) throws {
         let size = 64
