@@ -73,13 +73,12 @@ public final class Generator {
     /// testpmd's txonly writes only its headers; the payload is whatever the recycled buffer holds.
     static let stampedBytes = 64
 
-    /// Copies the template's first 64 bytes (headers and this round's time stamp) to `d`.
+    /// The template's first 64 bytes (headers and this round's time stamp) to `d`: four 16-byte
+    /// moves, each a load then a store (ws_copy's all-loads-then-stores order spills here).
     @inline(__always)
     func copyStamped(to d: UnsafeMutableRawPointer) {
-        let t = UnsafeRawPointer(template)
-        for i in stride(from: 0, to: Self.stampedBytes, by: 16) {
-            d.storeBytes(of: t.load(fromByteOffset: i, as: SIMD2<UInt64>.self), toByteOffset: i, as: SIMD2<UInt64>.self)
-        }
+        let t = template.assumingMemoryBound(to: UInt8.self), p = d.assumingMemoryBound(to: UInt8.self)
+        ws_copy16(p, t); ws_copy16(p + 16, t + 16); ws_copy16(p + 32, t + 32); ws_copy16(p + 48, t + 48)
     }
 
     /// Builds one frame as a chain of data-room-sized segments, stamped with `seq` (the time
@@ -89,7 +88,7 @@ public final class Generator {
         var off = 0
         while true {
             let n = min(room, size - off)
-            if off == 0 { seg.data.copyMemory(from: template, byteCount: min(n, Self.stampedBytes)) }
+            if off == 0 { ws_copy(seg.data, template, min(n, Self.stampedBytes)) }
             seg.dataLength = UInt16(n)
             seg.packetLength = UInt32(n)
             off += n
