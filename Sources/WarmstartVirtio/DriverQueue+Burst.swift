@@ -14,9 +14,15 @@ extension DriverQueue {
     @inlinable @inline(__always)
     public static func storeTXHeader(_ m: Mbuf, at start: UnsafeMutableRawPointer, headerSize hs: Int) {
         if _fastPath(!m.offload.contains(.vnetHeaderValid)) {
-            // Bytes 0..<8 and hs-4..<hs: the whole 12-byte (or legacy 10-byte) header, no branch.
-            start.storeBytes(of: UInt64(0), as: UInt64.self)
-            start.storeBytes(of: UInt32(0), toByteOffset: hs &- 4, as: UInt32.self)
+            // Bytes 0..<8 and hs-4..<hs cover the whole 12-byte (or legacy 10-byte) header. A
+            // recycled buffer we sent before already holds zeros: then the line is left clean,
+            // and the device reads it from its own cache instead of pulling it from ours.
+            let lo = start.loadUnaligned(as: UInt64.self)
+            let hi = start.loadUnaligned(fromByteOffset: hs &- 4, as: UInt32.self)
+            if lo | UInt64(hi) != 0 {
+                start.storeBytes(of: UInt64(0), as: UInt64.self)
+                start.storeBytes(of: UInt32(0), toByteOffset: hs &- 4, as: UInt32.self)
+            }
         } else {
             storeOffloadTXHeader(m, at: start, headerSize: hs)
         }
