@@ -37,8 +37,8 @@ public final class Generator {
     let size: Int
     let burst: Int
     let room: Int
-    /// Frames fit one mbuf and the 64 header bytes fit its room: the per-frame work is a 64-byte
-    /// copy, the lengths and a sequence number.
+    /// Frames fit one mbuf and the 64 header bytes fit its room: the per-frame work is the
+    /// lengths and, at most, a 64-byte copy.
     let singleSegment: Bool
 
     public var txPackets: UInt64 { c.pointee.tx }
@@ -56,8 +56,11 @@ public final class Generator {
         template = .allocate(byteCount: max(options.size, Self.stampedBytes), alignment: 64)
         // Ethernet II, locally administered MACs, EtherType 0x88B5 (local experimental).
         let head: [UInt8] = [0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01, 0x88, 0xB5]
+        // Sequence number and send time stay 0 in the template: only sampled frames carry them.
         for i in 0..<max(options.size, Self.stampedBytes) {
-            template.storeBytes(of: i < 14 ? head[i] : UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self)
+            let stampField = i >= Bench.seqOffset && i < Bench.stampOffset + 8
+            template.storeBytes(of: i < 14 ? head[i] : stampField ? 0 : UInt8(truncatingIfNeeded: i),
+                                toByteOffset: i, as: UInt8.self)
         }
         pk = .allocate(capacity: options.burst)
         rx = .allocate(capacity: Self.rxCapacity)
@@ -69,26 +72,55 @@ public final class Generator {
         template.deallocate(); pk.deallocate(); rx.deallocate(); c.deallocate()
     }
 
-    /// Bytes of each frame the generator writes: headers, sequence and time stamp only, as
-    /// testpmd's txonly writes only its headers; the payload is whatever the recycled buffer holds.
+    /// Bytes of each frame the generator writes: headers (and on sampled frames the sequence
+    /// number and send time), as testpmd's txonly writes only its headers; the payload is
+    /// whatever the recycled buffer holds.
     static let stampedBytes = 64
 
-    /// The template's first 64 bytes (headers and this round's time stamp) to `d`: four 16-byte
-    /// moves, each a load then a store (ws_copy's all-loads-then-stores order spills here).
+    /// One frame in this many carries its sequence number and send time: the frames whose round
+    /// trip the loopback records. The others are the template alone.
+    static let stampEvery: UInt64 = 8
+
+    /// The template's first 64 bytes to `d`: four 16-byte moves, each a load then a store
+    /// (ws_copy's all-loads-then-stores order spills here).
     @inline(__always)
-    func copyStamped(to d: UnsafeMutableRawPointer) {
+    func copyTemplate(to d: UnsafeMutableRawPointer) {
         let t = template.assumingMemoryBound(to: UInt8.self), p = d.assumingMemoryBound(to: UInt8.self)
         ws_copy16(p, t); ws_copy16(p + 16, t + 16); ws_copy16(p + 32, t + 32); ws_copy16(p + 48, t + 48)
     }
 
-    /// Builds one frame as a chain of data-room-sized segments, stamped with `seq` (the time
-    /// stamp comes with the template).
-    func buildChain(_ m: Mbuf, seq: UInt64) -> Bool {
+    /// Whether `d` already starts with the template's 64 bytes (a recycled buffer that carried an
+    /// unsampled frame of ours). Then nothing is written: the lines stay clean, and the back-end
+    /// reads them from its own cache instead of pulling them from ours.
+    @inline(__always)
+    func holdsTemplate(_ d: UnsafeMutableRawPointer) -> Bool {
+        let t = UnsafeRawPointer(template)
+        var x = SIMD2<UInt64>()
+        for i in stride(from: 0, to: Self.stampedBytes, by: 16) {
+            x |= d.loadUnaligned(fromByteOffset: i, as: SIMD2<UInt64>.self) ^ t.load(fromByteOffset: i, as: SIMD2<UInt64>.self)
+        }
+        return x[0] | x[1] == 0
+    }
+
+    /// The first 64 bytes of frame `seq` at `d`: the template, stamped when sampled.
+    @inline(__always)
+    func writeHeaders(_ d: UnsafeMutableRawPointer, seq: UInt64, now: UInt64) {
+        if seq % Self.stampEvery == 0 {
+            copyTemplate(to: d)
+            d.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
+            d.storeBytes(of: now, toByteOffset: Bench.stampOffset, as: UInt64.self)
+        } else if !holdsTemplate(d) {
+            copyTemplate(to: d)
+        }
+    }
+
+    /// Builds one frame as a chain of data-room-sized segments.
+    func buildChain(_ m: Mbuf, seq: UInt64, now: UInt64) -> Bool {
         var seg = m
         var off = 0
         while true {
             let n = min(room, size - off)
-            if off == 0 { ws_copy(seg.data, template, min(n, Self.stampedBytes)) }
+            if off == 0 { ws_copy(seg.data, template, min(n, Self.stampedBytes)) }  // room may be < 64
             seg.dataLength = UInt16(n)
             seg.packetLength = UInt32(n)
             off += n
@@ -98,7 +130,10 @@ public final class Generator {
             seg = next
         }
         m.packetLength = UInt32(size)
-        m.data.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
+        if seq % Self.stampEvery == 0 && Int(m.dataLength) >= Bench.stampOffset + 8 {
+            m.data.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
+            m.data.storeBytes(of: now, toByteOffset: Bench.stampOffset, as: UInt64.self)
+        }
         return true
     }
 
@@ -109,16 +144,12 @@ public final class Generator {
         let burst = self.burst
         var have = c.pointee.have
         if have < burst && cache.allocBulk(pk + have, count: burst - have) {
-            // Every frame of the round carries the same send time: stamp the template once.
-            template.storeBytes(of: now, toByteOffset: Bench.stampOffset, as: UInt64.self)
             var seq = c.pointee.seq
             if singleSegment {
                 let length = UInt16(size)
                 for k in have..<burst {
                     let m = pk[k]
-                    let d = m.data
-                    copyStamped(to: d)
-                    d.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
+                    writeHeaders(m.data, seq: seq, now: now)
                     m.dataLength = length
                     m.packetLength = UInt32(length)
                     seq &+= 1
@@ -128,7 +159,7 @@ public final class Generator {
                 // A frame that cannot get its further segments is dropped here.
                 var k = have
                 while k < burst {
-                    if buildChain(pk[k], seq: seq) {
+                    if buildChain(pk[k], seq: seq, now: now) {
                         seq &+= 1
                         pk[have] = pk[k]
                         have += 1
@@ -151,21 +182,16 @@ public final class Generator {
             let later = ws_monotonic_ns()
             let start = c.pointee.start
             for k in 0..<n {
-                // A sample is plenty for the histogram: one frame in `latencySampling` by
-                // sequence number (unbiased by where a frame sits in its burst).
-                let d = rx[k].data
-                if d.loadUnaligned(fromByteOffset: Bench.seqOffset, as: UInt64.self) % Self.latencySampling != 0 { continue }
-                let stamp = d.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
-                if stamp <= later && stamp >= start { latency.record(later - stamp) }
+                // Only sampled frames carry a send time (one in `stampEvery`, by sequence number:
+                // unbiased by where a frame sits in its burst); the rest read 0.
+                let stamp = rx[k].data.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
+                if stamp != 0 && stamp <= later && stamp >= start { latency.record(later - stamp) }
             }
             cache.freeBulk(rx, count: n)
             c.pointee.rx &+= UInt64(n)
         }
         return sent
     }
-
-    /// One received frame in this many goes into the latency histogram.
-    static let latencySampling: UInt64 = 8
 
     func run(setupMs: Double, progress: (String) -> Void, alive: () -> Bool) throws -> BenchResult {
         let start = ws_monotonic_ns()
