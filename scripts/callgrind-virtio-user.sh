@@ -84,8 +84,13 @@ backend() { # tag socket
     --total-num-mbufs=16384 >"$TMP/be.log" 2>&1 &
   echo $!
 }
-stop() { kill -INT "$1" 2>/dev/null || true; for _ in $(seq 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-         kill -9 "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# SIGINT, then SIGKILL after `grace` seconds (testpmd under valgrind needs tens of seconds to
+# close its port and write the callgrind file).
+stop() { # pid [grace]
+  kill -INT "$1" 2>/dev/null || true
+  for _ in $(seq $((${2:-5} * 10))); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true
+}
 
 # Warmstart: the generator thread (Generator.run and all it calls) over the frames sent. The bench
 # starts its own back-end; io_uring is off because valgrind 3.19 deadlocks in io_uring_enter.
@@ -113,7 +118,7 @@ run_dpdk() { # layout size
   local fe=$!; PIDS+=("$fe")
   for _ in $(seq 600); do grep -qE "Tx-pps: +[1-9]" "$TMP/fe.log" 2>/dev/null && break; sleep 0.1; done
   sleep "$SECONDS_"
-  stop "$fe"; stop "$be"
+  stop "$fe" 120; stop "$be"
   rm -rf /dev/hugepages/"$tag"-* /var/run/dpdk/"$tag"-*
   local tx drop best=0 ir
   tx=$(grep -E "TX-packets:" "$TMP/fe.log" | tail -1 | awk '{print $2}')
