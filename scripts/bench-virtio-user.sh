@@ -15,6 +15,8 @@
 #   Both: front-end on CPU 0, back-end forwarding core on CPU 1; the figure is the median of the
 #   per-second values (whole seconds after the first).
 #   W: with --self, Warmstart against itself (warmstart bench --backend warmstart, loopback).
+#   A0: with WARMSTART_BASE=PATH, a second warmstart binary (e.g. a build of main) runs in every
+#   pair too, so a change and its base are compared with DPDK in the same minutes.
 #
 # Usage: scripts/bench-virtio-user.sh [--pairs N] [--duration S] [--sizes "64 1518"]
 #                                     [--layouts "split packed"] [--modes "oneway sink"]
@@ -36,6 +38,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 WS=${WARMSTART:-.build/release/warmstart}
+BASE=${WARMSTART_BASE:-}
 TESTPMD=${WARMSTART_TESTPMD:-/usr/bin/dpdk-testpmd}
 [ -x "$WS" ] || { echo "no $WS: swift build -c release" >&2; exit 1; }
 [ -x "$TESTPMD" ] || { echo "no $TESTPMD (apt-get install dpdk-dev)" >&2; exit 1; }
@@ -51,8 +54,8 @@ trap cleanup EXIT
 median() { python3 -c 'import sys,statistics; v=[float(x) for x in sys.argv[1:]]; print(f"{statistics.median(v):.2f}" if v else "nan")' "$@"; }
 
 # A: one Warmstart run; prints its median per-second Mpps (sent in oneway, received in sink).
-run_ws() { # mode layout size
-  "$WS" bench --backend dpdk --mode "$1" --layout "$2" --size "$3" --duration "$((DURATION + 2))" --json 2>"$TMP/ws.err" \
+run_ws() { # mode layout size [binary]
+  "${4:-$WS}" bench --backend dpdk --mode "$1" --layout "$2" --size "$3" --duration "$((DURATION + 2))" --json 2>"$TMP/ws.err" \
     | python3 -c 'import sys,json,statistics; r=json.load(sys.stdin); s=[x for x in r["perSecondMpps"] if x > 0][1:] or [r["mpps"]]; print(f"{statistics.median(s):.2f}")'
 }
 
@@ -95,25 +98,39 @@ EOF
 }
 
 if [ "$AB" = 1 ]; then
+pair_ratio() { python3 -c "import sys; a,b=sys.argv[1:]; print(f'{float(a)/float(b):.2f}' if b not in ('nan','0.00') and a!='nan' else 'nan')" "$1" "$2"; }
 for mode in $MODES; do
 if [ "$mode" = sink ]; then
   echo "# DPDK vhost txonly → virtio-user (sink), Mpps received (median of per-second figures); $PAIRS pairs of ${DURATION}s runs, alternating"
 else
   echo "# virtio-user → DPDK vhost rxonly, Mpps (median of per-second figures); $PAIRS pairs of ${DURATION}s runs, alternating"
 fi
-echo "| layout | size | Warmstart runs | DPDK runs | pairwise ratios WS/DPDK | median ratio |"
-echo "|---|---|---|---|---|---|"
+if [ -n "$BASE" ]; then
+  echo "| layout | size | Warmstart runs | base runs | DPDK runs | pairwise ratios WS/DPDK | base/DPDK | median WS/DPDK | median base/DPDK |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+else
+  echo "| layout | size | Warmstart runs | DPDK runs | pairwise ratios WS/DPDK | median ratio |"
+  echo "|---|---|---|---|---|---|"
+fi
 for layout in $LAYOUTS; do
   for size in $SIZES; do
-    A=() B=() R=()
+    A=() A0=() B=() R=() R0=()
     for _ in $(seq "$PAIRS"); do
       a=$(run_ws "$mode" "$layout" "$size" || echo nan)
       [ "$a" = nan ] && { echo "warmstart bench failed:" >&2; tail -5 "$TMP/ws.err" >&2; }
       b=$(run_dpdk "$mode" "$layout" "$size" || echo nan)
       A+=("$a"); B+=("$b")
-      R+=("$(python3 -c "import sys; a,b=sys.argv[1:]; print(f'{float(a)/float(b):.2f}' if b not in ('nan','0.00') and a!='nan' else 'nan')" "$a" "$b")")
+      R+=("$(pair_ratio "$a" "$b")")
+      if [ -n "$BASE" ]; then
+        a0=$(run_ws "$mode" "$layout" "$size" "$BASE" || echo nan)
+        A0+=("$a0"); R0+=("$(pair_ratio "$a0" "$b")")
+      fi
     done
-    echo "| $layout | $size | ${A[*]} | ${B[*]} | ${R[*]} | $(median $(printf '%s\n' "${R[@]}" | grep -v nan)) |"
+    if [ -n "$BASE" ]; then
+      echo "| $layout | $size | ${A[*]} | ${A0[*]} | ${B[*]} | ${R[*]} | ${R0[*]} | $(median $(printf '%s\n' "${R[@]}" | grep -v nan)) | $(median $(printf '%s\n' "${R0[@]}" | grep -v nan)) |"
+    else
+      echo "| $layout | $size | ${A[*]} | ${B[*]} | ${R[*]} | $(median $(printf '%s\n' "${R[@]}" | grep -v nan)) |"
+    fi
   done
 done
 echo

@@ -34,10 +34,8 @@ public final class VirtioUserQueuePair: BurstQueue {
     let pool: MbufPool
     let headerSize: Int
     let mergeable: Bool
-    // Fast guest-address translation for the pool's region (all our mbufs live there).
-    let poolHost: UInt
-    let poolGuest: UInt64
-    let poolSize: UInt
+    /// Guest-address translation for the pool's region (all our mbufs live there).
+    let window: GuestWindow
     /// Bytes of one posted RX buffer: header + data room.
     let rxBufferLength: UInt32
     let rxBufferOffset: Int
@@ -54,6 +52,10 @@ public final class VirtioUserQueuePair: BurstQueue {
     }
     let st: UnsafeMutablePointer<State>
     let completions: UnsafeMutablePointer<DriverCompletion>
+    /// Tokens of reaped chains (both rings): mbufs' header addresses, i.e. `Mbuf` values; and
+    /// the used lengths of reaped receive buffers.
+    let reaped: UnsafeMutableRawPointer
+    let usedLengths: UnsafeMutablePointer<UInt32>
     let fresh: UnsafeMutablePointer<Mbuf>
     let scratch: UnsafeMutablePointer<DriverBuffer>
     static let scratchCapacity = 64
@@ -75,9 +77,7 @@ public final class VirtioUserQueuePair: BurstQueue {
         self.rxCallFD = rxCallFD; self.txCallFD = txCallFD
         headerSize = rx.options.netHeaderSize
         mergeable = rx.options.mergeableRxBuffers
-        poolHost = UInt(bitPattern: pool.region.base)
-        poolGuest = pool.region.ioAddress
-        poolSize = UInt(pool.region.size)
+        window = GuestWindow(host: pool.region.base, guest: pool.region.ioAddress, size: pool.region.size)
         precondition(pool.config.headroom >= headerSize, "mbuf headroom must hold the virtio-net header")
         rxBufferOffset = MbufLayout.headerSize + pool.config.headroom - headerSize
         rxBufferLength = UInt32(pool.config.dataRoom + headerSize)
@@ -85,6 +85,8 @@ public final class VirtioUserQueuePair: BurstQueue {
         st.initialize(to: State())
         let cap = max(rx.size, tx.size)
         completions = .allocate(capacity: cap)
+        reaped = .allocate(byteCount: 8 * cap, alignment: 8)
+        usedLengths = .allocate(capacity: rx.size)
         fresh = .allocate(capacity: Swift.max(Self.refillBatch, rxSegments))
         scratch = .allocate(capacity: Self.scratchCapacity)
         rx.disableCalls()
@@ -92,19 +94,13 @@ public final class VirtioUserQueuePair: BurstQueue {
     }
 
     deinit {
-        st.deallocate(); completions.deallocate(); fresh.deallocate(); scratch.deallocate()
+        st.deallocate(); completions.deallocate(); reaped.deallocate(); usedLengths.deallocate(); fresh.deallocate(); scratch.deallocate()
         for fd in [rxKickFD, txKickFD, rxCallFD, txCallFD] where fd >= 0 { close(fd) }
     }
 
     @inline(__always)
     func guest(_ p: UnsafeMutableRawPointer) -> UInt64 {
-        UInt64(UInt(bitPattern: p) &- poolHost) &+ poolGuest
-    }
-
-    @inline(__always)
-    func inPool(_ p: UnsafeMutableRawPointer, _ len: Int) -> Bool {
-        let off = UInt(bitPattern: p) &- poolHost
-        return off < poolSize && UInt(len) <= poolSize &- off
+        UInt64(UInt(bitPattern: p) &- window.host) &+ window.guest
     }
 
     @inline(__always)
@@ -116,23 +112,22 @@ public final class VirtioUserQueuePair: BurstQueue {
 
     // MARK: receive (vring 2i)
 
-    /// Posts one fresh mbuf as a device-writable buffer; false when the ring is full.
-    @inline(__always)
-    func postRX(_ m: Mbuf) -> Bool {
-        let start = m.header + rxBufferOffset
-        return rx.addRX(addr: guest(start), len: rxBufferLength,
-                        token: UInt64(UInt(bitPattern: m.header))) != nil
-    }
-
-    /// Fills the receive ring from `source` in bursts of 32 (initial fill and each receive call).
+    /// Fills the receive ring from `source` in bursts of 32 (initial fill and each receive call):
+    /// each fresh mbuf's room becomes one device-writable buffer, a burst in one pass.
     @inline(__always)
     func refill<S: MbufSource>(_ source: S) {
         if rxSegments > 1 { return refillChains(source) }
         var posted = false
         while rx.numFree >= Self.refillBatch {
             guard source.allocBulk(fresh, count: Self.refillBatch) else { break }
-            for k in 0..<Self.refillBatch { _ = postRX(fresh[k]) }
-            posted = true
+            let k = rx.addRXBurst(fresh, count: Self.refillBatch, offset: rxBufferOffset, length: rxBufferLength,
+                                  window: window)
+            posted = posted || k > 0
+            if k < Self.refillBatch {
+                // Not reached: the room was there and our mbufs lie in the pool's window.
+                for i in k..<Self.refillBatch { source.free(fresh[i]) }
+                break
+            }
         }
         if posted {
             rx.publish()
@@ -145,17 +140,16 @@ public final class VirtioUserQueuePair: BurstQueue {
 
     public func receiveBurst(into out: UnsafeMutablePointer<Mbuf>, max: Int, cache: MbufCache) -> Int {
         if rxSegments > 1 { return receiveChains(into: out, max: max, cache: cache) }
-        let n = rx.reap(completions, max: max)
+        let tokens = reaped.assumingMemoryBound(to: UInt64.self)
+        let (n, rejected) = rx.reapTokens(tokens, lengths: usedLengths, max: Swift.min(max, rx.size))
+        if rejected > 0 { st.pointee.errors &+= UInt64(rejected) }
         var got = 0
         let hs = headerSize
         for k in 0..<n {
-            let c = completions[k]
-            guard c.token != .max, let h = UnsafeMutableRawPointer(bitPattern: UInt(c.token)) else {
-                st.pointee.errors &+= 1
-                continue
-            }
+            // Tokens are the header addresses of mbufs we posted (never 0).
+            let h = UnsafeMutableRawPointer(bitPattern: UInt(tokens[k])).unsafelyUnwrapped
             let m = Mbuf(header: h)
-            let len = Int(c.length)
+            let len = Int(usedLengths[k])
             if let headPtr = st.pointee.pendingHead {
                 // A further buffer of a mergeable frame: pure data from the buffer's start.
                 let head = Mbuf(header: headPtr)
@@ -199,14 +193,15 @@ public final class VirtioUserQueuePair: BurstQueue {
 
     // MARK: transmit (vring 2i+1)
 
-    /// Frees what the device has finished with.
+    /// Frees what the device has finished with: one pass over the used entries, then one bulk
+    /// free of the head mbufs (their tokens).
     @inline(__always)
     func reapTX(_ cache: MbufCache) {
-        let n = tx.reap(completions, max: tx.size)
-        for k in 0..<n {
-            let t = completions[k].token
-            if t == .max { st.pointee.errors &+= 1; continue }
-            cache.free(Mbuf(header: UnsafeMutableRawPointer(bitPattern: UInt(t))!))
+        let tokens = reaped.assumingMemoryBound(to: UInt64.self)
+        let (n, rejected) = tx.reapTokens(tokens, max: tx.size)
+        if rejected > 0 { st.pointee.errors &+= UInt64(rejected) }
+        if n > 0 {
+            tokens.withMemoryRebound(to: Mbuf.self, capacity: n) { cache.freeBulk($0, count: n) }
         }
     }
 
@@ -214,43 +209,11 @@ public final class VirtioUserQueuePair: BurstQueue {
         // Reap only when short of descriptors (DPDK's tx_free_thresh): reading the used index on
         // every burst pulls a cache line the device is writing on the other core.
         if tx.numFree < Swift.max(count, Self.refillBatch) || count == 0 { reapTX(cache) }
-        let hs = headerSize
         var sent = 0
-        while sent < count {
-            let m = pkts[sent]
-            let segs = Int(m.segmentCount)
-            guard segs <= tx.numFree, m.headroom >= hs else { break }
-            let start = m.data - hs
-            // §5.1.6.2: no offloads asked for → all-zero header (num_buffers 0 on transmit).
-            if m.offload.contains(.vnetHeaderValid) {
-                var header = m.vnetHeader
-                header.numBuffers = 0
-                header.store(to: start)
-            } else {
-                start.storeBytes(of: UInt64(0), as: UInt64.self)
-                start.storeBytes(of: UInt32(0), toByteOffset: 8, as: UInt32.self)
-            }
-            let firstLen = hs + Int(m.dataLength)
-            guard inPool(start, firstLen) else { st.pointee.errors &+= 1; break }
-            let token = UInt64(UInt(bitPattern: m.header))
-            if m.nextIndex == MbufLayout.noNext {
-                var b = DriverBuffer(addr: guest(start), len: UInt32(firstLen), writable: false)
-                if tx.add(&b, count: 1, token: token) == nil { break }
-            } else {
-                scratch[0] = DriverBuffer(addr: guest(start), len: UInt32(firstLen), writable: false)
-                var n = 1
-                var s = m
-                var ok = true
-                while s.nextIndex != MbufLayout.noNext {
-                    guard let next = pool.nextSegment(of: s), n < Self.scratchCapacity,
-                          inPool(next.data, Int(next.dataLength)) else { ok = false; break }
-                    s = next
-                    scratch[n] = DriverBuffer(addr: guest(s.data), len: UInt32(s.dataLength), writable: false)
-                    n += 1
-                }
-                guard ok, n <= tx.numFree else { if !ok { st.pointee.errors &+= 1 }; break }
-                if tx.add(scratch, count: n, token: token) == nil { break }
-            }
+        while true {
+            // Single-segment packets in one pass; the packet it stops at goes the general way.
+            sent += tx.addTXBurst(pkts + sent, count: count - sent, window: window)
+            guard sent < count, addGeneral(pkts[sent]) else { break }
             sent += 1
         }
         if sent > 0 {
@@ -258,6 +221,33 @@ public final class VirtioUserQueuePair: BurstQueue {
             if tx.needsKick() { kick(txKickFD) }
         }
         return sent
+    }
+
+    /// One packet the burst path did not take: a chain (header + first segment in one
+    /// descriptor, one more per segment). False when it cannot go now (no room, headroom
+    /// shorter than the header) or at all (memory outside the pool: counted as an error).
+    func addGeneral(_ m: Mbuf) -> Bool {
+        let hs = headerSize
+        guard Int(m.segmentCount) <= tx.numFree, m.headroom >= hs else { return false }
+        let start = m.data - hs
+        let firstLen = hs + Int(m.dataLength)
+        guard let first = window.guestAddress(of: start, length: firstLen) else { st.pointee.errors &+= 1; return false }
+        scratch[0] = DriverBuffer(addr: first, len: UInt32(firstLen), writable: false)
+        var n = 1
+        var s = m
+        while s.nextIndex != MbufLayout.noNext {
+            guard let next = pool.nextSegment(of: s), n < Self.scratchCapacity,
+                  let addr = window.guestAddress(of: next.data, length: Int(next.dataLength)) else {
+                st.pointee.errors &+= 1
+                return false
+            }
+            s = next
+            scratch[n] = DriverBuffer(addr: addr, len: UInt32(s.dataLength), writable: false)
+            n += 1
+        }
+        guard n <= tx.numFree else { return false }
+        DriverQueue.storeTXHeader(m, at: start, headerSize: hs)
+        return tx.add(scratch, count: n, token: UInt64(UInt(bitPattern: m.header))) != nil
     }
 
     // MARK: teardown

@@ -44,18 +44,20 @@ public enum MbufLayout {
     public static let userData = 56         // UInt64
 }
 
-/// Offload flags carried with a packet.
+/// Offload flags carried with a packet. The flags are inlinable constants: a `static let` read
+/// from another module is a call to its lazy-initialisation addressor, per packet on a hot path.
+@frozen
 public struct MbufOffload: OptionSet, Sendable {
     public let rawValue: UInt64
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
     /// The virtio-net header fields are meaningful (NEEDS_CSUM, GSO, ...).
-    public static let vnetHeaderValid = MbufOffload(rawValue: 1 << 0)
+    @inlinable public static var vnetHeaderValid: MbufOffload { MbufOffload(rawValue: 1 << 0) }
     /// Checksum still to be computed from csumStart at csumOffset (VIRTIO_NET_HDR_F_NEEDS_CSUM).
-    public static let needsChecksum = MbufOffload(rawValue: 1 << 1)
+    @inlinable public static var needsChecksum: MbufOffload { MbufOffload(rawValue: 1 << 1) }
     /// Checksum known good (VIRTIO_NET_HDR_F_DATA_VALID).
-    public static let dataValid = MbufOffload(rawValue: 1 << 2)
+    @inlinable public static var dataValid: MbufOffload { MbufOffload(rawValue: 1 << 2) }
     /// A large frame to be segmented (gsoType/gsoSize describe how).
-    public static let gso = MbufOffload(rawValue: 1 << 3)
+    @inlinable public static var gso: MbufOffload { MbufOffload(rawValue: 1 << 3) }
 }
 
 /// A handle on one packet buffer: a raw pointer to its header. Copying the handle copies the

@@ -5,40 +5,129 @@ import WarmstartPools
 import Glibc
 #endif
 
-/// The generator/sink loop (one thread: send a burst, receive a burst).
-final class Generator {
+/// The generator/sink loop (one thread: send a burst, receive a burst). `round(now:)` is one
+/// turn of it and `run` turns it until the duration has passed; the SPI lets the
+/// instruction-count harness (Benchmarks/VirtioUserTX) drive the very same rounds against a
+/// device in its own process.
+@_spi(Benchmarks)
+public final class Generator {
     let o: BenchOptions
     let pool: MbufPool
     let q: VirtioUserQueuePair
     let cache: MbufCache
     let template: UnsafeMutableRawPointer
     let latency = LatencyHistogram()
+    /// The burst being built (frames the queue did not take stay at its front) and the
+    /// receive array.
+    let pk: UnsafeMutablePointer<Mbuf>
+    let rx: UnsafeMutablePointer<Mbuf>
+    static let rxCapacity = 256
+    /// Receive burst limit: the array's capacity or the ring's size, the smaller.
+    let rxMax: Int
+
+    /// Counters and the fill level of `pk`, in raw memory beside the arrays.
+    struct Counters {
+        var have = 0
+        var seq: UInt64 = 0
+        var tx: UInt64 = 0
+        var rx: UInt64 = 0
+        /// Time stamps older than this are not ours (recycled buffers of an earlier run).
+        var start: UInt64 = 0
+    }
+    let c: UnsafeMutablePointer<Counters>
+    /// Frame bytes, burst size and the pool's data room, copied out of `o` and `pool`.
+    let size: Int
+    let burst: Int
+    let room: Int
+    /// Frames fit one mbuf and the 64 header bytes fit its room: the per-frame work is the
+    /// lengths and, at most, a 64-byte copy.
+    let singleSegment: Bool
+
+    public var txPackets: UInt64 { c.pointee.tx }
+    public var rxPackets: UInt64 { c.pointee.rx }
 
     /// `sourceMAC`: the front-end port's own address, the frames' source.
-    init(options: BenchOptions, pool: MbufPool, queue: VirtioUserQueuePair, sourceMAC: [UInt8]) {
+    public init(options: BenchOptions, pool: MbufPool, queue: VirtioUserQueuePair,
+                sourceMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x01]) {
+        precondition(sourceMAC.count == 6, "a MAC address is 6 bytes")
         o = options
         self.pool = pool
         q = queue
         cache = MbufCache(pool: pool)
-        template = .allocate(byteCount: options.size, alignment: 64)
+        size = options.size
+        burst = options.burst
+        room = pool.config.dataRoom
+        singleSegment = size <= room && room >= Self.stampedBytes
+        template = .allocate(byteCount: max(options.size, Self.stampedBytes), alignment: 64)
         // Ethernet II to a locally administered address from the port's MAC, EtherType 0x88B5
         // (local experimental).
         let head: [UInt8] = [0x02, 0, 0, 0, 0, 0x02] + sourceMAC + [0x88, 0xB5]
-        for i in 0..<options.size { template.storeBytes(of: i < 14 ? head[i] : UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
+        // Sequence number and send time stay 0 in the template: only sampled frames carry them.
+        for i in 0..<max(options.size, Self.stampedBytes) {
+            let stampField = i >= Bench.seqOffset && i < Bench.stampOffset + 8
+            template.storeBytes(of: i < 14 ? head[i] : stampField ? 0 : UInt8(truncatingIfNeeded: i),
+                                toByteOffset: i, as: UInt8.self)
+        }
+        pk = .allocate(capacity: options.burst)
+        rx = .allocate(capacity: Self.rxCapacity)
+        rxMax = min(Self.rxCapacity, queue.rx.size)
+        c = .allocate(capacity: 1)
+        c.initialize(to: Counters())
     }
-    deinit { template.deallocate() }
+    deinit {
+        for k in 0..<c.pointee.have { cache.free(pk[k]) }
+        template.deallocate(); pk.deallocate(); rx.deallocate(); c.deallocate()
+    }
 
-    /// Builds one frame (a chain when larger than the data room) stamped with `seq` and `now`.
+    /// Bytes of each frame the generator writes: headers (and on sampled frames the sequence
+    /// number and send time), as testpmd's txonly writes only its headers; the payload is
+    /// whatever the recycled buffer holds.
+    static let stampedBytes = 64
+
+    /// One frame in this many carries its sequence number and send time: the frames whose round
+    /// trip the loopback records. The others are the template alone.
+    static let stampEvery: UInt64 = 8
+
+    /// The template's first 64 bytes to `d`: four 16-byte moves, each a load then a store
+    /// (ws_copy's all-loads-then-stores order spills here).
     @inline(__always)
-    func build(_ m: Mbuf, seq: UInt64, now: UInt64) -> Bool {
-        let room = Int(pool.config.dataRoom)
+    func copyTemplate(to d: UnsafeMutableRawPointer) {
+        let t = template.assumingMemoryBound(to: UInt8.self), p = d.assumingMemoryBound(to: UInt8.self)
+        ws_copy16(p, t); ws_copy16(p + 16, t + 16); ws_copy16(p + 32, t + 32); ws_copy16(p + 48, t + 48)
+    }
+
+    /// Whether `d` already starts with the template's 64 bytes (a recycled buffer that carried an
+    /// unsampled frame of ours). Then nothing is written: the lines stay clean, and the back-end
+    /// reads them from its own cache instead of pulling them from ours.
+    @inline(__always)
+    func holdsTemplate(_ d: UnsafeMutableRawPointer) -> Bool {
+        let t = UnsafeRawPointer(template)
+        var x = SIMD2<UInt64>()
+        for i in stride(from: 0, to: Self.stampedBytes, by: 16) {
+            x |= d.loadUnaligned(fromByteOffset: i, as: SIMD2<UInt64>.self) ^ t.load(fromByteOffset: i, as: SIMD2<UInt64>.self)
+        }
+        return x[0] | x[1] == 0
+    }
+
+    /// The first 64 bytes of frame `seq` at `d`: the template, stamped when sampled.
+    @inline(__always)
+    func writeHeaders(_ d: UnsafeMutableRawPointer, seq: UInt64, now: UInt64) {
+        if seq % Self.stampEvery == 0 {
+            copyTemplate(to: d)
+            d.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
+            d.storeBytes(of: now, toByteOffset: Bench.stampOffset, as: UInt64.self)
+        } else if !holdsTemplate(d) {
+            copyTemplate(to: d)
+        }
+    }
+
+    /// Builds one frame as a chain of data-room-sized segments.
+    func buildChain(_ m: Mbuf, seq: UInt64, now: UInt64) -> Bool {
         var seg = m
         var off = 0
         while true {
-            let n = min(room, o.size - off)
-            // Headers, sequence and time stamp only (the first 64 bytes), as testpmd's txonly
-            // writes only its headers: the payload is whatever the recycled buffer holds.
-            if off == 0 { seg.data.copyMemory(from: template, byteCount: min(n, 64)) }
+            let n = min(room, size - off)
+            if off == 0 { ws_copy(seg.data, template, min(n, Self.stampedBytes)) }  // room may be < 64
             seg.dataLength = UInt16(n)
             seg.packetLength = UInt32(n)
             off += n
@@ -47,44 +136,37 @@ final class Generator {
             _ = pool.append(next, to: m)
             seg = next
         }
-        m.packetLength = UInt32(o.size)
-        m.data.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
-        m.data.storeBytes(of: now, toByteOffset: Bench.stampOffset, as: UInt64.self)
+        m.packetLength = UInt32(size)
+        if seq % Self.stampEvery == 0 && Int(m.dataLength) >= Bench.stampOffset + 8 {
+            m.data.storeBytes(of: seq, toByteOffset: Bench.seqOffset, as: UInt64.self)
+            m.data.storeBytes(of: now, toByteOffset: Bench.stampOffset, as: UInt64.self)
+        }
         return true
     }
 
-    /// Sends and receives until the duration has passed, the back-end goes away (`alive`, once a
-    /// second) or the bus revokes `lease` (the port is being torn down: the queues are not
-    /// touched again, and the run ends with the reason).
-    func run(setupMs: Double, lease: QueueLease, progress: (String) -> Void, alive: () -> Bool) throws -> BenchResult {
-        let burst = o.burst
-        let pk = UnsafeMutablePointer<Mbuf>.allocate(capacity: burst)
-        let rx = UnsafeMutablePointer<Mbuf>.allocate(capacity: 256)
-        let rxMax = min(256, q.rx.size)
-        defer { pk.deallocate(); rx.deallocate() }
-        guard lease.acquire() else { throw BenchError("the back-end went away before the run") }
-        defer { lease.release() }
-        var failure: String?
-        var have = 0
-        var seq: UInt64 = 0
-        var tx: UInt64 = 0, rxCount: UInt64 = 0, rxBytes: UInt64 = 0
-        let start = ws_monotonic_ns()
-        let end = start + UInt64(o.duration * 1e9)
-        var nextReport = start + 1_000_000_000
-        var lastTx: UInt64 = 0, lastRx: UInt64 = 0
-        var iterations = 0
-        var samples: [Double] = []
-        samples.reserveCapacity(Int(o.duration) + 2)
-        while true {
-            var now = ws_monotonic_ns()
-            if now >= end { break }
-            if lease.revoked { failure = "the back-end went away during the run"; break }
-            // Fill the burst (unsent frames from the last round stay at the front).
-            if have < burst && cache.allocBulk(pk + have, count: burst - have) {
-                // One allocation per burst; a frame that cannot get its further segments is dropped here.
+    /// One round: fill the burst (one bulk allocation), send it, take what came back (loopback:
+    /// latency from each frame's time stamp). Returns how many frames the queue took.
+    @inline(never)
+    public func round(now: UInt64) -> Int {
+        let burst = self.burst
+        var have = c.pointee.have
+        if have < burst && cache.allocBulk(pk + have, count: burst - have) {
+            var seq = c.pointee.seq
+            if singleSegment {
+                let length = UInt16(size)
+                for k in have..<burst {
+                    let m = pk[k]
+                    writeHeaders(m.data, seq: seq, now: now)
+                    m.dataLength = length
+                    m.packetLength = UInt32(length)
+                    seq &+= 1
+                }
+                have = burst
+            } else {
+                // A frame that cannot get its further segments is dropped here.
                 var k = have
                 while k < burst {
-                    if build(pk[k], seq: seq, now: now) {
+                    if buildChain(pk[k], seq: seq, now: now) {
                         seq &+= 1
                         pk[have] = pk[k]
                         have += 1
@@ -94,21 +176,56 @@ final class Generator {
                     k += 1
                 }
             }
-            let sent = q.transmitBurst(pk, count: have, cache: cache)
-            tx &+= UInt64(sent)
-            if sent > 0 && sent < have {
-                for k in 0..<(have - sent) { pk[k] = pk[sent + k] }
+            c.pointee.seq = seq
+        }
+        let sent = q.transmitBurst(pk, count: have, cache: cache)
+        c.pointee.tx &+= UInt64(sent)
+        if sent > 0 && sent < have {
+            for k in 0..<(have - sent) { pk[k] = pk[sent + k] }
+        }
+        c.pointee.have = have - sent
+        let n = q.receiveBurst(into: rx, max: rxMax, cache: cache)
+        if n > 0 {
+            let later = ws_monotonic_ns()
+            let start = c.pointee.start
+            for k in 0..<n {
+                // Only sampled frames carry a send time (one in `stampEvery`, by sequence number:
+                // unbiased by where a frame sits in its burst); the rest read 0.
+                let m = rx[k]
+                guard m.dataLength >= UInt16(Bench.stampOffset + 8) else { continue }
+                let stamp = m.data.loadUnaligned(fromByteOffset: Bench.stampOffset, as: UInt64.self)
+                if stamp != 0 && stamp <= later && stamp >= start { latency.record(later - stamp) }
             }
-            have -= sent
-            let n = q.receiveBurst(into: rx, max: rxMax, cache: cache)
-            if n > 0 {
-                now = ws_monotonic_ns()
-                rxBytes &+= consumeReceived(rx, n, cache: cache, latency: latency, stamped: true, start: start, now: now)
-                rxCount &+= UInt64(n)
-            }
+            cache.freeBulk(rx, count: n)
+            c.pointee.rx &+= UInt64(n)
+        }
+        return sent
+    }
+
+    /// Sends and receives until the duration has passed, the back-end goes away (`alive`, once a
+    /// second) or the bus revokes `lease` (the port is being torn down: the queues are not
+    /// touched again, and the run ends with the reason).
+    func run(setupMs: Double, lease: QueueLease, progress: (String) -> Void, alive: () -> Bool) throws -> BenchResult {
+        guard lease.acquire() else { throw BenchError("the back-end went away before the run") }
+        defer { lease.release() }
+        var failure: String?
+        let start = ws_monotonic_ns()
+        c.pointee.start = start
+        let end = start + UInt64(o.duration * 1e9)
+        var nextReport = start + 1_000_000_000
+        var lastTx: UInt64 = 0, lastRx: UInt64 = 0
+        var iterations = 0
+        var samples: [Double] = []
+        samples.reserveCapacity(Int(o.duration) + 2)
+        while true {
+            let now = ws_monotonic_ns()
+            if now >= end { break }
+            if lease.revoked { failure = "the back-end went away during the run"; break }
+            _ = round(now: now)
             iterations &+= 1
             if iterations & 1023 == 0 && now >= nextReport {
                 if !alive() { failure = "the back-end went away during the run"; break }
+                let tx = c.pointee.tx, rxCount = c.pointee.rx
                 let counted = o.mode == .loopback ? rxCount - lastRx : tx - lastTx
                 samples.append(Double(counted) / 1e6)
                 if o.duration > 3 {
@@ -120,15 +237,18 @@ final class Generator {
             }
         }
         let elapsed = Double(ws_monotonic_ns() - start) / 1e9
-        for k in 0..<have { cache.free(pk[k]) }
+        for k in 0..<c.pointee.have { cache.free(pk[k]) }
+        c.pointee.have = 0
+        let tx = c.pointee.tx
         // Drain what is still on its way back (loopback), so drops count only real losses.
         let drainEnd = ws_monotonic_ns() + 200_000_000
-        while failure == nil && o.mode == .loopback && ws_monotonic_ns() < drainEnd && rxCount < tx && !lease.revoked {
+        while failure == nil && o.mode == .loopback && ws_monotonic_ns() < drainEnd && c.pointee.rx < tx && !lease.revoked {
             let n = q.receiveBurst(into: rx, max: rxMax, cache: cache)
             for k in 0..<n { cache.free(rx[k]) }
-            rxCount &+= UInt64(n)
+            c.pointee.rx &+= UInt64(n)
             _ = q.transmitBurst(pk, count: 0, cache: cache)
         }
+        let rxCount = c.pointee.rx
         cache.flush()
         if let failure { throw BenchError(failure) }
         if getenv("WARMSTART_BENCH_DEBUG") != nil {

@@ -17,13 +17,13 @@ extension DriverQueue {
                 let (id32, len) = ring.usedElement(lastUsedSeen)
                 lastUsedSeen &+= 1
                 let id = Int(id32)
-                if id < size && inUse[id] {
-                    out[n] = DriverCompletion(token: tokens[id], length: len, id: UInt16(id))
-                    inUse[id] = false
-                    let tail = Int(chainTail[id])
-                    shadowNext[tail] = UInt16(truncatingIfNeeded: freeHead)
+                if id < size && chains[id].inUse {
+                    let c = chains[id]
+                    out[n] = DriverCompletion(token: c.token, length: len, id: UInt16(id))
+                    chains[id].inUse = false
+                    shadowNext[Int(c.tail)] = UInt16(truncatingIfNeeded: freeHead)
                     freeHead = id
-                    numFree += Int(chainLength[id])
+                    numFree += Int(c.length)
                 } else {
                     out[n] = DriverCompletion(token: .max, length: len, id: UInt16(truncatingIfNeeded: id32))
                 }
@@ -37,10 +37,10 @@ extension DriverQueue {
                 let d = ring.descriptor(nextUsed, flags: f)
                 let id = Int(d.id)
                 var advance = 1
-                if id < size && inUse[id] {
-                    out[n] = DriverCompletion(token: tokens[id], length: d.len, id: d.id)
-                    inUse[id] = false
-                    advance = Int(chainLength[id])
+                if id < size && chains[id].inUse {
+                    out[n] = DriverCompletion(token: chains[id].token, length: d.len, id: d.id)
+                    chains[id].inUse = false
+                    advance = Int(chains[id].length)
                     freeIDs[freeIDCount] = d.id
                     freeIDCount += 1
                     numFree += advance
@@ -133,12 +133,8 @@ extension DriverQueue {
                       scratch: UnsafeMutablePointer<DriverBuffer>, scratchCapacity: Int) -> UInt16? {
         let hs = options.netHeaderSize
         guard m.headroom >= hs else { return nil }
-        var header = m.offload.contains(.vnetHeaderValid) ? m.vnetHeader : VirtioNetHeader()
-        header.numBuffers = 0
-        var raw: (UInt64, UInt32) = (0, 0)
-        withUnsafeMutableBytes(of: &raw) { header.store(to: $0.baseAddress!) }
         let start = m.data - hs
-        withUnsafeBytes(of: &raw) { start.copyMemory(from: $0.baseAddress!, byteCount: hs) }
+        DriverQueue.storeTXHeader(m, at: start, headerSize: hs)
         guard let g = memory.guestAddress(of: start, length: hs + Int(m.dataLength)) else { return nil }
         scratch[0] = DriverBuffer(addr: g, len: UInt32(hs + Int(m.dataLength)), writable: false)
         var n = 1

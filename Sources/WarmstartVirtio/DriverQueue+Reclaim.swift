@@ -7,16 +7,16 @@ extension DriverQueue {
     /// them free. Only after the device has stopped touching the ring (peer gone or
     /// GET_VRING_BASE answered): the caller frees the buffers the tokens name.
     public func reclaimInFlight(_ body: (UInt64) -> Void) {
-        for id in 0..<size where inUse[id] {
-            inUse[id] = false
-            body(tokens[id])
+        for id in 0..<size where chains[id].inUse {
+            chains[id].inUse = false
+            body(chains[id].token)
         }
     }
 
     /// Chains posted and not yet reaped.
     public var inFlightCount: Int {
         var n = 0
-        for id in 0..<size where inUse[id] { n += 1 }
+        for id in 0..<size where chains[id].inUse { n += 1 }
         return n
     }
 }

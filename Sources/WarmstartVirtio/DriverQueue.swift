@@ -12,6 +12,25 @@ public struct DriverBuffer: Sendable, Equatable {
     }
 }
 
+/// The driver's private record of one posted chain (never in shared memory): the caller's token,
+/// how many descriptors it holds, its last descriptor (split: where the free list continues) and
+/// whether it is in flight (a device returning an id twice, or one never posted, frees nothing).
+@frozen @usableFromInline
+struct DriverChain {
+    @usableFromInline var token: UInt64
+    @usableFromInline var length: UInt16
+    @usableFromInline var tail: UInt16
+    @usableFromInline var inUse: Bool
+    @inlinable init(token: UInt64, length: UInt16, tail: UInt16, inUse: Bool) {
+        self.token = token; self.length = length; self.tail = tail; self.inUse = inUse
+    }
+    /// A one-descriptor chain in flight whose token is the mbuf header `header` (the transmit
+    /// fast path).
+    @inlinable init(single header: UnsafeMutableRawPointer, tail: Int) {
+        self.init(token: UInt64(UInt(bitPattern: header)), length: 1, tail: UInt16(truncatingIfNeeded: tail), inUse: true)
+    }
+}
+
 /// A completed buffer: the token given when it was posted and the used length.
 @frozen
 public struct DriverCompletion: Sendable, Equatable {
@@ -40,27 +59,30 @@ public final class DriverQueue {
     public let deviceAreaAddress: UInt64
 
     /// Mutable state behind a pointer (no dynamic exclusivity checks; see VirtqueueDevice.State).
-    struct State {
+    /// Usable from inlinable code: the burst paths (DriverQueue+Burst.swift) run inlined in the
+    /// caller's loop, with this state in registers for the whole burst.
+    @usableFromInline struct State {
         // Split.
-        var freeHead = 0
-        var availShadow: UInt16 = 0
+        @usableFromInline var freeHead = 0
+        @usableFromInline var availShadow: UInt16 = 0
         var kickedAvail: UInt16 = 0
-        var lastUsedSeen: UInt16 = 0
+        @usableFromInline var lastUsedSeen: UInt16 = 0
         // Packed.
-        var nextAvail = 0
-        var availWrap = true
-        var nextUsed = 0
-        var usedWrap = true
+        @usableFromInline var nextAvail = 0
+        @usableFromInline var availWrap = true
+        @usableFromInline var nextUsed = 0
+        @usableFromInline var usedWrap = true
         var kickedSlot = 0
         var kickedWrap = true
-        var freeIDCount = 0
+        @usableFromInline var freeIDCount = 0
         /// First descriptor of the batch not yet published: its flags are written by `publish()`.
-        var pendingSlot = -1
-        var pendingFlags: UInt16 = 0
+        @usableFromInline var pendingSlot = -1
+        @usableFromInline var pendingFlags: UInt16 = 0
         // Both.
-        var numFree = 0
+        @usableFromInline var numFree = 0
+        init() {}
     }
-    let st: UnsafeMutablePointer<State>
+    @usableFromInline let st: UnsafeMutablePointer<State>
     var freeHead: Int { get { st.pointee.freeHead } set { st.pointee.freeHead = newValue } }
     var availShadow: UInt16 { get { st.pointee.availShadow } set { st.pointee.availShadow = newValue } }
     var kickedAvail: UInt16 { get { st.pointee.kickedAvail } set { st.pointee.kickedAvail = newValue } }
@@ -75,14 +97,16 @@ public final class DriverQueue {
     var pendingSlot: Int { get { st.pointee.pendingSlot } set { st.pointee.pendingSlot = newValue } }
     var pendingFlags: UInt16 { get { st.pointee.pendingFlags } set { st.pointee.pendingFlags = newValue } }
     /// Descriptors (split) / ring slots (packed) free for new chains.
-    public internal(set) var numFree: Int { get { st.pointee.numFree } set { st.pointee.numFree = newValue } }
-    /// Private "next" links: the free list and each chain's order.
-    let shadowNext: UnsafeMutablePointer<UInt16>
-    let freeIDs: UnsafeMutablePointer<UInt16>
-    let tokens: UnsafeMutablePointer<UInt64>
-    let chainLength: UnsafeMutablePointer<UInt16>
-    let chainTail: UnsafeMutablePointer<UInt16>
-    let inUse: UnsafeMutablePointer<Bool>
+    public internal(set) var numFree: Int {
+        @inlinable get { st.pointee.numFree }
+        set { st.pointee.numFree = newValue }
+    }
+    /// Split: private "next" links of the free descriptor list.
+    @usableFromInline let shadowNext: UnsafeMutablePointer<UInt16>
+    /// Packed: a stack of free buffer ids.
+    @usableFromInline let freeIDs: UnsafeMutablePointer<UInt16>
+    /// Each posted chain by head index (split) / buffer id (packed).
+    @usableFromInline let chains: UnsafeMutablePointer<DriverChain>
 
     /// Bytes the rings of `layout` and `size` need (areas 16/2/4-aligned, 16-byte aligned start).
     public static func ringBytes(layout: VirtqueueLayout, size: Int) -> Int {
@@ -135,19 +159,12 @@ public final class DriverQueue {
         for i in 0..<size { shadowNext[i] = UInt16(truncatingIfNeeded: i + 1) }
         freeIDs = .allocate(capacity: size)
         for i in 0..<size { freeIDs[i] = UInt16(truncatingIfNeeded: size - 1 - i) }
-        tokens = .allocate(capacity: size)
-        tokens.initialize(repeating: 0, count: size)
-        chainLength = .allocate(capacity: size)
-        chainLength.initialize(repeating: 0, count: size)
-        chainTail = .allocate(capacity: size)
-        chainTail.initialize(repeating: 0, count: size)
-        inUse = .allocate(capacity: size)
-        inUse.initialize(repeating: false, count: size)
+        chains = .allocate(capacity: size)
+        chains.initialize(repeating: DriverChain(token: 0, length: 0, tail: 0, inUse: false), count: size)
     }
 
     deinit {
-        st.deallocate(); shadowNext.deallocate(); freeIDs.deallocate(); tokens.deallocate()
-        chainLength.deallocate(); chainTail.deallocate(); inUse.deallocate()
+        st.deallocate(); shadowNext.deallocate(); freeIDs.deallocate(); chains.deallocate()
     }
 
     // MARK: supplying buffers
@@ -187,9 +204,7 @@ public final class DriverQueue {
                 placePacked(ring, flags)
             }
             numFree -= count
-            chainLength[Int(id)] = UInt16(truncatingIfNeeded: count)
-            tokens[Int(id)] = token
-            inUse[Int(id)] = true
+            chains[Int(id)] = DriverChain(token: token, length: UInt16(truncatingIfNeeded: count), tail: 0, inUse: true)
             return id
         }
     }
@@ -232,18 +247,14 @@ public final class DriverQueue {
             ring.setBody(nextAvail, addr: tableGuest, len: len, id: id)
             placePacked(ring, VirtqDescriptorFlags.indirect | PackedRing.availFlags(wrap: availWrap))
             numFree -= 1
-            chainLength[Int(id)] = 1
-            tokens[Int(id)] = token
-            inUse[Int(id)] = true
+            chains[Int(id)] = DriverChain(token: token, length: 1, tail: 0, inUse: true)
             return id
         }
     }
 
     func finishSplit(_ ring: SplitRing, head: Int, tail: Int, count: Int, token: UInt64) {
-        chainLength[head] = UInt16(truncatingIfNeeded: count)
-        chainTail[head] = UInt16(truncatingIfNeeded: tail)
-        tokens[head] = token
-        inUse[head] = true
+        chains[head] = DriverChain(token: token, length: UInt16(truncatingIfNeeded: count),
+                                   tail: UInt16(truncatingIfNeeded: tail), inUse: true)
         ring.setAvailEntry(availShadow, UInt16(truncatingIfNeeded: head))
         availShadow &+= 1
     }

@@ -180,6 +180,44 @@ final class VirtioUserTests: XCTestCase {
         }
     }
 
+    /// One transmit burst mixing single-segment frames (the burst path) and chains (the general
+    /// path, one at a time) keeps their order and every payload; a frame in memory the back-end
+    /// cannot see stops the burst there and counts an error.
+    func testBurstMixesSinglesAndChains() throws {
+        for packed in [false, true] {
+            let fe = try FrontendSide()
+            let (port, be, _, pairs) = try connect(fe, VirtioUserConfig(packed: packed, queueSize: 64))
+            let q = pairs[0]
+            let cache = MbufCache(pool: fe.pool, size: 64)
+            let sizes = [64, 9000, 60, 1518, 3000, 64, 64, 2048, 128, 5000, 64, 1000]
+            let frames = sizes.enumerated().map { testFrame(size: $1, seed: UInt8($0 * 3)) }
+            let pkts = UnsafeMutablePointer<Mbuf>.allocate(capacity: sizes.count)
+            defer { pkts.deallocate() }
+            for (k, f) in frames.enumerated() { pkts[k] = makeChain(fe.pool, f)! }
+            XCTAssertEqual(q.transmitBurst(pkts, count: sizes.count, cache: cache), sizes.count)
+            let got = be.receive(sizes.count)
+            XCTAssertEqual(got.count, sizes.count, "packed \(packed)")
+            for k in 0..<min(got.count, sizes.count) {
+                XCTAssertTrue(sameFrame(got[k], frames[k]), "frame \(k) (\(sizes[k]) B, packed \(packed)): \(frameDiff(got[k], frames[k]))")
+            }
+            let other = try MemoryRegion.memfd(name: "not-shared", size: 1 << 20, pageSize: .small4K)
+            let otherPool = try MbufPool.layOut(config: MbufPoolConfig(count: 64, cacheSize: 0), region: other, offset: 0, poolID: 9)
+            pkts[0] = makeChain(fe.pool, frames[0])!
+            pkts[1] = makeChain(otherPool, frames[0])!
+            pkts[2] = makeChain(fe.pool, frames[0])!
+            XCTAssertEqual(q.transmitBurst(pkts, count: 3, cache: cache), 1, "stops at the frame outside the pool")
+            XCTAssertEqual(q.errorCount, 1)
+            XCTAssertEqual(be.receive(1).count, 1)
+            otherPool.free(pkts[1])
+            fe.pool.free(pkts[2])
+            _ = q.transmitBurst(pkts, count: 0, cache: cache)
+            XCTAssertEqual(q.tx.inFlightCount, 0, "every sent frame reaped")
+            cache.flush()
+            port.teardown()
+            XCTAssertEqual(fe.pool.inUseCount, 0, "no mbuf leaked (packed \(packed))")
+        }
+    }
+
     // MARK: bus driver and reconnect
 
     func testBusDriverReconnectsAfterBackendDisappears() throws {
