@@ -32,6 +32,10 @@ public struct BenchOptions: Sendable {
     /// The back-end connects to us (we listen, `server=1`) instead of the other way round.
     public var frontendListens = false
     public var queueSize = 256
+    /// Loopback: most frames sent and not yet back at once; nil: the receive ring's size, so the
+    /// back-end always finds room to return a frame (drops then are real losses, and latency is
+    /// not a full ring's queueing); 0: no limit but the rings'.
+    public var inflight: Int?
     public var mbufs = 32768
     /// CPU for the generator; the back-end's forwarding core is the other one.
     public var cpu = 0
@@ -101,6 +105,10 @@ public enum Bench {
     public static func run(_ o: BenchOptions, progress: (String) -> Void = { _ in }) throws -> BenchResult {
         guard o.size >= 60, o.size <= 9216 else { throw BenchError("--size must be 60...9216 bytes") }
         guard o.burst >= 1, o.burst <= 256 else { throw BenchError("--burst must be 1...256") }
+        if let n = o.inflight {
+            guard n >= 0 else { throw BenchError("--inflight \(n): must be 0 (no limit) or a number of frames") }
+            guard o.mode == .loopback else { throw BenchError("--inflight applies to --mode loopback only (this run is \(o.mode.rawValue))") }
+        }
         // Memory as the runtime lays it out: a pool region and a general-purpose region, both
         // shared with the back-end.
         let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: o.mbufs, cacheSize: 256)),

@@ -33,6 +33,11 @@ public final class Generator {
         var rx: UInt64 = 0
         /// Time stamps older than this are not ours (recycled buffers of an earlier run).
         var start: UInt64 = 0
+        /// Loopback: most frames on their way at once (0: no limit but the rings'), and frames
+        /// written off as lost (sent, not back, and nothing came back for a second), which no
+        /// longer hold the window.
+        var window: UInt64 = 0
+        var lost: UInt64 = 0
     }
     let c: UnsafeMutablePointer<Counters>
     /// Frame bytes, burst size and the pool's data room, copied out of `o` and `pool`.
@@ -73,6 +78,7 @@ public final class Generator {
         rxMax = min(Self.rxCapacity, queue.rx.size)
         c = .allocate(capacity: 1)
         c.initialize(to: Counters())
+        if options.mode == .loopback { c.pointee.window = UInt64(options.inflight ?? queue.rx.size) }
     }
     deinit {
         for k in 0..<c.pointee.have { cache.free(pk[k]) }
@@ -178,7 +184,15 @@ public final class Generator {
             }
             c.pointee.seq = seq
         }
-        let sent = q.transmitBurst(pk, count: have, cache: cache)
+        var count = have
+        if c.pointee.window > 0 {
+            // Loopback: no more on their way than the window (by default one receive ring's
+            // worth: the back-end never finds our receive ring full when this thread is late).
+            let inFlight = c.pointee.tx &- c.pointee.rx &- c.pointee.lost
+            let room = c.pointee.window > inFlight ? Int(truncatingIfNeeded: c.pointee.window &- inFlight) : 0
+            count = Swift.min(have, room)
+        }
+        let sent = q.transmitBurst(pk, count: count, cache: cache)
         c.pointee.tx &+= UInt64(sent)
         if sent > 0 && sent < have {
             for k in 0..<(have - sent) { pk[k] = pk[sent + k] }
@@ -227,6 +241,10 @@ public final class Generator {
                 if !alive() { failure = "the back-end went away during the run"; break }
                 let tx = c.pointee.tx, rxCount = c.pointee.rx
                 let counted = o.mode == .loopback ? rxCount - lastRx : tx - lastTx
+                if o.mode == .loopback && rxCount == lastRx && tx > rxCount {
+                    // Nothing came back for a second: what is still out is lost, and frees the window.
+                    c.pointee.lost = tx - rxCount
+                }
                 samples.append(Double(counted) / 1e6)
                 if o.duration > 3 {
                     let secs = Double(now - start) / 1e9
@@ -240,13 +258,19 @@ public final class Generator {
         for k in 0..<c.pointee.have { cache.free(pk[k]) }
         c.pointee.have = 0
         let tx = c.pointee.tx
-        // Drain what is still on its way back (loopback), so drops count only real losses.
-        let drainEnd = ws_monotonic_ns() + 200_000_000
-        while failure == nil && o.mode == .loopback && ws_monotonic_ns() < drainEnd && c.pointee.rx < tx && !lease.revoked {
+        // Drain what is still on its way back (loopback), so drops count only real losses: until
+        // everything is back, or nothing came back for a second (frames really lost). A fixed
+        // window is outlasted by a back-end thread a loaded machine holds off its CPU, and counts
+        // a ring's worth of frames still in flight as drops. Yield while nothing comes: the
+        // back-end may be waiting for this CPU.
+        var lastBack = ws_monotonic_ns()
+        while failure == nil && o.mode == .loopback && c.pointee.rx < tx && !lease.revoked
+                && ws_monotonic_ns() - lastBack < 1_000_000_000 {
             let n = q.receiveBurst(into: rx, max: rxMax, cache: cache)
-            for k in 0..<n { cache.free(rx[k]) }
+            if n > 0 { cache.freeBulk(rx, count: n) }
             c.pointee.rx &+= UInt64(n)
             _ = q.transmitBurst(pk, count: 0, cache: cache)
+            if n > 0 { lastBack = ws_monotonic_ns() } else { sched_yield() }
         }
         let rxCount = c.pointee.rx
         cache.flush()

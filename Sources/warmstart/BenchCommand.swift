@@ -41,6 +41,8 @@ struct BenchCommand: ParsableCommand {
     @Flag(name: .customLong("frontend-listens"), help: "We listen (virtio-user server=1) and the back-end connects.")
     var frontendListens = false
     @Option(name: .customLong("queue-size"), help: "Descriptors per ring.") var queueSize: Int = 256
+    @Option(help: "Loopback: most frames on their way at once (default: the queue size, so the back-end never finds our receive ring full; 0: no limit but the rings').")
+    var inflight: Int?
     @Option(help: "CPU for the generator; the back-end forwards on the other one.") var cpu: Int = 0
     @Option(help: "Hugepages for our memory: auto, require, off.") var hugepages: HugepageMode = .auto
     @Option(help: "The front-end port's MAC (mac=), the generator's source address; default: random locally administered.")
@@ -56,6 +58,7 @@ struct BenchCommand: ParsableCommand {
         o.packed = layout == .packed
         o.size = size; o.burst = burst; o.duration = duration; o.mode = mode; o.backend = backend
         o.frontendListens = frontendListens; o.queueSize = queueSize; o.cpu = cpu; o.hugepages = hugepages
+        o.inflight = inflight
         o.mac = mac.flatMap(PortSpec.parseMAC)
         let r: BenchResult
         do {

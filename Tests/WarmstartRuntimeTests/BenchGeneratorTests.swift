@@ -27,6 +27,7 @@ final class BenchGeneratorTests: XCTestCase {
             rings.append(try DriverQueue(layout: layout, size: 256, host: m.host, guest: m.guest, length: bytes, options: options))
         }
         let fds = (0..<4).map { _ in ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK) }
+        defer { for fd in fds { close(fd) } }
         let q = VirtioUserQueuePair(index: 0, rx: rings[0], tx: rings[1], pool: live.mbufPool,
                                     rxKickFD: fds[0], txKickFD: fds[1], rxCallFD: fds[2], txCallFD: fds[3])
         let tx = rings[1]
@@ -97,6 +98,72 @@ final class BenchGeneratorTests: XCTestCase {
         XCTAssertEqual(q.errorCount, 0)
         XCTAssertEqual(hostPool.inUseCount, 0)
     }
+
+    /// Loopback keeps at most `inflight` frames on their way: a device that takes every frame and
+    /// returns none gets exactly the window, then nothing; each frame it returns lets one more go.
+    func checkWindow(packed: Bool) throws {
+        let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 4096, cacheSize: 256)), hugepages: .off)
+        let arena = RingArena(region: live.generalRegion!)
+        var features: VirtioFeatures = [.version1, .mergeableRxBuffers, .eventIndex]
+        if packed { features.insert(.ringPacked) }
+        let options = VirtqueueOptions(features: features)
+        let layout: VirtqueueLayout = packed ? .packed : .split
+        let bytes = DriverQueue.ringBytes(layout: layout, size: 256)
+        var rings: [DriverQueue] = []
+        for _ in 0..<2 {
+            let m = try XCTUnwrap(arena.allocate(bytes: bytes))
+            rings.append(try DriverQueue(layout: layout, size: 256, host: m.host, guest: m.guest, length: bytes, options: options))
+        }
+        let fds = (0..<4).map { _ in ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK) }
+        defer { for fd in fds { close(fd) } }
+        let q = VirtioUserQueuePair(index: 0, rx: rings[0], tx: rings[1], pool: live.mbufPool,
+                                    rxKickFD: fds[0], txKickFD: fds[1], rxCallFD: fds[2], txCallFD: fds[3])
+        q.fillReceiveRing()
+        func device(_ r: DriverQueue) -> VirtqueueDevice {
+            if let s = r.split { return VirtqueueDevice(split: s, memory: live.table, options: options) }
+            return VirtqueueDevice(packed: r.packed!, memory: live.table, options: options)
+        }
+        let txDevice = device(rings[1]), rxDevice = device(rings[0])
+        let hostConfig = MbufPoolConfig(count: 512, cacheSize: 0)
+        let hostRegion = try MemoryRegion.memfd(name: "device", size: PageSize.small4K.roundUp(MbufPoolConfig.bytesNeeded(hostConfig))!,
+                                                pageSize: .small4K)
+        let hostPool = try MbufPool.layOut(config: hostConfig, region: hostRegion, offset: 0, poolID: 7)
+        let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 256)
+        defer { out.deallocate() }
+        var held: [Mbuf] = []
+        func take() {
+            while true {
+                let n = txDevice.dequeueBurst(pool: hostPool, into: out, maxCount: 32)
+                if n == 0 { break }
+                for k in 0..<n { held.append(out[k]) }
+            }
+        }
+
+        var o = BenchOptions()
+        o.packed = packed
+        o.mode = .loopback
+        o.inflight = 40
+        let gen = Generator(options: o, pool: live.mbufPool, queue: q)
+        var sent = 0
+        for _ in 0..<10 { sent += gen.round(now: 1_000_000); take() }
+        XCTAssertEqual(sent, 40, "the window, then nothing while none come back")
+        XCTAssertEqual(held.count, 40)
+        // Return 15: exactly 15 more may go.
+        for k in 0..<15 { out[k] = held[k] }
+        XCTAssertEqual(rxDevice.enqueueBurst(pool: hostPool, out, count: 15), 15)
+        for k in 0..<15 { hostPool.free(held[k]) }
+        held.removeFirst(15)
+        for _ in 0..<10 { sent += gen.round(now: 1_000_000); take() }
+        XCTAssertEqual(gen.rxPackets, 15)
+        XCTAssertEqual(sent, 55)
+        XCTAssertEqual(gen.txPackets, 55)
+        XCTAssertEqual(held.count, 40)
+        for m in held { hostPool.free(m) }
+        XCTAssertEqual(q.errorCount, 0)
+    }
+
+    func testSplitLoopbackWindow() throws { try checkWindow(packed: false) }
+    func testPackedLoopbackWindow() throws { try checkWindow(packed: true) }
 
     func testSplitSingleSegment() throws { try check(packed: false, size: 64) }
     func testPackedSingleSegment() throws { try check(packed: true, size: 1518) }
