@@ -280,7 +280,14 @@ public final class Bus: @unchecked Sendable {
         dropConnection(d)
         closeListener(d)
         if !d.state.isSettled || d.state == .started {
-            d.reason = d.state == .started ? nil : (d.reason.map { "stopped while probing: \($0)" } ?? "stopped before it was ready")
+            if d.state == .started {
+                d.reason = nil
+            } else if let why = d.reason {
+                // A device that ran and lost its peer is waiting for the next one, not probing anew.
+                d.reason = d.reconnects > 0 ? "stopped while waiting for its peer again (\(why))" : "stopped while probing: \(why)"
+            } else {
+                d.reason = "stopped before it was ready"
+            }
             transition(d, to: .stopped)
         }
     }

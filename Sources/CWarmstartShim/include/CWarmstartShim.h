@@ -36,46 +36,42 @@ static inline void ws_prefetch_w(const void *p) { __builtin_prefetch(p, 1, 3); }
 // Copies n bytes between buffers that do not overlap. Up to 128 bytes (the small frames that
 // dominate a burst) it is a few fixed-size unaligned loads then stores, inline — the first and
 // the last k bytes, overlapping in the middle — instead of a call into libc's memmove; longer
-// copies go to memcpy.
-typedef struct { uint64_t lo, hi; } ws_16b;
-static inline void ws_copy16(unsigned char *d, const unsigned char *s) {
-    ws_16b v; __builtin_memcpy(&v, s, 16); __builtin_memcpy(d, &v, 16);
-}
+// copies go to memcpy. The 16-byte pieces are unaligned vector loads and stores straight through
+// registers: a 16-byte memcpy into a local struct was left on the stack here (a spill and a
+// reload per piece, doubling the stores of a copy that runs against guest memory another core
+// owns, where the store buffer is what fills).
+typedef unsigned char ws_v16 __attribute__((vector_size(16), aligned(1), may_alias));
+typedef uint64_t ws_u64u __attribute__((aligned(1), may_alias));
+typedef uint32_t ws_u32u __attribute__((aligned(1), may_alias));
+#define WS_LD16(p) (*(const ws_v16 *)(const void *)(p))
+#define WS_ST16(p, v) (*(ws_v16 *)(void *)(p) = (v))
+static inline void ws_copy16(unsigned char *d, const unsigned char *s) { WS_ST16(d, WS_LD16(s)); }
 static inline void ws_copy(void *dst, const void *src, size_t n) {
     unsigned char *d = (unsigned char *)dst;
     const unsigned char *s = (const unsigned char *)src;
     if (n > 128) { __builtin_memcpy(d, s, n); return; }
     if (n >= 32) {
-        ws_16b a, b, y, z;
-        __builtin_memcpy(&a, s, 16); __builtin_memcpy(&b, s + 16, 16);
-        __builtin_memcpy(&y, s + n - 32, 16); __builtin_memcpy(&z, s + n - 16, 16);
+        ws_v16 a = WS_LD16(s), b = WS_LD16(s + 16), y = WS_LD16(s + n - 32), z = WS_LD16(s + n - 16);
         if (n > 64) {
-            ws_16b c, e, w, x;
-            __builtin_memcpy(&c, s + 32, 16); __builtin_memcpy(&e, s + 48, 16);
-            __builtin_memcpy(&w, s + n - 64, 16); __builtin_memcpy(&x, s + n - 48, 16);
-            __builtin_memcpy(d + 32, &c, 16); __builtin_memcpy(d + 48, &e, 16);
-            __builtin_memcpy(d + n - 64, &w, 16); __builtin_memcpy(d + n - 48, &x, 16);
+            ws_v16 c = WS_LD16(s + 32), e = WS_LD16(s + 48), w = WS_LD16(s + n - 64), x = WS_LD16(s + n - 48);
+            WS_ST16(d + 32, c); WS_ST16(d + 48, e); WS_ST16(d + n - 64, w); WS_ST16(d + n - 48, x);
         }
-        __builtin_memcpy(d, &a, 16); __builtin_memcpy(d + 16, &b, 16);
-        __builtin_memcpy(d + n - 32, &y, 16); __builtin_memcpy(d + n - 16, &z, 16);
+        WS_ST16(d, a); WS_ST16(d + 16, b); WS_ST16(d + n - 32, y); WS_ST16(d + n - 16, z);
         return;
     }
     if (n >= 16) {
-        ws_16b a, z;
-        __builtin_memcpy(&a, s, 16); __builtin_memcpy(&z, s + n - 16, 16);
-        __builtin_memcpy(d, &a, 16); __builtin_memcpy(d + n - 16, &z, 16);
+        ws_v16 a = WS_LD16(s), z = WS_LD16(s + n - 16);
+        WS_ST16(d, a); WS_ST16(d + n - 16, z);
         return;
     }
     if (n >= 8) {
-        uint64_t a, z;
-        __builtin_memcpy(&a, s, 8); __builtin_memcpy(&z, s + n - 8, 8);
-        __builtin_memcpy(d, &a, 8); __builtin_memcpy(d + n - 8, &z, 8);
+        uint64_t a = *(const ws_u64u *)(const void *)s, z = *(const ws_u64u *)(const void *)(s + n - 8);
+        *(ws_u64u *)(void *)d = a; *(ws_u64u *)(void *)(d + n - 8) = z;
         return;
     }
     if (n >= 4) {
-        uint32_t a, z;
-        __builtin_memcpy(&a, s, 4); __builtin_memcpy(&z, s + n - 4, 4);
-        __builtin_memcpy(d, &a, 4); __builtin_memcpy(d + n - 4, &z, 4);
+        uint32_t a = *(const ws_u32u *)(const void *)s, z = *(const ws_u32u *)(const void *)(s + n - 4);
+        *(ws_u32u *)(void *)d = a; *(ws_u32u *)(void *)(d + n - 4) = z;
         return;
     }
     for (size_t i = 0; i < n; i++) d[i] = s[i];
