@@ -13,17 +13,22 @@
 #              the rounds they spin while the back-end is off its CPU, so take the lower of a few
 #              runs; testpmd also builds and frees every frame the full ring refuses (its "dropped").
 #              The rings are 1024 descriptors here (256 in the A/B runs) to ride out those stalls.
+#   --setup --sink  The receive direction: a native testpmd net_vhost txonly fills the front-end's
+#              receive ring (always full: the front-end under callgrind is the slow side), and the
+#              figure is instructions per frame received: Warmstart's receive loop (`warmstart bench
+#              --mode sink`, Sink.run) and testpmd's virtio-user rxonly forwarding thread.
 #
-# Usage: scripts/callgrind-virtio-user.sh [--setup] [--sizes "64 1518"] [--layouts "split packed"]
+# Usage: scripts/callgrind-virtio-user.sh [--setup [--sink]] [--sizes "64 1518"] [--layouts "split packed"]
 #                                         [--rounds N] [--seconds S] [--runs N]
 # Needs valgrind; --setup also a release build (swift build -c release), dpdk-testpmd and ~300
 # free 2 MiB hugepages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SETUP=0 SIZES="64 1518" LAYOUTS="split packed" ROUNDS=20000 SECONDS_=8 RUNS=1 QSIZE=1024
+SETUP=0 SINK=0 SIZES="64 1518" LAYOUTS="split packed" ROUNDS=20000 SECONDS_=8 RUNS=1 QSIZE=1024
 while [ $# -gt 0 ]; do
   case "$1" in
     --setup) SETUP=1; shift ;;
+    --sink) SINK=1; shift ;;
     --sizes) SIZES=$2; shift 2 ;;
     --layouts) LAYOUTS=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -76,11 +81,13 @@ WS=$(stripped "${WARMSTART:-.build/release/warmstart}")
 TESTPMD=${WARMSTART_TESTPMD:-/usr/bin/dpdk-testpmd}
 [ -x "$TESTPMD" ] || { echo "no $TESTPMD (apt-get install dpdk)" >&2; exit 1; }
 
-# A native testpmd net_vhost rxonly on CPU 1 (high priority: its stalls are what inflate the
-# counts); prints its pid.
-backend() { # tag socket
+# A native testpmd net_vhost on CPU 1 (high priority: its stalls are what inflate the counts):
+# rxonly, or txonly of frames of `size` bytes with --sink; prints its pid.
+backend() { # tag socket size
+  local fwd=(--forward-mode=rxonly)
+  [ "$SINK" = 1 ] && fwd=(--forward-mode=txonly --txpkts="$3" --burst=32)
   nice -n -10 "$TESTPMD" -l 0,1 --main-lcore 0 --no-pci --single-file-segments --file-prefix "$1-be" -m 256 \
-    --vdev "net_vhost0,iface=$2,queues=1" -- --forward-mode=rxonly --stats-period 1 --nb-cores=1 \
+    --vdev "net_vhost0,iface=$2,queues=1" -- "${fwd[@]}" --stats-period 1 --nb-cores=1 \
     --total-num-mbufs=16384 >"$TMP/be.log" 2>&1 &
   echo $!
 }
@@ -95,11 +102,12 @@ stop() { # pid [grace]
 # Warmstart: the generator thread (Generator.run and all it calls) over the frames sent. The bench
 # starts its own back-end; io_uring is off because valgrind 3.19 deadlocks in io_uring_enter.
 run_ws() { # layout size
-  local out="$TMP/ws.out" json
+  local out="$TMP/ws.out" json mode=oneway fn='*9GeneratorC3run7setupMs*' key=txPackets
+  [ "$SINK" = 1 ] && { mode=sink; fn='*4SinkC3run7setupMs*'; key=rxPackets; }
   json=$(WARMSTART_NO_IO_URING=1 nice -n -10 valgrind --tool=callgrind --callgrind-out-file="$out" \
-    --toggle-collect='*9GeneratorC3run7setupMs*' "$WS" bench --backend dpdk --mode oneway --layout "$1" \
+    --toggle-collect="$fn" "$WS" bench --backend dpdk --mode "$mode" --layout "$1" \
     --size "$2" --queue-size "$QSIZE" --duration "$SECONDS_" --json 2>"$TMP/ws.err") || { tail -5 "$TMP/ws.err" >&2; echo "nan -"; return; }
-  local tx; tx=$(echo "$json" | python3 -c 'import sys,json; print(json.load(sys.stdin)["txPackets"])')
+  local tx; tx=$(echo "$json" | python3 -c "import sys,json; print(json.load(sys.stdin)['$key'])")
   echo "$(ratio "$(total "$out")" "$tx") $tx"
 }
 
@@ -108,26 +116,37 @@ run_dpdk() { # layout size
   local packed=0; [ "$1" = packed ] && packed=1
   local tag=ws-cg-$$-$RANDOM sock="$TMP/d.sock" out="$TMP/dp.out"
   rm -f "$sock" "$out"-*
-  local be; be=$(backend "$tag" "$sock"); PIDS+=("$be")
+  local be; be=$(backend "$tag" "$sock" "$2"); PIDS+=("$be")
+  local fefwd=txonly key=Tx-pps
+  [ "$SINK" = 1 ] && { fefwd=rxonly; key=Rx-pps; }
   for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
   nice -n -10 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out" "$TESTPMD" -l 0,1 --main-lcore 1 \
     --no-pci --single-file-segments --file-prefix "$tag-fe" -m 256 \
     --vdev "net_virtio_user0,path=$sock,packed_vq=$packed,mrg_rxbuf=1,in_order=0,queue_size=$QSIZE" \
-    -- --forward-mode=txonly --txpkts="$2" --burst=32 --stats-period 1 --nb-cores=1 --total-num-mbufs=16384 \
+    -- --forward-mode=$fefwd --txpkts="$2" --burst=32 --stats-period 1 --nb-cores=1 --total-num-mbufs=16384 \
     >"$TMP/fe.log" 2>&1 &
   local fe=$!; PIDS+=("$fe")
-  for _ in $(seq 600); do grep -qE "Tx-pps: +[1-9]" "$TMP/fe.log" 2>/dev/null && break; sleep 0.1; done
+  for _ in $(seq 600); do grep -qE "$key: +[1-9]" "$TMP/fe.log" 2>/dev/null && break; sleep 0.1; done
   sleep "$SECONDS_"
   stop "$fe" 120; stop "$be"
   rm -rf /dev/hugepages/"$tag"-* /var/run/dpdk/"$tag"-*
   local tx drop best=0 ir
-  tx=$(grep -E "TX-packets:" "$TMP/fe.log" | tail -1 | awk '{print $2}')
-  drop=$(grep -E "TX-dropped:" "$TMP/fe.log" | tail -1 | awk '{print $4}')
+  if [ "$SINK" = 1 ]; then
+    tx=$(grep -E "RX-packets:" "$TMP/fe.log" | tail -1 | awk '{print $2}')
+    drop=0
+  else
+    tx=$(grep -E "TX-packets:" "$TMP/fe.log" | tail -1 | awk '{print $2}')
+    drop=$(grep -E "TX-dropped:" "$TMP/fe.log" | tail -1 | awk '{print $4}')
+  fi
   for f in "$out"-*; do ir=$(total "$f"); [ "${ir:-0}" -gt "$best" ] && best=$ir; done
   echo "$(ratio "$best" "${tx:-0}") ${tx:-0} ${drop:-0}"
 }
 
-echo "# Instructions per frame sent, real set-up (front-end under callgrind, native testpmd net_vhost rxonly, rings of $QSIZE), $RUNS run(s) each, lowest first"
+if [ "$SINK" = 1 ]; then
+  echo "# Instructions per frame received, real set-up (front-end under callgrind, native testpmd net_vhost txonly, rings of $QSIZE), $RUNS run(s) each, lowest first"
+else
+  echo "# Instructions per frame sent, real set-up (front-end under callgrind, native testpmd net_vhost rxonly, rings of $QSIZE), $RUNS run(s) each, lowest first"
+fi
 echo "| layout | size | Warmstart per frame (frames) | testpmd per frame (frames, dropped) |"
 echo "|---|---|---|---|"
 for layout in $LAYOUTS; do

@@ -145,6 +145,11 @@ public final class VirtioUserQueuePair: BurstQueue {
         if rejected > 0 { st.pointee.errors &+= UInt64(rejected) }
         var got = 0
         let hs = headerSize
+        // Start pulling every received buffer's virtio-net header (the device just wrote it on
+        // its core) before the loop below needs each one's num_buffers.
+        if mergeable {
+            for k in 0..<n { ws_prefetch(UnsafeRawPointer(bitPattern: UInt(tokens[k]) &+ UInt(rxBufferOffset))) }
+        }
         for k in 0..<n {
             // Tokens are the header addresses of mbufs we posted (never 0).
             let h = UnsafeMutableRawPointer(bitPattern: UInt(tokens[k])).unsafelyUnwrapped
