@@ -306,8 +306,8 @@ func consumeReceived(_ rx: UnsafeMutablePointer<Mbuf>, _ n: Int, cache: MbufCach
             if stamp <= now && stamp >= start { latency.record(now - stamp) }
         }
         bytes &+= UInt64(m.packetLength)
-        cache.free(m)
     }
+    cache.freeBulk(rx, count: n)
     return bytes
 }
 
