@@ -165,7 +165,11 @@ public final class Bus: @unchecked Sendable {
     public func started(_ d: Device) {
         let now = ws_monotonic_ns()
         d.startedNs = now
-        if d.firstStartedNs == 0 { d.firstStartedNs = now }
+        if d.firstStartedNs == 0 {
+            d.firstStartedNs = now
+            d.firstProbeStartNs = d.probeStartNs
+            d.firstConnectedNs = d.connectedNs
+        }
         d.reason = nil
         transition(d, to: .started)
         for h in startedHooks { h(d) }
@@ -199,9 +203,12 @@ public final class Bus: @unchecked Sendable {
 
     func record(of d: Device) -> DeviceRecord {
         func span(_ a: UInt64, _ b: UInt64) -> Double? { a != 0 && b >= a ? ms(b - a) : nil }
+        // The cycle under way, unless a device that once started is probing again: then the one
+        // that first started it (the boot report's figures).
+        let latest = d.firstStartedNs == 0 || d.startedNs != 0
         return DeviceRecord(name: d.name, kind: d.kind.rawValue, path: d.spec.path, state: d.state,
-                            probeMs: span(d.probeStartNs, d.connectedNs),
-                            startMs: span(d.connectedNs, d.startedNs),
+                            probeMs: latest ? span(d.probeStartNs, d.connectedNs) : span(d.firstProbeStartNs, d.firstConnectedNs),
+                            startMs: latest ? span(d.connectedNs, d.startedNs) : span(d.firstConnectedNs, d.firstStartedNs),
                             readyAtMs: d.firstStartedNs == 0 ? nil : ms(d.firstStartedNs - min(d.firstStartedNs, bootOriginNs)),
                             firstPacketMs: nil, reason: d.reason, reconnects: d.reconnects)
     }

@@ -34,6 +34,9 @@ public final class Device: @unchecked Sendable {
     var readyNs: UInt64 = 0
     var startedNs: UInt64 = 0
     var firstStartedNs: UInt64 = 0
+    /// The cycle that first started the device (its boot): kept when a lost peer restarts the others.
+    var firstProbeStartNs: UInt64 = 0
+    var firstConnectedNs: UInt64 = 0
 
     // Probe machinery.
     var listenFD: Int32 = -1
@@ -66,9 +69,10 @@ public struct DeviceRecord: Sendable, Equatable {
     public var kind: String
     public var path: String
     public var state: DeviceState
-    /// Probe start → socket connected / TAP open (latest cycle).
+    /// Probe start → socket connected / TAP open (latest cycle; while a device that lost its peer
+    /// waits for the next one, the cycle that first started it).
     public var probeMs: Double?
-    /// Connected → started (protocol negotiation and start).
+    /// Connected → started (protocol negotiation and start), of the same cycle.
     public var startMs: Double?
     /// Boot origin → first time the device was started (it joined the datapath).
     public var readyAtMs: Double?

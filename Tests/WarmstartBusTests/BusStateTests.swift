@@ -137,10 +137,21 @@ final class BusStateTests: XCTestCase {
         XCTAssertEqual(bus.record("mid.sock")?.reason, "peer closed during negotiation")
         // The listening socket stays: the next frontend gets through.
         let good = try XCTUnwrap(Peer.connect(path))
-        defer { close(good) }
         XCTAssertTrue(Peer.handshake(good))
         XCTAssertTrue(bus.waitFor("mid.sock", .started))
         XCTAssertEqual(driver.attaches, 2)
+        let boot = try XCTUnwrap(bus.record("mid.sock"))
+        XCTAssertNotNil(boot.probeMs); XCTAssertNotNil(boot.startMs)
+        // The started front-end leaves: while the port waits for the next one, its record keeps
+        // the timings of the cycle that started it (the boot report's bus-probe / device-start).
+        close(good)
+        XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].state == .probing && $0[0].reconnects == 2 })
+        let waiting = try XCTUnwrap(bus.record("mid.sock"))
+        XCTAssertEqual(waiting.probeMs, boot.probeMs)
+        XCTAssertEqual(waiting.startMs, boot.startMs)
+        XCTAssertEqual(waiting.readyAtMs, boot.readyAtMs)
+        bus.stop()
+        XCTAssertEqual(bus.record("mid.sock")?.reason, "stopped while waiting for its peer again (peer closed the connection)")
     }
 
     func testClientReconnectsWithBackoffWhenFrontendAppearsAndWhenItRestarts() throws {
