@@ -12,9 +12,18 @@ import WarmstartVirtio
 /// in 8 its sequence number and its round's time stamp (zeros on the others); single-segment
 /// frames and chains. Recycled buffers are scribbled over between rounds: a buffer is written
 /// only when it does not hold the template, so the test checks that garbage never leaks out.
-final class BenchGeneratorTests: XCTestCase {
-    func check(packed: Bool, size: Int) throws {
-        let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 4096, cacheSize: 256)), hugepages: .off)
+/// A generator's queue pair over Warmstart's own memory, the device side of both its rings and a
+/// device-side pool: what the tests below drive.
+struct GeneratorRig {
+    let live: LiveMemory
+    let q: VirtioUserQueuePair
+    let rxDevice: VirtqueueDevice
+    let txDevice: VirtqueueDevice
+    let hostPool: MbufPool
+    let fds: [Int32]
+
+    init(packed: Bool) throws {
+        live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 4096, cacheSize: 256)), hugepages: .off)
         let arena = RingArena(region: live.generalRegion!)
         var features: VirtioFeatures = [.version1, .mergeableRxBuffers, .eventIndex]
         if packed { features.insert(.ringPacked) }
@@ -26,21 +35,30 @@ final class BenchGeneratorTests: XCTestCase {
             let m = try XCTUnwrap(arena.allocate(bytes: bytes))
             rings.append(try DriverQueue(layout: layout, size: 256, host: m.host, guest: m.guest, length: bytes, options: options))
         }
-        let fds = (0..<4).map { _ in ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK) }
-        defer { for fd in fds { close(fd) } }
-        let q = VirtioUserQueuePair(index: 0, rx: rings[0], tx: rings[1], pool: live.mbufPool,
-                                    rxKickFD: fds[0], txKickFD: fds[1], rxCallFD: fds[2], txCallFD: fds[3])
-        let tx = rings[1]
-        let device: VirtqueueDevice
-        if let s = tx.split {
-            device = VirtqueueDevice(split: s, memory: live.table, options: options)
-        } else {
-            device = VirtqueueDevice(packed: tx.packed!, memory: live.table, options: options)
+        fds = (0..<4).map { _ in ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK) }
+        q = VirtioUserQueuePair(index: 0, rx: rings[0], tx: rings[1], pool: live.mbufPool,
+                                rxKickFD: fds[0], txKickFD: fds[1], rxCallFD: fds[2], txCallFD: fds[3])
+        let table = live.table
+        func device(_ r: DriverQueue) -> VirtqueueDevice {
+            if let s = r.split { return VirtqueueDevice(split: s, memory: table, options: options) }
+            return VirtqueueDevice(packed: r.packed!, memory: table, options: options)
         }
+        rxDevice = device(rings[0])
+        txDevice = device(rings[1])
         let hostConfig = MbufPoolConfig(count: 512, cacheSize: 0)
         let hostRegion = try MemoryRegion.memfd(name: "device", size: PageSize.small4K.roundUp(MbufPoolConfig.bytesNeeded(hostConfig))!,
                                                 pageSize: .small4K)
-        let hostPool = try MbufPool.layOut(config: hostConfig, region: hostRegion, offset: 0, poolID: 7)
+        hostPool = try MbufPool.layOut(config: hostConfig, region: hostRegion, offset: 0, poolID: 7)
+    }
+
+    func close() { for fd in fds { Glibc.close(fd) } }
+}
+
+final class BenchGeneratorTests: XCTestCase {
+    func check(packed: Bool, size: Int) throws {
+        let rig = try GeneratorRig(packed: packed)
+        defer { rig.close() }
+        let live = rig.live, q = rig.q, device = rig.txDevice, hostPool = rig.hostPool
         let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 32)
         defer { out.deallocate() }
 
@@ -102,32 +120,10 @@ final class BenchGeneratorTests: XCTestCase {
     /// Loopback keeps at most `inflight` frames on their way: a device that takes every frame and
     /// returns none gets exactly the window, then nothing; each frame it returns lets one more go.
     func checkWindow(packed: Bool) throws {
-        let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 4096, cacheSize: 256)), hugepages: .off)
-        let arena = RingArena(region: live.generalRegion!)
-        var features: VirtioFeatures = [.version1, .mergeableRxBuffers, .eventIndex]
-        if packed { features.insert(.ringPacked) }
-        let options = VirtqueueOptions(features: features)
-        let layout: VirtqueueLayout = packed ? .packed : .split
-        let bytes = DriverQueue.ringBytes(layout: layout, size: 256)
-        var rings: [DriverQueue] = []
-        for _ in 0..<2 {
-            let m = try XCTUnwrap(arena.allocate(bytes: bytes))
-            rings.append(try DriverQueue(layout: layout, size: 256, host: m.host, guest: m.guest, length: bytes, options: options))
-        }
-        let fds = (0..<4).map { _ in ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK) }
-        defer { for fd in fds { close(fd) } }
-        let q = VirtioUserQueuePair(index: 0, rx: rings[0], tx: rings[1], pool: live.mbufPool,
-                                    rxKickFD: fds[0], txKickFD: fds[1], rxCallFD: fds[2], txCallFD: fds[3])
+        let rig = try GeneratorRig(packed: packed)
+        defer { rig.close() }
+        let live = rig.live, q = rig.q, txDevice = rig.txDevice, rxDevice = rig.rxDevice, hostPool = rig.hostPool
         q.fillReceiveRing()
-        func device(_ r: DriverQueue) -> VirtqueueDevice {
-            if let s = r.split { return VirtqueueDevice(split: s, memory: live.table, options: options) }
-            return VirtqueueDevice(packed: r.packed!, memory: live.table, options: options)
-        }
-        let txDevice = device(rings[1]), rxDevice = device(rings[0])
-        let hostConfig = MbufPoolConfig(count: 512, cacheSize: 0)
-        let hostRegion = try MemoryRegion.memfd(name: "device", size: PageSize.small4K.roundUp(MbufPoolConfig.bytesNeeded(hostConfig))!,
-                                                pageSize: .small4K)
-        let hostPool = try MbufPool.layOut(config: hostConfig, region: hostRegion, offset: 0, poolID: 7)
         let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 256)
         defer { out.deallocate() }
         var held: [Mbuf] = []
