@@ -291,7 +291,7 @@ public final class Bus: @unchecked Sendable {
                 d.reason = nil
             } else if let why = d.reason {
                 // A device that ran and lost its peer is waiting for the next one, not probing anew.
-                d.reason = d.reconnects > 0 ? "stopped while waiting for its peer again (\(why))" : "stopped while probing: \(why)"
+                d.reason = d.firstStartedNs != 0 ? "stopped while waiting for its peer again (\(why))" : "stopped while probing: \(why)"
             } else {
                 d.reason = "stopped before it was ready"
             }

@@ -154,6 +154,21 @@ final class BusStateTests: XCTestCase {
         XCTAssertEqual(bus.record("mid.sock")?.reason, "stopped while waiting for its peer again (peer closed the connection)")
     }
 
+    func testStoppedAfterAPeerThatNeverGotItStartedIsStillProbing() throws {
+        let path = dir + "/never.sock"
+        let (bus, _) = try makeBus(["vhost-user:\(path)"])
+        bus.start()
+        let deadline = Date().addingTimeInterval(testDeadline)
+        while !FileManager.default.fileExists(atPath: path) && Date() < deadline { usleep(500) }
+        let quitter = try XCTUnwrap(Peer.connect(path))
+        XCTAssertTrue(bus.waitFor("never.sock", .negotiating))
+        close(quitter)
+        XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].state == .probing && $0[0].reconnects == 1 })
+        bus.stop()
+        // It lost a peer, but it never ran: not "waiting for its peer again".
+        XCTAssertEqual(bus.record("never.sock")?.reason, "stopped while probing: peer closed during negotiation")
+    }
+
     func testClientReconnectsWithBackoffWhenFrontendAppearsAndWhenItRestarts() throws {
         for fallback in [false, true] {
             let path = dir + "/front-\(fallback).sock"
