@@ -36,6 +36,7 @@ public final class MbufPool: @unchecked Sendable {
     @usableFromInline let nextFresh: UnsafeMutablePointer<UInt64>
     @usableFromInline let doubleFrees: UnsafeMutablePointer<UInt64>
     @usableFromInline let badFrees: UnsafeMutablePointer<UInt64>
+    @usableFromInline let corruptIndices: UnsafeMutablePointer<UInt64>
     /// A bad or double free traps in debug builds (assertionFailure) and is counted in every build;
     /// tests clear this to check the counting without trapping.
     @usableFromInline var trapOnBadFree = true
@@ -61,6 +62,7 @@ public final class MbufPool: @unchecked Sendable {
         nextFresh = (b + PoolControl.nextFreshOffset).bindMemory(to: UInt64.self, capacity: 1)
         doubleFrees = (b + PoolControl.doubleFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
         badFrees = (b + PoolControl.badFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
+        corruptIndices = (b + PoolControl.corruptIndexOffset).bindMemory(to: UInt64.self, capacity: 1)
     }
 
     /// Checks the config and that the pool fits in the region at `offset`.
@@ -155,11 +157,13 @@ public final class MbufPool: @unchecked Sendable {
     /// One mbuf, or nil when the pool is empty.
     @inlinable
     public func alloc() -> Mbuf? {
-        let r = ring.reserveDequeue(1, exact: true)
-        if r.count == 1 {
+        while true {
+            let r = ring.reserveDequeue(1, exact: true)
+            if r.count == 0 { break }
             let index = ring.slot(r.start)
             ring.publishDequeue(start: r.start, count: 1)
-            return initialize(index)
+            if _fastPath(index < count32) { return initialize(index) }
+            dropCorrupt(index) // and take the next one
         }
         let f = takeFresh(1)
         return f.count == 1 ? initialize(f.start) : nil
@@ -173,7 +177,7 @@ public final class MbufPool: @unchecked Sendable {
         if n <= 0 { return n == 0 }
         return withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) { buffer in
             let indices = buffer.baseAddress!
-            var got = ring.dequeueBurst(indices, max: n)
+            var got = keepInRange(indices, ring.dequeueBurst(indices, max: n))
             if got < n {
                 let f = takeFresh(n - got)
                 var i = 0
@@ -195,6 +199,42 @@ public final class MbufPool: @unchecked Sendable {
             }
             return true
         }
+    }
+
+    /// The first `n` indices at `p`, just taken off the shared ring, with every one outside the
+    /// pool dropped (and counted): the ring is in shared memory, so an index read from it is
+    /// checked before it becomes a pointer. One compare per index and one branch per burst.
+    /// Returns how many are left (in place, in order).
+    @inlinable @inline(__always)
+    func keepInRange(_ p: UnsafeMutablePointer<UInt32>, _ n: Int) -> Int {
+        var highest: UInt32 = 0
+        var i = 0
+        while i < n {
+            highest = Swift.max(highest, p[i])
+            i &+= 1
+        }
+        return _fastPath(highest < count32) ? n : dropOutOfRange(p, n)
+    }
+
+    @usableFromInline
+    func dropOutOfRange(_ p: UnsafeMutablePointer<UInt32>, _ n: Int) -> Int {
+        var kept = 0
+        for i in 0..<n {
+            if p[i] < count32 {
+                p[kept] = p[i]
+                kept += 1
+            } else {
+                dropCorrupt(p[i])
+            }
+        }
+        return kept
+    }
+
+    /// An index off the free ring that is not one of this pool's elements: the ring's memory was
+    /// written by someone else. Counted (`corruptIndexCount`) and dropped, never dereferenced.
+    @usableFromInline
+    func dropCorrupt(_ index: UInt32) {
+        _ = ws_fetch_add_u64(corruptIndices, 1)
     }
 
     /// Puts one index on the ring. The ring can hold every element, so this only fails when
@@ -353,4 +393,8 @@ public final class MbufPool: @unchecked Sendable {
     /// Frees of something that is not one of this pool's mbufs (wrong identity, bad chain), and
     /// elements dropped because the ring was full.
     public var badFreeCount: Int { Int(ws_load_relaxed_u64(badFrees)) }
+
+    /// Indices taken off the free ring that were outside the pool (dropped): nonzero only when
+    /// something other than a pool user wrote the ring's shared memory.
+    public var corruptIndexCount: Int { Int(ws_load_relaxed_u64(corruptIndices)) }
 }

@@ -37,6 +37,7 @@ public enum PoolControl {
     // Line 6.
     static let doubleFreeOffset = 384     // UInt64
     static let badFreeOffset = 392        // UInt64
+    static let corruptIndexOffset = 400   // UInt64: out-of-range indices found on the ring
 
     public static let size = 448
 
@@ -80,6 +81,7 @@ public enum PoolControl {
         PoolRing.resetHeader(p + ringHeaderOffset)
         p.storeBytes(of: 0, toByteOffset: doubleFreeOffset, as: UInt64.self)
         p.storeBytes(of: 0, toByteOffset: badFreeOffset, as: UInt64.self)
+        p.storeBytes(of: 0, toByteOffset: corruptIndexOffset, as: UInt64.self)
         ws_store_release_u32(p.assumingMemoryBound(to: UInt32.self), magic)
     }
 
