@@ -95,8 +95,8 @@ public enum SnapshotWriter {
         throw SnapshotError.cannotCreate(path: path, reason: "8 temporary names beside it (\(path).tmp-\(getpid())…) already exist")
     }
 
-    /// Faults in every region page (hugepage-init) and writes pool control blocks and element
-    /// identities (mbuf-init), in the file's own pages.
+    /// Faults in every region page (hugepage-init) and writes element identities (mbuf-init), in
+    /// the file's own pages.
     static func layOutResident(fd: FileDescriptor, layout: SnapshotLayout, backing: MemoryBacking,
                                path: String, phases: PhaseSink?) throws {
         var t0 = ws_monotonic_ns()
@@ -108,8 +108,14 @@ public enum SnapshotWriter {
         var t1 = ws_monotonic_ns()
         phases?("hugepage-init", t0, t1, bytesText(Int(layout.memoryBytes)))
         t0 = t1
-        _ = try layout.makePools(in: regions, path: path) {
-            try MbufPool.layOut(config: $0, region: $1, offset: $2, poolID: $3)
+        // Identities only: the control block and ring are not in the file (format 1.1).
+        do {
+            for p in layout.pools {
+                try MbufPool.layOutElements(config: p.config, region: regions[Int(p.regionIndex)],
+                                            offset: layout.elementsOffset(of: p), poolID: p.poolID)
+            }
+        } catch let e as PoolError {
+            throw SnapshotError.pool(path: path, e)
         }
         t1 = ws_monotonic_ns()
         phases?("mbuf-init", t0, t1, "\(layout.mbufCount) mbufs")
