@@ -78,7 +78,7 @@ public final class LiveMemory: @unchecked Sendable {
             t0 = t1
         }
         let metadata = try layout.poolMetadataRegion(path: file.path)
-        let pools = try layout.makePools(in: regions, metadata: metadata, path: file.path) {
+        let pools = try layout.makePools(in: regions, path: file.path) {
             try MbufPool.restore(config: $0.config, region: $0.region, offset: $0.elementsOffset,
                                  metadata: metadata, metadataOffset: $0.metadataOffset, poolID: $0.poolID)
         }
@@ -105,7 +105,7 @@ public final class LiveMemory: @unchecked Sendable {
         phases?("hugepage-init", t0, t1, "\(bytesText(Int(layout.memoryBytes))) in \(pageSize) pages")
         t0 = t1
         let metadata = try layout.poolMetadataRegion(path: "(cold boot)")
-        let pools = try layout.makePools(in: regions, metadata: metadata, path: "(cold boot)") {
+        let pools = try layout.makePools(in: regions, path: "(cold boot)") {
             try MbufPool.layOut(config: $0.config, region: $0.region, offset: $0.elementsOffset,
                                 metadata: metadata, metadataOffset: $0.metadataOffset, poolID: $0.poolID)
         }

@@ -91,9 +91,9 @@ public struct SnapshotLayout: Equatable, Sendable {
     }
 
     /// Builds every pool of the layout with `make` (lay out, restore): elements in `regions`,
-    /// control block and ring in `metadata` (a private region of `poolMetadataBytes`), turning a
-    /// pool error into a snapshot error that names `path`.
-    func makePools(in regions: [MemoryRegion], metadata: MemoryRegion, path: String,
+    /// control block and ring at `metadataOffset` in a private region of `poolMetadataBytes`
+    /// (`poolMetadataRegion`), turning a pool error into a snapshot error that names `path`.
+    func makePools(in regions: [MemoryRegion], path: String,
                    _ make: (PoolSite) throws -> MbufPool) throws -> [MbufPool] {
         var at = 0
         do {
