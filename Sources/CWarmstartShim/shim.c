@@ -233,3 +233,13 @@ int ws_seccomp_deny_io_uring(void) {
     if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) return -errno;
     return 0;
 }
+
+// ---- snapshot files in shared directories (issue 12, defect 4) ----
+
+int ws_fstatfs(int fd, long *magic, long *block_size) {
+    struct statfs st;
+    if (fstatfs(fd, &st) != 0) return -errno;
+    *magic = (long)st.f_type;
+    *block_size = (long)st.f_bsize;
+    return 0;
+}

@@ -46,7 +46,8 @@ public final class VirtioUserDriver: DeviceDriver {
     /// counters, its queue pairs for tools.
     public func port(device index: Int) -> VirtioUserPort? { portsLock.locked { ports[index] } }
 
-    /// `regions`: every region shared with the back-end (LiveMemory.regions); `arena`: where the
+    /// `regions`: every region shared with the back-end (LiveMemory.sharedRegions: packet memory and
+    /// the general region, never the pool's metadata); `arena`: where the
     /// rings go (the general-purpose region).
     public init(regions: [MemoryRegion], pool: MbufPool, arena: RingArena, datapath: Datapath? = nil) {
         self.regions = regions

@@ -108,6 +108,15 @@ public final class VirtioUserPort: @unchecked Sendable {
         guard config.queuePairs >= 1, config.queuePairs <= 128 else {
             throw VirtioUserError.badConfig("queues=\(config.queuePairs) is outside 1...128")
         }
+        // The back-end maps every region we list, from offset 0 of its fd, and may write any byte
+        // of it: the pool's control block and free ring must be in none of them (issue 12).
+        let metadata = pool.metadataRegion
+        guard pool.hasSeparateMetadata,
+              !regions.contains(where: { $0 === metadata || ($0.fd.rawValue == metadata.fd.rawValue) }) else {
+            throw VirtioUserError.badConfig("mbuf pool \(pool.poolID): its control block and free ring are in region '\(metadata.name)', "
+                                            + "which would be shared with the vhost-user back-end; give the port the packet regions only "
+                                            + "(LiveMemory.sharedRegions) and a pool with separate metadata")
+        }
         self.config = config
         self.regions = regions
         self.pool = pool
@@ -126,6 +135,7 @@ public final class VirtioUserPort: @unchecked Sendable {
 
     /// The SET_MEM_TABLE entries: one per region, its own fd and mmap offset, its I/O address as
     /// the guest address and our mapping as the user address (vhost-user "memory regions").
+    /// Packet memory and rings only: `init` refused a region holding the pool's metadata.
     public static func memoryTable(_ regions: [MemoryRegion]) -> [FrontendMemoryRegion] {
         regions.map {
             FrontendMemoryRegion(fd: $0.fd.rawValue, mmapOffset: UInt64($0.fileOffset), guestAddress: $0.ioAddress,

@@ -100,7 +100,22 @@ public enum FileSystemKind: String, Sendable, Codable {
         guard rc == 0 else {
             throw MemoryError.system(operation: "statfs", path: path, errno: Errno(rawValue: -rc))
         }
-        if magic == WS_HUGETLBFS_MAGIC { return (.hugetlbfs, bsize) }
+        return classify(magic: magic, blockSize: bsize)
+    }
+
+    /// The file system of an open file (`name` for errors only): the file checked is the one
+    /// opened, whatever its path points at by now.
+    public static func of(fd: Int32, name: String) throws -> (kind: FileSystemKind, pageBytes: Int) {
+        var magic = 0, bsize = 0
+        let rc = ws_fstatfs(fd, &magic, &bsize)
+        guard rc == 0 else {
+            throw MemoryError.system(operation: "fstatfs", path: name, errno: Errno(rawValue: -rc))
+        }
+        return classify(magic: magic, blockSize: bsize)
+    }
+
+    static func classify(magic: Int, blockSize: Int) -> (kind: FileSystemKind, pageBytes: Int) {
+        if magic == WS_HUGETLBFS_MAGIC { return (.hugetlbfs, blockSize) }
         if magic == WS_TMPFS_MAGIC { return (.tmpfs, 4096) }
         return (.disk, 4096)
     }

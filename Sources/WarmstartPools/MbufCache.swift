@@ -164,7 +164,8 @@ public final class MbufCache {
     func refill(_ n: Int) {
         let want = Swift.min(capacity, n + chunk) - length
         if want <= 0 { return }
-        var got = pool.ring.dequeueBurst(stack + length, max: want)
+        // Off the shared ring: checked before anything pops them (the stack itself is private).
+        var got = pool.keepInRange(stack + length, pool.ring.dequeueBurst(stack + length, max: want))
         if got < want {
             let f = pool.takeFresh(want - got)
             var i = 0

@@ -9,8 +9,15 @@ import WarmstartMemory
 /// bumps; every allocation writes the whole header, so no header content from an earlier run is
 /// trusted. Nothing in shared memory is a pointer: the pool may be mapped at any address.
 ///
-/// `offset` must be a multiple of 4096 (elements are page aligned); `MbufPoolConfig.bytesNeeded`
-/// is a page multiple, so pools can be placed back to back in one region.
+/// Two placements. Inline: control block, free ring and elements one after the other from
+/// `offset` in `region` (`MbufPoolConfig.bytesNeeded`). Separate metadata: the control block and
+/// ring in `metadataRegion` (`MbufPoolConfig.metadataBytes`), the elements alone from `offset`
+/// in `region` (`MbufPoolConfig.elementBytes`) — what the runtime uses, so that the packet region
+/// can be given to a peer (a virtio-user back-end) without the pool's own state: a peer that
+/// holds a region's fd can write any byte of it.
+///
+/// Offsets must be multiples of 4096 (elements are page aligned); every size above is a page
+/// multiple, so pools can be placed back to back in one region.
 ///
 /// Hot-path methods are `@inlinable` so callers in other modules get them inlined. Dataplane
 /// threads should go through an `MbufCache`; the pool's own alloc/free touch the shared ring on
@@ -18,13 +25,18 @@ import WarmstartMemory
 public final class MbufPool: @unchecked Sendable {
     public let config: MbufPoolConfig
     public let poolID: UInt16
-    /// Where the pool starts inside `region`.
+    /// Inline: where the pool starts inside `region`. Separate: where its elements start.
     public let offset: Int
-    /// Keeps the mapping alive as long as the pool is used.
+    /// The region of the elements (the packet memory); keeps the mapping alive.
     public let region: MemoryRegion
+    /// The region of the control block and free ring: `region` itself when inline.
+    public let metadataRegion: MemoryRegion
+    /// Where the control block starts inside `metadataRegion`.
+    public let metadataOffset: Int
     /// The pool's control block, in this process's mapping.
     public let base: UnsafeMutableRawPointer
     public let ringMode: PoolRing.Mode
+    let geometry: PoolControl.Geometry
 
     @usableFromInline let ring: PoolRing
     @usableFromInline let el: PoolElements
@@ -36,22 +48,34 @@ public final class MbufPool: @unchecked Sendable {
     @usableFromInline let nextFresh: UnsafeMutablePointer<UInt64>
     @usableFromInline let doubleFrees: UnsafeMutablePointer<UInt64>
     @usableFromInline let badFrees: UnsafeMutablePointer<UInt64>
+    @usableFromInline let corruptIndices: UnsafeMutablePointer<UInt64>
     /// A bad or double free traps in debug builds (assertionFailure) and is counted in every build;
     /// tests clear this to check the counting without trapping.
     @usableFromInline var trapOnBadFree = true
 
-    private init(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
-                 mode: PoolRing.Mode, geometry g: PoolControl.Geometry) {
+    /// The metadata lives in a region of its own: `region` can be shared without it.
+    public var hasSeparateMetadata: Bool { geometry.separate }
+
+    /// The bytes of `region` that hold the elements: [start, end). All a peer needs to see.
+    public var elementRange: Range<Int> {
+        let start = elements - region.base
+        return start..<(start + geometry.elementBytes)
+    }
+
+    private init(config: MbufPoolConfig, site: Site, poolID: UInt16, mode: PoolRing.Mode, geometry g: PoolControl.Geometry) {
         self.config = config
         self.poolID = poolID
-        self.offset = offset
-        self.region = region
+        self.offset = site.offset
+        self.region = site.region
+        self.metadataRegion = site.metadata?.region ?? site.region
+        self.metadataOffset = site.metadata?.offset ?? site.offset
         self.ringMode = mode
-        let b = region.base + offset
+        self.geometry = g
+        let b = metadataRegion.base + metadataOffset
         base = b
         ring = PoolRing(header: b + PoolControl.ringHeaderOffset, slots: b + g.ringOffset,
                         capacity: g.capacity, mode: mode)
-        elements = b + g.elementsOffset
+        elements = g.separate ? site.region.base + site.offset : b + g.elementsOffset
         elementStride = g.elementSize
         count32 = UInt32(config.count)
         headroom16 = UInt16(config.headroom)
@@ -61,21 +85,46 @@ public final class MbufPool: @unchecked Sendable {
         nextFresh = (b + PoolControl.nextFreshOffset).bindMemory(to: UInt64.self, capacity: 1)
         doubleFrees = (b + PoolControl.doubleFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
         badFrees = (b + PoolControl.badFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
+        corruptIndices = (b + PoolControl.corruptIndexOffset).bindMemory(to: UInt64.self, capacity: 1)
     }
 
-    /// Checks the config and that the pool fits in the region at `offset`.
-    static func placement(_ config: MbufPoolConfig, _ region: MemoryRegion, _ offset: Int,
-                          _ poolID: UInt16) throws -> PoolControl.Geometry {
+    /// Where a pool goes: its elements (inline: everything) at `offset` in `region`, and with
+    /// separate metadata, its control block and ring at `metadata.offset` in `metadata.region`.
+    struct Site {
+        var region: MemoryRegion
+        var offset: Int
+        var metadata: (region: MemoryRegion, offset: Int)?
+    }
+
+    /// Checks the config and that each part fits its region, page aligned, not overlapping.
+    static func placement(_ config: MbufPoolConfig, _ site: Site, _ poolID: UInt16) throws -> PoolControl.Geometry {
         try config.validate()
-        guard offset >= 0, offset % MbufPoolConfig.pageAlignment == 0 else {
-            throw PoolError.misalignedOffset(poolID: poolID, offset: offset,
-                                             alignment: MbufPoolConfig.pageAlignment)
+        let g = PoolControl.Geometry(config, separate: site.metadata != nil)
+        guard let m = site.metadata else {
+            try fits(site.region, site.offset, g.totalBytes, poolID)
+            return g
         }
-        let g = PoolControl.Geometry(config)
-        guard offset <= region.size, g.totalBytes <= region.size - offset else {
-            throw PoolError.regionTooSmall(poolID: poolID, needed: g.totalBytes, offset: offset, regionSize: region.size)
+        try fits(site.region, site.offset, g.elementBytes, poolID)
+        try fits(m.region, m.offset, g.metadataBytes, poolID)
+        if m.region === site.region, m.offset < site.offset + g.elementBytes, site.offset < m.offset + g.metadataBytes {
+            throw PoolError.invalidConfig(field: "metadata offset", value: m.offset,
+                                          reason: "the control block and ring would overlap the elements at \(site.offset)")
         }
         return g
+    }
+
+    /// `bytes` from page-aligned `offset` lie inside `region`.
+    static func fits(_ region: MemoryRegion, _ offset: Int, _ bytes: Int, _ poolID: UInt16) throws {
+        guard offset >= 0, offset % MbufPoolConfig.pageAlignment == 0 else {
+            throw PoolError.misalignedOffset(poolID: poolID, offset: offset, alignment: MbufPoolConfig.pageAlignment)
+        }
+        guard offset <= region.size, bytes <= region.size - offset else {
+            throw PoolError.regionTooSmall(poolID: poolID, needed: bytes, offset: offset, regionSize: region.size)
+        }
+    }
+
+    static func site(_ region: MemoryRegion, _ offset: Int, _ metadata: MemoryRegion?, _ metadataOffset: Int) -> Site {
+        Site(region: region, offset: offset, metadata: metadata.map { ($0, metadataOffset) })
     }
 
     // MARK: lay out, restore, attach
@@ -83,14 +132,33 @@ public final class MbufPool: @unchecked Sendable {
     /// The mbuf init phase: writes each element's identity words (never its data room), then a
     /// pristine control block. Touching every header faults in every page that holds one (all of
     /// them when elementSize ≤ the page size), which is where the time goes.
-    public static func layOut(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
+    /// - Parameter metadata: where the control block and ring go (separate metadata), or nil for
+    ///   an inline pool.
+    public static func layOut(config: MbufPoolConfig, region: MemoryRegion, offset: Int,
+                              metadata: MemoryRegion? = nil, metadataOffset: Int = 0, poolID: UInt16,
                               mode: PoolRing.Mode = .mpmc) throws -> MbufPool {
-        let g = try placement(config, region, offset, poolID)
-        let b = region.base + offset
+        let site = site(region, offset, metadata, metadataOffset)
+        let g = try placement(config, site, poolID)
+        let b = (metadata ?? region).base + (metadata == nil ? offset : metadataOffset)
         // Invalidate first: a crash during the loop must leave a block `attach` rejects.
         ws_store_release_u32(b.bindMemory(to: UInt32.self, capacity: 1), 0)
-        var p = b + g.elementsOffset
-        let stride = g.elementSize
+        writeIdentities(config: config, at: metadata == nil ? b + g.elementsOffset : region.base + offset, poolID: poolID)
+        PoolControl.writePristine(at: b, config: config, geometry: g, poolID: poolID)
+        return MbufPool(config: config, site: site, poolID: poolID, mode: mode, geometry: g)
+    }
+
+    /// Writes the identity words of every element of a pool whose elements start at `offset` in
+    /// `region`, and nothing else: a snapshot file holds the elements only, the control block is
+    /// written where the pool is restored.
+    public static func layOutElements(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16) throws {
+        try config.validate()
+        try fits(region, offset, MbufPoolConfig.elementBytes(config), poolID)
+        writeIdentities(config: config, at: region.base + offset, poolID: poolID)
+    }
+
+    static func writeIdentities(config: MbufPoolConfig, at first: UnsafeMutableRawPointer, poolID: UInt16) {
+        var p = first
+        let stride = config.elementSize
         let n = UInt32(config.count)
         let len = UInt16(config.bufferLength)
         var i: UInt32 = 0
@@ -99,36 +167,40 @@ public final class MbufPool: @unchecked Sendable {
             p += stride
             i &+= 1
         }
-        PoolControl.writePristine(at: b, config: config, geometry: g, poolID: poolID)
-        return MbufPool(config: config, region: region, offset: offset, poolID: poolID, mode: mode, geometry: g)
     }
 
     /// O(1) restore of a laid-out image (a snapshot, or this pool after arbitrary use): rewrites the
     /// control block pristine (ring empty, nextFresh 0, counters 0). Never reads an element: each
     /// one's header is rewritten when it is next allocated.
-    public static func restore(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
+    public static func restore(config: MbufPoolConfig, region: MemoryRegion, offset: Int,
+                               metadata: MemoryRegion? = nil, metadataOffset: Int = 0, poolID: UInt16,
                                mode: PoolRing.Mode = .mpmc) throws -> MbufPool {
-        let g = try placement(config, region, offset, poolID)
-        PoolControl.writePristine(at: region.base + offset, config: config, geometry: g, poolID: poolID)
-        return MbufPool(config: config, region: region, offset: offset, poolID: poolID, mode: mode, geometry: g)
+        let site = site(region, offset, metadata, metadataOffset)
+        let g = try placement(config, site, poolID)
+        PoolControl.writePristine(at: (metadata ?? region).base + (metadata == nil ? offset : metadataOffset),
+                                  config: config, geometry: g, poolID: poolID)
+        return MbufPool(config: config, site: site, poolID: poolID, mode: mode, geometry: g)
     }
 
     /// Hot upgrade: adopts a live pool, keeping its ring and bump state, after checking the control
     /// block (magic, version, config, geometry, a quiescent and plausible ring).
     /// - Parameter checkRing: false while the previous owner may still be allocating (a handoff
     ///   attaches before the old process pauses); then call `checkRingQuiescent()` once it has.
-    public static func attach(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
+    public static func attach(config: MbufPoolConfig, region: MemoryRegion, offset: Int,
+                              metadata: MemoryRegion? = nil, metadataOffset: Int = 0, poolID: UInt16,
                               mode: PoolRing.Mode = .mpmc, checkRing: Bool = true) throws -> MbufPool {
-        let g = try placement(config, region, offset, poolID)
-        try PoolControl.validate(at: region.base + offset, config: config, geometry: g, poolID: poolID,
-                                 offset: offset, ring: checkRing)
-        return MbufPool(config: config, region: region, offset: offset, poolID: poolID, mode: mode, geometry: g)
+        let site = site(region, offset, metadata, metadataOffset)
+        let g = try placement(config, site, poolID)
+        let at = metadata == nil ? offset : metadataOffset
+        try PoolControl.validate(at: (metadata ?? region).base + at, config: config, geometry: g, poolID: poolID,
+                                 offset: at, ring: checkRing)
+        return MbufPool(config: config, site: site, poolID: poolID, mode: mode, geometry: g)
     }
 
     /// The ring check `attach(checkRing: false)` left out: quiescent, and holding no more than was
     /// ever handed out. Only once every other user is paused.
     public func checkRingQuiescent() throws {
-        try PoolControl.validateRing(at: base, config: config, geometry: PoolControl.Geometry(config), poolID: poolID)
+        try PoolControl.validateRing(at: base, config: config, geometry: geometry, poolID: poolID)
     }
 
     // MARK: allocation
@@ -155,11 +227,13 @@ public final class MbufPool: @unchecked Sendable {
     /// One mbuf, or nil when the pool is empty.
     @inlinable
     public func alloc() -> Mbuf? {
-        let r = ring.reserveDequeue(1, exact: true)
-        if r.count == 1 {
+        while true {
+            let r = ring.reserveDequeue(1, exact: true)
+            if r.count == 0 { break }
             let index = ring.slot(r.start)
             ring.publishDequeue(start: r.start, count: 1)
-            return initialize(index)
+            if _fastPath(index < count32) { return initialize(index) }
+            dropCorrupt(index) // and take the next one
         }
         let f = takeFresh(1)
         return f.count == 1 ? initialize(f.start) : nil
@@ -173,7 +247,7 @@ public final class MbufPool: @unchecked Sendable {
         if n <= 0 { return n == 0 }
         return withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) { buffer in
             let indices = buffer.baseAddress!
-            var got = ring.dequeueBurst(indices, max: n)
+            var got = keepInRange(indices, ring.dequeueBurst(indices, max: n))
             if got < n {
                 let f = takeFresh(n - got)
                 var i = 0
@@ -195,6 +269,43 @@ public final class MbufPool: @unchecked Sendable {
             }
             return true
         }
+    }
+
+    /// The first `n` indices at `p`, just taken off the shared ring, with every one outside the
+    /// pool dropped (and counted): the ring is in shared memory, so an index read from it is
+    /// checked before it becomes a pointer. One compare per index and one branch per burst.
+    /// Returns how many are left (in place, in order).
+    @inlinable @inline(__always)
+    func keepInRange(_ p: UnsafeMutablePointer<UInt32>, _ n: Int) -> Int {
+        let limit = count32
+        var bad: UInt32 = 0
+        var i = 0
+        while i < n {
+            bad |= p[i] >= limit ? 1 : 0 // no branch per index (measured: cheaper than a max-reduction)
+            i &+= 1
+        }
+        return _fastPath(bad == 0) ? n : dropOutOfRange(p, n)
+    }
+
+    @usableFromInline
+    func dropOutOfRange(_ p: UnsafeMutablePointer<UInt32>, _ n: Int) -> Int {
+        var kept = 0
+        for i in 0..<n {
+            if p[i] < count32 {
+                p[kept] = p[i]
+                kept += 1
+            } else {
+                dropCorrupt(p[i])
+            }
+        }
+        return kept
+    }
+
+    /// An index off the free ring that is not one of this pool's elements: the ring's memory was
+    /// written by someone else. Counted (`corruptIndexCount`) and dropped, never dereferenced.
+    @usableFromInline
+    func dropCorrupt(_ index: UInt32) {
+        _ = ws_fetch_add_u64(corruptIndices, 1)
     }
 
     /// Puts one index on the ring. The ring can hold every element, so this only fails when
@@ -353,4 +464,8 @@ public final class MbufPool: @unchecked Sendable {
     /// Frees of something that is not one of this pool's mbufs (wrong identity, bad chain), and
     /// elements dropped because the ring was full.
     public var badFreeCount: Int { Int(ws_load_relaxed_u64(badFrees)) }
+
+    /// Indices taken off the free ring that were outside the pool (dropped): nonzero only when
+    /// something other than a pool user wrote the ring's shared memory.
+    public var corruptIndexCount: Int { Int(ws_load_relaxed_u64(corruptIndices)) }
 }

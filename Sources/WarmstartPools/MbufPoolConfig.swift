@@ -59,11 +59,22 @@ public struct MbufPoolConfig: Equatable, Codable, Sendable {
         }
     }
 
-    /// Bytes a pool with `config` occupies from its offset: control block, ring slots, elements.
+    /// Bytes an inline pool with `config` occupies from its offset: control block, ring slots, elements
+    /// (`metadataBytes` + `elementBytes`).
     /// Rounded up to a page so pools can be placed back to back and keep their elements page
     /// aligned. Assumes a valid config.
     public static func bytesNeeded(_ config: MbufPoolConfig) -> Int {
         PoolControl.Geometry(config).totalBytes
+    }
+
+    /// Bytes of a pool's control block and free ring alone (separate metadata), page aligned.
+    public static func metadataBytes(_ config: MbufPoolConfig) -> Int {
+        PoolControl.Geometry(config).metadataBytes
+    }
+
+    /// Bytes of a pool's elements alone (separate metadata), page aligned.
+    public static func elementBytes(_ config: MbufPoolConfig) -> Int {
+        PoolControl.Geometry(config).elementBytes
     }
 
     @inlinable static func roundUp(_ x: Int, _ alignment: Int) -> Int { (x + alignment - 1) & ~(alignment - 1) }

@@ -30,6 +30,7 @@ public enum PoolControl {
     static let ringOffsetOffset = 40      // UInt32
     static let poolIDOffset = 44          // UInt16
     static let elementsOffsetOffset = 48  // UInt64
+    static let flagsOffset = 56           // UInt32: Flags (then 4 bytes of 0)
     // Line 1.
     static let nextFreshOffset = 64       // UInt64
     // Lines 2...5: the ring's heads and tails (PoolRing.headerBytes).
@@ -37,24 +38,45 @@ public enum PoolControl {
     // Line 6.
     static let doubleFreeOffset = 384     // UInt64
     static let badFreeOffset = 392        // UInt64
+    static let corruptIndexOffset = 400   // UInt64: out-of-range indices found on the ring
 
     public static let size = 448
 
-    /// Where each part lives, relative to the pool base.
+    /// Bits of the flags word (0 in blocks written before it existed: inline).
+    enum Flags {
+        /// The elements live in another region (`Geometry.separate`).
+        static let separateElements: UInt32 = 1
+    }
+
+    /// Where each part lives. Inline (the original layout): control block, ring, then the
+    /// elements, all from the pool base. Separate: the control block and ring (the metadata) in a
+    /// region of their own, never shared with a peer, and the elements from their own offset in
+    /// the packet region (issue 12: a virtio-user back-end maps the packet memory only).
     struct Geometry: Equatable {
         var ringOffset: Int
         var capacity: Int
+        /// Inline: where the elements start, from the pool base. Separate: 0 (they start at the
+        /// elements' own offset).
         var elementsOffset: Int
         var elementSize: Int
+        /// Inline: control block, ring and elements. Separate: control block and ring only.
         var totalBytes: Int
+        /// Control block and ring, page aligned.
+        var metadataBytes: Int
+        /// The elements, page aligned.
+        var elementBytes: Int
+        var separate: Bool
 
-        init(_ c: MbufPoolConfig) {
+        init(_ c: MbufPoolConfig, separate: Bool = false) {
             capacity = c.ringCapacity
             ringOffset = PoolControl.size
             let ringEnd = ringOffset + MbufPoolConfig.roundUp(capacity * 4, MbufPoolConfig.cacheLine)
-            elementsOffset = MbufPoolConfig.roundUp(ringEnd, MbufPoolConfig.pageAlignment)
+            metadataBytes = MbufPoolConfig.roundUp(ringEnd, MbufPoolConfig.pageAlignment)
             elementSize = c.elementSize
-            totalBytes = MbufPoolConfig.roundUp(elementsOffset + c.count * elementSize, MbufPoolConfig.pageAlignment)
+            elementBytes = MbufPoolConfig.roundUp(c.count * elementSize, MbufPoolConfig.pageAlignment)
+            self.separate = separate
+            elementsOffset = separate ? 0 : metadataBytes
+            totalBytes = separate ? metadataBytes : metadataBytes + elementBytes
         }
     }
 
@@ -75,11 +97,12 @@ public enum PoolControl {
         p.storeBytes(of: 0, toByteOffset: poolIDOffset + 2, as: UInt16.self)
         p.storeBytes(of: 0, toByteOffset: 36, as: UInt32.self)
         p.storeBytes(of: UInt64(g.elementsOffset), toByteOffset: elementsOffsetOffset, as: UInt64.self)
-        p.storeBytes(of: 0, toByteOffset: 56, as: UInt64.self)
+        p.storeBytes(of: UInt64(g.separate ? Flags.separateElements : 0), toByteOffset: flagsOffset, as: UInt64.self)
         p.storeBytes(of: 0, toByteOffset: nextFreshOffset, as: UInt64.self)
         PoolRing.resetHeader(p + ringHeaderOffset)
         p.storeBytes(of: 0, toByteOffset: doubleFreeOffset, as: UInt64.self)
         p.storeBytes(of: 0, toByteOffset: badFreeOffset, as: UInt64.self)
+        p.storeBytes(of: 0, toByteOffset: corruptIndexOffset, as: UInt64.self)
         ws_store_release_u32(p.assumingMemoryBound(to: UInt32.self), magic)
     }
 
@@ -107,6 +130,8 @@ public enum PoolControl {
         try check("ringCapacity", Int(truncatingIfNeeded: p.load(fromByteOffset: capacityOffset, as: UInt64.self)),
                   g.capacity)
         try check("ringOffset", Int(p.load(fromByteOffset: ringOffsetOffset, as: UInt32.self)), g.ringOffset)
+        try check("separateElements", Int(p.load(fromByteOffset: flagsOffset, as: UInt32.self) & Flags.separateElements),
+                  g.separate ? Int(Flags.separateElements) : 0)
         try check("elementsOffset",
                   Int(truncatingIfNeeded: p.load(fromByteOffset: elementsOffsetOffset, as: UInt64.self)),
                   g.elementsOffset)

@@ -4,10 +4,15 @@ extension MbufPool {
     /// Read-only check of a laid-out pool image that is not adopted: the same identity scan as
     /// `verifyImage()`, without writing the control block (a verify must never disturb a snapshot
     /// that a running process may have mapped).
+    /// - Parameter inline: the image holds the control block and ring before the elements; else
+    ///   the elements start at `offset`.
     public static func verifyImage(config: MbufPoolConfig, region: MemoryRegion, offset: Int, poolID: UInt16,
-                                   limit: Int = 10) -> [String] {
-        let g: PoolControl.Geometry
-        do { g = try placement(config, region, offset, poolID) } catch { return ["\(error)"] }
+                                   inline: Bool = true, limit: Int = 10) -> [String] {
+        let g = PoolControl.Geometry(config, separate: !inline)
+        do {
+            try config.validate()
+            try fits(region, offset, g.separate ? g.elementBytes : g.totalBytes, poolID)
+        } catch { return ["\(error)"] }
         var problems: [String] = []
         var more = 0
         let len = UInt16(config.bufferLength)

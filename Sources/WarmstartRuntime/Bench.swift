@@ -186,7 +186,7 @@ extension Bench {
         let bus = try Bus(ports: [try PortSpec.parse(spec)])
         // We poll the queues ourselves: a teardown (back-end gone) waits until we let go of them.
         let lease = QueueLease()
-        let driver = VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena.shared(for: general))
+        let driver = VirtioUserDriver(regions: live.sharedRegions, pool: live.mbufPool, arena: RingArena.shared(for: general))
         driver.beforeTeardown = { _ in lease.revoke() }
         bus.register(driver: driver, for: .virtioUser)
         bus.start()

@@ -37,10 +37,14 @@ public struct HandoffRegionState: Codable, Sendable, Equatable {
 
 public struct HandoffPoolState: Codable, Sendable, Equatable {
     public var config: MbufPoolConfig
-    /// Index into `regions`.
+    /// Index into `regions`: the elements (an inline pool: everything).
     public var region: Int
     public var offset: Int
     public var poolID: UInt16
+    /// Index into `regions` of the private region that holds the control block and free ring, and
+    /// where in it; nil for an inline pool (a donor older than snapshot format 1.1).
+    public var metadataRegion: Int? = nil
+    public var metadataOffset: Int? = nil
 }
 
 public struct HandoffPortState: Codable, Sendable, Equatable {
@@ -152,7 +156,15 @@ public struct HandoffStateBuilder {
         guard let k = regions.firstIndex(where: { $0 === p.region }) else {
             throw HandoffError(.transfer, "pool \(p.poolID) lives in a region that is not handed over")
         }
-        state.pools.append(HandoffPoolState(config: p.config, region: k, offset: p.offset, poolID: p.poolID))
+        var pool = HandoffPoolState(config: p.config, region: k, offset: p.offset, poolID: p.poolID)
+        if p.hasSeparateMetadata {
+            guard let m = regions.firstIndex(where: { $0 === p.metadataRegion }) else {
+                throw HandoffError(.transfer, "pool \(p.poolID) keeps its control block in a region that is not handed over")
+            }
+            pool.metadataRegion = m
+            pool.metadataOffset = p.metadataOffset
+        }
+        state.pools.append(pool)
     }
 
     /// Adds a vhost-user port: its sockets and its session. Ring positions here are provisional
@@ -235,8 +247,16 @@ public final class HandoffReceived: @unchecked Sendable {
         var pools: [MbufPool] = []
         for p in state.pools {
             guard p.region >= 0, p.region < regions.count else { throw HandoffError(step, "pool \(p.poolID) names region \(p.region)") }
+            var metadata: MemoryRegion?
+            if let m = p.metadataRegion {
+                guard m >= 0, m < regions.count, m != p.region, p.metadataOffset != nil else {
+                    throw HandoffError(step, "pool \(p.poolID) names metadata region \(m) at offset \(p.metadataOffset.map { "\($0)" } ?? "none")")
+                }
+                metadata = regions[m]
+            }
             do {
-                pools.append(try MbufPool.attach(config: p.config, region: regions[p.region], offset: p.offset, poolID: p.poolID,
+                pools.append(try MbufPool.attach(config: p.config, region: regions[p.region], offset: p.offset,
+                                                 metadata: metadata, metadataOffset: p.metadataOffset ?? 0, poolID: p.poolID,
                                                  checkRing: !inMotion))
             } catch {
                 throw HandoffError(step, "cannot adopt pool \(p.poolID): \(error)")

@@ -8,7 +8,7 @@ extension Runtime {
     /// posted mbufs go back to the pool. Call before `start()`.
     public func enableVirtioUserPorts() {
         guard let general = memory.generalRegion else { return }
-        let driver = VirtioUserDriver(regions: memory.regions, pool: memory.mbufPool, arena: RingArena.shared(for: general),
+        let driver = VirtioUserDriver(regions: memory.sharedRegions, pool: memory.mbufPool, arena: RingArena.shared(for: general),
                                       datapath: datapath)
         driver.register(on: bus)
         virtioUser = driver

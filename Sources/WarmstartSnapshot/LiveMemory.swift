@@ -25,6 +25,8 @@ public final class LiveMemory: @unchecked Sendable {
     }
 
     public let origin: Origin
+    /// Every region: the laid-out ones (mbufs, general) and the private one that holds the pools'
+    /// control blocks and free rings. A handoff passes them all on.
     public let regions: [MemoryRegion]
     public let pools: [MbufPool]
     /// Kept open while its regions are mapped from it.
@@ -32,10 +34,19 @@ public final class LiveMemory: @unchecked Sendable {
 
     public var pageSize: PageSize { regions.first?.pageSize ?? .small4K }
     public var backing: MemoryBacking { regions.first?.backing ?? .memfd }
-    public var totalBytes: Int { regions.reduce(0) { $0 + $1.size } }
-    public var table: MemoryTable { MemoryTable(regions: regions) }
+    /// The laid-out memory (what a peer may see), without the pools' private metadata.
+    public var totalBytes: Int { sharedRegions.reduce(0) { $0 + $1.size } }
+    public var table: MemoryTable { MemoryTable(regions: sharedRegions) }
     public var mbufPool: MbufPool { pools[0] }
-    public var generalRegion: MemoryRegion? { regions.count > 1 ? regions[1] : nil }
+    public var generalRegion: MemoryRegion? { regions.first { $0.name == "general" } }
+
+    /// The regions a peer may be given (a virtio-user back-end's memory table): every region but
+    /// those that hold only pool metadata (control blocks and free rings), which stay private to
+    /// this process. An inline pool (a handoff from a build before format 1.1) keeps its region
+    /// shared, as it was.
+    public var sharedRegions: [MemoryRegion] {
+        regions.filter { r in !pools.contains { $0.hasSeparateMetadata && $0.metadataRegion === r } }
+    }
 
     init(origin: Origin, regions: [MemoryRegion], pools: [MbufPool], snapshot: SnapshotFile?) {
         self.origin = origin
@@ -66,11 +77,13 @@ public final class LiveMemory: @unchecked Sendable {
             phases?("hugepage-init", t0, t1, bytesText(Int(layout.memoryBytes)) + (populate ? "" : ", faulted on use"))
             t0 = t1
         }
+        let metadata = try layout.poolMetadataRegion(path: file.path)
         let pools = try layout.makePools(in: regions, path: file.path) {
-            try MbufPool.restore(config: $0, region: $1, offset: $2, poolID: $3)
+            try MbufPool.restore(config: $0.config, region: $0.region, offset: $0.elementsOffset,
+                                 metadata: metadata, metadataOffset: $0.metadataOffset, poolID: $0.poolID)
         }
         phases?("mbuf-init", t0, ws_monotonic_ns(), "\(layout.mbufCount) mbufs, restored")
-        return LiveMemory(origin: origin, regions: regions, pools: pools, snapshot: file)
+        return LiveMemory(origin: origin, regions: regions + [metadata], pools: pools, snapshot: file)
     }
 
     /// Lays everything out from scratch in fresh memfd regions: the cold boot, and the fallback when
@@ -91,11 +104,13 @@ public final class LiveMemory: @unchecked Sendable {
         let t1 = ws_monotonic_ns()
         phases?("hugepage-init", t0, t1, "\(bytesText(Int(layout.memoryBytes))) in \(pageSize) pages")
         t0 = t1
+        let metadata = try layout.poolMetadataRegion(path: "(cold boot)")
         let pools = try layout.makePools(in: regions, path: "(cold boot)") {
-            try MbufPool.layOut(config: $0, region: $1, offset: $2, poolID: $3)
+            try MbufPool.layOut(config: $0.config, region: $0.region, offset: $0.elementsOffset,
+                                metadata: metadata, metadataOffset: $0.metadataOffset, poolID: $0.poolID)
         }
         phases?("mbuf-init", t0, ws_monotonic_ns(), "\(config.pool.count) mbufs laid out")
-        return LiveMemory(origin: .cold, regions: regions, pools: pools, snapshot: nil)
+        return LiveMemory(origin: .cold, regions: regions + [metadata], pools: pools, snapshot: nil)
     }
 
     /// memfd regions with the layout's sizes and I/O addresses, in the page size `hugepages` allows.

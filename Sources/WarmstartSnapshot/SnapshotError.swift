@@ -5,6 +5,9 @@ import WarmstartPools
 public enum SnapshotError: Error, CustomStringConvertible {
     case cannotOpen(path: String, reason: String)
     case cannotCreate(path: String, reason: String)
+    /// The file is not safe to map: a symbolic link, another user's file, or one others can write
+    /// (a snapshot in a shared directory such as /dev/shm). `reason` says which and what to do.
+    case unsafeFile(path: String, reason: String)
     case truncated(path: String, size: Int, expected: Int)
     case badMagic(path: String)
     case unsupportedVersion(path: String, major: UInt16, minor: UInt16)
@@ -21,6 +24,7 @@ public enum SnapshotError: Error, CustomStringConvertible {
         switch self {
         case let .cannotOpen(p, r): return "snapshot \(p): cannot open: \(r)"
         case let .cannotCreate(p, r): return "snapshot \(p): cannot create: \(r)"
+        case let .unsafeFile(p, r): return "snapshot \(p) \(r)"
         case let .truncated(p, s, e): return "snapshot \(p): truncated: the file has \(s) bytes, its header says \(e)"
         case let .badMagic(p): return "snapshot \(p): not a Warmstart snapshot (wrong magic number)"
         case let .unsupportedVersion(p, ma, mi):

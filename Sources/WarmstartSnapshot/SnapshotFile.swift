@@ -27,15 +27,18 @@ public final class SnapshotFile: @unchecked Sendable {
 
     deinit { try? fd.close() }
 
-    /// Opens `path` and checks, in this order: it is a regular file; magic; version; header size;
-    /// CRC-32C over header and metadata; metadata shape; file size; page size against what the file
-    /// system gives; region and pool geometry. Any failure throws a `SnapshotError` naming the file.
+    /// Opens `path` and checks, in this order: not a symbolic link (O_NOFOLLOW); a regular file of
+    /// this user's that nobody else can write (`checkOwnership`, on the opened descriptor, so the
+    /// file checked is the file used); magic; version; header size; CRC-32C over header and
+    /// metadata; metadata shape; file size; page size against what the file system gives; region
+    /// and pool geometry. Any failure throws a `SnapshotError` naming the file.
     public static func open(path: String) throws -> SnapshotFile {
         let fd: FileDescriptor
         do {
-            fd = try FileDescriptor.open(FilePath(path), .readWrite, options: [.closeOnExec])
+            // The default snapshot lives in /dev/shm, where anyone can plant a link to a file of ours.
+            fd = try FileDescriptor.open(FilePath(path), .readWrite, options: [.closeOnExec, .noFollow])
         } catch let e as Errno {
-            throw SnapshotError.cannotOpen(path: path, reason: e == .noSuchFileOrDirectory ? "no such file" : "\(e)")
+            throw openFailure(path: path, e)
         }
         do {
             var st = stat()
@@ -43,8 +46,12 @@ public final class SnapshotFile: @unchecked Sendable {
                 throw SnapshotError.cannotOpen(path: path, reason: "fstat: \(Errno(rawValue: errno))")
             }
             guard (st.st_mode & S_IFMT) == S_IFREG else { throw SnapshotError.cannotOpen(path: path, reason: "not a regular file") }
+            try checkOwnership(st, path: path)
             let fileSize = Int(st.st_size)
-            let (fsKind, fsPage) = try FileSystemKind.of(path: path)
+            let fsKind: FileSystemKind, fsPage: Int
+            do { (fsKind, fsPage) = try FileSystemKind.of(fd: fd.rawValue, name: path) } catch let e as MemoryError {
+                throw SnapshotError.memory(path: path, e)
+            }
             let head = try readBytes(fd: fd, offset: 0, count: min(fileSize, 4096), path: path)
             let header = try SnapshotHeader.decode(head, path: path)
             guard header.metadataOffset == UInt64(SnapshotHeader.size),
@@ -73,6 +80,36 @@ public final class SnapshotFile: @unchecked Sendable {
         } catch {
             try? fd.close()
             throw error
+        }
+    }
+
+    static func openFailure(path: String, _ e: Errno) -> SnapshotError {
+        switch e {
+        case .noSuchFileOrDirectory:
+            return .cannotOpen(path: path, reason: "no such file")
+        case .tooManySymbolicLinkLevels:
+            return .unsafeFile(path: path, reason: "is a symbolic link, and a snapshot is never opened through one "
+                               + "(anyone may plant one in a shared directory): remove it or pass --snapshot with the file itself")
+        case .permissionDenied:
+            return .cannotOpen(path: path, reason: "permission denied")
+        default:
+            return .cannotOpen(path: path, reason: "\(e)")
+        }
+    }
+
+    /// A snapshot is mapped shared and its contents trusted once checked, so it must be this user's
+    /// own file and writable by nobody else: in a directory every user can write (/dev/shm, the
+    /// default without hugepages) another user could have put it there, or could change it later.
+    static func checkOwnership(_ st: stat, path: String) throws {
+        let me = geteuid()
+        guard st.st_uid == me else {
+            throw SnapshotError.unsafeFile(path: path, reason: "is owned by uid \(st.st_uid), not by you (uid \(me)): "
+                                           + "remove it or pass --snapshot PATH in a directory only you can write")
+        }
+        let mode = st.st_mode & 0o7777
+        guard mode & (S_IWGRP | S_IWOTH) == 0 else {
+            throw SnapshotError.unsafeFile(path: path, reason: "is writable by group or others (mode 0\(String(mode, radix: 8))): "
+                                           + "'chmod 600 \(path)' if it is yours to trust, else remove it")
         }
     }
 

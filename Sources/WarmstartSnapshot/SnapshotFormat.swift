@@ -5,7 +5,9 @@ import WarmstartPools
 public struct SnapshotHeader: Equatable, Sendable {
     public static let magic: [UInt8] = Array("WARMSNAP".utf8)
     public static let formatMajor: UInt16 = 1
-    public static let formatMinor: UInt16 = 0
+    /// 1.1: a pool record describes the pool's elements only; its control block and free ring are
+    /// not in the file (Snapshots/FORMAT.md, "Pool metadata"). 1.0 files still load.
+    public static let formatMinor: UInt16 = 1
     public static let size = 256
     /// Offset of the CRC-32C field (the last 4 bytes of the header).
     static let crcOffset = 252

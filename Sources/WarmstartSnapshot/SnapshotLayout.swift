@@ -25,6 +25,11 @@ public struct SnapshotLayout: Equatable, Sendable {
     public var regions: [RegionRecord]
     public var pools: [PoolRecord]
     public var memoryBytes: UInt64
+    /// Format 1.0: each pool record covers control block, free ring and elements, in that order.
+    /// From 1.1 it covers the elements alone, and the control block and ring live in process-private
+    /// memory (`poolMetadataBytes`), never in the file: the file's fd is what a virtio-user
+    /// back-end is given to map packet memory, and it could write any byte of it.
+    public var poolMetadataInFile: Bool = false
 
     /// The header page, then each region's contents, page aligned.
     public var payloadOffset: UInt64 { UInt64(pageSize.bytes) }
@@ -34,7 +39,7 @@ public struct SnapshotLayout: Equatable, Sendable {
         do { try config.pool.validate() } catch let e as PoolError {
             throw SnapshotError.invalidConfiguration("\(e)")
         }
-        let poolBytes = MbufPoolConfig.bytesNeeded(config.pool)
+        let poolBytes = MbufPoolConfig.elementBytes(config.pool)
         guard let poolRegion = pageSize.roundUp(poolBytes) else {
             throw SnapshotError.invalidConfiguration("pool of \(config.pool.count) mbufs is too large")
         }
@@ -66,14 +71,50 @@ public struct SnapshotLayout: Equatable, Sendable {
     /// Mbufs in all pools.
     public var mbufCount: Int { pools.reduce(0) { $0 + $1.config.count } }
 
-    /// Builds every pool of the layout in `regions` with `make` (lay out, restore), turning a
-    /// pool error into a snapshot error that names `path`.
+    /// Where a pool's elements start inside its region: the record's offset, or in a 1.0 file
+    /// past the control block and ring that precede them.
+    public func elementsOffset(of p: PoolRecord) -> Int {
+        Int(p.offset) + (poolMetadataInFile ? MbufPoolConfig.metadataBytes(p.config) : 0)
+    }
+
+    /// Bytes of private memory for every pool's control block and ring, back to back.
+    public var poolMetadataBytes: Int { pools.reduce(0) { $0 + MbufPoolConfig.metadataBytes($1.config) } }
+
+    /// One place of a pool: elements at `elementsOffset` in `region`, control block and ring at
+    /// `metadataOffset` in the private metadata region.
+    struct PoolSite {
+        var config: MbufPoolConfig
+        var region: MemoryRegion
+        var elementsOffset: Int
+        var metadataOffset: Int
+        var poolID: UInt16
+    }
+
+    /// Builds every pool of the layout with `make` (lay out, restore): elements in `regions`,
+    /// control block and ring at `metadataOffset` in a private region of `poolMetadataBytes`
+    /// (`poolMetadataRegion`), turning a pool error into a snapshot error that names `path`.
     func makePools(in regions: [MemoryRegion], path: String,
-                   _ make: (MbufPoolConfig, MemoryRegion, Int, UInt16) throws -> MbufPool) throws -> [MbufPool] {
+                   _ make: (PoolSite) throws -> MbufPool) throws -> [MbufPool] {
+        var at = 0
         do {
-            return try pools.map { try make($0.config, regions[Int($0.regionIndex)], Int($0.offset), $0.poolID) }
+            return try pools.map { p in
+                defer { at += MbufPoolConfig.metadataBytes(p.config) }
+                return try make(PoolSite(config: p.config, region: regions[Int(p.regionIndex)],
+                                         elementsOffset: elementsOffset(of: p), metadataOffset: at, poolID: p.poolID))
+            }
         } catch let e as PoolError {
             throw SnapshotError.pool(path: path, e)
+        }
+    }
+
+    /// The private region that holds every pool's control block and ring: a 4 KiB memfd that is
+    /// never in a memory table given to a peer.
+    func poolMetadataRegion(path: String) throws -> MemoryRegion {
+        do {
+            return try MemoryRegion.memfd(name: "pool-meta", size: max(poolMetadataBytes, PageSize.small4K.bytes),
+                                          pageSize: .small4K)
+        } catch let e as MemoryError {
+            throw SnapshotError.memory(path: path, e)
         }
     }
 
@@ -135,7 +176,7 @@ public struct SnapshotLayout: Equatable, Sendable {
             guard Int(p.regionIndex) < regions.count else { throw bad("pool '\(p.name)' names region \(p.regionIndex)") }
             guard ids.insert(p.poolID).inserted else { throw bad("pool id \(p.poolID) appears twice") }
             do { try p.config.validate() } catch { throw bad("pool '\(p.name)': \(error)") }
-            let needed = UInt64(MbufPoolConfig.bytesNeeded(p.config))
+            let needed = UInt64(poolMetadataInFile ? MbufPoolConfig.bytesNeeded(p.config) : MbufPoolConfig.elementBytes(p.config))
             guard p.bytes == needed, p.elementSize == UInt32(p.config.elementSize) else {
                 throw bad("pool '\(p.name)' records \(p.bytes) bytes of \(p.elementSize)-byte elements; its config needs \(needed) of \(p.config.elementSize)")
             }
@@ -163,7 +204,8 @@ public struct SnapshotLayout: Equatable, Sendable {
             for _ in 0..<h.regionCount { regions.append(try RegionRecord.decode(&r, path: path)) }
             var pools: [PoolRecord] = []
             for _ in 0..<h.poolCount { pools.append(try PoolRecord.decode(&r, path: path)) }
-            return SnapshotLayout(pageSize: ps, regions: regions, pools: pools, memoryBytes: h.memoryBytes)
+            return SnapshotLayout(pageSize: ps, regions: regions, pools: pools, memoryBytes: h.memoryBytes,
+                                  poolMetadataInFile: h.minor == 0)
         } catch is ByteReader.Short {
             throw SnapshotError.corruptMetadata(path: path, reason: "metadata ends early")
         }

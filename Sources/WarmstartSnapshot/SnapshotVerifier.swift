@@ -30,7 +30,8 @@ public enum SnapshotVerifier {
         var problems: [String] = []
         for p in file.layout.pools {
             problems += MbufPool.verifyImage(config: p.config, region: regions[Int(p.regionIndex)],
-                                             offset: Int(p.offset), poolID: p.poolID).map { "pool '\(p.name)': \($0)" }
+                                             offset: Int(p.offset), poolID: p.poolID,
+                                             inline: file.layout.poolMetadataInFile).map { "pool '\(p.name)': \($0)" }
         }
         let count = file.layout.mbufCount
         return report(file, payload: problems.isEmpty ? (true, "\(count) mbuf identities intact")

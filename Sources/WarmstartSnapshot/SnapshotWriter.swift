@@ -39,14 +39,7 @@ public enum SnapshotWriter {
                 throw SnapshotError.memory(path: path, .notEnoughHugepages(pageSize: pageSize, needed: needed, free: pool.available))
             }
         }
-        let temp = "\(path).tmp-\(getpid())"
-        let fd: FileDescriptor
-        do {
-            fd = try FileDescriptor.open(FilePath(temp), .readWrite, options: [.create, .truncate, .closeOnExec],
-                                         permissions: [.ownerReadWrite])
-        } catch let e as Errno {
-            throw SnapshotError.cannotCreate(path: path, reason: e == .permissionDenied ? "permission denied" : "\(e)")
-        }
+        let (temp, fd) = try createTemporary(beside: path)
         var renamed = false
         defer {
             try? fd.close()
@@ -79,8 +72,31 @@ public enum SnapshotWriter {
         return layout
     }
 
-    /// Faults in every region page (hugepage-init) and writes pool control blocks and element
-    /// identities (mbuf-init), in the file's own pages.
+    /// Creates the file the snapshot is written into before it is renamed over `path`, exclusively
+    /// (O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600): in a shared directory (/dev/shm) another user may
+    /// have planted the name, as a link to a file of ours or as a file they can read, and neither
+    /// may be opened. A name that exists is left alone and the next one tried.
+    static func createTemporary(beside path: String) throws -> (String, FileDescriptor) {
+        var random = SystemRandomNumberGenerator()
+        for attempt in 0..<8 {
+            var temp = "\(path).tmp-\(getpid())"
+            if attempt > 0 { temp += "-" + String(random.next() as UInt32, radix: 16) }
+            do {
+                let fd = try FileDescriptor.open(FilePath(temp), .readWrite,
+                                                 options: [.create, .exclusiveCreate, .noFollow, .closeOnExec],
+                                                 permissions: [.ownerReadWrite])
+                return (temp, fd)
+            } catch Errno.fileExists {
+                continue
+            } catch let e as Errno {
+                throw SnapshotError.cannotCreate(path: path, reason: e == .permissionDenied ? "permission denied" : "\(e)")
+            }
+        }
+        throw SnapshotError.cannotCreate(path: path, reason: "8 temporary names beside it (\(path).tmp-\(getpid())…) already exist")
+    }
+
+    /// Faults in every region page (hugepage-init) and writes element identities (mbuf-init), in
+    /// the file's own pages.
     static func layOutResident(fd: FileDescriptor, layout: SnapshotLayout, backing: MemoryBacking,
                                path: String, phases: PhaseSink?) throws {
         var t0 = ws_monotonic_ns()
@@ -92,8 +108,14 @@ public enum SnapshotWriter {
         var t1 = ws_monotonic_ns()
         phases?("hugepage-init", t0, t1, bytesText(Int(layout.memoryBytes)))
         t0 = t1
-        _ = try layout.makePools(in: regions, path: path) {
-            try MbufPool.layOut(config: $0, region: $1, offset: $2, poolID: $3)
+        // Identities only: the control block and ring are not in the file (format 1.1).
+        do {
+            for p in layout.pools {
+                try MbufPool.layOutElements(config: p.config, region: regions[Int(p.regionIndex)],
+                                            offset: layout.elementsOffset(of: p), poolID: p.poolID)
+            }
+        } catch let e as PoolError {
+            throw SnapshotError.pool(path: path, e)
         }
         t1 = ws_monotonic_ns()
         phases?("mbuf-init", t0, t1, "\(layout.mbufCount) mbufs")

@@ -12,21 +12,25 @@ import WarmstartVirtio
 let testDeadline: Double = 60
 
 /// Warmstart's side: a pool region and a general-purpose region (two memfds with I/O addresses
-/// like LiveMemory's), the pool, and the ring arena.
+/// like LiveMemory's), the pool — its control block and ring in a third, private memfd, as
+/// LiveMemory keeps them — and the ring arena.
 final class FrontendSide {
     let poolRegion: MemoryRegion
     let general: MemoryRegion
+    let metadata: MemoryRegion
     let pool: MbufPool
     let arena: RingArena
+    /// What the port shares with the back-end (never `metadata`).
     var regions: [MemoryRegion] { [poolRegion, general] }
 
     init(mbufs: Int = 4096) throws {
         let cfg = MbufPoolConfig(count: mbufs, cacheSize: 64)
-        let size = PageSize.small4K.roundUp(MbufPoolConfig.bytesNeeded(cfg))!
+        let size = MbufPoolConfig.elementBytes(cfg)
         poolRegion = try MemoryRegion.memfd(name: "vu-pool", size: size, pageSize: .small4K, ioAddress: 1 << 32)
         general = try MemoryRegion.memfd(name: "vu-general", size: 1 << 20, pageSize: .small4K,
                                          ioAddress: (1 << 32) + UInt64(size))
-        pool = try MbufPool.layOut(config: cfg, region: poolRegion, offset: 0, poolID: 0)
+        metadata = try MemoryRegion.memfd(name: "vu-pool-meta", size: MbufPoolConfig.metadataBytes(cfg), pageSize: .small4K)
+        pool = try MbufPool.layOut(config: cfg, region: poolRegion, offset: 0, metadata: metadata, poolID: 0)
         arena = RingArena(region: general)
     }
 }

@@ -173,4 +173,9 @@ int ws_seccomp_deny_io_uring(void);
 /// setfsuid(2) for the calling thread (tests use it to see permission errors as root).
 int ws_setfsuid(unsigned int uid);
 
+// ---- snapshot files in shared directories (issue 12, defect 4) ----
+
+/// fstatfs(2): like ws_statfs, for an open descriptor (the file checked is the file opened).
+int ws_fstatfs(int fd, long *magic, long *block_size);
+
 #endif
