@@ -30,9 +30,8 @@ extension VirtioFeatures {
 /// is 16 bits, summed in `Int`.
 @inline(__always)
 public func virtioNetHeaderIsValid(_ h0: UInt64, _ h1: UInt32, frameLength: Int, offloads: Bool) -> Bool {
-    if !offloads { return h0 == 0 && h1 & 0xFFFF == 0 }
-    if h0 == 0 && h1 & 0xFFFF == 0 { return true }
-    return virtioNetHeaderIsValidSlow(h0, h1, frameLength: frameLength)
+    if h0 | UInt64(truncatingIfNeeded: h1 & 0xFFFF) == 0 { return true }
+    return offloads && virtioNetHeaderIsValidSlow(h0, h1, frameLength: frameLength)
 }
 
 /// The full check, for headers that are not all zero.
