@@ -119,7 +119,7 @@ final class ControlSocketSecurityTests: XCTestCase {
         thrash.start()
         let saved = umask(0o022)
         defer { lock.withLock { flag.stop = true }; usleep(20_000); umask(saved) }
-        for round in 0..<100 {
+        for round in 0..<300 {
             let watcher = Thread {
                 var st = stat()
                 let start = Date()
