@@ -6,6 +6,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
+import CWarmstartShim
 import Logging
 import WarmstartDatapath
 
@@ -21,8 +22,14 @@ public struct ControlRequest: Codable, Sendable {
 /// one JSON response line, `{"ok":true,"cmd":...,"result":...}` or `{"ok":false,"error":"..."}`.
 /// Commands are registered by name, so new ones (handoff) plug in without touching the framing.
 ///
-/// Served by one small thread: requests are rare and short, and keeping them off the bus's loop
-/// means a slow client can never delay a device's negotiation.
+/// Other local users are untrusted. The socket file is never reachable with wider permissions
+/// than 0600 (see `bindListening`); every connection's peer is checked with SO_PEERCRED (this
+/// process's uid or root, else it is refused, logged and closed); each accepted connection is
+/// served on its own small thread with a deadline per request, so a client that connects and says
+/// nothing, or sends half a line, holds only its own thread and never delays `stats` or a handoff.
+/// Handlers run one at a time (they were written for one thread). At most
+/// `maxClients` connections are served at once; more are told so and closed. Kept off the bus's
+/// loop: a slow client can never delay a device's negotiation.
 public final class ControlServer: @unchecked Sendable {
     public typealias Handler = (ControlRequest) throws -> Data
     public let path: String
@@ -32,9 +39,18 @@ public final class ControlServer: @unchecked Sendable {
     /// Commands that switch the connection to another protocol (hot upgrade's handoff).
     private var upgrades: [String: (Int32) -> Void] = [:]
     private let lock = PThreadMutex()
+    /// Serialises handler calls: connections are served concurrently, handlers are not.
+    private let handlerLock = PThreadMutex()
     private var thread = pthread_t()
     private var threadStarted = false
     private var stopping = false
+    /// Connections being served (their threads remove them), so `stop` can wake and wait for them.
+    private var clients: Set<Int32> = []
+    /// Most connections served at once.
+    public static let maxClients = 16
+    /// How long a client may take to send one complete request line (from the end of the previous
+    /// answer, or from connecting), and to take an answer.
+    public var requestTimeoutMs = 5000
 
     /// Binds `path`. A stale socket (nobody listening) is replaced; a live one, or any other kind
     /// of file, is an error naming the path.
@@ -62,6 +78,16 @@ public final class ControlServer: @unchecked Sendable {
         lock.locked { stopping = true }
     }
 
+    /// Creates the listening socket at `path`, never reachable with wider permissions than 0600.
+    ///
+    /// A unix socket's file is created by bind(2) with mode 0777 & ~umask, and there is no fchmod
+    /// for it before bind. A tight umask around bind would do, but umask is process-wide: another
+    /// thread creating a file (a snapshot, a vhost-user socket) at that moment would get the wrong
+    /// mode, and one changing umask itself would undo ours. So the socket is bound in a fresh
+    /// private directory beside `path` (mkdtemp: mode 0700, only this user may even look up the
+    /// name inside), made 0600 and listening there, and then rename(2)d onto `path`: the name
+    /// `path` appears atomically, already restricted and already answering. Same directory, so
+    /// the same filesystem; rename also replaces a stale socket atomically.
     static func bindListening(_ path: String) throws -> Int32 {
         var st = stat()
         if lstat(path, &st) == 0 {
@@ -69,30 +95,41 @@ public final class ControlServer: @unchecked Sendable {
                 throw RuntimeError("control socket \(path): exists and is not a socket; refusing to replace it")
             }
             if Self.isLive(path) { throw RuntimeError("control socket \(path): another process is listening on it") }
-            unlink(path)
+        }
+        guard Self.address(path) != nil else {
+            throw RuntimeError("control socket \(path): path is longer than a unix socket address allows")
+        }
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
+        var template = Array((directory + "/.wsctl.XXXXXX").utf8CString)
+        guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
+            throw RuntimeError("control socket \(path): cannot create a private directory in \(directory) to bind in: \(String(cString: strerror(errno)))")
+        }
+        let privateDirectory = String(cString: template)
+        let staging = privateDirectory + "/s"
+        defer { unlink(staging); rmdir(privateDirectory) }
+        guard var addr = Self.address(staging) else {
+            throw RuntimeError("control socket \(path): the private directory's socket path \(staging) is longer than a unix socket address allows; use a shorter directory")
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw RuntimeError("control socket \(path): socket: \(String(cString: strerror(errno)))") }
-        guard var addr = Self.address(path) else {
-            Glibc.close(fd)
-            throw RuntimeError("control socket \(path): path is longer than a unix socket address allows")
-        }
-        // Bind under a tight umask so the file never exists with wider permissions.
-        let old = umask(0o177)
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        let bindErrno = errno
-        umask(old)
         guard rc == 0 else {
-            Glibc.close(fd)
-            throw RuntimeError("control socket \(path): bind: \(String(cString: strerror(bindErrno)))")
-        }
-        chmod(path, 0o600)
-        guard listen(fd, 8) == 0 else {
             let e = errno
-            Glibc.close(fd); unlink(path)
-            throw RuntimeError("control socket \(path): listen: \(String(cString: strerror(e)))")
+            Glibc.close(fd)
+            throw RuntimeError("control socket \(path): bind: \(String(cString: strerror(e)))")
+        }
+        guard chmod(staging, 0o600) == 0, listen(fd, 8) == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw RuntimeError("control socket \(path): chmod/listen: \(String(cString: strerror(e)))")
+        }
+        guard rename(staging, path) == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw RuntimeError("control socket \(path): cannot move the socket into place: \(String(cString: strerror(e)))")
         }
         return fd
     }
@@ -142,6 +179,10 @@ public final class ControlServer: @unchecked Sendable {
         if threadStarted { pthread_join(thread, nil); threadStarted = false }
         Glibc.close(listenFD)
         unlink(path)
+        // Wake every connection still served and wait (bounded) for its thread to let go.
+        lock.locked { for c in clients { shutdown(c, Int32(SHUT_RDWR)) } }
+        let deadline = ws_monotonic_ns() &+ 2_000_000_000
+        while lock.locked({ !clients.isEmpty }) && ws_monotonic_ns() < deadline { usleep(1000) }
     }
 
     private func serve() {
@@ -154,19 +195,52 @@ public final class ControlServer: @unchecked Sendable {
                 continue
             }
             _ = fcntl(c, F_SETFD, FD_CLOEXEC)
-            // A client that stops talking must not hold the control thread for long.
-            var tv = timeval(tv_sec: 5, tv_usec: 0)
-            setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            // Who connected, from the kernel: another user never gets a word in.
+            guard let peer = PeerCredentials.of(c) else {
+                logger.warning("control socket \(path): refused a connection: the kernel gave no peer credentials")
+                Glibc.close(c)
+                continue
+            }
+            if let why = peer.refusal {
+                logger.warning("control socket \(path): refused a connection: \(why)")
+                Self.tell(c, "refused: \(why)")
+                Glibc.close(c)
+                continue
+            }
+            let admitted = lock.locked { () -> Bool in
+                guard !stopping, clients.count < Self.maxClients else { return false }
+                clients.insert(c)
+                return true
+            }
+            guard admitted else {
+                logger.warning("control socket \(path): refused a connection from \(peer): \(Self.maxClients) clients are being served")
+                Self.tell(c, "busy: \(Self.maxClients) clients are being served; try again")
+                Glibc.close(c)
+                continue
+            }
+            var tv = timeval(tv_sec: max(1, requestTimeoutMs / 1000), tv_usec: 0)
             setsockopt(c, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-            converse(c)
-            Glibc.close(c)
+            runDetached { [self] in
+                converse(c)
+                lock.locked { _ = clients.remove(c) }
+                Glibc.close(c)
+            }
         }
+    }
+
+    /// One error line, without ever blocking (the accept thread calls it).
+    private static func tell(_ fd: Int32, _ why: String) {
+        let line = Array((#"{"ok":false,"error":"# + quote(why) + "}\n").utf8)
+        _ = line.withUnsafeBytes { send(fd, $0.baseAddress, line.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
     }
 
     /// Reads request lines until the client closes; answers each with one line.
     private func converse(_ fd: Int32) {
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
+        // Each request line must be complete within `requestTimeoutMs` of the previous answer
+        // (or of connecting): a client dripping bytes cannot hold its thread for ever.
+        var deadline = ws_monotonic_ns() &+ UInt64(requestTimeoutMs) * 1_000_000
         while true {
             while let nl = buffer.firstIndex(of: 0x0A) {
                 let line = Array(buffer[..<nl])
@@ -186,8 +260,18 @@ public final class ControlServer: @unchecked Sendable {
                 var reply = answer(line)
                 reply.append(0x0A)
                 if !writeAll(fd, reply) { return }
+                deadline = ws_monotonic_ns() &+ UInt64(requestTimeoutMs) * 1_000_000
             }
             if buffer.count > 65536 { _ = writeAll(fd, Array(#"{"ok":false,"error":"request line longer than 64 KiB"}"#.utf8) + [0x0A]); return }
+            let now = ws_monotonic_ns()
+            guard now < deadline else {
+                _ = writeAll(fd, Array(#"{"ok":false,"error":"no complete request line in time; closing"}"#.utf8) + [0x0A])
+                return
+            }
+            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let r = poll(&p, 1, Int32(min(UInt64(Int32.max), (deadline - now + 999_999) / 1_000_000)))
+            if r < 0 && errno == EINTR { continue }
+            if r <= 0 { continue }
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
@@ -210,7 +294,7 @@ public final class ControlServer: @unchecked Sendable {
             return fail("unknown command '\(request.cmd)' (commands: \(commands.joined(separator: ", ")))")
         }
         do {
-            let result = try handler(request)
+            let result = try handlerLock.locked { try handler(request) }
             return Array((#"{"ok":true,"cmd":"# + Self.quote(request.cmd) + #","result":"#).utf8) + Array(result) + [0x7D]
         } catch {
             return fail("\(request.cmd): \(error)")
@@ -268,6 +352,14 @@ public enum ControlClient {
         }
         guard rc == 0 else {
             throw RuntimeError("control socket \(path): cannot connect: \(String(cString: strerror(errno))) (is `warmstart run --control \(path)` running?)")
+        }
+        // The server is checked as it checks us: a socket another user planted at the path would
+        // otherwise be believed.
+        guard let server = PeerCredentials.of(fd) else {
+            throw RuntimeError("control socket \(path): the kernel gave no credentials for the process listening on it")
+        }
+        if let why = server.refusal {
+            throw RuntimeError("control socket \(path): not asking the process listening on it: \(why)")
         }
         let line = Array(try ControlServer.encode(request)) + [0x0A]
         guard line.withUnsafeBytes({ send(fd, $0.baseAddress, line.count, Int32(MSG_NOSIGNAL)) }) == line.count else {

@@ -88,6 +88,14 @@ public final class HandoffDonor: @unchecked Sendable {
     @discardableResult
     public func serve(_ channel: HandoffChannel) -> HandoffDonorOutcome {
         // hello: who asks, and can we talk.
+        // The new process's pid and uid come from the kernel: a peer of another user is refused
+        // before anything is read from it, and the pid we name and remember is the real one.
+        let peerPid: Int32
+        do { peerPid = try channel.trustedPeer(step: .hello).pid } catch {
+            log("handoff: \(error); nothing changed")
+            try? channel.send(.refused, (try? HandoffJSON.encode(HandoffRefusal(reason: error.reason), step: .hello)) ?? [], step: .hello)
+            return .refused(reason: error.description)
+        }
         let hello: HandoffHello
         do {
             let f = try channel.expect(.hello, step: .hello, timeoutMs: timeouts.stepMs)
@@ -95,6 +103,9 @@ public final class HandoffDonor: @unchecked Sendable {
         } catch {
             log("handoff: \(error); nothing changed")
             return .refused(reason: error.description)
+        }
+        if hello.pid != peerPid {
+            log("handoff: the new process says it is pid \(hello.pid), the kernel says pid \(peerPid); using the kernel's")
         }
         let refusal: String? = locked {
             switch phase {
@@ -105,18 +116,18 @@ public final class HandoffDonor: @unchecked Sendable {
             case .idle:
                 // Versions: this process sends its own state in its own version; the new binary
                 // decides whether it can read it (a newer binary reads the previous major).
-                phase = .busy(pid: hello.pid, step: .hello)
+                phase = .busy(pid: peerPid, step: .hello)
                 return nil
             }
         }
         if let refusal {
-            log("handoff: refused takeover from pid \(hello.pid): \(refusal)")
+            log("handoff: refused takeover from pid \(peerPid): \(refusal)")
             try? channel.send(.refused, (try? HandoffJSON.encode(HandoffRefusal(reason: refusal), step: .hello)) ?? [], step: .hello)
             return .refused(reason: refusal)
         }
-        let outcome = run(channel, newPid: hello.pid, newVersion: hello.version)
+        let outcome = run(channel, newPid: peerPid, newVersion: hello.version)
         locked {
-            if case .committed = outcome { phase = .handedOver(pid: hello.pid) } else { phase = .idle }
+            if case .committed = outcome { phase = .handedOver(pid: peerPid) } else { phase = .idle }
         }
         return outcome
     }

@@ -133,12 +133,17 @@ public enum HandoffTaker {
         func preCommit() throws(HandoffError) {
             // hello: versions both ways. We read the old process's state only if we know its major.
             try fault(.hello)
+            // Whoever is at the other end is checked by the kernel's word, before anything it
+            // sends is believed (HandoffChannel.connect did this too; a channel may come from
+            // elsewhere).
+            let donor: PeerCredentials
+            do { donor = try ch.trustedPeer(step: .hello) } catch { throw abort(error) }
             try ch.send(.hello, try HandoffJSON.encode(HandoffHello(version: .current, pid: getpid()), step: .hello), step: .hello)
             let welcome = try HandoffJSON.decode(HandoffHello.self, try ch.expect(.welcome, step: .hello, timeoutMs: t.stepMs).payload, step: .hello)
             guard HandoffVersion.current.canRead(welcome.version) else {
-                throw abort(HandoffError(.hello, "the running process (pid \(welcome.pid)) speaks handoff \(welcome.version); this binary reads majors \(HandoffVersion.readableMajors.map(String.init).joined(separator: ", "))"))
+                throw abort(HandoffError(.hello, "the running process (pid \(donor.pid)) speaks handoff \(welcome.version); this binary reads majors \(HandoffVersion.readableMajors.map(String.init).joined(separator: ", "))"))
             }
-            log("handoff: taking over from pid \(welcome.pid) (protocol \(welcome.version))")
+            log("handoff: taking over from pid \(donor.pid) (protocol \(welcome.version))")
             done(.hello)
 
             try fault(.transfer)
@@ -149,6 +154,7 @@ public enum HandoffTaker {
             guard HandoffVersion.current.canRead(decoded.version) else {
                 throw abort(HandoffError(.transfer, "cannot read state version \(decoded.version)"))
             }
+            do { try decoded.validate() } catch { throw abort(error) }
             let fds = HandoffFDTable(fds: try ch.receiveFDs(names: decoded.fds, step: .transfer, timeoutMs: t.stepMs), names: decoded.fds)
             let portNames = decoded.ports.map(\.name)
             if welcome.version.hasBinaryLive { HandoffLive.warmUp(ports: portNames) }

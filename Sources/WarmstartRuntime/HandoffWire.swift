@@ -132,7 +132,11 @@ public final class HandoffChannel {
             _ = close(fd)
             throw HandoffError(.hello, "cannot connect to the running process's control socket \(path): \(String(cString: strerror(e)))")
         }
-        return HandoffChannel(fd: fd)
+        let ch = HandoffChannel(fd: fd)
+        // The process that will hand us memory and descriptors must be who the path says: ask
+        // the kernel, not the process.
+        _ = try ch.trustedPeer(step: .hello)
+        return ch
     }
 
     /// Connects to a control socket that speaks JSON lines (`{"cmd":...}` → `{"ok":...}`), asks it
@@ -163,6 +167,17 @@ public final class HandoffChannel {
             throw HandoffError(.hello, "the running process refused the handoff: \(why)")
         }
         return ch
+    }
+
+    /// The peer's pid and uid from the kernel (SO_PEERCRED), refused unless it runs as this
+    /// process's uid or as root. Both sides of a handoff learn each other this way; the pid in a
+    /// `hello` or `welcome` message is only the peer's say-so.
+    public func trustedPeer(step: HandoffStepName) throws(HandoffError) -> PeerCredentials {
+        guard let peer = PeerCredentials.of(fd) else {
+            throw HandoffError(step, "the kernel gave no credentials for the peer of the handoff connection")
+        }
+        if let why = peer.refusal { throw HandoffError(step, "refusing the handoff: \(why)") }
+        return peer
     }
 
     // MARK: sending

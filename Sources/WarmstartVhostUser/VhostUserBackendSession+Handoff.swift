@@ -144,6 +144,8 @@ extension VhostUserBackendSession {
                                           take: (Int) throws(VhostUserError) -> Int32,
                                           logger: Logger? = nil) throws(VhostUserError) -> (VhostUserBackendSession, [VringSetup]) {
         func fail(_ why: String) -> VhostUserError { VhostUserError(request: nil, reason: .invalid("handoff: " + why)) }
+        // Every field as its vhost-user message would be checked, before anything is taken.
+        try state.validate(configuration: configuration)
         guard state.maxQueuePairs == configuration.maxQueuePairs else {
             throw fail("the session has \(state.maxQueuePairs) queue pairs, this port is configured for \(configuration.maxQueuePairs)")
         }

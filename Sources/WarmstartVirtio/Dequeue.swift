@@ -214,10 +214,16 @@ extension VirtqueueDevice {
     /// Pass 2 of the simple guest-TX paths: `segments[0..<k]` (header + frame each) into the `k`
     /// mbufs in `mbufs`, header raw into the mbuf's virtio-net field (bytes 40..51, same layout).
     /// A frame larger than one mbuf goes through the general copy (chained); one that cannot get
-    /// its segments is dropped and counted. Returns the mbufs written to `out`.
+    /// its segments is dropped and counted, and so is one whose header fails
+    /// `virtioNetHeaderIsValid`. Returns the mbufs written to `out`.
+    ///
+    /// The header is read from guest memory exactly once, into two registers: the check, the
+    /// copy into the mbuf and the offload flags all use those values, so a guest that rewrites
+    /// its buffer meanwhile cannot get a header past the check that differs from the one checked.
     @inline(__always)
     func copySimpleTX(_ pool: MbufSource, _ out: UnsafeMutablePointer<Mbuf>, _ k: Int) -> Int {
         let hs = 12
+        let offloads = guestSendsOffloads
         var produced = 0
         var bytes: UInt64 = 0
         for i in 0..<k {
@@ -225,21 +231,32 @@ extension VirtqueueDevice {
             let sg = segments[i]
             let src = UnsafeRawPointer(sg.host)
             let frame = sg.length &- hs
+            let h0 = src.loadUnaligned(as: UInt64.self)
+            let h1 = src.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+            // The usual header is all zero but num_buffers: valid whatever was negotiated, and its
+            // offload flags are just vnetHeaderValid. One or, one test per frame; anything else
+            // takes the full check, out of line.
+            var flags: UInt64 = 1
+            if h0 | UInt64(truncatingIfNeeded: h1 & 0xFFFF) != 0 {
+                if !checkedNetHeader(h0, h1, frameLength: frame, offloads: offloads) {
+                    dropBadHeader(m, pool)
+                    continue
+                }
+                flags = Self.offloadFlags(h0)
+            }
             let hb = m.header + 40
-            hb.storeBytes(of: src.loadUnaligned(as: UInt64.self), as: UInt64.self)
-            hb.storeBytes(of: src.loadUnaligned(fromByteOffset: 8, as: UInt32.self), toByteOffset: 8, as: UInt32.self)
+            hb.storeBytes(of: h0, as: UInt64.self)
+            hb.storeBytes(of: h1, toByteOffset: 8, as: UInt32.self)
+            // Before the copy, so nothing of the header stays live across its call (the chained
+            // copy below sets the same flags again from the mbuf's copy).
+            m.offload = MbufOffload(rawValue: flags)
             if frame <= m.tailroom {
                 ws_copy(m.data, src + hs, frame)
                 m.dataLength = UInt16(truncatingIfNeeded: frame)
                 m.packetLength = UInt32(truncatingIfNeeded: frame)
-                let hf = src.load(as: UInt8.self)
-                var flags: UInt64 = 1 << 0 // vnetHeaderValid
-                if hf & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
-                if hf & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
-                if src.load(fromByteOffset: 1, as: UInt8.self) != 0 { flags |= 1 << 3 } // gso
-                m.offload = MbufOffload(rawValue: flags)
             } else {
-                // Larger than one mbuf (a GSO frame): the general copy chains segments.
+                // Larger than one mbuf (a GSO frame): the general copy chains segments. The header
+                // is in the mbuf and checked already: it copies only the frame.
                 var c = ChainInfo()
                 c.id = chains[i].id
                 c.descriptorCount = 1
@@ -247,7 +264,7 @@ extension VirtqueueDevice {
                 c.segmentEnd = Int32(truncatingIfNeeded: i &+ 1)
                 c.capacity = sg.length
                 c.error = -1
-                if !copyChain(c, into: m, pool) {
+                if copyChain(c, into: m, pool, headerCopied: true) != .copied {
                     pool.free(m)
                     st.pointee.allocFailures &+= 1
                     st.pointee.dropped &+= 1
@@ -261,6 +278,34 @@ extension VirtqueueDevice {
         st.pointee.packets &+= UInt64(produced)
         st.pointee.bytes &+= bytes
         return produced
+    }
+
+    /// Whether this queue's guest may send a non-trivial header (an offload was negotiated); read
+    /// once per burst. A literal mask: no global accessor on the hot path.
+    @inline(__always)
+    var guestSendsOffloads: Bool { options.features.rawValue & (1 | 0xF << 11 | 1 << 56) != 0 }
+
+    /// A frame whose header failed the check: its mbuf back to the pool, counted by name. Out of
+    /// line: the simple loop keeps its registers.
+    @inline(never)
+    func dropBadHeader(_ m: Mbuf, _ pool: MbufSource) {
+        pool.free(m)
+        count(.badNetHeader)
+    }
+
+    /// `virtioNetHeaderIsValid` on values already read (the one place the dequeue paths check a
+    /// header: a unit test calls it to show the decision depends on these values only).
+    @inline(__always)
+    func checkedNetHeader(_ h0: UInt64, _ h1: UInt32, frameLength: Int, offloads: Bool) -> Bool {
+        virtioNetHeaderIsValid(h0, h1, frameLength: frameLength, offloads: offloads)
+    }
+
+    /// `MbufOffload` bits from a header's first 8 bytes, spelled as literals (the library's static
+    /// lets are not inlinable and would cost a global accessor call per packet): vnetHeaderValid,
+    /// NEEDS_CSUM → needsChecksum, DATA_VALID → dataValid, a gso_type → gso.
+    @inline(__always)
+    static func offloadFlags(_ h0: UInt64) -> UInt64 {
+        1 | (h0 & 3) << 1 | (h0 & 0xFF00 != 0 ? 1 << 3 : 0)
     }
 
     /// Refuses a good chain too short for the net header (before any subtraction), and one too long.
@@ -299,24 +344,34 @@ extension VirtqueueDevice {
                 bulk = false
                 return (k, produced)
             }
-            if copyChain(c, into: head, pool) {
+            switch copyChain(c, into: head, pool, headerCopied: false) {
+            case .copied:
                 out[produced] = head
                 produced &+= 1
                 st.pointee.packets &+= 1
                 st.pointee.bytes &+= UInt64(c.capacity &- netHeaderSize)
-            } else {
+            case .noMbuf:
                 pool.free(head)
                 st.pointee.allocFailures &+= 1
                 st.pointee.dropped &+= 1
+            case .badHeader:
+                pool.free(head)
+                count(.badNetHeader)
             }
             k &+= 1
         }
         return (n, produced)
     }
 
-    /// Header then data, from the chain's pieces into `head` (+ segments as needed).
+    /// How `copyChain` ended.
+    @usableFromInline enum ChainCopy { case copied, noMbuf, badHeader }
+
+    /// Header then data, from the chain's pieces into `head` (+ segments as needed). The header is
+    /// checked on its copy in the mbuf, before any data is copied, and the offload flags are taken
+    /// from that same copy. With `headerCopied` the caller has put a checked header in the mbuf
+    /// already and the chain is one piece that starts with it (the simple paths' large frames).
     @inline(__always)
-    func copyChain(_ c: ChainInfo, into head: Mbuf, _ pool: MbufSource) -> Bool {
+    func copyChain(_ c: ChainInfo, into head: Mbuf, _ pool: MbufSource, headerCopied: Bool) -> ChainCopy {
         var seg = Int(c.segmentStart)
         var off = 0
         // The header goes straight into the mbuf's 12-byte virtio-net header field (the same
@@ -325,7 +380,9 @@ extension VirtqueueDevice {
         // leaves num_buffers 0).
         let hb = head.header + 40 // MbufLayout.vnetFlags (a literal: no cross-module global access)
         let first = segments[seg]
-        if netHeaderSize == VirtioNetHeader.size && first.length >= VirtioNetHeader.size {
+        if headerCopied {
+            off = netHeaderSize
+        } else if netHeaderSize == VirtioNetHeader.size && first.length >= VirtioNetHeader.size {
             let src = UnsafeRawPointer(first.host)
             hb.storeBytes(of: src.loadUnaligned(as: UInt64.self), as: UInt64.self)
             hb.storeBytes(of: src.loadUnaligned(fromByteOffset: 8, as: UInt32.self), toByteOffset: 8, as: UInt32.self)
@@ -345,6 +402,12 @@ extension VirtqueueDevice {
             }
         }
         let total = c.capacity &- netHeaderSize
+        // Guest-controlled values from here on come from the copy, never from guest memory.
+        let h0 = hb.loadUnaligned(as: UInt64.self)
+        if !headerCopied {
+            let h1 = hb.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+            if !checkedNetHeader(h0, h1, frameLength: total, offloads: guestSendsOffloads) { return .badHeader }
+        }
         var m = head
         var dst = m.data
         var room = m.tailroom
@@ -369,7 +432,7 @@ extension VirtqueueDevice {
                     m.dataLength = UInt16(truncatingIfNeeded: filled)
                     guard let next = pool.alloc() else {
                         head.segmentCount = segmentCount
-                        return false
+                        return .noMbuf
                     }
                     next.dataLength = 0
                     next.nextIndex = mbufNoNext
@@ -395,15 +458,8 @@ extension VirtqueueDevice {
         m.dataLength = UInt16(truncatingIfNeeded: filled)
         head.packetLength = UInt32(truncatingIfNeeded: total)
         head.segmentCount = segmentCount
-        // MbufOffload bits spelled as literals: the library's static lets are not inlinable and
-        // would cost a global accessor call per packet.
-        let hdrFlags = hb.load(as: UInt8.self)
-        var flags: UInt64 = 1 << 0 // vnetHeaderValid
-        if hdrFlags & 1 != 0 { flags |= 1 << 1 } // NEEDS_CSUM → needsChecksum
-        if hdrFlags & 2 != 0 { flags |= 1 << 2 } // DATA_VALID → dataValid
-        if hb.load(fromByteOffset: 1, as: UInt8.self) != 0 { flags |= 1 << 3 } // gso_type → gso
-        head.offload = MbufOffload(rawValue: flags)
-        return true
+        head.offload = MbufOffload(rawValue: Self.offloadFlags(h0))
+        return .copied
     }
 
     /// EVENT_IDX, packed (§2.7.10): ask for a kick once the driver makes the next slot available.

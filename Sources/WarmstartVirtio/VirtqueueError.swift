@@ -71,6 +71,10 @@ public enum ChainError: Int, CaseIterable, Sendable, CustomStringConvertible {
     case tooFragmented
     /// Packet longer than 65535 + header (the mbuf chain length field and GSO limit).
     case packetTooLong
+    /// A guest-TX virtio-net header the kernel would refuse on a tap device (unknown flags or
+    /// gso_type, gso_size 0 or past the frame, hdr_len or csum_start + csum_offset past the frame),
+    /// or a non-zero one when no offload was negotiated. See `virtioNetHeaderIsValid`.
+    case badNetHeader
 
     public var description: String {
         switch self {
@@ -90,6 +94,7 @@ public enum ChainError: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .badBufferID: return "buffer id out of range"
         case .tooFragmented: return "buffer split into too many pieces"
         case .packetTooLong: return "packet longer than 64 KiB"
+        case .badNetHeader: return "virtio-net header invalid (flags, gso_type, gso_size, hdr_len or checksum offsets)"
         }
     }
 }

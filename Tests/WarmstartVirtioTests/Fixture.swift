@@ -29,9 +29,12 @@ final class Fixture {
     let completions = UnsafeMutablePointer<DriverCompletion>.allocate(capacity: 4096)
 
     init(layout: VirtqueueLayout, size: Int = 256, features: VirtioFeatures = [.version1, .indirectDescriptors],
-         burst: Int = 32, poolCount: Int = 1024) throws {
+         burst: Int = 32, poolCount: Int = 1024, offloads: Bool = true) throws {
         var f = features
         if layout == .packed { f.insert(.ringPacked) }
+        // The guest negotiated the transmit offloads (as QEMU's does with the default offer), so
+        // tests may send checksum and GSO headers; `offloads: false` tests the plain case.
+        if offloads { f.formUnion(VirtioFeatures(rawValue: 1 | 0xF << 11 | 1 << 56)) }  // CSUM, HOST_TSO4/6/ECN/UFO, HOST_USO
         options = VirtqueueOptions(features: f, burstSize: burst)
         regionA = try MemoryRegion.memfd(name: "guestA", size: Self.regionSize, pageSize: .small4K, ioAddress: Self.guestA)
         regionB = try MemoryRegion.memfd(name: "guestB", size: Self.regionSize, pageSize: .small4K, ioAddress: Self.guestB)
