@@ -49,6 +49,20 @@ extension HandoffState {
             guard p.offset >= 0, p.offset < regions[p.region].size else {
                 throw fail("pool \(k) (id \(p.poolID)) at offset \(p.offset) is outside its region of \(regions[p.region].size) bytes")
             }
+            // Private metadata (format 1.1): both fields or neither, in another region, inside it.
+            switch (p.metadataRegion, p.metadataOffset) {
+            case (nil, nil):
+                break
+            case let (m?, o?):
+                guard m >= 0, m < regions.count, m != p.region else {
+                    throw fail("pool \(k) (id \(p.poolID)) names metadata region \(m) of \(regions.count) (its elements are in region \(p.region))")
+                }
+                guard o >= 0, o < regions[m].size else {
+                    throw fail("pool \(k) (id \(p.poolID)) metadata at offset \(o) is outside its region of \(regions[m].size) bytes")
+                }
+            default:
+                throw fail("pool \(k) (id \(p.poolID)) has a metadata region or offset without the other")
+            }
         }
         var names = Set<String>()
         for (k, p) in ports.enumerated() {
