@@ -55,7 +55,7 @@ public final class VhostQueuePair: BurstQueue {
                 return VirtqueueDevice(split: ring, memory: s.memory.table, options: options, state: start)
             case .packed:
                 let ring = try PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea, deviceEvent: s.deviceArea)
-                return VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: start)
+                return try VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: start)
             }
         } catch {
             throw VhostQueueError("vring \(s.index): \(error)")

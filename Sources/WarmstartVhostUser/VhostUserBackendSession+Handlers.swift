@@ -73,6 +73,10 @@ extension VhostUserBackendSession {
             if ackedFeatures != nil, layout == .split, s.num & (s.num - 1) != 0 {
                 throw fail(.ring(index: i, "split ring size \(s.num) is not a power of two"))
             }
+            // A base already set must still fit the new size (packed: slots < size).
+            if ackedFeatures != nil, let raw = vrings[i].baseNum {
+                _ = try startPosition(i, raw: raw, size: s.num, request: request)
+            }
             vrings[i].num = s.num
             try tryStart(i, &events, request: request)
             return nil
@@ -94,8 +98,10 @@ extension VhostUserBackendSession {
         case let (.setVringBase, .vringState(s)):
             let i = Int(s.index)
             guard !vrings[i].started else { throw fail(.ring(index: i, "cannot set the base of a started ring")) }
-            if ackedFeatures != nil, VringBase.decode(s.num, layout: layout) == nil {
-                throw fail(.ring(index: i, "base \(s.num) does not fit a split ring's 16-bit index"))
+            // Checked now when the layout is known (against the size too, when set), and again
+            // when the ring starts (makeSetup), so a position outside the ring is never used.
+            if ackedFeatures != nil {
+                _ = try startPosition(i, raw: s.num, size: vrings[i].num, request: request)
             }
             vrings[i].baseNum = s.num
             return nil

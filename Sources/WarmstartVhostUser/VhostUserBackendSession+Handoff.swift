@@ -194,6 +194,9 @@ extension VhostUserBackendSession {
         }
         for v in state.vrings {
             guard v.index >= 0, v.index < s.vrings.count else { throw fail("vring index \(v.index) out of range") }
+            // The checks SET_VRING_NUM applies; positions are checked against the size by
+            // makeSetup (started rings, below) and when a ring starts later.
+            if let n = v.size, n < 1 || n > 32768 { throw fail("vring \(v.index) size \(n) is not in 1...32768") }
             var c = VringConfig()
             c.num = v.size
             if let d = v.descriptorAddress, let a = v.availableAddress, let u = v.usedAddress {
@@ -228,13 +231,16 @@ extension VhostUserBackendSession {
     /// Moves the started rings to the positions the old datapath stopped at (they were imported
     /// with provisional ones while it still ran) and returns the updated setups, by ring index.
     public func applyHandoffPositions(_ positions: [Int: VringBase]) throws(VhostUserError) -> [VringSetup] {
+        // All checked before any is applied: a refused set leaves every ring where it was.
         for (i, base) in positions {
-            guard var setup = setups[i] else {
+            guard let setup = setups[i] else {
                 throw VhostUserError(request: nil, reason: .ring(index: i, "handoff: a position for a ring that is not started"))
             }
-            setup.base = base
-            setups[i] = setup
+            if let why = base.problem(size: setup.size, layout: setup.layout) {
+                throw VhostUserError(request: nil, reason: .ring(index: i, "handoff: \(why)"))
+            }
         }
+        for (i, base) in positions { setups[i]?.base = base }
         return startedRings
     }
 }

@@ -235,6 +235,8 @@ public final class VhostUserBackendSession {
         guard let num = v.num, let addr = v.address, let memory, let features = ackedFeatures else {
             throw fail("not configured")
         }
+        // A size from outside (handoff import) was not checked by SET_VRING_NUM: 0 would trap below.
+        guard num >= 1, num <= 32768 else { throw fail("size \(num) is not in 1...32768") }
         let layout = self.layout
         if layout == .split && num & (num - 1) != 0 {
             throw fail("split ring size \(num) is not a power of two")
@@ -251,15 +253,8 @@ public final class VhostUserBackendSession {
             }
             return p
         }
-        let base: VringBase
-        if let raw = v.baseNum {
-            guard let b = VringBase.decode(raw, layout: layout) else {
-                throw fail("base \(raw) does not fit a split ring's 16-bit index")
-            }
-            base = b
-        } else {
-            base = v.base
-        }
+        // Checked before any setup exists: nothing is written into the ring from a bad position.
+        let base = try startPosition(i, raw: v.baseNum, size: num, request: request)
         let desc = try area(names.0, addr.descriptor, sizes.desc, aligns.0)
         let driver = try area(names.1, addr.available, sizes.driver, aligns.1)
         let device = try area(names.2, addr.used, sizes.device, aligns.2)
@@ -267,6 +262,27 @@ public final class VhostUserBackendSession {
                           deviceArea: device, base: base, kick: v.kick.object, call: v.call.object, err: v.err.object,
                           enabled: v.enabled, features: features, memory: memory,
                           inflight: inflight.flatMap { $0.queueSize == Int(num) && $0.layout == layout ? $0 : nil })
+    }
+
+    /// The position ring `i` starts from: `raw` (SET_VRING_BASE's value) decoded for the acked
+    /// layout, else where the ring last stopped; checked against `size` when it is known. Every
+    /// position from outside (SET_VRING_BASE, handoff import) passes here before a ring starts.
+    func startPosition(_ i: Int, raw: UInt32?, size: UInt32?, request: VhostUserRequest) throws(VhostUserError) -> VringBase {
+        let layout = self.layout
+        let base: VringBase
+        if let raw {
+            guard let b = VringBase.decode(raw, layout: layout) else {
+                throw VhostUserError(request: request, reason: .ring(index: i, "base \(raw) does not fit a split ring's 16-bit index"))
+            }
+            base = b
+        } else {
+            base = vrings[i].base
+        }
+        if let size, let why = base.problem(size: Int(size), layout: layout) {
+            let what = raw.map { "base 0x\(hex(UInt64($0)))" } ?? "stored position"
+            throw VhostUserError(request: request, reason: .ring(index: i, "\(what) refused: \(why)"))
+        }
+        return base
     }
 
     /// Puts a new memory table in place, then re-translates the started rings against it. The old

@@ -135,10 +135,30 @@ public final class VirtqueueDevice {
         self.init(layout: .split, split: ring, packed: nil, size: ring.size, memory: memory, options: options, state: state)
     }
 
-    /// A device queue over a packed ring.
+    /// A device queue over a packed ring, at its first slot.
+    public convenience init(packed ring: PackedRing, memory: MemoryTable, options: VirtqueueOptions) {
+        self.init(layout: .packed, split: nil, packed: ring, size: ring.size, memory: memory, options: options,
+                  state: VirtqueueState())
+    }
+
+    /// A device queue over a packed ring, starting at `state`: its slots must lie inside the ring
+    /// (a position from outside, e.g. 0x7fff, would have used descriptors written past its end).
     public convenience init(packed ring: PackedRing, memory: MemoryTable, options: VirtqueueOptions,
-                            state: VirtqueueState = VirtqueueState()) {
+                            state: VirtqueueState) throws(VirtqueueError) {
+        try Self.checkPosition(state, layout: .packed, size: ring.size)
         self.init(layout: .packed, split: nil, packed: ring, size: ring.size, memory: memory, options: options, state: state)
+    }
+
+    /// Split: any 16-bit index is legal (free-running; the walkers reduce it with `& mask`).
+    /// Packed: both positions are descriptor slots, < size.
+    static func checkPosition(_ state: VirtqueueState, layout: VirtqueueLayout, size: Int) throws(VirtqueueError) {
+        guard layout == .packed else { return }
+        guard Int(state.lastAvailIndex) < size else {
+            throw .positionOutsideRing(what: "last avail slot", position: state.lastAvailIndex, size: size)
+        }
+        guard Int(state.lastUsedIndex) < size else {
+            throw .positionOutsideRing(what: "last used slot", position: state.lastUsedIndex, size: size)
+        }
     }
 
     init(layout: VirtqueueLayout, split: SplitRing?, packed: PackedRing?, size: Int, memory: MemoryTable,
@@ -170,14 +190,7 @@ public final class VirtqueueDevice {
     /// takes up where that one stopped). Only while no thread polls the queue; no allocation. A
     /// packed ring's positions are descriptor slots and must lie inside the ring.
     public func reposition(to state: VirtqueueState) throws(VirtqueueError) {
-        if layout == .packed {
-            guard Int(state.lastAvailIndex) < size else {
-                throw .positionOutsideRing(what: "last avail slot", position: state.lastAvailIndex, size: size)
-            }
-            guard Int(state.lastUsedIndex) < size else {
-                throw .positionOutsideRing(what: "last used slot", position: state.lastUsedIndex, size: size)
-            }
-        }
+        try Self.checkPosition(state, layout: layout, size: size)
         st.pointee.lastAvail = state.lastAvailIndex
         st.pointee.lastUsed = state.lastUsedIndex
         st.pointee.availWrap = state.availWrapCounter
