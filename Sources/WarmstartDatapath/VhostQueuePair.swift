@@ -88,10 +88,16 @@ public final class VhostQueuePair: BurstQueue {
         return done
     }
 
+    /// Queue errors for the port's `errors` counter: bad chains, and used-buffer notifications the
+    /// front-end's call descriptor would not take (counted there, so stats show a peer that
+    /// stopped reading its eventfd).
     public var errorCount: UInt64 {
         let a = guestRX.counters, b = guestTX.counters
-        return a.errors.reduce(0, &+) &+ b.errors.reduce(0, &+)
+        return a.errors.reduce(0, &+) &+ b.errors.reduce(0, &+) &+ a.callsDropped &+ b.callsDropped
     }
+
+    /// Used-buffer notifications dropped on both rings (the call descriptor did not take them).
+    public var droppedCalls: UInt64 { guestRX.counters.callsDropped &+ guestTX.counters.callsDropped }
 
     /// Where each ring stands, as GET_VRING_BASE reports it. Only valid once no thread polls it.
     public func position(ofRing index: Int) -> VringBase {

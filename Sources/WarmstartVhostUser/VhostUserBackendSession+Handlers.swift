@@ -121,6 +121,10 @@ extension VhostUserBackendSession {
 
         case let (.setVringKick, .u64(v)), let (.setVringCall, .u64(v)), let (.setVringErr, .u64(v)):
             let i = Int(v & VringFilePayload.indexMask)
+            if v & VringFilePayload.noFDFlag == 0, let fd = fds.first, let why = eventFDProblem(fd) {
+                let what = request == .setVringKick ? "kick" : request == .setVringCall ? "call" : "err"
+                throw fail(.ring(index: i, "\(what) descriptor \(why)"))   // left in `fds`: closed by the caller
+            }
             let slot: EventFDSlot = v & VringFilePayload.noFDFlag != 0 ? .polling : .fd(VhostUserEventFD(fds.removeFirst()))
             switch request {
             // The previous descriptor is released here (closed once no VringSetup holds it).

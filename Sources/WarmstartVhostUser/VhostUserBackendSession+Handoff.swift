@@ -189,7 +189,9 @@ extension VhostUserBackendSession {
             case .polling: return .polling
             case .fd:
                 guard let i = st.fd else { throw fail("an eventfd slot has no descriptor index") }
-                return .fd(VhostUserEventFD(try take(i)))
+                let object = VhostUserEventFD(try take(i))   // owned from here: closed on refusal too
+                if let why = eventFDProblem(object.fd) { throw fail("an eventfd slot's descriptor \(why)") }
+                return .fd(object)
             }
         }
         for v in state.vrings {

@@ -12,8 +12,11 @@ public func virtqNeedEvent(event: UInt16, new newIndex: UInt16, old oldIndex: UI
     (newIndex &- event &- 1) < (newIndex &- oldIndex)
 }
 
-/// Writes 1 to an eventfd (write(2) of a UInt64). Returns false when the write failed with
-/// something other than EAGAIN (a full counter still wakes the reader).
+/// Writes 1 to an eventfd (write(2) of a UInt64). Returns whether the signal was delivered.
+///
+/// The descriptor is the peer's (a vhost-user call fd): the session accepts only eventfds and
+/// makes them non-blocking, so a counter the peer left at its maximum fails here with EAGAIN
+/// instead of blocking the polling thread. The caller counts an undelivered signal and moves on.
 @discardableResult
 public func virtqSignal(_ fd: Int32) -> Bool {
     var one: UInt64 = 1
@@ -21,7 +24,7 @@ public func virtqSignal(_ fd: Int32) -> Bool {
         let r = withUnsafeBytes(of: &one) { write(fd, $0.baseAddress, 8) }
         if r == 8 { return true }
         if r < 0 && errno == EINTR { continue }
-        return r < 0 && errno == EAGAIN
+        return false
     }
 }
 
@@ -75,11 +78,13 @@ extension VirtqueueDevice {
         return result
     }
 
-    /// Signals `callFD` when `needsCall()` says so. Returns whether it signalled.
+    /// Signals `callFD` when `needsCall()` says so. Returns whether it signalled. A signal the
+    /// descriptor would not take (EAGAIN: counter full; any error) is counted in `callsDropped`
+    /// and dropped: the polling thread never waits on the peer.
     @discardableResult
     public func signal(callFD: Int32) -> Bool {
         guard needsCall() else { return false }
-        virtqSignal(callFD)
+        if !virtqSignal(callFD) { st.pointee.callsDropped &+= 1 }
         return true
     }
 

@@ -70,6 +70,7 @@ public final class VirtqueueDevice {
         var dropped: UInt64 = 0
         var allocFailures: UInt64 = 0
         var calls: UInt64 = 0
+        var callsDropped: UInt64 = 0
     }
     @usableFromInline let st: UnsafeMutablePointer<State>
     @usableFromInline let errorCounts: UnsafeMutablePointer<UInt64>
@@ -99,6 +100,7 @@ public final class VirtqueueDevice {
         c.dropped = st.pointee.dropped
         c.allocFailures = st.pointee.allocFailures
         c.calls = st.pointee.calls
+        c.callsDropped = st.pointee.callsDropped
         for i in 0..<c.errors.count { c.errors[i] = errorCounts[i] }
         return c
     }
