@@ -31,11 +31,12 @@ public final class VhostUserBackendPort: DeviceDriver {
     }
 
     /// The session configuration a port spec asks for: `queues=N` queue pairs, `features=0x...`
-    /// as a mask over the features Warmstart offers.
+    /// as a mask over the features Warmstart offers, `max-memory=SIZE` the front-end's memory cap.
     public static func configuration(for spec: PortSpec) -> VhostUserBackendConfiguration {
         let pairs = spec.option("queues").flatMap { Int($0) } ?? 1
         let mask = spec.option("features").flatMap(parseFeatureMask) ?? ~0
-        return VhostUserBackendConfiguration(maxQueuePairs: max(1, min(pairs, 128)), featureMask: mask)
+        return VhostUserBackendConfiguration(maxQueuePairs: max(1, min(pairs, 128)), featureMask: mask,
+                                             maxMemoryBytes: spec.maxMemoryBytes ?? VhostUserBackendConfiguration.defaultMaxMemoryBytes)
     }
 
     /// `0x...` hexadecimal or decimal.

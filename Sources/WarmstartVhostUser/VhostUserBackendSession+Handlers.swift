@@ -47,6 +47,7 @@ extension VhostUserBackendSession {
             return nil
 
         case let (.setMemTable, .memoryTable(regions)):
+            try checkMemoryLimit(regions, request: request)   // before any mapping; fds closed by the caller
             let taken = fds
             fds = []
             var mapped: [GuestRegionMapping] = []
@@ -241,6 +242,7 @@ extension VhostUserBackendSession {
             guard current.count < configuration.maxMemorySlots else {
                 throw fail(.tooManyRegions(current.count + 1, max: configuration.maxMemorySlots))
             }
+            try checkMemoryLimit(current.map(\.region) + [region], request: request)
             let fd = fds.removeFirst()
             let mapping = try GuestRegionMapping(region: region, fd: fd, request: request)
             try replaceMemory(current + [mapping], &events, request: request)

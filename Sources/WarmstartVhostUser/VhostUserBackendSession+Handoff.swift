@@ -173,6 +173,9 @@ extension VhostUserBackendSession {
         if let regions = state.memory {
             var mapped: [GuestRegionMapping] = []
             for r in regions { loose.append(try take(r.fd)) }
+            try s.checkMemoryLimit(regions.map { MemoryRegionPayload(guestAddress: $0.guestAddress, size: $0.size,
+                                                                     userAddress: $0.userAddress, mmapOffset: $0.mmapOffset) },
+                                   request: .setMemTable)
             let fds = loose
             for (k, r) in regions.enumerated() {
                 let payload = MemoryRegionPayload(guestAddress: r.guestAddress, size: r.size, userAddress: r.userAddress,
