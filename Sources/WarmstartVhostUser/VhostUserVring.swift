@@ -103,7 +103,10 @@ public struct VringSetup: @unchecked Sendable {
     /// The inflight buffer (INFLIGHT_SHMFD), when it covers this ring; see `inflightRegion`.
     public var inflight: VhostUserInflightRegion?
 
-    /// This ring's QueueRegionSplit / QueueRegionPacked in the inflight buffer.
+    /// This ring's QueueRegionSplit / QueueRegionPacked in the inflight buffer. Its contents are the
+    /// front-end's (shared memory): a position read from it (last_avail_idx, used_idx, a descriptor
+    /// index) is checked like SET_VRING_BASE's (`VringBase.problem`) before use. Nothing reads
+    /// them yet: rings start from SET_VRING_BASE.
     public var inflightRegion: UnsafeMutableRawPointer? { inflight?.queueRegion(index) }
     public var kickFD: Int32? { kick?.fd }
     public var callFD: Int32? { call?.fd }
