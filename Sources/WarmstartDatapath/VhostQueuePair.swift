@@ -99,6 +99,20 @@ public final class VhostQueuePair: BurstQueue {
     /// Used-buffer notifications dropped on both rings (the call descriptor did not take them).
     public var droppedCalls: UInt64 { guestRX.counters.callsDropped &+ guestTX.counters.callsDropped }
 
+    /// The rings (vring indexes) whose call descriptor hung a write until the watchdog interrupted
+    /// it; their calls are dropped from then on. Not yet reported by `takeNewlyStuckCallRings`.
+    /// Control plane only.
+    var reportedStuck: Set<Int> = []
+    public func takeNewlyStuckCallRings() -> [Int] {
+        var out: [Int] = []
+        for (dev, index) in [(guestRX, rxSetup.index), (guestTX, txSetup.index)]
+        where dev.callDescriptorStuck && !reportedStuck.contains(index) {
+            reportedStuck.insert(index)
+            out.append(index)
+        }
+        return out
+    }
+
     /// Where each ring stands, as GET_VRING_BASE reports it. Only valid once no thread polls it.
     public func position(ofRing index: Int) -> VringBase {
         let s = index == rxSetup.index ? guestRX.state : guestTX.state

@@ -71,6 +71,9 @@ public final class VirtqueueDevice {
         var allocFailures: UInt64 = 0
         var calls: UInt64 = 0
         var callsDropped: UInt64 = 0
+        /// A call write slept until the watchdog interrupted it: the front-end made the call
+        /// descriptor blocking and filled it. Calls to it are dropped (counted) without writing.
+        var callStuck: Bool = false
     }
     @usableFromInline let st: UnsafeMutablePointer<State>
     @usableFromInline let errorCounts: UnsafeMutablePointer<UInt64>
@@ -92,6 +95,10 @@ public final class VirtqueueDevice {
     /// Set when the guest broke the ring in a way one dropped chain cannot contain.
     public internal(set) var brokenReason: BrokenReason?
     public var isBroken: Bool { st.pointee.broken }
+    /// Whether a call write to this ring's call descriptor hung and was interrupted (see
+    /// `signal(callFD:)`); from then on its calls are counted in `callsDropped`, not written.
+    /// Read by the control plane once no thread polls the ring (or racily, for a log line).
+    public var callDescriptorStuck: Bool { st.pointee.callStuck }
     /// A copy of the counters.
     public var counters: VirtqueueCounters {
         var c = VirtqueueCounters()

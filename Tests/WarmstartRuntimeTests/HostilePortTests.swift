@@ -136,4 +136,105 @@ final class HostilePortTests: XCTestCase {
         // The calls the saturated eventfds could not take were counted (errors of port a).
         XCTAssertGreaterThan(rt.stats().ports[0].total.errors, 0)
     }
+
+    // MARK: a call descriptor made blocking again (issue 12 defect 2, the shared file description)
+
+    static let blockingCallChild = "WS_HOSTILE_BLOCKING_CALL_CHILD"
+
+    /// The front-end shares the open file description of its call eventfd with us, so after the
+    /// back-end made it non-blocking it can clear O_NONBLOCK on its own copy and fill the counter:
+    /// the back-end's next call write would then sleep for good, and with it the polling thread
+    /// and every port it serves. Run in a child process (a hang must cost a kill, not the test
+    /// run): the parent waits for it with a deadline and kills it by pid.
+    func testFrontEndThatMakesItsCallDescriptorBlockingCannotStallThePollingThread() throws {
+        guard ProcessInfo.processInfo.environment[Self.blockingCallChild] == nil else { return }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        p.arguments = ["WarmstartRuntimeTests.HostilePortTests/testChildFrontEndMakesItsCallDescriptorBlocking"]
+        var env = ProcessInfo.processInfo.environment
+        env[Self.blockingCallChild] = "1"
+        p.environment = env
+        let output = "\(dir!)/child-output"
+        FileManager.default.createFile(atPath: output, contents: nil)
+        let out = try XCTUnwrap(FileHandle(forWritingAtPath: output))
+        defer { try? out.close() }
+        p.standardOutput = out
+        p.standardError = out
+        try p.run()
+        let limit = ws_monotonic_ns() + 45_000_000_000
+        while p.isRunning && ws_monotonic_ns() < limit { usleep(10_000) }
+        let text = { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
+        if p.isRunning {
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            return XCTFail("the back-end hung (killed after 45 s):\n\(text().suffix(4000))")
+        }
+        XCTAssertEqual(p.terminationReason, .exit, text())
+        XCTAssertEqual(p.terminationStatus, 0, "the child failed:\n\(text().suffix(4000))")
+        XCTAssertTrue(text().contains("testChildFrontEndMakesItsCallDescriptorBlocking' passed"), "the child did not run the test:\n\(text().suffix(4000))")
+    }
+
+    /// The child of the test above (does nothing unless started by it).
+    func testChildFrontEndMakesItsCallDescriptorBlocking() throws {
+        guard ProcessInfo.processInfo.environment[Self.blockingCallChild] != nil else { return }
+        let cfg = SnapshotConfig(pool: MbufPoolConfigForTests.small)
+        let live = try LiveMemory.coldLayout(cfg, hugepages: .off)
+        let specs = try ["vhost-user:\(dir!)/a.sock,name=a", "vhost-user:\(dir!)/b.sock,name=b"].map { try PortSpec.parse($0) }
+        // One core: both ports are served by the same polling thread.
+        let rt = try Runtime(options: RuntimeOptions(ports: specs, forward: .macswap, cores: 1, deviceWaitSeconds: 1),
+                             memory: live, recorder: PhaseRecorder(clock: BootClock(environment: [:])))
+        try rt.start()
+        runtime = rt
+        let good = try TestGuest(socketPath: "\(dir!)/b.sock")
+        try good.bringUp()
+        XCTAssertTrue(rt.bus.wait(timeoutSeconds: testDeadline) { $0.first { $0.name == "b" }?.state == .started })
+        var seq = 0
+        func goodPortForwards() -> Bool {
+            let frames = (0..<16).map { testFrame(tag: 0xB, seq: seq + $0) }
+            seq += 16
+            XCTAssertEqual(good.send(frames), 16)
+            let back = good.receive(count: 16, timeout: 10).count
+            XCTAssertEqual(back, 16, "the good port stopped forwarding")
+            return back == 16
+        }
+        guard goodPortForwards() else { return }
+
+        var hostile: TestGuest? = try TestGuest(socketPath: "\(dir!)/a.sock")
+        try hostile!.bringUp()
+        XCTAssertTrue(rt.bus.wait(timeoutSeconds: testDeadline) { $0.first { $0.name == "a" }?.state == .started })
+        // The back-end made the call eventfds non-blocking when it took them; the front-end's
+        // copies are the same open files: it makes them blocking again and fills them.
+        for c in hostile!.calls {
+            let flags = fcntl(c, F_GETFL)
+            XCTAssertNotEqual(flags & O_NONBLOCK, 0, "the back-end made the call descriptor non-blocking")
+            XCTAssertEqual(fcntl(c, F_SETFL, flags & ~O_NONBLOCK), 0)
+            var max: UInt64 = 0xffff_ffff_ffff_fffe
+            XCTAssertEqual(withUnsafeBytes(of: &max) { write(c, $0.baseAddress, 8) }, 8)
+        }
+        let interruptsBefore = ws_write_guard_interrupts()
+        // Frames come back (macswap) into the hostile guest's RX ring, and its TX buffers are
+        // returned: the back-end's calls find a blocking descriptor at its maximum.
+        XCTAssertEqual(hostile!.send((0..<32).map { testFrame(tag: 9, seq: $0) }), 32)
+        XCTAssertEqual(hostile!.receive(count: 32, timeout: 10).count, 32)
+        // The other port, on the same polling thread, keeps forwarding.
+        for _ in 0..<4 { guard goodPortForwards() else { return } }
+        // A call write slept and the watchdog interrupted it; it was counted (port a's errors).
+        XCTAssertGreaterThan(ws_write_guard_interrupts(), interruptsBefore)
+        XCTAssertGreaterThan(rt.stats().ports[0].total.errors, 0)
+
+        // The session ends (the queues come off the polling thread: the pause handshake
+        // completes), and a new front-end on the same port is served.
+        hostile = nil
+        XCTAssertTrue(rt.bus.wait(timeoutSeconds: testDeadline) { r in
+            r.first { $0.name == "a" }.map { $0.reconnects == 1 && $0.state != .started } ?? false
+        }, "\(rt.bus.snapshot())")
+        let next = try TestGuest(socketPath: "\(dir!)/a.sock")
+        try next.bringUp()
+        XCTAssertTrue(rt.bus.wait(timeoutSeconds: testDeadline) { $0.first { $0.name == "a" }?.state == .started })
+        XCTAssertEqual(next.send((0..<16).map { testFrame(tag: 0xA, seq: $0) }), 16)
+        XCTAssertEqual(next.receive(count: 16, timeout: 10).count, 16, "the new front-end is not served")
+        XCTAssertTrue(goodPortForwards())
+        rt.stop()
+        runtime = nil
+    }
 }
