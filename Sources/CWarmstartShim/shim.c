@@ -353,10 +353,9 @@ int ws_eventfd_signal(int fd) {
     uint64_t one = 1;
     __atomic_store_n(&ws_guard_busy, (uint64_t)(uint32_t)fd + 1, __ATOMIC_RELAXED);
     ssize_t r = write(fd, &one, sizeof(one));
-    int e = errno;
-    __atomic_store_n(&ws_guard_busy, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&ws_guard_busy, 0, __ATOMIC_RELAXED);   // a plain store: errno is untouched
     if (r == (ssize_t)sizeof(one)) return 0;
-    return r < 0 ? -e : -EIO;
+    return r < 0 ? -errno : -EIO;
 }
 
 uint64_t ws_write_guard_interrupts(void) { return __atomic_load_n(&ws_guard_interrupt_count, __ATOMIC_RELAXED); }

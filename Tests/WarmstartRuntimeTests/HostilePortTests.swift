@@ -4,6 +4,7 @@ import Logging
 import XCTest
 import WarmstartBus
 import WarmstartDatapath
+import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVhostUser
 @testable import WarmstartRuntime
@@ -148,9 +149,15 @@ final class HostilePortTests: XCTestCase {
     /// run): the parent waits for it with a deadline and kills it by pid.
     func testFrontEndThatMakesItsCallDescriptorBlockingCannotStallThePollingThread() throws {
         guard ProcessInfo.processInfo.environment[Self.blockingCallChild] == nil else { return }
+        try runInChild("testChildFrontEndMakesItsCallDescriptorBlocking")
+    }
+
+    /// Runs test `name` of this class in a child process (this test binary, with
+    /// `blockingCallChild` set in its environment), killed by pid if it has not ended in 45 s.
+    func runInChild(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-        p.arguments = ["WarmstartRuntimeTests.HostilePortTests/testChildFrontEndMakesItsCallDescriptorBlocking"]
+        p.arguments = ["WarmstartRuntimeTests.HostilePortTests/\(name)"]
         var env = ProcessInfo.processInfo.environment
         env[Self.blockingCallChild] = "1"
         p.environment = env
@@ -167,11 +174,65 @@ final class HostilePortTests: XCTestCase {
         if p.isRunning {
             kill(p.processIdentifier, SIGKILL)
             p.waitUntilExit()
-            return XCTFail("the back-end hung (killed after 45 s):\n\(text().suffix(4000))")
+            return XCTFail("\(name) hung (killed after 45 s):\n\(text().suffix(4000))", file: file, line: line)
         }
-        XCTAssertEqual(p.terminationReason, .exit, text())
-        XCTAssertEqual(p.terminationStatus, 0, "the child failed:\n\(text().suffix(4000))")
-        XCTAssertTrue(text().contains("testChildFrontEndMakesItsCallDescriptorBlocking' passed"), "the child did not run the test:\n\(text().suffix(4000))")
+        XCTAssertEqual(p.terminationReason, .exit, text(), file: file, line: line)
+        XCTAssertEqual(p.terminationStatus, 0, "the child failed:\n\(text().suffix(4000))", file: file, line: line)
+        XCTAssertTrue(text().contains("\(name)' passed"), "the child did not run \(name):\n\(text().suffix(4000))", file: file, line: line)
+    }
+
+    /// The virtio-user side: the back-end peer holds the same open file as the kick eventfd we
+    /// gave it, so it can make it blocking and fill it; our kick from the polling thread must not
+    /// sleep for good. The scenario runs in a child (see `runInChild`).
+    func testBackEndThatMakesItsKickDescriptorBlockingCannotStallTheKick() throws {
+        guard ProcessInfo.processInfo.environment[Self.blockingCallChild] == nil else { return }
+        try runInChild("testChildBackEndMakesItsKickDescriptorBlocking")
+    }
+
+    /// The child of the test above: this thread stands for a polling thread (registered with the
+    /// write watchdog, as every polling thread is), the ring's device side is in this process.
+    func testChildBackEndMakesItsKickDescriptorBlocking() throws {
+        guard ProcessInfo.processInfo.environment[Self.blockingCallChild] != nil else { return }
+        XCTAssertEqual(ws_write_guard_register(), 0)
+        defer { ws_write_guard_unregister() }
+        let rig = try GeneratorRig(packed: false)
+        defer { rig.close() }
+        let q = rig.q, pool = rig.live.mbufPool
+        let cache = MbufCache(pool: pool)
+        defer { cache.flush() }
+        let kick = q.txKickFD
+        // The peer's copy is the same open file: it clears O_NONBLOCK and fills the counter.
+        XCTAssertEqual(fcntl(kick, F_SETFL, fcntl(kick, F_GETFL) & ~O_NONBLOCK), 0)
+        var max: UInt64 = 0xffff_ffff_ffff_fffe
+        XCTAssertEqual(withUnsafeBytes(of: &max) { write(kick, $0.baseAddress, 8) }, 8)
+        let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 4)
+        defer { out.deallocate() }
+        func send() -> Int {
+            for k in 0..<4 { out[k] = makeMbufChain(pool, testFrame(tag: 7, seq: k))! }
+            return q.transmitBurst(out, count: 4, cache: cache)
+        }
+        let interruptsBefore = ws_write_guard_interrupts()
+        XCTAssertEqual(send(), 4)   // the device asked for a kick (avail_event 0): it slept and was interrupted
+        XCTAssertEqual(q.kickCount, 1)
+        XCTAssertEqual(q.droppedKicks, 1, "the kick that could not be delivered is counted")
+        XCTAssertEqual(q.errorCount, 1)
+        XCTAssertTrue(q.kickDescriptorStuck)
+        XCTAssertGreaterThan(ws_write_guard_interrupts(), interruptsBefore)
+        // The device asks for the next kick: it is dropped without a write (counted).
+        let done = UnsafeMutablePointer<Mbuf>.allocate(capacity: 32)
+        defer { done.deallocate() }
+        XCTAssertEqual(rig.txDevice.dequeueBurst(pool: rig.hostPool, into: done, maxCount: 32), 4)
+        for k in 0..<4 { rig.hostPool.free(done[k]) }
+        rig.txDevice.setNotifications(enabled: true)
+        XCTAssertEqual(send(), 4)
+        XCTAssertEqual(q.kickCount, 2)
+        XCTAssertEqual(q.droppedKicks, 2)
+        XCTAssertEqual(q.errorCount, 2)
+        // The counter is as the peer left it: nothing more was written.
+        XCTAssertEqual(fcntl(kick, F_SETFL, fcntl(kick, F_GETFL) | O_NONBLOCK), 0)
+        var value: UInt64 = 0
+        XCTAssertEqual(withUnsafeMutableBytes(of: &value) { read(kick, $0.baseAddress, 8) }, 8)
+        XCTAssertEqual(value, max)
     }
 
     /// The child of the test above (does nothing unless started by it).
