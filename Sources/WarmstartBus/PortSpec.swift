@@ -18,8 +18,10 @@ public enum DeviceKind: String, CaseIterable, Sendable {
         switch self {
         // features=0x...: a mask over the virtio features the back-end offers (e.g. clear bit 34
         // to refuse the packed ring, bit 15 to refuse mergeable RX buffers).
-        case .vhostUser: return ["name", "mode", "queues", "features"]
-        case .vhostUserClient: return ["name", "queues", "features", "backoff-min-ms", "backoff-max-ms"]
+        // max-memory=SIZE: the most address space the front-end's memory table may take
+        // (bytes, or with a K/M/G/T suffix, binary).
+        case .vhostUser: return ["name", "mode", "queues", "features", "max-memory"]
+        case .vhostUserClient: return ["name", "queues", "features", "backoff-min-ms", "backoff-max-ms", "max-memory"]
         case .virtioUser: return ["name", "queues", "server", "mode", "backoff-min-ms", "backoff-max-ms",
                                   "packed", "mrg", "size", "mac", "mtu"]
         case .tap: return ["name", "queues"]
@@ -57,6 +59,9 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
 
     /// Socket file mode for listening ports (octal `mode=`), default 0600.
     public var socketMode: mode_t { option("mode").flatMap { mode_t($0, radix: 8) } ?? 0o600 }
+
+    /// `max-memory=SIZE` in bytes, when given (validated by `parse`).
+    public var maxMemoryBytes: UInt64? { option("max-memory").flatMap(PortSpec.parseSize) }
 
     /// virtio-user with server=1 listens instead of connecting.
     public var listens: Bool {
@@ -142,6 +147,10 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
             }
         case "name":
             guard !value.isEmpty else { throw PortSpecError("port '\(entry)': name is empty") }
+        case "max-memory":
+            guard let n = PortSpec.parseSize(value), n > 0 else {
+                throw PortSpecError("port '\(entry)': max-memory '\(value)' is not a positive size like 64G (bytes, or K, M, G, T: powers of 1024)")
+            }
         default: break
         }
     }
@@ -165,6 +174,20 @@ extension PortSpec {
         }
         if !mac.contains(where: { $0 != 0 }) { return "is all zeros" }
         return nil
+    }
+
+    /// A byte count: decimal digits, optionally followed by K, M, G or T (powers of 1024, either
+    /// case). Nil when malformed or beyond 64 bits.
+    public static func parseSize(_ text: String) -> UInt64? {
+        var digits = Substring(text)
+        var shift: UInt64 = 0
+        if let last = digits.last, let s = ["k": 10, "m": 20, "g": 30, "t": 40][last.lowercased()] {
+            shift = UInt64(s)
+            digits = digits.dropLast()
+        }
+        guard !digits.isEmpty, digits.allSatisfy({ $0 >= "0" && $0 <= "9" }), let n = UInt64(digits) else { return nil }
+        let (r, o) = n.multipliedReportingOverflow(by: 1 << shift)
+        return o ? nil : r
     }
 
     /// `02:00:00:00:00:01`.

@@ -76,6 +76,10 @@ final class PollingThread: @unchecked Sendable {
 
     func body() {
         if cpu >= 0 { _ = ws_pin_thread(Int32(cpu)) }
+        // Under the write watchdog: a signal to a peer's eventfd that the peer made blocking and
+        // filled is interrupted instead of stopping this thread (and every port it serves).
+        _ = ws_write_guard_register()
+        defer { ws_write_guard_unregister() }
         let dp = datapath
         let cache = MbufCache(pool: dp.pool, size: dp.pool.config.cacheSize)
         dp.lock.locked { cacheForStats = cache }

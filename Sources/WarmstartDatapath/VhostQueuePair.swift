@@ -55,7 +55,7 @@ public final class VhostQueuePair: BurstQueue {
                 return VirtqueueDevice(split: ring, memory: s.memory.table, options: options, state: start)
             case .packed:
                 let ring = try PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea, deviceEvent: s.deviceArea)
-                return VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: start)
+                return try VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: start)
             }
         } catch {
             throw VhostQueueError("vring \(s.index): \(error)")
@@ -88,9 +88,29 @@ public final class VhostQueuePair: BurstQueue {
         return done
     }
 
+    /// Queue errors for the port's `errors` counter: bad chains, and used-buffer notifications the
+    /// front-end's call descriptor would not take (counted there, so stats show a peer that
+    /// stopped reading its eventfd).
     public var errorCount: UInt64 {
         let a = guestRX.counters, b = guestTX.counters
-        return a.errors.reduce(0, &+) &+ b.errors.reduce(0, &+)
+        return a.errors.reduce(0, &+) &+ b.errors.reduce(0, &+) &+ a.callsDropped &+ b.callsDropped
+    }
+
+    /// Used-buffer notifications dropped on both rings (the call descriptor did not take them).
+    public var droppedCalls: UInt64 { guestRX.counters.callsDropped &+ guestTX.counters.callsDropped }
+
+    /// The rings (vring indexes) whose call descriptor hung a write until the watchdog interrupted
+    /// it; their calls are dropped from then on. Not yet reported by `takeNewlyStuckCallRings`.
+    /// Control plane only.
+    var reportedStuck: Set<Int> = []
+    public func takeNewlyStuckCallRings() -> [Int] {
+        var out: [Int] = []
+        for (dev, index) in [(guestRX, rxSetup.index), (guestTX, txSetup.index)]
+        where dev.callDescriptorStuck && !reportedStuck.contains(index) {
+            reportedStuck.insert(index)
+            out.append(index)
+        }
+        return out
     }
 
     /// Where each ring stands, as GET_VRING_BASE reports it. Only valid once no thread polls it.

@@ -1,3 +1,4 @@
+import CWarmstartShim
 import Logging
 import WarmstartBus
 import WarmstartIO
@@ -31,11 +32,12 @@ public final class VhostUserBackendPort: DeviceDriver {
     }
 
     /// The session configuration a port spec asks for: `queues=N` queue pairs, `features=0x...`
-    /// as a mask over the features Warmstart offers.
+    /// as a mask over the features Warmstart offers, `max-memory=SIZE` the front-end's memory cap.
     public static func configuration(for spec: PortSpec) -> VhostUserBackendConfiguration {
         let pairs = spec.option("queues").flatMap { Int($0) } ?? 1
         let mask = spec.option("features").flatMap(parseFeatureMask) ?? ~0
-        return VhostUserBackendConfiguration(maxQueuePairs: max(1, min(pairs, 128)), featureMask: mask)
+        return VhostUserBackendConfiguration(maxQueuePairs: max(1, min(pairs, 128)), featureMask: mask,
+                                             maxMemoryBytes: spec.maxMemoryBytes ?? VhostUserBackendConfiguration.defaultMaxMemoryBytes)
     }
 
     /// `0x...` hexadecimal or decimal.
@@ -314,6 +316,18 @@ final class VhostUserConnection {
         if attachedSlot {
             datapath.detach(slot: slot)
             attachedSlot = false
+        }
+        reportStuckCalls()
+    }
+
+    /// Logs, once per ring, a call descriptor that hung a write until the watchdog interrupted it
+    /// (the polling thread cannot log; this runs whenever the control plane takes the rings off
+    /// the datapath: a ring stopped, the memory changed, the session ended).
+    func reportStuckCalls() {
+        for (q, pair) in pairs.sorted(by: { $0.key < $1.key }) {
+            for ring in pair.takeNewlyStuckCallRings() {
+                logger.error("vhost-user: queue pair \(q) vring \(ring): the front-end made its call descriptor blocking and let it fill; a used-buffer notification waited \(WS_WRITE_GUARD_STUCK_NS / 1_000_000) ms and was interrupted; its notifications are dropped (counted as errors) until the ring gets another call descriptor")
+            }
         }
     }
 }

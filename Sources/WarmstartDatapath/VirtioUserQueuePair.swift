@@ -45,6 +45,11 @@ public final class VirtioUserQueuePair: BurstQueue {
     struct State {
         var errors: UInt64 = 0
         var kicks: UInt64 = 0
+        /// Kicks the back-end's kick descriptor did not take (full counter), counted in `errors`
+        /// too; and whether a kick write hung until the watchdog interrupted it (the peer shares
+        /// the eventfd, made it blocking and filled it): kicks are then dropped without a write.
+        var kicksDropped: UInt64 = 0
+        var kickStuck: Bool = false
         // A mergeable frame whose later buffers have not been used yet.
         var pendingHead: UnsafeMutableRawPointer? = nil
         var pendingTail: UnsafeMutableRawPointer? = nil
@@ -63,6 +68,10 @@ public final class VirtioUserQueuePair: BurstQueue {
 
     public var errorCount: UInt64 { st.pointee.errors }
     public var kickCount: UInt64 { st.pointee.kicks }
+    /// Kicks not delivered (full counter, or the descriptor hung a write: see `kick`).
+    public var droppedKicks: UInt64 { st.pointee.kicksDropped }
+    /// Whether a kick write hung and was interrupted by the write watchdog.
+    public var kickDescriptorStuck: Bool { st.pointee.kickStuck }
 
     /// Takes ownership of the four eventfds. `rxSegments`: mbufs per receive buffer (1 ... 63).
     public init(index: Int, rx: DriverQueue, tx: DriverQueue, pool: MbufPool,
@@ -103,11 +112,27 @@ public final class VirtioUserQueuePair: BurstQueue {
         UInt64(UInt(bitPattern: p) &- window.host) &+ window.guest
     }
 
+    /// Writes the back-end's kick eventfd. The back-end holds the same open file description, so
+    /// it can make it blocking and fill it: the polling thread's write watchdog interrupts such a
+    /// write (`eventFDSignal`), after which this pair's kicks are counted and dropped unwritten.
     @inline(__always)
     func kick(_ fd: Int32) {
-        var one: UInt64 = 1
-        _ = Glibc.write(fd, &one, 8)
         st.pointee.kicks &+= 1
+        if st.pointee.kickStuck {
+            st.pointee.kicksDropped &+= 1
+            st.pointee.errors &+= 1
+            return
+        }
+        switch eventFDSignal(fd) {
+        case .delivered: break
+        case .dropped:
+            st.pointee.kicksDropped &+= 1
+            st.pointee.errors &+= 1
+        case .stuck:
+            st.pointee.kicksDropped &+= 1
+            st.pointee.errors &+= 1
+            st.pointee.kickStuck = true
+        }
     }
 
     // MARK: receive (vring 2i)

@@ -206,6 +206,10 @@ extension Bench {
             throw BenchError("port started without queues")
         }
         _ = ws_pin_thread(Int32(o.cpu))
+        // This thread drives the queue like a polling thread: its kicks go through the write
+        // watchdog too (a back-end that made its kick eventfd blocking and full cannot hang it).
+        _ = ws_write_guard_register()
+        defer { ws_write_guard_unregister() }
         let alive = { backendAlive() && bus.snapshot()[0].state == .started }
         var r: BenchResult
         if o.mode == .sink {

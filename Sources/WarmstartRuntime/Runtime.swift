@@ -11,6 +11,7 @@ import Logging
 import WarmstartBus
 import WarmstartDatapath
 import WarmstartSnapshot
+import WarmstartVhostUser
 
 /// What `warmstart run` was asked to run with ports.
 public struct RuntimeOptions: Sendable {
@@ -108,6 +109,8 @@ public final class Runtime: @unchecked Sendable {
     /// Starts the polling threads, the probe of every port, and the control socket.
     public func start() throws {
         precondition(!running, "Runtime.start called twice")
+        // A peer that closed its end of a pipe or socket must not kill the process.
+        ignoreBrokenPipeSignals()
         if let path = options.controlPath {
             let server = try ControlServer(path: path, logger: logger)
             serveCommands(on: server)

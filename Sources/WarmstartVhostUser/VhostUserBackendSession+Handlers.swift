@@ -47,6 +47,7 @@ extension VhostUserBackendSession {
             return nil
 
         case let (.setMemTable, .memoryTable(regions)):
+            try checkMemoryLimit(regions, request: request)   // before any mapping; fds closed by the caller
             let taken = fds
             fds = []
             var mapped: [GuestRegionMapping] = []
@@ -73,6 +74,10 @@ extension VhostUserBackendSession {
             if ackedFeatures != nil, layout == .split, s.num & (s.num - 1) != 0 {
                 throw fail(.ring(index: i, "split ring size \(s.num) is not a power of two"))
             }
+            // A base already set must still fit the new size (packed: slots < size).
+            if ackedFeatures != nil, let raw = vrings[i].baseNum {
+                _ = try startPosition(i, raw: raw, size: s.num, request: request)
+            }
             vrings[i].num = s.num
             try tryStart(i, &events, request: request)
             return nil
@@ -94,8 +99,10 @@ extension VhostUserBackendSession {
         case let (.setVringBase, .vringState(s)):
             let i = Int(s.index)
             guard !vrings[i].started else { throw fail(.ring(index: i, "cannot set the base of a started ring")) }
-            if ackedFeatures != nil, VringBase.decode(s.num, layout: layout) == nil {
-                throw fail(.ring(index: i, "base \(s.num) does not fit a split ring's 16-bit index"))
+            // Checked now when the layout is known (against the size too, when set), and again
+            // when the ring starts (makeSetup), so a position outside the ring is never used.
+            if ackedFeatures != nil {
+                _ = try startPosition(i, raw: s.num, size: vrings[i].num, request: request)
             }
             vrings[i].baseNum = s.num
             return nil
@@ -115,6 +122,10 @@ extension VhostUserBackendSession {
 
         case let (.setVringKick, .u64(v)), let (.setVringCall, .u64(v)), let (.setVringErr, .u64(v)):
             let i = Int(v & VringFilePayload.indexMask)
+            if v & VringFilePayload.noFDFlag == 0, let fd = fds.first, let why = eventFDProblem(fd) {
+                let what = request == .setVringKick ? "kick" : request == .setVringCall ? "call" : "err"
+                throw fail(.ring(index: i, "\(what) descriptor \(why)"))   // left in `fds`: closed by the caller
+            }
             let slot: EventFDSlot = v & VringFilePayload.noFDFlag != 0 ? .polling : .fd(VhostUserEventFD(fds.removeFirst()))
             switch request {
             // The previous descriptor is released here (closed once no VringSetup holds it).
@@ -231,6 +242,7 @@ extension VhostUserBackendSession {
             guard current.count < configuration.maxMemorySlots else {
                 throw fail(.tooManyRegions(current.count + 1, max: configuration.maxMemorySlots))
             }
+            try checkMemoryLimit(current.map(\.region) + [region], request: request)
             let fd = fds.removeFirst()
             let mapping = try GuestRegionMapping(region: region, fd: fd, request: request)
             try replaceMemory(current + [mapping], &events, request: request)

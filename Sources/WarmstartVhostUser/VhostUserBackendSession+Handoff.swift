@@ -175,6 +175,9 @@ extension VhostUserBackendSession {
         if let regions = state.memory {
             var mapped: [GuestRegionMapping] = []
             for r in regions { loose.append(try take(r.fd)) }
+            try s.checkMemoryLimit(regions.map { MemoryRegionPayload(guestAddress: $0.guestAddress, size: $0.size,
+                                                                     userAddress: $0.userAddress, mmapOffset: $0.mmapOffset) },
+                                   request: .setMemTable)
             let fds = loose
             for (k, r) in regions.enumerated() {
                 let payload = MemoryRegionPayload(guestAddress: r.guestAddress, size: r.size, userAddress: r.userAddress,
@@ -191,11 +194,16 @@ extension VhostUserBackendSession {
             case .polling: return .polling
             case .fd:
                 guard let i = st.fd else { throw fail("an eventfd slot has no descriptor index") }
-                return .fd(VhostUserEventFD(try take(i)))
+                let object = VhostUserEventFD(try take(i))   // owned from here: closed on refusal too
+                if let why = eventFDProblem(object.fd) { throw fail("an eventfd slot's descriptor \(why)") }
+                return .fd(object)
             }
         }
         for v in state.vrings {
             guard v.index >= 0, v.index < s.vrings.count else { throw fail("vring index \(v.index) out of range") }
+            // The checks SET_VRING_NUM applies; positions are checked against the size by
+            // makeSetup (started rings, below) and when a ring starts later.
+            if let n = v.size, n < 1 || n > 32768 { throw fail("vring \(v.index) size \(n) is not in 1...32768") }
             var c = VringConfig()
             c.num = v.size
             if let d = v.descriptorAddress, let a = v.availableAddress, let u = v.usedAddress {
@@ -230,13 +238,16 @@ extension VhostUserBackendSession {
     /// Moves the started rings to the positions the old datapath stopped at (they were imported
     /// with provisional ones while it still ran) and returns the updated setups, by ring index.
     public func applyHandoffPositions(_ positions: [Int: VringBase]) throws(VhostUserError) -> [VringSetup] {
+        // All checked before any is applied: a refused set leaves every ring where it was.
         for (i, base) in positions {
-            guard var setup = setups[i] else {
+            guard let setup = setups[i] else {
                 throw VhostUserError(request: nil, reason: .ring(index: i, "handoff: a position for a ring that is not started"))
             }
-            setup.base = base
-            setups[i] = setup
+            if let why = base.problem(size: setup.size, layout: setup.layout) {
+                throw VhostUserError(request: nil, reason: .ring(index: i, "handoff: \(why)"))
+            }
         }
+        for (i, base) in positions { setups[i]?.base = base }
         return startedRings
     }
 }

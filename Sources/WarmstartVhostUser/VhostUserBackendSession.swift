@@ -15,9 +15,22 @@ public struct VhostUserBackendConfiguration: Sendable {
     public var netConfig: VirtioNetConfig
     /// Features beyond the default set this port offers too (only `VhostUserFeatures.netOptIn`).
     public var optInFeatures: UInt64
+    /// The most address space the front-end's memory table may take in this process: the sum over
+    /// its regions of mmap offset + size (each region is mapped from file offset 0; rounding to the
+    /// file's page size adds at most one page per region). A SET_MEM_TABLE or ADD_MEM_REG beyond it
+    /// is refused before anything is mapped. Port spec key `max-memory=SIZE`.
+    public var maxMemoryBytes: UInt64
+
+    /// 1 TiB, 1/128 of x86-64's 128 TiB user address space: a hostile front-end (sparse memfds
+    /// cost it nothing) can hold at most that much of this process's address space, so more than a
+    /// hundred such sessions fit beside the pools. An honest guest maps up to about twice its RAM
+    /// here (QEMU sends the RAM above 4 GiB as a region at an mmap offset of the same file, mapped
+    /// from 0), so guests up to some 500 GiB need no setting; a larger one sets `max-memory`.
+    public static let defaultMaxMemoryBytes: UInt64 = 1 << 40
 
     public init(maxQueuePairs: Int = 1, featureMask: UInt64 = ~0, protocolFeatures: UInt64 = VhostUserFeatures.protocolDefault,
-                maxMemorySlots: Int = 509, netConfig: VirtioNetConfig = VirtioNetConfig(), optInFeatures: UInt64 = 0) {
+                maxMemorySlots: Int = 509, netConfig: VirtioNetConfig = VirtioNetConfig(), optInFeatures: UInt64 = 0,
+                maxMemoryBytes: UInt64 = VhostUserBackendConfiguration.defaultMaxMemoryBytes) {
         precondition(maxQueuePairs >= 1 && maxQueuePairs <= 128, "vring indices are 8 bits in SET_VRING_KICK/CALL/ERR")
         self.maxQueuePairs = maxQueuePairs
         self.featureMask = featureMask
@@ -26,6 +39,7 @@ public struct VhostUserBackendConfiguration: Sendable {
         self.netConfig = netConfig
         self.netConfig.maxVirtqueuePairs = UInt16(maxQueuePairs)
         self.optInFeatures = optInFeatures & VhostUserFeatures.netOptIn
+        self.maxMemoryBytes = maxMemoryBytes
     }
 
     public var offeredFeatures: UInt64 { VhostUserFeatures.netDefault & featureMask | optInFeatures }
@@ -235,6 +249,8 @@ public final class VhostUserBackendSession {
         guard let num = v.num, let addr = v.address, let memory, let features = ackedFeatures else {
             throw fail("not configured")
         }
+        // A size from outside (handoff import) was not checked by SET_VRING_NUM: 0 would trap below.
+        guard num >= 1, num <= 32768 else { throw fail("size \(num) is not in 1...32768") }
         let layout = self.layout
         if layout == .split && num & (num - 1) != 0 {
             throw fail("split ring size \(num) is not a power of two")
@@ -251,15 +267,8 @@ public final class VhostUserBackendSession {
             }
             return p
         }
-        let base: VringBase
-        if let raw = v.baseNum {
-            guard let b = VringBase.decode(raw, layout: layout) else {
-                throw fail("base \(raw) does not fit a split ring's 16-bit index")
-            }
-            base = b
-        } else {
-            base = v.base
-        }
+        // Checked before any setup exists: nothing is written into the ring from a bad position.
+        let base = try startPosition(i, raw: v.baseNum, size: num, request: request)
         let desc = try area(names.0, addr.descriptor, sizes.desc, aligns.0)
         let driver = try area(names.1, addr.available, sizes.driver, aligns.1)
         let device = try area(names.2, addr.used, sizes.device, aligns.2)
@@ -269,11 +278,32 @@ public final class VhostUserBackendSession {
                           inflight: inflight.flatMap { $0.queueSize == Int(num) && $0.layout == layout ? $0 : nil })
     }
 
+    /// The position ring `i` starts from: `raw` (SET_VRING_BASE's value) decoded for the acked
+    /// layout, else where the ring last stopped; checked against `size` when it is known. Every
+    /// position from outside (SET_VRING_BASE, handoff import) passes here before a ring starts.
+    func startPosition(_ i: Int, raw: UInt32?, size: UInt32?, request: VhostUserRequest) throws(VhostUserError) -> VringBase {
+        let layout = self.layout
+        let base: VringBase
+        if let raw {
+            guard let b = VringBase.decode(raw, layout: layout) else {
+                throw VhostUserError(request: request, reason: .ring(index: i, "base \(raw) does not fit a split ring's 16-bit index"))
+            }
+            base = b
+        } else {
+            base = vrings[i].base
+        }
+        if let size, let why = base.problem(size: Int(size), layout: layout) {
+            let what = raw.map { "base 0x\(hex(UInt64($0)))" } ?? "stored position"
+            throw VhostUserError(request: request, reason: .ring(index: i, "\(what) refused: \(why)"))
+        }
+        return base
+    }
+
     /// Puts a new memory table in place, then re-translates the started rings against it. The old
     /// table is released by this session here; it is unmapped once no `VringSetup` holds it.
     func replaceMemory(_ regions: [GuestRegionMapping], _ events: inout [VhostUserEvent], request: VhostUserRequest) throws(VhostUserError) {
+        let new = try VhostUserGuestMemory(regions: regions, generation: memoryGeneration + 1, request: request)
         memoryGeneration += 1
-        let new = try VhostUserGuestMemory(regions: regions, generation: memoryGeneration, request: request)
         memory = new
         events.append(.memoryTableReplaced(new))
         var firstError: VhostUserError?
@@ -282,6 +312,26 @@ public final class VhostUserBackendSession {
         }
         if let firstError { throw firstError }
         try tryStartAll(&events, request: request)
+    }
+
+    /// Refuses a memory table whose mappings would cover more than `maxMemoryBytes` of address
+    /// space. Checked before any region is mapped, so a refused table leaves the previous one as it was.
+    func checkMemoryLimit(_ regions: [MemoryRegionPayload], request: VhostUserRequest) throws(VhostUserError) {
+        var total: UInt64 = 0
+        var overflow = false
+        for r in regions {
+            let (end, o1) = r.mmapOffset.addingReportingOverflow(r.size)
+            let (sum, o2) = total.addingReportingOverflow(end)
+            overflow = overflow || o1 || o2
+            total = sum
+        }
+        let limit = configuration.maxMemoryBytes
+        guard !overflow, total <= limit else {
+            let amount = overflow ? "more than 2^64 bytes" : "0x\(hex(total)) bytes"
+            throw VhostUserError(request: request, reason: .memory(
+                "the memory table would map \(amount) (mmap offset + size over \(regions.count) regions), more than this "
+                + "port's limit of 0x\(hex(limit)) bytes (the port key max-memory=SIZE raises it)"))
+        }
     }
 
     /// Tries every ring, so one ring's error does not keep the others from starting; throws the first.

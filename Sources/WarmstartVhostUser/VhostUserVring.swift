@@ -44,6 +44,26 @@ public struct VringBase: Sendable, Equatable {
         }
     }
 
+    /// Why this position cannot be used on a ring of `size` descriptors, or nil when it can.
+    /// Split: any 16-bit avail/used index is legal (free-running; the ring walkers reduce it to a
+    /// slot with `index & (size - 1)`). Packed: both positions are descriptor slots and must lie
+    /// inside the ring (virtio 1.2 §2.8.1), or used descriptors would be written past its end.
+    public func problem(size: Int, layout: VringLayout) -> String? {
+        guard size >= 1 else { return "ring size \(size) is not in 1...32768" }
+        switch layout {
+        case .split:
+            return nil
+        case .packed:
+            if Int(lastAvailIndex) >= size {
+                return "packed ring position: next avail slot \(lastAvailIndex) is outside a ring of \(size) descriptors"
+            }
+            if Int(lastUsedIndex) >= size {
+                return "packed ring position: next used slot \(lastUsedIndex) is outside a ring of \(size) descriptors"
+            }
+            return nil
+        }
+    }
+
     public func encode(layout: VringLayout) -> UInt32 {
         switch layout {
         case .split:
@@ -83,7 +103,10 @@ public struct VringSetup: @unchecked Sendable {
     /// The inflight buffer (INFLIGHT_SHMFD), when it covers this ring; see `inflightRegion`.
     public var inflight: VhostUserInflightRegion?
 
-    /// This ring's QueueRegionSplit / QueueRegionPacked in the inflight buffer.
+    /// This ring's QueueRegionSplit / QueueRegionPacked in the inflight buffer. Its contents are the
+    /// front-end's (shared memory): a position read from it (last_avail_idx, used_idx, a descriptor
+    /// index) is checked like SET_VRING_BASE's (`VringBase.problem`) before use. Nothing reads
+    /// them yet: rings start from SET_VRING_BASE.
     public var inflightRegion: UnsafeMutableRawPointer? { inflight?.queueRegion(index) }
     public var kickFD: Int32? { kick?.fd }
     public var callFD: Int32? { call?.fd }

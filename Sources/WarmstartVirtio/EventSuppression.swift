@@ -12,17 +12,35 @@ public func virtqNeedEvent(event: UInt16, new newIndex: UInt16, old oldIndex: UI
     (newIndex &- event &- 1) < (newIndex &- oldIndex)
 }
 
-/// Writes 1 to an eventfd (write(2) of a UInt64). Returns false when the write failed with
-/// something other than EAGAIN (a full counter still wakes the reader).
+/// What became of one eventfd signal.
+public enum EventFDSignalResult: Equatable, Sendable {
+    case delivered
+    /// Not taken (EAGAIN: the counter is full on a non-blocking descriptor; or another error).
+    case dropped
+    /// The write slept and the write watchdog interrupted it: the peer, which shares the open
+    /// file description, cleared O_NONBLOCK and filled the counter. The descriptor must not be
+    /// written again (the next write would sleep another watchdog period).
+    case stuck
+}
+
+/// Writes 1 to an eventfd the peer also holds, never waiting on the peer for long.
+///
+/// The session accepts only eventfds and makes them non-blocking, so a full counter normally
+/// fails with EAGAIN at once. The peer can make its copy blocking again; a thread registered with
+/// `ws_write_guard_register` (every polling thread) then has the sleeping write interrupted by
+/// the watchdog after `WS_WRITE_GUARD_STUCK_NS` (`.stuck`). EINTR is not retried: only that
+/// watchdog's signal interrupts a write to an eventfd here, and only one that slept.
+@inlinable
+public func eventFDSignal(_ fd: Int32) -> EventFDSignalResult {
+    let r = ws_eventfd_signal(fd)
+    if r == 0 { return .delivered }
+    return r == -EINTR ? .stuck : .dropped
+}
+
+/// Writes 1 to an eventfd. Returns whether the signal was delivered (see `eventFDSignal`).
 @discardableResult
 public func virtqSignal(_ fd: Int32) -> Bool {
-    var one: UInt64 = 1
-    while true {
-        let r = withUnsafeBytes(of: &one) { write(fd, $0.baseAddress, 8) }
-        if r == 8 { return true }
-        if r < 0 && errno == EINTR { continue }
-        return r < 0 && errno == EAGAIN
-    }
+    eventFDSignal(fd) == .delivered
 }
 
 extension VirtqueueDevice {
@@ -75,11 +93,25 @@ extension VirtqueueDevice {
         return result
     }
 
-    /// Signals `callFD` when `needsCall()` says so. Returns whether it signalled.
+    /// Signals `callFD` when `needsCall()` says so. Returns whether it signalled. A signal the
+    /// descriptor would not take (EAGAIN: counter full; any error) is counted in `callsDropped`
+    /// and dropped: the polling thread never waits on the peer. A write the watchdog had to
+    /// interrupt marks the descriptor stuck: every later call to it is counted and dropped
+    /// without a write, until the ring is rebuilt with another descriptor.
     @discardableResult
     public func signal(callFD: Int32) -> Bool {
         guard needsCall() else { return false }
-        virtqSignal(callFD)
+        if st.pointee.callStuck {
+            st.pointee.callsDropped &+= 1
+            return true
+        }
+        switch eventFDSignal(callFD) {
+        case .delivered: break
+        case .dropped: st.pointee.callsDropped &+= 1
+        case .stuck:
+            st.pointee.callsDropped &+= 1
+            st.pointee.callStuck = true
+        }
         return true
     }
 

@@ -70,6 +70,10 @@ public final class VirtqueueDevice {
         var dropped: UInt64 = 0
         var allocFailures: UInt64 = 0
         var calls: UInt64 = 0
+        var callsDropped: UInt64 = 0
+        /// A call write slept until the watchdog interrupted it: the front-end made the call
+        /// descriptor blocking and filled it. Calls to it are dropped (counted) without writing.
+        var callStuck: Bool = false
     }
     @usableFromInline let st: UnsafeMutablePointer<State>
     @usableFromInline let errorCounts: UnsafeMutablePointer<UInt64>
@@ -91,6 +95,10 @@ public final class VirtqueueDevice {
     /// Set when the guest broke the ring in a way one dropped chain cannot contain.
     public internal(set) var brokenReason: BrokenReason?
     public var isBroken: Bool { st.pointee.broken }
+    /// Whether a call write to this ring's call descriptor hung and was interrupted (see
+    /// `signal(callFD:)`); from then on its calls are counted in `callsDropped`, not written.
+    /// Read by the control plane once no thread polls the ring (or racily, for a log line).
+    public var callDescriptorStuck: Bool { st.pointee.callStuck }
     /// A copy of the counters.
     public var counters: VirtqueueCounters {
         var c = VirtqueueCounters()
@@ -99,6 +107,7 @@ public final class VirtqueueDevice {
         c.dropped = st.pointee.dropped
         c.allocFailures = st.pointee.allocFailures
         c.calls = st.pointee.calls
+        c.callsDropped = st.pointee.callsDropped
         for i in 0..<c.errors.count { c.errors[i] = errorCounts[i] }
         return c
     }
@@ -135,10 +144,30 @@ public final class VirtqueueDevice {
         self.init(layout: .split, split: ring, packed: nil, size: ring.size, memory: memory, options: options, state: state)
     }
 
-    /// A device queue over a packed ring.
+    /// A device queue over a packed ring, at its first slot.
+    public convenience init(packed ring: PackedRing, memory: MemoryTable, options: VirtqueueOptions) {
+        self.init(layout: .packed, split: nil, packed: ring, size: ring.size, memory: memory, options: options,
+                  state: VirtqueueState())
+    }
+
+    /// A device queue over a packed ring, starting at `state`: its slots must lie inside the ring
+    /// (a position from outside, e.g. 0x7fff, would have used descriptors written past its end).
     public convenience init(packed ring: PackedRing, memory: MemoryTable, options: VirtqueueOptions,
-                            state: VirtqueueState = VirtqueueState()) {
+                            state: VirtqueueState) throws(VirtqueueError) {
+        try Self.checkPosition(state, layout: .packed, size: ring.size)
         self.init(layout: .packed, split: nil, packed: ring, size: ring.size, memory: memory, options: options, state: state)
+    }
+
+    /// Split: any 16-bit index is legal (free-running; the walkers reduce it with `& mask`).
+    /// Packed: both positions are descriptor slots, < size.
+    static func checkPosition(_ state: VirtqueueState, layout: VirtqueueLayout, size: Int) throws(VirtqueueError) {
+        guard layout == .packed else { return }
+        guard Int(state.lastAvailIndex) < size else {
+            throw .positionOutsideRing(what: "last avail slot", position: state.lastAvailIndex, size: size)
+        }
+        guard Int(state.lastUsedIndex) < size else {
+            throw .positionOutsideRing(what: "last used slot", position: state.lastUsedIndex, size: size)
+        }
     }
 
     init(layout: VirtqueueLayout, split: SplitRing?, packed: PackedRing?, size: Int, memory: MemoryTable,
@@ -170,14 +199,7 @@ public final class VirtqueueDevice {
     /// takes up where that one stopped). Only while no thread polls the queue; no allocation. A
     /// packed ring's positions are descriptor slots and must lie inside the ring.
     public func reposition(to state: VirtqueueState) throws(VirtqueueError) {
-        if layout == .packed {
-            guard Int(state.lastAvailIndex) < size else {
-                throw .positionOutsideRing(what: "last avail slot", position: state.lastAvailIndex, size: size)
-            }
-            guard Int(state.lastUsedIndex) < size else {
-                throw .positionOutsideRing(what: "last used slot", position: state.lastUsedIndex, size: size)
-            }
-        }
+        try Self.checkPosition(state, layout: layout, size: size)
         st.pointee.lastAvail = state.lastAvailIndex
         st.pointee.lastUsed = state.lastUsedIndex
         st.pointee.availWrap = state.availWrapCounter

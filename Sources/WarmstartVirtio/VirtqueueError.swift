@@ -127,6 +127,8 @@ public struct VirtqueueCounters: Sendable, Equatable {
     public var allocFailures: UInt64 = 0
     /// Calls the device decided to make (`needsCall` true).
     public var calls: UInt64 = 0
+    /// Calls the call descriptor did not take (its counter full, or an error): dropped, not waited for.
+    public var callsDropped: UInt64 = 0
     /// One counter per `ChainError`, indexed by raw value.
     public var errors: [UInt64] = Array(repeating: 0, count: ChainError.allCases.count)
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import WarmstartVhostUser
 
 @main
 struct Warmstart: ParsableCommand {
@@ -8,4 +9,10 @@ struct Warmstart: ParsableCommand {
         subcommands: [Run.self, StatsCommand.self, SnapshotCommand.self, ReportCommand.self, BenchCommand.self],
         defaultSubcommand: Run.self
     )
+
+    static func main() {
+        // Before anything opens a socket: a peer that goes away must not kill the process.
+        ignoreBrokenPipeSignals()
+        main(nil)
+    }
 }

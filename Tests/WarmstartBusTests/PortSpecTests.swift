@@ -36,7 +36,7 @@ final class PortSpecTests: XCTestCase {
 
     func testUnknownKeyListsValidKeys() {
         XCTAssertThrowsError(try PortSpec.parse("vhost-user:/x,speed=10")) { e in
-            XCTAssertEqual("\(e)", "port 'vhost-user:/x,speed=10': unknown key 'speed' for vhost-user (valid keys: name, mode, queues, features)")
+            XCTAssertEqual("\(e)", "port 'vhost-user:/x,speed=10': unknown key 'speed' for vhost-user (valid keys: name, mode, queues, features, max-memory)")
         }
         XCTAssertThrowsError(try PortSpec.parse("tap:t0,mode=0600")) { e in
             XCTAssertTrue("\(e)".contains("valid keys: name, queues"), "\(e)")

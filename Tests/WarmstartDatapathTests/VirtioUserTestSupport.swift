@@ -119,7 +119,7 @@ final class InProcessBackend: @unchecked Sendable {
                                    availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter)
         let d: VirtqueueDevice
         if s.layout == .packed {
-            d = VirtqueueDevice(packed: try! PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea,
+            d = try! VirtqueueDevice(packed: try! PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea,
                                                         deviceEvent: s.deviceArea), memory: s.memory.table, options: options, state: state)
         } else {
             d = VirtqueueDevice(split: try! SplitRing(size: s.size, desc: s.descriptors, avail: s.driverArea, used: s.deviceArea),

@@ -64,7 +64,7 @@ final class HandoffQueuePair: BurstQueue, @unchecked Sendable {
                 return VirtqueueDevice(split: ring, memory: s.memory.table, options: options, state: state)
             case .packed:
                 let ring = try PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea, deviceEvent: s.deviceArea)
-                return VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: state)
+                return try VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: state)
             }
         }
         setups = [ring0, ring1]

@@ -110,7 +110,7 @@ final class EventSuppressionTests: XCTestCase {
         let next: VirtqueueDevice
         switch layout {
         case .split: next = VirtqueueDevice(split: fx.device.split!, memory: fx.table, options: fx.options, state: state)
-        case .packed: next = VirtqueueDevice(packed: fx.device.packed!, memory: fx.table, options: fx.options, state: state)
+        case .packed: next = try VirtqueueDevice(packed: fx.device.packed!, memory: fx.table, options: fx.options, state: state)
         }
         fx.postTX(length: 300, seed: 4)
         fx.driver.publish()

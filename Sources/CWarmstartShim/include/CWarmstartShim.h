@@ -178,4 +178,33 @@ int ws_setfsuid(unsigned int uid);
 /// fstatfs(2): like ws_statfs, for an open descriptor (the file checked is the file opened).
 int ws_fstatfs(int fd, long *magic, long *block_size);
 
+
+// ---- interruptible writes to peer-shared eventfds (issue 12 defect 2) -----------------------
+// A peer shares the open file description of every eventfd we signal (vhost-user call fds, the
+// virtio-user kick fds), so it can clear O_NONBLOCK on its copy and fill the counter: a write(2)
+// from a polling thread would then sleep for good. There is no per-call non-blocking write for an
+// eventfd, so the write is made interruptible instead: a watchdog thread sees a registered thread
+// that has been inside ws_eventfd_signal for WS_WRITE_GUARD_STUCK_NS and pthread_kill()s it with
+// WS_WRITE_GUARD_SIGNAL, whose handler does nothing and is installed without SA_RESTART, so the
+// sleeping write returns EINTR. A signal that lands outside such a sleep is harmless (a write
+// that is not sleeping completes; a nap ends early), so the watchdog needs no exact timing.
+/// The signal the watchdog sends (SIGURG: ignored by default, nothing else in the process or in
+/// Dispatch uses it, and no socket here has an owner for out-of-band data).
+int ws_write_guard_signal(void);
+/// How long a write may sleep before the watchdog interrupts it, and how often it looks.
+#define WS_WRITE_GUARD_STUCK_NS 20000000
+#define WS_WRITE_GUARD_TICK_NS 5000000
+/// Installs the handler (once, process-wide) and puts the calling thread under the watchdog
+/// (started on first use). Returns 0 or -errno (then the thread's writes are unguarded).
+int ws_write_guard_register(void);
+/// Takes the calling thread off the watchdog; call before the thread exits.
+void ws_write_guard_unregister(void);
+/// Writes 1 to eventfd `fd`. Returns 0 when delivered, else -errno: -EAGAIN when the counter is
+/// full (non-blocking), -EINTR when the write slept and the watchdog interrupted it (the peer made
+/// the descriptor blocking and filled it: treat the descriptor as unusable). Around the write the
+/// thread stores `fd + 1` and then 0 into its own slot (two relaxed stores, no other cost).
+int ws_eventfd_signal(int fd);
+/// Signals the watchdog sent since the process started (tests, statistics).
+uint64_t ws_write_guard_interrupts(void);
+
 #endif
