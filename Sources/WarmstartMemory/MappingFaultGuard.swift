@@ -35,7 +35,7 @@ public final class MappingFaultFlag: @unchecked Sendable {
     public let words: UnsafeMutablePointer<UInt64>
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     /// What each registered slot maps, for the reason (control side).
-    private var labels: [Int32: String] = [:]
+    private var labels: [Int32: (label: String, base: UInt64)] = [:]
     private var observer: (() -> Void)?
     private var noticed = false
 
@@ -68,9 +68,11 @@ public final class MappingFaultFlag: @unchecked Sendable {
     public func reason(peer: String) -> String? {
         let w = ws_load_acquire_u64(words)
         guard w != 0 else { return nil }
-        let label = locked { labels[Int32(truncatingIfNeeded: w &- 1)] } ?? "shared memory"
+        let known = locked { labels[Int32(truncatingIfNeeded: w &- 1)] }
         let at = ws_load_acquire_u64(words + 1)
-        return "\(peer) truncated its \(label) (SIGBUS at 0x\(String(at, radix: 16)); the mapping now reads zeros)"
+        let offset = known.map { at >= $0.base ? ", 0x\(String(at - $0.base, radix: 16)) bytes into the mapping" : "" } ?? ""
+        return "\(peer) truncated its \(known?.label ?? "shared memory") (SIGBUS at 0x\(String(at, radix: 16))\(offset); "
+            + "the mapping now reads zeros)"
     }
 
     /// Sets what `notice()` calls (once): e.g. post the session's close to its loop.
@@ -87,7 +89,9 @@ public final class MappingFaultFlag: @unchecked Sendable {
         o?()
     }
 
-    func remember(_ slot: Int32, _ label: String) { locked { labels[slot] = label } }
+    func remember(_ slot: Int32, _ label: String, base: UnsafeMutableRawPointer) {
+        locked { labels[slot] = (label, UInt64(UInt(bitPattern: base))) }
+    }
 
     func forget(_ slot: Int32) {
         // The slot that faulted keeps its label: the reason is read after the mapping is gone.
@@ -117,7 +121,7 @@ public final class MappingFaultGuard: @unchecked Sendable {
         guard s >= 0 else { throw .invalidRange(label: label) }
         slot = s
         self.flag = flag
-        flag.remember(s, label)
+        flag.remember(s, label, base: base)
     }
 
     private var live = true
