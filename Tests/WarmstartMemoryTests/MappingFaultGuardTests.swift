@@ -135,6 +135,16 @@ final class MappingFaultGuardTests: XCTestCase {
         withExtendedLifetime(g) {}
     }
 
+    /// Our own memfd regions (a virtio-user port shares them with its back-end peer) are sealed:
+    /// the peer cannot shrink them under us.
+    func testOurMemfdRegionsCannotBeShrunkByAPeer() throws {
+        let r = try MemoryRegion.memfd(name: "shared-with-peer", size: 64 << 10, pageSize: .small4K)
+        XCTAssertNotEqual(ws_file_seals(r.fd.rawValue) & WS_F_SEAL_SHRINK, 0)
+        XCTAssertEqual(ftruncate(r.fd.rawValue, 0), -1, "a peer holding the descriptor could shrink the region")
+        XCTAssertEqual(errno, EPERM)
+        r.base.storeBytes(of: 7, toByteOffset: (64 << 10) - 1, as: UInt8.self)
+    }
+
     func testEmptyRangeIsRefused() {
         var x: UInt64 = 0
         XCTAssertThrowsError(try MappingFaultGuard(base: &x, length: 0, pageSize: 4096, fd: -1, label: "nothing", flag: MappingFaultFlag())) {
