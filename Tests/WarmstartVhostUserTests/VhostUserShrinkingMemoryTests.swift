@@ -58,4 +58,23 @@ final class VhostUserShrinkingMemoryTests: XCTestCase {
         XCTAssertEqual(errno, EPERM)
         XCTAssertTrue(s.inflight?.guarded.sealedAgainstShrink ?? false)
     }
+    /// Hot upgrade: the regions a new process receives by handoff are guarded under the new
+    /// session's flag.
+    func testRegionsReceivedByHandoffAreGuarded() throws {
+        let mem = FrontendMemory(size: 1 << 20)
+        var old: VhostUserBackendSession? = configuredSession(pairs: 1, mem: mem)
+        var table: [Int32] = []
+        let state = try old!.exportHandoffState(register: { fd, _ in
+            table.append(dup(fd))
+            return table.count - 1
+        }, position: { _ in nil })
+        old = nil
+        let (new, _) = try VhostUserBackendSession.importHandoffState(state, configuration: VhostUserBackendConfiguration(),
+                                                                      take: { i throws(VhostUserError) in table[i] })
+        let host = try XCTUnwrap(new.memory?.translate(guest: 0x10000, length: 8))
+        XCTAssertEqual(ftruncate(mem.fd, 0), 0)
+        XCTAssertEqual(host.load(as: UInt64.self), 0)
+        XCTAssertTrue(new.memoryFault.reason(peer: "front-end")?.contains("memory region at guest 0x0") ?? false,
+                      "\(String(describing: new.memoryFault.reason(peer: "front-end")))")
+    }
 }
