@@ -369,3 +369,142 @@ int ws_eventfd_signal(int fd) {
 }
 
 uint64_t ws_write_guard_interrupts(void) { return __atomic_load_n(&ws_guard_interrupt_count, __ATOMIC_RELAXED); }
+
+// ---- shared-memory fault guard (issue 12, defect 3) -----------------------------------------
+// See CWarmstartShim.h. The handler only loads from the table, calls mmap (a plain system call
+// on Linux) and stores to the flag words: no lock, no allocation, errno preserved.
+#include <signal.h>
+
+#define WS_GUARD_SLOTS 4096
+
+typedef struct {
+    uint32_t state;   // 0 free, 1 being written or cleared (control side), 2 live
+    uint64_t start;   // [start, end): the whole mapping, page-size aligned
+    uint64_t end;
+    uint64_t *flag;
+} ws_guard_entry;
+
+enum { WS_GUARD_FREE = 0, WS_GUARD_BUSY = 1, WS_GUARD_LIVE = 2 };
+
+static ws_guard_entry ws_guard_table[WS_GUARD_SLOTS];
+static uint32_t ws_guard_high;          // 1 + the highest slot ever claimed: the handler's scan bound
+static struct sigaction ws_guard_previous;
+static pthread_once_t ws_guard_once = PTHREAD_ONCE_INIT;
+static int ws_guard_install_result;
+
+const int WS_F_SEAL_SHRINK = F_SEAL_SHRINK;
+const int WS_F_SEAL_GROW = F_SEAL_GROW;
+
+int ws_file_seals(int fd) {
+    int s = fcntl(fd, F_GET_SEALS);
+    return s < 0 ? -errno : s;
+}
+
+int ws_seal_size(int fd) { return fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) == 0 ? 0 : -errno; }
+
+// Hands the signal to whoever had it before us, or to the default action.
+static void ws_guard_chain(int sig, siginfo_t *info, void *uctx) {
+    const struct sigaction *prev = &ws_guard_previous;
+    if (prev->sa_flags & SA_SIGINFO) {
+        if (prev->sa_sigaction != NULL) { prev->sa_sigaction(sig, info, uctx); return; }
+    } else if (prev->sa_handler == SIG_IGN) {
+        // A SIGBUS someone sent stays ignored; a fault cannot be ignored (the kernel would have
+        // reset it to the default action), so it falls through to the default below.
+        if (info->si_code <= 0) return;
+    } else if (prev->sa_handler != SIG_DFL) {
+        prev->sa_handler(sig);
+        return;
+    }
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    sigaction(sig, &dfl, NULL);
+    // A fault re-executes the access on return and now takes the default action (core dump at
+    // the right place). A sent signal does not come back by itself: send it again (pending until
+    // this handler returns, since SIGBUS is blocked while it runs).
+    if (info->si_code <= 0) raise(sig);
+}
+
+static void ws_guard_handler(int sig, siginfo_t *info, void *uctx) {
+    int saved = errno;
+    int handled = 0;
+    // si_code > 0: raised by the kernel for this access, not sent by kill/sigqueue.
+    if (info->si_code > 0) {
+        uint64_t a = (uint64_t)(uintptr_t)info->si_addr;
+        uint32_t n = __atomic_load_n(&ws_guard_high, __ATOMIC_ACQUIRE);
+        for (uint32_t i = 0; i < n && i < WS_GUARD_SLOTS; i++) {
+            ws_guard_entry *e = &ws_guard_table[i];
+            if (__atomic_load_n(&e->state, __ATOMIC_ACQUIRE) != WS_GUARD_LIVE) continue;
+            uint64_t start = __atomic_load_n(&e->start, __ATOMIC_RELAXED);
+            uint64_t end = __atomic_load_n(&e->end, __ATOMIC_RELAXED);
+            if (a < start || a >= end) continue;
+            // Zero pages over the whole mapping: every later access past the new end of the file
+            // would fault too, and replacing all of it needs no split of a hugetlb mapping.
+            void *p = mmap((void *)(uintptr_t)start, (size_t)(end - start), PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+            if (p == MAP_FAILED) continue;
+            handled = 1;
+            uint64_t *flag = __atomic_load_n(&e->flag, __ATOMIC_RELAXED);
+            uint64_t expected = 0;
+            if (flag != NULL && __atomic_compare_exchange_n(&flag[0], &expected, (uint64_t)i + 1, 0,
+                                                            __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+                __atomic_store_n(&flag[1], a, __ATOMIC_RELEASE);
+            }
+        }
+    }
+    errno = saved;
+    if (!handled) ws_guard_chain(sig, info, uctx);
+}
+
+static void ws_guard_install_once(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = ws_guard_handler;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    ws_guard_install_result = sigaction(SIGBUS, &sa, &ws_guard_previous) == 0 ? 0 : -errno;
+}
+
+int ws_fault_guard_install(void) {
+    pthread_once(&ws_guard_once, ws_guard_install_once);
+    return ws_guard_install_result;
+}
+
+int ws_fault_guard_register(void *base, size_t length, size_t page_size, uint64_t *flag) {
+    if (page_size == 0) page_size = (size_t)sysconf(_SC_PAGESIZE);
+    uint64_t start = (uint64_t)(uintptr_t)base;
+    if (length == 0 || length > UINT64_MAX - page_size) return -EINVAL;
+    uint64_t len = ((uint64_t)length + page_size - 1) / page_size * page_size;
+    if (start > UINT64_MAX - len) return -EINVAL;
+    for (uint32_t i = 0; i < WS_GUARD_SLOTS; i++) {
+        ws_guard_entry *e = &ws_guard_table[i];
+        uint32_t free_state = WS_GUARD_FREE;
+        if (!__atomic_compare_exchange_n(&e->state, &free_state, WS_GUARD_BUSY, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) continue;
+        __atomic_store_n(&e->start, start, __ATOMIC_RELAXED);
+        __atomic_store_n(&e->end, start + len, __ATOMIC_RELAXED);
+        __atomic_store_n(&e->flag, flag, __ATOMIC_RELAXED);
+        uint32_t high = __atomic_load_n(&ws_guard_high, __ATOMIC_ACQUIRE);
+        while (high < i + 1 && !__atomic_compare_exchange_n(&ws_guard_high, &high, i + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {}
+        __atomic_store_n(&e->state, WS_GUARD_LIVE, __ATOMIC_RELEASE);
+        return (int)i;
+    }
+    return -ENOSPC;
+}
+
+void ws_fault_guard_unregister(int slot) {
+    if (slot < 0 || slot >= WS_GUARD_SLOTS) return;
+    ws_guard_entry *e = &ws_guard_table[slot];
+    __atomic_store_n(&e->state, WS_GUARD_BUSY, __ATOMIC_RELEASE);
+    __atomic_store_n(&e->flag, NULL, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->start, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->end, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&e->state, WS_GUARD_FREE, __ATOMIC_RELEASE);
+}
+
+int ws_fault_guard_count(void) {
+    int n = 0;
+    for (uint32_t i = 0; i < WS_GUARD_SLOTS; i++)
+        if (__atomic_load_n(&ws_guard_table[i].state, __ATOMIC_ACQUIRE) == WS_GUARD_LIVE) n++;
+    return n;
+}

@@ -1,3 +1,4 @@
+import WarmstartMemory
 import WarmstartPools
 
 /// One queue pair of a port, as a polling thread drives it: a vhost-user backend queue pair, a
@@ -12,6 +13,13 @@ public protocol BurstQueue: AnyObject {
     func transmitBurst(_ pkts: UnsafeMutablePointer<Mbuf>, count: Int, cache: MbufCache) -> Int
     /// Errors seen by the queue itself (bad descriptors, broken ring), for the counters.
     var errorCount: UInt64 { get }
+    /// The flag the SIGBUS guard sets when the peer shrinks memory this queue uses (nil: the
+    /// queue maps nothing a peer can shrink). Polling threads check it once per burst.
+    var memoryFault: MappingFaultFlag? { get }
+}
+
+extension BurstQueue {
+    public var memoryFault: MappingFaultFlag? { nil }
 }
 
 /// Per-queue counters, written by the one polling thread that owns the queue, read by stats.

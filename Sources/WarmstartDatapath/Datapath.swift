@@ -1,4 +1,5 @@
 import CWarmstartShim
+import WarmstartMemory
 import WarmstartPools
 #if canImport(Glibc)
 import Glibc
@@ -367,18 +368,33 @@ public final class DatapathQueue: @unchecked Sendable {
     public let counters: UnsafeMutablePointer<QueueCounters>
     /// Held while transmitting in l2 mode, where several threads may send to one queue.
     let txLock = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    /// Non-zero once the peer shrank memory the queue uses (`MappingFaultFlag.words[0]`, or a
+    /// word that stays 0): loaded once per burst; the queue is then neither polled nor sent to.
+    let fault: UnsafePointer<UInt64>
+    let faultFlag: MappingFaultFlag?
+    /// The polling thread that owns the queue has told the flag's observer (that thread only).
+    var faultNoticed = false
 
     init(slot: Int, index: Int, queue: BurstQueue?) {
         self.slot = slot
         self.index = index
         self.queue = queue
         self.vhost = (queue as? VhostQueuePair).map { Unmanaged.passUnretained($0) }
+        faultFlag = queue?.memoryFault
+        fault = UnsafePointer(faultFlag?.words ?? DatapathQueue.neverFaults)
         counters = .allocate(capacity: 1)
         counters.initialize(to: QueueCounters())
         txLock.initialize(to: 0)
     }
 
     static func absent(slot: Int) -> DatapathQueue { DatapathQueue(slot: slot, index: 0, queue: nil) }
+
+    /// The fault word of queues with no guarded memory: always 0.
+    static let neverFaults: UnsafeMutablePointer<UInt64> = {
+        let p = UnsafeMutablePointer<UInt64>.allocate(capacity: 2)
+        p.initialize(repeating: 0, count: 2)
+        return p
+    }()
 
     deinit {
         counters.deallocate()

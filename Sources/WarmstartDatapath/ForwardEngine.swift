@@ -22,6 +22,8 @@ struct ForwardEngine {
     /// Polls one queue once; returns the packets received (txonly: received + sent).
     @inline(__always)
     func poll(_ q: DatapathQueue, peers: [DatapathQueue], cache: MbufCache) -> Int {
+        // The peer shrank this queue's memory (SIGBUS guard): stop using it, report it once.
+        if ws_load_relaxed_u64(q.fault) != 0 { return faulted(q) }
         if let source { return generate(q, source, cache: cache) }
         let n = receive(q, cache: cache)
         if n == 0 { return 0 }
@@ -73,10 +75,21 @@ struct ForwardEngine {
         return n
     }
 
+    /// Off the hot path: the queue's memory is gone. Its owner closes the session (the flag's
+    /// observer, told once); until the queue leaves the plan it is skipped.
+    @inline(never)
+    func faulted(_ q: DatapathQueue) -> Int {
+        if !q.faultNoticed {
+            q.faultNoticed = true
+            q.faultFlag?.notice()
+        }
+        return 0
+    }
+
     @inline(__always)
     func send(_ p: UnsafeMutablePointer<Mbuf>, _ n: Int, to dst: DatapathQueue, cache: MbufCache, locked: Bool) {
         let v = dst.vhost
-        if v == nil && dst.queue == nil { return drop(p, n, on: dst, cache: cache) }
+        if (v == nil && dst.queue == nil) || ws_load_relaxed_u64(dst.fault) != 0 { return drop(p, n, on: dst, cache: cache) }
         if locked { while ws_exchange_u32(dst.txLock, 1) != 0 { ws_cpu_relax() } }
         // Count bytes before the queue takes (and may free) the packets.
         var bytes: UInt64 = 0

@@ -111,6 +111,10 @@ final class VhostUserConnection {
         self.logger = logger
         session = adopted ?? VhostUserBackendSession(configuration: configuration, logger: logger)
         session.ringPosition = { [unowned self] index in self.ringPosition(index) }
+        // A polling thread that finds the session's memory faulted (the front-end shrank a file)
+        // tells the loop, which closes this session only.
+        let loop = bus.loop
+        session.memoryFault.onNotice { [weak self] in loop.post { self?.memoryFaulted() } }
     }
 
     var datapath: Datapath { driver.datapath }
@@ -183,6 +187,8 @@ final class VhostUserConnection {
         header = nil; headerBytes = []; payload = []; fds = []
         let outcome = session.receive(header: h, payload: p, fds: f)
         let name = h.knownRequest.map { "\($0)" } ?? "request \(h.request)"
+        // A fault while handling the message (the control thread touched memory that was gone).
+        if session.memoryFault.isSet { return memoryFaulted() }
         if let e = outcome.error {
             logger.warning("vhost-user: refused \(name): \(e)")
         }
@@ -208,6 +214,14 @@ final class VhostUserConnection {
     func protocolError(_ why: String) {
         logger.error("vhost-user: dropping the session: \(why)")
         bus.peerClosed(device, reason: "protocol error: \(why)")
+    }
+
+    /// The front-end shrank memory this session maps (the SIGBUS guard replaced it with zero
+    /// pages): drop the session with the reason; the port waits for the next front-end.
+    func memoryFaulted() {
+        guard !closed, let why = session.memoryFault.reason(peer: "front-end") else { return }
+        logger.error("vhost-user: dropping the session: \(why)")
+        bus.peerClosed(device, reason: why)
     }
 
     func lost(_ why: String) {

@@ -92,7 +92,7 @@ public final class MemoryRegion: @unchecked Sendable {
                 throw MemoryError.notEnoughHugepages(pageSize: pageSize, needed: needed, free: pool.available)
             }
         }
-        let raw = ws_memfd_create("warmstart:\(name)", WS_MFD_CLOEXEC | pageSize.memfdFlags)
+        let raw = ws_memfd_create("warmstart:\(name)", WS_MFD_CLOEXEC | WS_MFD_ALLOW_SEALING | pageSize.memfdFlags)
         guard raw >= 0 else {
             let e = Errno(rawValue: errno)
             if pageSize.isHuge {
@@ -106,6 +106,10 @@ public final class MemoryRegion: @unchecked Sendable {
             try? fd.close()
             throw MemoryError.system(operation: "ftruncate", path: name, errno: e)
         }
+        // A virtio-user port hands this descriptor to its back-end peer, which could otherwise
+        // shrink the file and fault every access of ours past the new end (SIGBUS). Best effort:
+        // a kernel without hugetlb sealing (before 4.16) leaves the region unsealed.
+        _ = ws_seal_size(raw)
         return try MemoryRegion(name: name, fd: fd, fileOffset: 0, size: size, pageSize: pageSize,
                                 backing: pageSize.isHuge ? .memfdHugetlb : .memfd, ioAddress: ioAddress,
                                 ownsFD: true, populate: populate)

@@ -53,7 +53,7 @@ extension VhostUserBackendSession {
             var mapped: [GuestRegionMapping] = []
             for (k, region) in regions.enumerated() {
                 do {
-                    mapped.append(try GuestRegionMapping(region: region, fd: taken[k], request: request))
+                    mapped.append(try GuestRegionMapping(region: region, fd: taken[k], request: request, fault: memoryFault))
                 } catch {
                     for fd in taken[(k + 1)...] { closeFD(fd) }
                     throw error   // `mapped` is released here: its mappings are unmapped, fds closed
@@ -217,7 +217,7 @@ extension VhostUserBackendSession {
                 throw fail(.queueIndex(UInt64(p.numQueues), queues: queueCount))
             }
             guard p.queueSize >= 1, p.queueSize <= 32768 else { throw fail(.invalid("queue size \(p.queueSize) is not in 1...32768")) }
-            let region = try VhostUserInflightRegion.create(numQueues: Int(p.numQueues), queueSize: Int(p.queueSize), layout: layout)
+            let region = try VhostUserInflightRegion.create(numQueues: Int(p.numQueues), queueSize: Int(p.queueSize), layout: layout, fault: memoryFault)
             inflight = region
             replyFDs = [region.fd]
             return .inflight(region.payload)
@@ -225,7 +225,7 @@ extension VhostUserBackendSession {
         case let (.setInflightFD, .inflight(p)):
             try requireProtocol(.inflightSHMFD)
             guard Int(p.numQueues) <= queueCount else { throw fail(.queueIndex(UInt64(p.numQueues), queues: queueCount)) }
-            inflight = try VhostUserInflightRegion(fd: fds.removeFirst(), payload: p, layout: layout, request: request)
+            inflight = try VhostUserInflightRegion(fd: fds.removeFirst(), payload: p, layout: layout, request: request, fault: memoryFault)
             return nil
 
         case (.resetDevice, _):
@@ -244,7 +244,7 @@ extension VhostUserBackendSession {
             }
             try checkMemoryLimit(current.map(\.region) + [region], request: request)
             let fd = fds.removeFirst()
-            let mapping = try GuestRegionMapping(region: region, fd: fd, request: request)
+            let mapping = try GuestRegionMapping(region: region, fd: fd, request: request, fault: memoryFault)
             try replaceMemory(current + [mapping], &events, request: request)
             return nil
 

@@ -183,7 +183,7 @@ extension VhostUserBackendSession {
                 let payload = MemoryRegionPayload(guestAddress: r.guestAddress, size: r.size, userAddress: r.userAddress,
                                                   mmapOffset: r.mmapOffset)
                 loose[k] = -1   // GuestRegionMapping owns it from here, on failure too
-                mapped.append(try GuestRegionMapping(region: payload, fd: fds[k], request: .setMemTable))
+                mapped.append(try GuestRegionMapping(region: payload, fd: fds[k], request: .setMemTable, fault: s.memoryFault))
             }
             loose = []
             s.memory = try VhostUserGuestMemory(regions: mapped, generation: state.memoryGeneration, request: .setMemTable)
@@ -221,7 +221,7 @@ extension VhostUserBackendSession {
             let fd = try take(inf.fd)
             s.inflight = try VhostUserInflightRegion(fd: fd, payload: InflightPayload(mmapSize: inf.mmapSize, mmapOffset: inf.mmapOffset,
                                                                                     numQueues: inf.numQueues, queueSize: inf.queueSize),
-                                                     layout: s.layout, request: .setInflightFD)
+                                                     layout: s.layout, request: .setInflightFD, fault: s.memoryFault)
         }
         var started: [VringSetup] = []
         for v in state.vrings where v.started {

@@ -1,4 +1,5 @@
 import Logging
+import WarmstartMemory
 
 /// What one back-end port offers and how big it is.
 public struct VhostUserBackendConfiguration: Sendable {
@@ -107,6 +108,9 @@ public final class VhostUserBackendSession {
     public internal(set) var rarpMAC: [UInt8]?
     /// The inflight buffer (GET_INFLIGHT_FD / SET_INFLIGHT_FD), when negotiated.
     public internal(set) var inflight: VhostUserInflightRegion?
+    /// Set by the SIGBUS handler when the front-end shrinks a file this session maps (memory
+    /// regions, the inflight buffer); every mapping of the session registers with it.
+    public let memoryFault = MappingFaultFlag()
     /// Descriptors a handler attaches to its reply.
     var replyFDs: [Int32] = []
     var vrings: [VringConfig]

@@ -10,6 +10,9 @@ import Glibc
 /// of pages), MAP_SHARED; the region starts `mmap_offset` bytes in. Mapping from 0 keeps the mmap
 /// offset argument page-aligned whatever `mmap_offset` is.
 /// The mapping and the descriptor live exactly as long as this object: unmapped and closed in deinit.
+/// While mapped it is registered with the SIGBUS guard (`fault`): a front-end that shrinks the
+/// file costs its session (zero pages replace the mapping, the flag closes the session), never
+/// the process.
 public final class GuestRegionMapping: @unchecked Sendable {
     public let region: MemoryRegionPayload
     public let fd: Int32
@@ -17,9 +20,14 @@ public final class GuestRegionMapping: @unchecked Sendable {
     public let host: UnsafeMutableRawPointer
     let mapBase: UnsafeMutableRawPointer
     let mapSize: Int
+    /// Registered from mmap to munmap.
+    let guarded: MappingFaultGuard
+
+    /// The session's broken-memory flag this mapping sets when it faults.
+    public var fault: MappingFaultFlag { guarded.flag }
 
     /// Maps `region` from `fd`, taking ownership of `fd` (closed on failure too).
-    public init(region: MemoryRegionPayload, fd: Int32, request: VhostUserRequest) throws(VhostUserError) {
+    public init(region: MemoryRegionPayload, fd: Int32, request: VhostUserRequest, fault: MappingFaultFlag) throws(VhostUserError) {
         func fail(_ why: String) -> VhostUserError {
             closeFD(fd)
             return VhostUserError(request: request, reason: .memory(why))
@@ -50,6 +58,13 @@ public final class GuestRegionMapping: @unchecked Sendable {
         guard let p, p != MAP_FAILED else {
             throw fail("mmap of \(size) bytes failed: errno \(errno)")
         }
+        do {
+            guarded = try MappingFaultGuard(base: p, length: size, pageSize: align, fd: fd,
+                                            label: "memory region at guest 0x\(hex(r.guestAddress))", flag: fault)
+        } catch {
+            munmap(p, size)
+            throw fail("\(error)")
+        }
         self.region = region
         self.fd = fd
         self.mapBase = p
@@ -58,6 +73,7 @@ public final class GuestRegionMapping: @unchecked Sendable {
     }
 
     deinit {
+        guarded.unregister()
         munmap(mapBase, mapSize)
         closeFD(fd)
     }
@@ -81,6 +97,8 @@ public final class VhostUserGuestMemory: @unchecked Sendable {
     public let table: MemoryTable
     /// Increases with every replacement, so logs and the datapath can tell tables apart.
     public let generation: UInt64
+    /// The session's broken-memory flag (every region of a session shares it); nil without regions.
+    public var fault: MappingFaultFlag? { regions.first?.fault }
 
     init(regions: [GuestRegionMapping], generation: UInt64, request: VhostUserRequest) throws(VhostUserError) {
         let table = MemoryTable(entries: regions.map(\.entry))

@@ -1,4 +1,5 @@
 import CWarmstartShim
+import WarmstartMemory
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -24,6 +25,9 @@ public final class VhostUserInflightRegion: @unchecked Sendable {
     public let mmapSize: UInt64
     let mapBase: UnsafeMutableRawPointer
     let mapLength: Int
+    /// Registered with the SIGBUS guard from mmap to munmap: the front-end holds the descriptor
+    /// and could shrink the file (ours from GET_INFLIGHT_FD is sealed against that).
+    let guarded: MappingFaultGuard
 
     public static func queueRegionSize(queueSize: Int, layout: VringLayout) -> Int {
         let raw = layout == .split ? 16 + 16 * queueSize : 29 + 32 * queueSize
@@ -31,9 +35,10 @@ public final class VhostUserInflightRegion: @unchecked Sendable {
     }
 
     /// GET_INFLIGHT_FD: a new zeroed memfd for `numQueues` queues of `queueSize` descriptors.
-    static func create(numQueues: Int, queueSize: Int, layout: VringLayout) throws(VhostUserError) -> VhostUserInflightRegion {
+    static func create(numQueues: Int, queueSize: Int, layout: VringLayout,
+                       fault: MappingFaultFlag) throws(VhostUserError) -> VhostUserInflightRegion {
         let size = numQueues * queueRegionSize(queueSize: queueSize, layout: layout)
-        let fd = ws_memfd_create("warmstart:vhost-inflight", WS_MFD_CLOEXEC)
+        let fd = ws_memfd_create("warmstart:vhost-inflight", WS_MFD_CLOEXEC | WS_MFD_ALLOW_SEALING)
         guard fd >= 0 else {
             throw VhostUserError(request: .getInflightFD, reason: .memory("memfd_create for the inflight buffer failed: errno \(errno)"))
         }
@@ -42,13 +47,20 @@ public final class VhostUserInflightRegion: @unchecked Sendable {
             closeFD(fd)
             throw VhostUserError(request: .getInflightFD, reason: .memory("ftruncate of the inflight buffer to \(size) bytes failed: errno \(e)"))
         }
+        // The front-end gets this descriptor: it must not be able to shrink the file under us.
+        let sealed = ws_seal_size(fd)
+        guard sealed == 0 else {
+            closeFD(fd)
+            throw VhostUserError(request: .getInflightFD, reason: .memory("sealing the inflight buffer's size failed: errno \(-sealed)"))
+        }
         let payload = InflightPayload(mmapSize: UInt64(size), mmapOffset: 0, numQueues: UInt16(numQueues), queueSize: UInt16(queueSize))
-        return try VhostUserInflightRegion(fd: fd, payload: payload, layout: layout, request: .getInflightFD)
+        return try VhostUserInflightRegion(fd: fd, payload: payload, layout: layout, request: .getInflightFD, fault: fault)
     }
 
     /// Maps `payload.mmapSize` bytes of `fd` at `payload.mmapOffset` (SET_INFLIGHT_FD, or after
     /// create). Takes ownership of `fd`; checks sizes with overflow-safe arithmetic.
-    init(fd: Int32, payload p: InflightPayload, layout: VringLayout, request: VhostUserRequest) throws(VhostUserError) {
+    init(fd: Int32, payload p: InflightPayload, layout: VringLayout, request: VhostUserRequest,
+         fault: MappingFaultFlag) throws(VhostUserError) {
         func fail(_ why: String) -> VhostUserError {
             closeFD(fd)
             return VhostUserError(request: request, reason: .memory(why))
@@ -72,6 +84,15 @@ public final class VhostUserInflightRegion: @unchecked Sendable {
         let length = Int(end)
         let ptr = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let ptr, ptr != MAP_FAILED else { throw fail("mmap of the inflight buffer failed: errno \(errno)") }
+        do {
+            // st_blksize: hugetlbfs reports its page size there, and the kernel rounds the
+            // mapping up to it.
+            guarded = try MappingFaultGuard(base: ptr, length: length, pageSize: max(Int(st.st_blksize), Int(sysconf(Int32(_SC_PAGESIZE)))),
+                                            fd: fd, label: "inflight buffer", flag: fault)
+        } catch {
+            munmap(ptr, length)
+            throw fail("\(error)")
+        }
         self.fd = fd
         self.layout = layout
         self.numQueues = Int(p.numQueues)
@@ -84,6 +105,7 @@ public final class VhostUserInflightRegion: @unchecked Sendable {
     }
 
     deinit {
+        guarded.unregister()
         munmap(mapBase, mapLength)
         closeFD(fd)
     }

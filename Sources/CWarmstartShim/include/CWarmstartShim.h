@@ -207,4 +207,29 @@ int ws_eventfd_signal(int fd);
 /// Signals the watchdog sent since the process started (tests, statistics).
 uint64_t ws_write_guard_interrupts(void);
 
+// ---- shared-memory fault guard (issue 12, defect 3) -----------------------------------------
+// A peer that shrinks a file we map MAP_SHARED (ftruncate of its memfd) turns every access past
+// the new end into SIGBUS. Mappings of peer memory are registered here; a process-wide SIGBUS
+// handler maps anonymous zero pages over the whole registered mapping that faulted (so the
+// faulting access re-executes harmlessly) and marks its `flag`: flag[0] = registration slot + 1
+// (only the first fault per flag), flag[1] = the faulting address. A fault anywhere else goes to
+// the previous handler, or takes the default action (a real bug still crashes). The table is
+// written with atomics only and read by the handler without locks.
+/// Installs the SIGBUS handler once (later calls do nothing). Returns 0 or -errno.
+int ws_fault_guard_install(void);
+/// Registers [base, base + length), length rounded up to `page_size` (the mapping's page size:
+/// a hugetlb mapping can only be replaced in whole huge pages). Returns the slot, -ENOSPC when
+/// the table is full, -EINVAL for an empty or wrapping range.
+int ws_fault_guard_register(void *base, size_t length, size_t page_size, uint64_t *flag);
+/// Removes a registration; call before the mapping is unmapped.
+void ws_fault_guard_unregister(int slot);
+/// Registrations live now (tests).
+int ws_fault_guard_count(void);
+/// F_GET_SEALS of `fd`: the seals, or -errno (EINVAL: a file that cannot be sealed).
+int ws_file_seals(int fd);
+/// F_ADD_SEALS F_SEAL_SHRINK|F_SEAL_GROW on `fd`. Returns 0 or -errno.
+int ws_seal_size(int fd);
+extern const int WS_F_SEAL_SHRINK;
+extern const int WS_F_SEAL_GROW;
+
 #endif
