@@ -247,47 +247,47 @@ int ws_fstatfs(int fd, long *magic, long *block_size) {
 // ---- interruptible writes to peer-shared eventfds (issue 12 defect 2) -----------------------
 #include <signal.h>
 
-#define WS_GUARD_MAX 256
+#define WS_WGUARD_MAX 256
 
 // The calling thread's "inside ws_eventfd_signal" slot: fd + 1 while writing, 0 otherwise.
 // initial-exec: a plain %fs-relative access, no __tls_get_addr call on the hot path.
-static __thread uint64_t ws_guard_busy __attribute__((tls_model("initial-exec")));
+static __thread uint64_t ws_wguard_busy __attribute__((tls_model("initial-exec")));
 
-struct ws_guard_entry {
+struct ws_wguard_entry {
     pthread_t thread;
-    uint64_t *busy;     // the thread's ws_guard_busy (valid until it unregisters, under the lock)
+    uint64_t *busy;     // the thread's ws_wguard_busy (valid until it unregisters, under the lock)
     uint64_t seen;      // the value the watchdog saw last (0: idle)
     uint64_t since_ns;  // when it first saw that value
 };
 
-static pthread_mutex_t ws_guard_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t ws_guard_cond;
-static struct ws_guard_entry ws_guard_entries[WS_GUARD_MAX];
-static int ws_guard_count;
-static int ws_guard_install_error;
-static pthread_once_t ws_guard_once = PTHREAD_ONCE_INIT;
-static uint64_t ws_guard_interrupt_count;
+static pthread_mutex_t ws_wguard_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ws_wguard_cond;
+static struct ws_wguard_entry ws_wguard_entries[WS_WGUARD_MAX];
+static int ws_wguard_count;
+static int ws_wguard_install_error;
+static pthread_once_t ws_wguard_once = PTHREAD_ONCE_INIT;
+static uint64_t ws_wguard_interrupt_count;
 
 int ws_write_guard_signal(void) { return SIGURG; }
 
-static void ws_guard_handler(int sig) { (void)sig; }
+static void ws_wguard_handler(int sig) { (void)sig; }
 
-static void *ws_guard_watchdog(void *arg) {
+static void *ws_wguard_watchdog(void *arg) {
     (void)arg;
-    pthread_mutex_lock(&ws_guard_lock);
+    pthread_mutex_lock(&ws_wguard_lock);
     for (;;) {
-        if (ws_guard_count == 0) {
-            pthread_cond_wait(&ws_guard_cond, &ws_guard_lock);
+        if (ws_wguard_count == 0) {
+            pthread_cond_wait(&ws_wguard_cond, &ws_wguard_lock);
             continue;
         }
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
         until.tv_nsec += (long)WS_WRITE_GUARD_TICK_NS;
         if (until.tv_nsec >= 1000000000L) { until.tv_sec += 1; until.tv_nsec -= 1000000000L; }
-        pthread_cond_timedwait(&ws_guard_cond, &ws_guard_lock, &until);
+        pthread_cond_timedwait(&ws_wguard_cond, &ws_wguard_lock, &until);
         uint64_t now = ws_monotonic_ns();
-        for (int i = 0; i < ws_guard_count; i++) {
-            struct ws_guard_entry *e = &ws_guard_entries[i];
+        for (int i = 0; i < ws_wguard_count; i++) {
+            struct ws_wguard_entry *e = &ws_wguard_entries[i];
             uint64_t v = __atomic_load_n(e->busy, __ATOMIC_RELAXED);
             if (v == 0) { e->seen = 0; continue; }
             if (v != e->seen) { e->seen = v; e->since_ns = now; continue; }
@@ -296,79 +296,79 @@ static void *ws_guard_watchdog(void *arg) {
             // handled in user space and interrupted nothing.
             if (now - e->since_ns >= (uint64_t)WS_WRITE_GUARD_STUCK_NS) {
                 pthread_kill(e->thread, SIGURG);
-                __atomic_fetch_add(&ws_guard_interrupt_count, 1, __ATOMIC_RELAXED);
+                __atomic_fetch_add(&ws_wguard_interrupt_count, 1, __ATOMIC_RELAXED);
             }
         }
     }
     return NULL;
 }
 
-static void ws_guard_setup(void) {
+static void ws_wguard_setup(void) {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = ws_guard_handler;
+    sa.sa_handler = ws_wguard_handler;
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = 0;   // no SA_RESTART: a sleeping write returns EINTR
-    if (sigaction(SIGURG, &sa, NULL) != 0) { ws_guard_install_error = errno; return; }
+    if (sigaction(SIGURG, &sa, NULL) != 0) { ws_wguard_install_error = errno; return; }
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&ws_guard_cond, &ca);
+    pthread_cond_init(&ws_wguard_cond, &ca);
     pthread_condattr_destroy(&ca);
     // The watchdog itself never takes SIGURG (nor anything else it could be asked to handle).
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_t t;
-    int rc = pthread_create(&t, NULL, ws_guard_watchdog, NULL);
+    int rc = pthread_create(&t, NULL, ws_wguard_watchdog, NULL);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) { ws_guard_install_error = rc; return; }
+    if (rc != 0) { ws_wguard_install_error = rc; return; }
     pthread_detach(t);
 }
 
 int ws_write_guard_register(void) {
-    pthread_once(&ws_guard_once, ws_guard_setup);
-    if (ws_guard_install_error != 0) return -ws_guard_install_error;
+    pthread_once(&ws_wguard_once, ws_wguard_setup);
+    if (ws_wguard_install_error != 0) return -ws_wguard_install_error;
     // The thread must be able to take the signal even if its creator blocked it.
     sigset_t s;
     sigemptyset(&s);
     sigaddset(&s, SIGURG);
     pthread_sigmask(SIG_UNBLOCK, &s, NULL);
-    pthread_mutex_lock(&ws_guard_lock);
+    pthread_mutex_lock(&ws_wguard_lock);
     int rc = 0;
-    if (ws_guard_count == WS_GUARD_MAX) {
+    if (ws_wguard_count == WS_WGUARD_MAX) {
         rc = -ENOSPC;
     } else {
-        ws_guard_busy = 0;
-        ws_guard_entries[ws_guard_count++] = (struct ws_guard_entry){
-            .thread = pthread_self(), .busy = &ws_guard_busy, .seen = 0, .since_ns = 0};
-        pthread_cond_signal(&ws_guard_cond);
+        ws_wguard_busy = 0;
+        ws_wguard_entries[ws_wguard_count++] = (struct ws_wguard_entry){
+            .thread = pthread_self(), .busy = &ws_wguard_busy, .seen = 0, .since_ns = 0};
+        pthread_cond_signal(&ws_wguard_cond);
     }
-    pthread_mutex_unlock(&ws_guard_lock);
+    pthread_mutex_unlock(&ws_wguard_lock);
     return rc;
 }
 
 void ws_write_guard_unregister(void) {
-    pthread_mutex_lock(&ws_guard_lock);
-    for (int i = 0; i < ws_guard_count; i++) {
-        if (ws_guard_entries[i].busy == &ws_guard_busy) {
-            ws_guard_entries[i] = ws_guard_entries[--ws_guard_count];
+    pthread_mutex_lock(&ws_wguard_lock);
+    for (int i = 0; i < ws_wguard_count; i++) {
+        if (ws_wguard_entries[i].busy == &ws_wguard_busy) {
+            ws_wguard_entries[i] = ws_wguard_entries[--ws_wguard_count];
             break;
         }
     }
-    pthread_mutex_unlock(&ws_guard_lock);
+    pthread_mutex_unlock(&ws_wguard_lock);
 }
 
 int ws_eventfd_signal(int fd) {
     uint64_t one = 1;
-    __atomic_store_n(&ws_guard_busy, (uint64_t)(uint32_t)fd + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&ws_wguard_busy, (uint64_t)(uint32_t)fd + 1, __ATOMIC_RELAXED);
     ssize_t r = write(fd, &one, sizeof(one));
-    __atomic_store_n(&ws_guard_busy, 0, __ATOMIC_RELAXED);   // a plain store: errno is untouched
+    __atomic_store_n(&ws_wguard_busy, 0, __ATOMIC_RELAXED);   // a plain store: errno is untouched
     if (r == (ssize_t)sizeof(one)) return 0;
     return r < 0 ? -errno : -EIO;
 }
 
-uint64_t ws_write_guard_interrupts(void) { return __atomic_load_n(&ws_guard_interrupt_count, __ATOMIC_RELAXED); }
+uint64_t ws_write_guard_interrupts(void) { return __atomic_load_n(&ws_wguard_interrupt_count, __ATOMIC_RELAXED); }
 
 // ---- shared-memory fault guard (issue 12, defect 3) -----------------------------------------
 // See CWarmstartShim.h. The handler only loads from the table, calls mmap (a plain system call
