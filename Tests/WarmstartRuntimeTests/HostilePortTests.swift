@@ -11,7 +11,8 @@ import WarmstartVhostUser
 
 /// A hostile front-end against a running back-end port (issue 12): it cycles through a packed ring
 /// position outside the ring, a pipe and a socket as call descriptors, a memory table beyond the
-/// port's max-memory, and eventfds at their maximum counter, reconnecting after each. The process
+/// port's max-memory, eventfds at their maximum counter, invalid virtio-net headers and a memory
+/// file truncated under running rings, reconnecting after each. The process
 /// lives (SIGPIPE would kill the test process), the other port keeps forwarding after every
 /// attempt, and the descriptor count comes back to where it was.
 final class HostilePortTests: XCTestCase {
@@ -34,7 +35,7 @@ final class HostilePortTests: XCTestCase {
     }
 
     /// One hostile connection; returns what the back-end refused (nil when it took everything).
-    enum Attack: CaseIterable { case packedBase, pipeCall, socketCall, hugeMemory, saturatedCall }
+    enum Attack: CaseIterable { case packedBase, pipeCall, socketCall, hugeMemory, saturatedCall, badNetHeader, truncatedMemory }
 
     func attack(_ kind: Attack, path: String) throws -> VhostUserError? {
         let g = try TestGuest(socketPath: path, packed: kind == .packedBase)
@@ -85,6 +86,33 @@ final class HostilePortTests: XCTestCase {
                 // the counter full. The guest never reads its call eventfd.
                 XCTAssertEqual(g.send((0..<32).map { testFrame(tag: 9, seq: $0) }), 32)
                 XCTAssertEqual(g.receive(count: 32).count, 32)
+            case .badNetHeader:
+                // NEEDS_CSUM with the checksum field past the frame, and an unknown gso_type: the
+                // kernel refuses both from a tap write; neither may reach another port or TAP.
+                try g.frontend.setMemoryTable([g.region])
+                try g.layOutRings(features: n.features)
+                try g.frontend.startRing(ring(0, base: 0, call: g.calls[0]))
+                try g.frontend.startRing(ring(1, base: 0, call: g.calls[1]))
+                let before = runtime!.stats().ports[0].total.errors
+                XCTAssertEqual(g.send((0..<16).map { testFrame(tag: 7, seq: $0) }, header: [1, 0, 0, 0, 0, 0, 0xf0, 0xff, 0x10, 0]), 16)
+                XCTAssertEqual(g.send((16..<32).map { testFrame(tag: 7, seq: $0) }, header: [0, 0x55, 0, 0, 0, 0, 0, 0, 0, 0]), 16)
+                let deadline = Date().addingTimeInterval(testDeadline)
+                while runtime!.stats().ports[0].total.errors < before + 32 && Date() < deadline { usleep(1000) }
+                XCTAssertGreaterThanOrEqual(runtime!.stats().ports[0].total.errors, before + 32, "bad headers counted")
+                XCTAssertEqual(g.receive().count, 0, "a frame with a bad virtio-net header was forwarded")
+            case .truncatedMemory:
+                // Rings running with frames in flight, then the memory file shrinks to nothing:
+                // without the fault guard the back-end (this process) dies of SIGBUS. The session
+                // is dropped with the reason; this side never touches that memory again.
+                try g.frontend.setMemoryTable([g.region])
+                try g.layOutRings(features: n.features)
+                try g.frontend.startRing(ring(0, base: 0, call: g.calls[0]))
+                try g.frontend.startRing(ring(1, base: 0, call: g.calls[1]))
+                XCTAssertEqual(g.send((0..<32).map { testFrame(tag: 5, seq: $0) }), 32)
+                XCTAssertEqual(ftruncate(g.memfd, 0), 0)
+                XCTAssertTrue(runtime!.bus.wait(timeoutSeconds: testDeadline) { rs in
+                    (rs.first { $0.name == "a" }?.reason ?? "").contains("truncated")
+                }, "the truncated session was not dropped: \(runtime!.bus.snapshot())")
             }
         } catch let e as VhostUserError {
             return e
@@ -120,7 +148,7 @@ final class HostilePortTests: XCTestCase {
                 switch kind {
                 case .packedBase, .pipeCall, .socketCall, .hugeMemory:
                     if case .peerFailed? = refused?.reason {} else { XCTFail("\(kind): expected a nack, got \(String(describing: refused))") }
-                case .saturatedCall:
+                case .saturatedCall, .badNetHeader, .truncatedMemory:
                     XCTAssertNil(refused)
                 }
                 // The hostile connection is gone; the port waits for the next front-end.

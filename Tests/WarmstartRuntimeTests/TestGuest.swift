@@ -103,10 +103,10 @@ final class TestGuest {
     func txBuffer(_ i: Int) -> UInt64 { user + UInt64(2 << 20) + UInt64(i * Self.bufferSize) }
     func host(_ guest: UInt64) -> UnsafeMutableRawPointer { base + Int(guest - user) }
 
-    /// Transmits frames (a zero 12-byte virtio-net header in front of each). Reclaims used TX
-    /// buffers first. Returns how many were queued.
+    /// Transmits frames (a zero 12-byte virtio-net header in front of each, or `header`). Reclaims
+    /// used TX buffers first. Returns how many were queued.
     @discardableResult
-    func send(_ frames: [[UInt8]]) -> Int {
+    func send(_ frames: [[UInt8]], header: [UInt8] = []) -> Int {
         _ = tx.reap(completions, max: Self.ringSize)
         var sent = 0
         for f in frames {
@@ -114,6 +114,7 @@ final class TestGuest {
             let addr = txBuffer(slot)
             let p = host(addr)
             p.initializeMemory(as: UInt8.self, repeating: 0, count: 12)
+            for (k, byte) in header.prefix(12).enumerated() { p.storeBytes(of: byte, toByteOffset: k, as: UInt8.self) }
             f.withUnsafeBytes { (p + 12).copyMemory(from: $0.baseAddress!, byteCount: f.count) }
             var b = DriverBuffer(addr: addr, len: UInt32(12 + f.count), writable: false)
             guard tx.add(&b, count: 1, token: UInt64(slot)) != nil else { break }
