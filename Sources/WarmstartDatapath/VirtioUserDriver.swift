@@ -34,9 +34,10 @@ public final class VirtioUserDriver: DeviceDriver {
     /// One connection's life: set-up may finish after the Bus dropped it.
     final class Connection {
         let fd: Int32
+        let device: Device
         var dropped = false
         var watch: IOOpID?
-        init(fd: Int32) { self.fd = fd }
+        init(fd: Int32, device: Device) { self.fd = fd; self.device = device }
     }
     private var connections: [ObjectIdentifier: Connection] = [:]
     private let portsLock = PThreadMutex()
@@ -72,8 +73,13 @@ public final class VirtioUserDriver: DeviceDriver {
             }
             device.driverContext = port
             portsLock.locked { ports[device.index] = port }
+            // A polling thread that finds the shared memory truncated tells the loop, which takes
+            // down every port of this driver that shares it (once per flag; see `memoryLost`).
+            port.memoryFault?.onNotice { [weak self] in
+                bus.loop.post { self?.memoryLost(bus: bus) }
+            }
         }
-        let conn = Connection(fd: fd)
+        let conn = Connection(fd: fd, device: device)
         connections[ObjectIdentifier(device)] = conn
         // Blocking I/O with a deadline on the set-up thread: a back-end that accepts and then says
         // nothing must not hang the port forever.
@@ -99,6 +105,11 @@ public final class VirtioUserDriver: DeviceDriver {
                 for p in pairs { p.reclaim() }
                 return
             }
+            if let why = port.memoryLostReason {
+                for p in pairs { p.reclaim() }
+                bus.failed(device, reason: why)
+                return
+            }
             port.negotiation = n
             port.queues = pairs
             port.connections += 1
@@ -117,6 +128,18 @@ public final class VirtioUserDriver: DeviceDriver {
             } else {
                 bus.peerClosed(device, reason: e.description)
             }
+        }
+    }
+
+    /// Loop thread: memory some port shares was truncated (the SIGBUS guard replaced it with zero
+    /// pages). Every port of ours whose memory is lost fails with the reason — nothing would be
+    /// shared any more on a reconnect — and its posted mbufs (wiped, so counted as lost by the
+    /// pool) are let go. Other ports, vhost-user ones included, keep running over the zeroed
+    /// memory: pool metadata is private, and every mbuf header is rewritten when allocated.
+    func memoryLost(bus: Bus) {
+        for conn in Array(connections.values) where !conn.dropped {
+            guard let port = conn.device.driverContext as? VirtioUserPort, let why = port.memoryLostReason else { continue }
+            bus.failed(conn.device, reason: why)
         }
     }
 

@@ -95,6 +95,18 @@ public final class VirtioUserPort: @unchecked Sendable {
     public internal(set) var receiveSegments = 1
     private let macLock = PThreadMutex()
     private var currentMAC: [UInt8]
+    /// Set when a file behind memory we lend the back-end shrank (the peer truncated it: a snapshot
+    /// file on hugetlbfs or /dev/shm cannot be sealed) and the SIGBUS guard replaced that region
+    /// with zero pages. Shared by every port over the same regions; nil when every region is
+    /// sealed against shrinking. Each queue pair's `memoryFault`.
+    public let memoryFault: MappingFaultFlag?
+
+    /// Why the port cannot run (any thread): a region it shares was truncated; nil while intact.
+    public var memoryLostReason: String? {
+        memoryFault?.reason(peer: "back-end peer", whose: "the").map {
+            "\($0); the port stays down: this memory can no longer be shared (restart Warmstart)"
+        }
+    }
 
     /// The port's MAC address (any thread): `mac=`, else the back-end's once it told us, else the
     /// random one chosen when the port was made (kept across reconnects).
@@ -116,6 +128,18 @@ public final class VirtioUserPort: @unchecked Sendable {
             throw VirtioUserError.badConfig("mbuf pool \(pool.poolID): its control block and free ring are in region '\(metadata.name)', "
                                             + "which would be shared with the vhost-user back-end; give the port the packet regions only "
                                             + "(LiveMemory.sharedRegions) and a pool with separate metadata")
+        }
+        // The back-end gets every region's fd. Our memfds are sealed against shrinking; a snapshot
+        // file is not, and a peer that truncates it would fault us (SIGBUS) at the next touch of
+        // the pool: guard those, so that costs only the ports sharing the memory (issue 12).
+        do {
+            memoryFault = try MemoryRegion.guardAgainstPeerShrink(regions) { r in
+                if r === pool.region { return "shared packet memory '\(r.name)'" }
+                if r === arena.region { return "shared ring memory '\(r.name)'" }
+                return "shared memory '\(r.name)'"
+            }
+        } catch {
+            throw VirtioUserError.badConfig("port \(config.name): \(error)")
         }
         self.config = config
         self.regions = regions
@@ -148,6 +172,7 @@ public final class VirtioUserPort: @unchecked Sendable {
     /// queue pairs; the caller publishes them (`queues`) on its own thread.
     public func establish(fd: Int32) throws(VirtioUserError) -> (VhostUserNegotiation, [VirtioUserQueuePair]) {
         setupLock.lock(); defer { setupLock.unlock() }
+        if let why = memoryLostReason { throw .sharedMemoryLost(why) }
         let channel = VhostUserChannel(fd: fd, ownsFD: false, readsReplies: true)
         // MAC is asked for so a back-end with an address in its config space can say it (or take
         // ours); MTU only with mtu=, and then required: the user asked for that MTU.
@@ -198,7 +223,8 @@ public final class VirtioUserPort: @unchecked Sendable {
                     calls.append(ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK))
                 }
                 let pair = VirtioUserQueuePair(index: i, rx: q[0], tx: q[1], pool: pool, rxKickFD: kicks[0], txKickFD: kicks[1],
-                                               rxCallFD: calls[0], txCallFD: calls[1], rxSegments: segments)
+                                               rxCallFD: calls[0], txCallFD: calls[1], rxSegments: segments,
+                                               memoryFault: memoryFault)
                 pairs.append(pair)
                 guard !kicks.contains(-1), !calls.contains(-1) else {
                     throw VirtioUserError.system("eventfd", errno)
@@ -228,6 +254,11 @@ public final class VirtioUserPort: @unchecked Sendable {
         } catch {
             for p in pairs { p.reclaim() }
             throw VirtioUserError.badConfig("ring set-up: \(error)")
+        }
+        // Truncated while we set up (filling the receive rings touched it): nothing of it is shared.
+        if let why = memoryLostReason {
+            for p in pairs { p.reclaim() }
+            throw .sharedMemoryLost(why)
         }
         macLock.locked { currentMAC = mac }
         receiveSegments = segments
@@ -301,6 +332,9 @@ public enum VirtioUserError: Error, CustomStringConvertible, Sendable {
     case protocolError(String)
     case badConfig(String)
     case system(String, Int32)
+    /// A file behind memory the port shares was truncated (see `VirtioUserPort.memoryFault`);
+    /// permanent: the memory is no longer the file's, so no back-end can share it again.
+    case sharedMemoryLost(String)
 
     static func from(_ e: VhostUserError) -> VirtioUserError {
         if case let .missingFeatures(names) = e.reason { return .missingFeatures(names) }
@@ -311,7 +345,7 @@ public enum VirtioUserError: Error, CustomStringConvertible, Sendable {
 
     public var isPermanent: Bool {
         switch self {
-        case .missingFeatures, .badConfig: return true
+        case .missingFeatures, .badConfig, .sharedMemoryLost: return true
         case .backendGone, .protocolError, .system: return false
         }
     }
@@ -322,6 +356,7 @@ public enum VirtioUserError: Error, CustomStringConvertible, Sendable {
         case let .backendGone(w): return "the vhost-user back-end went away: \(w)"
         case let .protocolError(w): return "vhost-user protocol error: \(w)"
         case let .badConfig(w): return w
+        case let .sharedMemoryLost(w): return w
         case let .system(call, e): return "\(call) failed: \(String(cString: strerror(e)))"
         }
     }

@@ -41,6 +41,9 @@ public final class VirtioUserQueuePair: BurstQueue {
     let rxBufferOffset: Int
     /// Mbufs per posted receive buffer (> 1: chains without MRG_RXBUF, VirtioUserBigPackets.swift).
     public let rxSegments: Int
+    /// Set when the back-end (or anyone we lent the fds to) shrank a file behind the memory we
+    /// share with it: the port's `VirtioUserPort.memoryFault`, nil when all of it is sealed.
+    public let memoryFault: MappingFaultFlag?
 
     struct State {
         var errors: UInt64 = 0
@@ -75,9 +78,11 @@ public final class VirtioUserQueuePair: BurstQueue {
 
     /// Takes ownership of the four eventfds. `rxSegments`: mbufs per receive buffer (1 ... 63).
     public init(index: Int, rx: DriverQueue, tx: DriverQueue, pool: MbufPool,
-                rxKickFD: Int32, txKickFD: Int32, rxCallFD: Int32, txCallFD: Int32, rxSegments: Int = 1) {
+                rxKickFD: Int32, txKickFD: Int32, rxCallFD: Int32, txCallFD: Int32, rxSegments: Int = 1,
+                memoryFault: MappingFaultFlag? = nil) {
         precondition(rxSegments >= 1 && rxSegments < Self.scratchCapacity, "1 to \(Self.scratchCapacity - 1) mbufs per receive buffer")
         self.rxSegments = rxSegments
+        self.memoryFault = memoryFault
         self.index = index
         self.rx = rx
         self.tx = tx

@@ -36,7 +36,7 @@ public final class MappingFaultFlag: @unchecked Sendable {
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     /// What each registered slot maps, for the reason (control side).
     private var labels: [Int32: (label: String, base: UInt64)] = [:]
-    private var observer: (() -> Void)?
+    private var observers: [() -> Void] = []
     private var noticed = false
 
     public init() {
@@ -64,29 +64,40 @@ public final class MappingFaultFlag: @unchecked Sendable {
     public var faultAddress: UInt64? { isSet ? ws_load_acquire_u64(words + 1) : nil }
 
     /// "front-end truncated its memory region at guest 0x… (SIGBUS at 0x…)", once set; `peer`
-    /// names who shares the memory.
-    public func reason(peer: String) -> String? {
+    /// names who shares the memory, `whose` whose memory it was ("its": the peer's own; "the":
+    /// ours, lent to the peer).
+    public func reason(peer: String, whose: String = "its") -> String? {
         let w = ws_load_acquire_u64(words)
         guard w != 0 else { return nil }
         let known = locked { labels[Int32(truncatingIfNeeded: w &- 1)] }
         let at = ws_load_acquire_u64(words + 1)
         let offset = known.map { at >= $0.base ? ", 0x\(String(at - $0.base, radix: 16)) bytes into the mapping" : "" } ?? ""
-        return "\(peer) truncated its \(known?.label ?? "shared memory") (SIGBUS at 0x\(String(at, radix: 16))\(offset); "
+        return "\(peer) truncated \(whose) \(known?.label ?? "shared memory") (SIGBUS at 0x\(String(at, radix: 16))\(offset); "
             + "the mapping now reads zeros)"
     }
 
-    /// Sets what `notice()` calls (once): e.g. post the session's close to its loop.
-    public func onNotice(_ body: @escaping () -> Void) { locked { observer = body } }
+    /// Adds what `notice()` calls (once): e.g. post the session's close to its loop. A flag
+    /// shared by several owners (the virtio-user ports over one pool) has one observer each; one
+    /// added after the notice runs at once, on the caller's thread.
+    public func onNotice(_ body: @escaping () -> Void) {
+        let late = locked { () -> Bool in
+            if noticed { return true }
+            observers.append(body)
+            return false
+        }
+        if late { body() }
+    }
 
     /// The first thread to see the flag (a polling thread at a burst boundary, or the control
-    /// thread after a message) calls this; the observer runs once, on that thread.
+    /// thread after a message) calls this; the observers run once, on that thread.
     public func notice() {
-        let o = locked { () -> (() -> Void)? in
-            if noticed { return nil }
+        let o = locked { () -> [() -> Void] in
+            if noticed { return [] }
             noticed = true
-            return observer
+            defer { observers = [] }
+            return observers
         }
-        o?()
+        for f in o { f() }
     }
 
     func remember(_ slot: Int32, _ label: String, base: UnsafeMutableRawPointer) {

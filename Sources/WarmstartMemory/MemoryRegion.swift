@@ -35,6 +35,10 @@ public final class MemoryRegion: @unchecked Sendable {
     /// The address a peer sees this region at (the vhost-user guest physical / I/O address).
     public var ioAddress: UInt64
     private let ownsFD: Bool
+    /// Guards of this mapping against a peer we lent `fd` to shrinking the file behind it
+    /// (`guardAgainstPeerShrink`), one per flag; kept as long as the mapping, since a peer keeps
+    /// the fd after it disconnects. Under `PeerShrinkGuards.lock`.
+    var peerGuards: [MappingFaultGuard] = []
 
     /// Maps `size` bytes of `fd` from `fileOffset`, MAP_SHARED.
     /// - Parameter populate: fault every page in now (pays the kernel's zeroing for new pages).
@@ -74,6 +78,8 @@ public final class MemoryRegion: @unchecked Sendable {
     }
 
     deinit {
+        // Unregistered before munmap: the range may be reused by another mapping at once.
+        for g in peerGuards { g.unregister() }
         munmap(base, size)
         if ownsFD { try? fd.close() }
     }

@@ -52,6 +52,8 @@ public final class MbufPool: @unchecked Sendable {
     /// A bad or double free traps in debug builds (assertionFailure) and is counted in every build;
     /// tests clear this to check the counting without trapping.
     @usableFromInline var trapOnBadFree = true
+    /// Frees of mbufs whose headers were wiped (see `lostCount`); private to this process.
+    let lostToFault = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
 
     /// The metadata lives in a region of its own: `region` can be shared without it.
     public var hasSeparateMetadata: Bool { geometry.separate }
@@ -86,7 +88,10 @@ public final class MbufPool: @unchecked Sendable {
         doubleFrees = (b + PoolControl.doubleFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
         badFrees = (b + PoolControl.badFreeOffset).bindMemory(to: UInt64.self, capacity: 1)
         corruptIndices = (b + PoolControl.corruptIndexOffset).bindMemory(to: UInt64.self, capacity: 1)
+        lostToFault.initialize(to: 0)
     }
+
+    deinit { lostToFault.deallocate() }
 
     /// Where a pool goes: its elements (inline: everything) at `offset` in `region`, and with
     /// separate metadata, its control block and ring at `metadata.offset` in `metadata.region`.
@@ -365,6 +370,13 @@ public final class MbufPool: @unchecked Sendable {
 
     @usableFromInline
     func badIdentity(_ m: Mbuf) {
+        // One of our elements whose header a peer's truncation wiped (the SIGBUS guard mapped zero
+        // pages over the region): the mbuf was in flight then and is lost, not a bug here.
+        let off = UInt(bitPattern: m.header) &- UInt(bitPattern: elements)
+        if off < UInt(count32) &* UInt(elementStride), off % UInt(elementStride) == 0, region.lostToPeer {
+            _ = ws_fetch_add_u64(lostToFault, 1)
+            return
+        }
         reportBadFree(index: m.index, double: false,
                       "mbuf pool \(poolID): free of a buffer that is not one of its mbufs (header \(m.header), "
                       + "index word \(m.index), pool id \(m.poolID), magic 0x\(String(m.magic, radix: 16)))")
@@ -468,4 +480,10 @@ public final class MbufPool: @unchecked Sendable {
     /// Indices taken off the free ring that were outside the pool (dropped): nonzero only when
     /// something other than a pool user wrote the ring's shared memory.
     public var corruptIndexCount: Int { Int(ws_load_relaxed_u64(corruptIndices)) }
+
+    /// Mbufs lost to a peer that shrank the shared file behind the pool: they were in flight
+    /// when the SIGBUS guard replaced the region with zero pages, so their headers read zeros and
+    /// their frees cannot return them (counted here instead of as bad frees; the pool is that
+    /// many mbufs smaller from then on).
+    public var lostCount: Int { Int(ws_load_relaxed_u64(lostToFault)) }
 }

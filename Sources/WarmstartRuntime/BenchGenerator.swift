@@ -1,5 +1,6 @@
 import CWarmstartShim
 import WarmstartDatapath
+import WarmstartMemory
 import WarmstartPools
 #if canImport(Glibc)
 import Glibc
@@ -222,6 +223,8 @@ public final class Generator {
     func run(setupMs: Double, lease: QueueLease, progress: (String) -> Void, alive: () -> Bool) throws -> BenchResult {
         guard lease.acquire() else { throw BenchError("the back-end went away before the run") }
         defer { lease.release() }
+        // One load per round, no reference counting: the flag's word, when the memory can shrink.
+        let faultWord = q.memoryFault.map { UnsafePointer($0.words) }
         var failure: String?
         let start = ws_monotonic_ns()
         c.pointee.start = start
@@ -235,6 +238,7 @@ public final class Generator {
             let now = ws_monotonic_ns()
             if now >= end { break }
             if lease.revoked { failure = "the back-end went away during the run"; break }
+            if let w = faultWord, ws_load_relaxed_u64(w) != 0 { failure = memoryLost(q.memoryFault!); break }
             _ = round(now: now)
             iterations &+= 1
             if iterations & 1023 == 0 && now >= nextReport {
@@ -333,6 +337,8 @@ final class Sink {
         defer { rx.deallocate() }
         guard lease.acquire() else { throw BenchError("the back-end went away before the run") }
         defer { lease.release() }
+        // One load per round, no reference counting: the flag's word, when the memory can shrink.
+        let faultWord = q.memoryFault.map { UnsafePointer($0.words) }
         var failure: String?
         var rxCount: UInt64 = 0, rxBytes: UInt64 = 0, lastRx: UInt64 = 0
         let start = ws_monotonic_ns()
@@ -353,6 +359,7 @@ final class Sink {
                 if now >= end { break }
             }
             if lease.revoked { failure = "the back-end went away during the run"; break }
+            if let w = faultWord, ws_load_relaxed_u64(w) != 0 { failure = memoryLost(q.memoryFault!); break }
             let n = q.receiveBurst(into: rx, max: max, cache: cache)
             if n > 0 {
                 if stamped { now = ws_monotonic_ns() }
@@ -413,4 +420,11 @@ final class QueueLease: @unchecked Sendable {
         ws_fence_seq_cst()
         while ws_load_acquire_u32(words + 1) != 0 { usleep(20) }
     }
+}
+
+/// The bench polls its queue pair itself (no datapath): a peer that truncated the memory we share
+/// ends the run with the reason, and the driver is told so it takes the port down.
+func memoryLost(_ fault: MappingFaultFlag) -> String {
+    fault.notice()
+    return fault.reason(peer: "back-end peer", whose: "the") ?? "the shared memory was truncated"
 }

@@ -366,9 +366,13 @@ extension VirtqueueDevice {
                 st.pointee.bytes &+= UInt64(dataLength)
                 continue
             }
+            // At most 65535 segments (segmentCount's range): a chain whose links loop — headers a
+            // peer's truncation wiped read next = 0, element 0's too — must not hang this thread.
+            var budget = 0xFFFF
             while true {
                 total &+= s.put(self, UnsafeRawPointer(seg.data), Int(seg.dataLength))
-                if seg.nextIndex == mbufNoNext { break }
+                budget &-= 1
+                if seg.nextIndex == mbufNoNext || budget == 0 { break }
                 guard let next = pool.nextSegment(of: seg) else { break }
                 seg = next
             }
