@@ -410,7 +410,8 @@ extension VirtqueueDevice {
         }
         var m = head
         var dst = m.data
-        var room = m.tailroom
+        // Tail room comes from a header a virtio-user peer may rewrite: a negative one is none.
+        var room = max(0, m.tailroom)
         var filled = 0
         var segmentCount: UInt16 = 1
         var left = total
@@ -440,7 +441,7 @@ extension VirtqueueDevice {
                     m = next
                     segmentCount &+= 1
                     dst = m.data
-                    room = m.tailroom
+                    room = max(0, m.tailroom)
                     filled = 0
                 }
                 let n = min(avail, room)

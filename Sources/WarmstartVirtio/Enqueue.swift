@@ -259,7 +259,9 @@ extension VirtqueueDevice {
                 g.storeBytes(of: 0, toByteOffset: 8, as: UInt16.self)
             }
             g.storeBytes(of: UInt16(1).littleEndian, toByteOffset: 10, as: UInt16.self) // num_buffers
-            let frame = Int(m.dataLength)
+            // The header lives in memory a virtio-user peer may share and rewrite: the length
+            // checked against the descriptor in pass 1 is read again here, so bound it again.
+            let frame = min(Int(m.dataLength), segments[i].length &- hs)
             ws_copy(g + hs, m.data, frame)
             chains[i].usedLength = UInt32(truncatingIfNeeded: hs &+ frame)
             bytes &+= UInt64(frame)
