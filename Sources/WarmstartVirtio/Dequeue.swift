@@ -410,8 +410,7 @@ extension VirtqueueDevice {
         }
         var m = head
         var dst = m.data
-        // Tail room comes from a header a virtio-user peer may rewrite: a negative one is none.
-        var room = max(0, m.tailroom)
+        var room = m.tailroom
         var filled = 0
         var segmentCount: UInt16 = 1
         var left = total
@@ -429,7 +428,9 @@ extension VirtqueueDevice {
             var avail = s.length &- off
             var src = s.host + off
             while avail > 0 {
-                if room == 0 {
+                // `while`, not `if`, and `<=`: tail room comes from a header a virtio-user peer
+                // may rewrite, so a negative one (offset + length over the buffer) is none.
+                while room <= 0 {
                     m.dataLength = UInt16(truncatingIfNeeded: filled)
                     guard let next = pool.alloc() else {
                         head.segmentCount = segmentCount
@@ -441,7 +442,7 @@ extension VirtqueueDevice {
                     m = next
                     segmentCount &+= 1
                     dst = m.data
-                    room = max(0, m.tailroom)
+                    room = m.tailroom
                     filled = 0
                 }
                 let n = min(avail, room)
