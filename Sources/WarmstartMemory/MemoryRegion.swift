@@ -65,10 +65,12 @@ public final class MemoryRegion: @unchecked Sendable {
             throw MemoryError.sizeNotPageMultiple(size: size % pageSize.bytes == 0 ? fileOffset : size, pageSize: pageSize)
         }
         // Reserve the region plus its trailing guard (and, for huge pages, room to align the
-        // start) as private anonymous memory, then map the file over the aligned start, MAP_FIXED.
+        // start) as inaccessible private anonymous memory (not charged against the commit limit
+        // under strict overcommit), map the file over the aligned start, MAP_FIXED, then make the
+        // guard readable and writable.
         let slack = pageSize.isHuge ? pageSize.bytes : 0
         let pad = Self.trailingGuardBytes
-        let reserved = mmap(nil, size + slack + pad, PROT_READ | PROT_WRITE,
+        let reserved = mmap(nil, size + slack + pad, PROT_NONE,
                             MAP_PRIVATE | MAP_ANONYMOUS | WS_MAP_NORESERVE, -1, 0)
         guard let reserved, reserved != MAP_FAILED else {
             let e = Errno(rawValue: errno)
@@ -84,7 +86,7 @@ public final class MemoryRegion: @unchecked Sendable {
         var flags = MAP_SHARED | MAP_FIXED
         if populate { flags |= WS_MAP_POPULATE }
         let p = mmap(start, size, PROT_READ | PROT_WRITE, flags, fd.rawValue, off_t(fileOffset))
-        guard let p, p != MAP_FAILED, p == start else {
+        guard let p, p != MAP_FAILED, p == start, mprotect(start + size, pad, PROT_READ | PROT_WRITE) == 0 else {
             let e = Errno(rawValue: errno)
             munmap(start, size + pad)
             if ownsFD { try? fd.close() }
