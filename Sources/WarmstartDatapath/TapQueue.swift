@@ -44,6 +44,7 @@ public final class TapQueue: BurstQueue, @unchecked Sendable {
             guard m.headroom >= hdr else { cache.free(m); break }
             let start = m.data - hdr
             let room = hdr + m.tailroom
+            guard room > hdr else { cache.free(m); _ = ws_fetch_add_u64(errors, 1); continue } // a rewritten header
             let got = read(fd, start, room)
             if got < 0 {
                 cache.free(m)

@@ -40,7 +40,19 @@ public final class MemoryRegion: @unchecked Sendable {
     /// the fd after it disconnects. Under `PeerShrinkGuards.lock`.
     var peerGuards: [MappingFaultGuard] = []
 
-    /// Maps `size` bytes of `fd` from `fileOffset`, MAP_SHARED.
+    /// Private anonymous memory mapped right after every region (its addresses adjacent to the
+    /// region's end), unmapped with it. Pool elements live in regions we share with a peer (a
+    /// virtio-user back-end), which can rewrite any mbuf header at any time; every address the
+    /// datapath forms from a header is the element's start + 64 + the 16-bit data offset, plus at
+    /// most a 16-bit length (data length, buffer length, tail room) — under 64 + 2 × 65535 bytes
+    /// past an element that starts inside the region. The guard makes all of that mapped memory,
+    /// so a hostile header costs wrong bytes (other packets', or this private scratch), never a
+    /// fault and never memory of ours outside the region. Whole 4 KiB pages: a separate mapping
+    /// also after a huge-page region. The datapath keeps its header-derived lengths 16-bit.
+    public static let trailingGuardBytes = 192 << 10
+
+    /// Maps `size` bytes of `fd` from `fileOffset`, MAP_SHARED, followed by `trailingGuardBytes`
+    /// of private anonymous memory.
     /// - Parameter populate: fault every page in now (pays the kernel's zeroing for new pages).
     public init(name: String, fd: FileDescriptor, fileOffset: Int, size: Int, pageSize: PageSize,
                 backing: MemoryBacking, ioAddress: UInt64 = 0, ownsFD: Bool, populate: Bool = false) throws {
@@ -52,11 +64,31 @@ public final class MemoryRegion: @unchecked Sendable {
             if ownsFD { try? fd.close() }
             throw MemoryError.sizeNotPageMultiple(size: size % pageSize.bytes == 0 ? fileOffset : size, pageSize: pageSize)
         }
-        var flags = MAP_SHARED
-        if populate { flags |= WS_MAP_POPULATE }
-        let p = mmap(nil, size, PROT_READ | PROT_WRITE, flags, fd.rawValue, off_t(fileOffset))
-        guard let p, p != MAP_FAILED else {
+        // Reserve the region plus its trailing guard (and, for huge pages, room to align the
+        // start) as inaccessible private anonymous memory (not charged against the commit limit
+        // under strict overcommit), map the file over the aligned start, MAP_FIXED, then make the
+        // guard readable and writable.
+        let slack = pageSize.isHuge ? pageSize.bytes : 0
+        let pad = Self.trailingGuardBytes
+        let reserved = mmap(nil, size + slack + pad, PROT_NONE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | WS_MAP_NORESERVE, -1, 0)
+        guard let reserved, reserved != MAP_FAILED else {
             let e = Errno(rawValue: errno)
+            if ownsFD { try? fd.close() }
+            throw MemoryError.system(operation: "mmap (address reservation)", path: name, errno: e)
+        }
+        let r = UInt(bitPattern: reserved)
+        let startAddress = slack == 0 ? r : (r + UInt(slack) - 1) & ~(UInt(slack) - 1)
+        let start = UnsafeMutableRawPointer(bitPattern: startAddress)!
+        if startAddress > r { munmap(reserved, Int(startAddress - r)) }
+        let tail = slack - Int(startAddress - r)
+        if tail > 0 { munmap(start + size + pad, tail) }
+        var flags = MAP_SHARED | MAP_FIXED
+        if populate { flags |= WS_MAP_POPULATE }
+        let p = mmap(start, size, PROT_READ | PROT_WRITE, flags, fd.rawValue, off_t(fileOffset))
+        guard let p, p != MAP_FAILED, p == start, mprotect(start + size, pad, PROT_READ | PROT_WRITE) == 0 else {
+            let e = Errno(rawValue: errno)
+            munmap(start, size + pad)
             if ownsFD { try? fd.close() }
             if e == .noMemory && pageSize.isHuge {
                 let pool = Hugepages.pool(pageSize)
@@ -80,7 +112,7 @@ public final class MemoryRegion: @unchecked Sendable {
     deinit {
         // Unregistered before munmap: the range may be reused by another mapping at once.
         for g in peerGuards { g.unregister() }
-        munmap(base, size)
+        munmap(base, size + Self.trailingGuardBytes)
         if ownsFD { try? fd.close() }
     }
 

@@ -428,7 +428,9 @@ extension VirtqueueDevice {
             var avail = s.length &- off
             var src = s.host + off
             while avail > 0 {
-                if room == 0 {
+                // `while`, not `if`, and `<=`: tail room comes from a header a virtio-user peer
+                // may rewrite, so a negative one (offset + length over the buffer) is none.
+                while room <= 0 {
                     m.dataLength = UInt16(truncatingIfNeeded: filled)
                     guard let next = pool.alloc() else {
                         head.segmentCount = segmentCount

@@ -165,6 +165,7 @@ extension DriverQueue {
         guard m.headroom >= hs else { return nil }
         let start = m.data - hs
         let room = hs + m.tailroom + Int(m.dataLength)
+        guard room > hs else { return nil } // a header a peer rewrote (buffer length under the offset)
         guard let g = memory.guestAddress(of: start, length: room) else { return nil }
         return addRX(addr: g, len: UInt32(room), token: UInt64(m.index))
     }

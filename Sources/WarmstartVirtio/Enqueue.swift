@@ -164,10 +164,14 @@ extension VirtqueueDevice {
             let head = ring.availEntry(base &+ UInt16(truncatingIfNeeded: k))
             if Int(head) >= size { more = true; break }
             let d = ring.descriptor(Int(head))
-            if d.flags & mask != VirtqDescriptorFlags.write || Int(d.len) < hs &+ Int(m.dataLength) { more = true; break }
+            // The header is in memory a virtio-user peer may share and rewrite: its data length is
+            // read once here, checked, and pass 2 copies what was checked (the used length).
+            let used = hs &+ Int(m.dataLength)
+            if d.flags & mask != VirtqDescriptorFlags.write || Int(d.len) < used { more = true; break }
             guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
-            prefetchBuffer(p, hs &+ Int(m.dataLength), writable: true)
+            prefetchBuffer(p, used, writable: true)
             segments[k] = Segment(host: p, length: Int(d.len))
+            chains[k].usedLength = UInt32(truncatingIfNeeded: used)
             chains[k].id = head
             k &+= 1
         }
@@ -223,10 +227,12 @@ extension VirtqueueDevice {
                 break
             }
             let d = ring.descriptor(slot, flags: f)
-            if Int(d.id) >= n || Int(d.len) < hs &+ Int(m.dataLength) { more = true; break }
+            let used = hs &+ Int(m.dataLength) // read once: see the split path
+            if Int(d.id) >= n || Int(d.len) < used { more = true; break }
             guard let p = memory.translate(d.addr, UInt64(d.len)) else { more = true; break }
-            prefetchBuffer(p, hs &+ Int(m.dataLength), writable: true)
+            prefetchBuffer(p, used, writable: true)
             segments[k] = Segment(host: p, length: Int(d.len))
+            chains[k].usedLength = UInt32(truncatingIfNeeded: used)
             chains[k].id = d.id
             chains[k].descriptorCount = 1
             k &+= 1
@@ -242,7 +248,7 @@ extension VirtqueueDevice {
 
     /// Pass 2 of the simple receive paths: packet `i` (one segment) into `segments[i]` — the
     /// header raw from the mbuf's virtio-net field (bytes 40..51) or zeros, num_buffers 1, then the
-    /// frame — and its used length into `chains[i]`.
+    /// frame of the length pass 1 checked and put in `chains[i].usedLength` (with the header).
     @inline(__always)
     func writeSimpleRX(_ packets: UnsafePointer<Mbuf>, _ k: Int) {
         let hs = 12
@@ -259,9 +265,9 @@ extension VirtqueueDevice {
                 g.storeBytes(of: 0, toByteOffset: 8, as: UInt16.self)
             }
             g.storeBytes(of: UInt16(1).littleEndian, toByteOffset: 10, as: UInt16.self) // num_buffers
-            let frame = Int(m.dataLength)
+            // The length pass 1 read and checked against the buffer, never the header's again.
+            let frame = Int(chains[i].usedLength) &- hs
             ws_copy(g + hs, m.data, frame)
-            chains[i].usedLength = UInt32(truncatingIfNeeded: hs &+ frame)
             bytes &+= UInt64(frame)
         }
         st.pointee.packets &+= UInt64(k)
