@@ -88,7 +88,7 @@ def guestwrite(offset, payload):
 USER = 0x7F00_0000_0000
 F_VERSION1, F_MRG, F_EVENT_IDX, F_INDIRECT, F_PROTOCOL, F_PACKED = 1 << 32, 1 << 15, 1 << 29, 1 << 28, 1 << 30, 1 << 34
 def handshake(features, ring_size, base=0, packed=False):
-    m = msg(1) + msg(3) + msg(15) + msg(16, u64((1 << 0) | (1 << 3) | (1 << 9) | (1 << 12) | (1 << 13) | (1 << 15) | (1 << 16)))
+    m = msg(1) + msg(3) + msg(15) + msg(16, u64((1 << 0) | (1 << 3) | (1 << 9) | (1 << 13) | (1 << 15) | (1 << 16)))
     m += msg(17) + msg(36) + msg(2, u64(features))
     m += msg(5, u32(1) + u32(0) + u64(0) + u64(64 << 10) + u64(USER) + u64(0), fds=1, kind=1)
     for q in (0, 1):
@@ -102,9 +102,9 @@ def handshake(features, ring_size, base=0, packed=False):
 put("session", "qemu-split", handshake(F_VERSION1 | F_MRG | F_EVENT_IDX | F_INDIRECT | F_PROTOCOL, 256)
     + guestwrite(0x8000, u64(0x1000) + u32(72) + u16(0) + u16(0)) + guestwrite(0x8000 + 16 * 256, u16(0) + u16(1) + u16(0))
     + msg(11, u32(0) + u32(0)) + msg(11, u32(1) + u32(0)))
-put("session", "qemu-packed", handshake(F_VERSION1 | F_MRG | F_PROTOCOL | F_PACKED, 256, packed=True)
+put("session", "qemu-packed", handshake(F_VERSION1 | F_MRG | F_PROTOCOL | F_PACKED, 256, base=0x80008000, packed=True)
     + msg(11, u32(0) + u32(0)) + msg(34))
-put("session", "memslots", msg(1) + msg(15) + msg(16, u64((1 << 15) | (1 << 3) | (1 << 12)))
+put("session", "memslots", msg(1) + msg(15) + msg(16, u64((1 << 15) | (1 << 3)))
     + msg(37, u64(0) + u64(0x10000) + u64(0x8000) + u64(USER) + u64(0), fds=1, kind=1, need_reply=True)
     + msg(37, u64(0) + u64(0x20000) + u64(0x8000) + u64(USER + 0x8000) + u64(0x8000), fds=1, kind=1)
     + msg(31, u64(0) + u64(0) + u16(4) + u16(256)) + msg(38, u64(0) + u64(0x10000) + u64(0x8000) + u64(USER) + u64(0)))

@@ -19,6 +19,9 @@
 # FUZZ_TIMEOUT (per input, seconds, 10), FUZZ_ARGS (more libFuzzer flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# libFuzzer reports a crash with its own stack and saves the input; Swift's backtracer would
+# first spend tens of seconds symbolicating the 20 MB instrumented binary.
+export SWIFT_BACKTRACE=enable=no
 root=$PWD
 scratch=.build-fuzz
 jobs=${FUZZ_JOBS:-$(nproc 2>/dev/null || echo 2)}

@@ -96,7 +96,7 @@ enum DeviceRingHarness {
             case 0:
                 // Guest TX: take what the guest made available, then free it.
                 let got = device.dequeueBurst(pool: FuzzPool.pool, into: out, maxCount: 1 + arg % 64)
-                precondition(got >= 0 && got <= burst, "dequeueBurst returned \(got) for a burst of \(burst)")
+                require(got >= 0 && got <= burst, "dequeueBurst returned \(got) for a burst of \(burst)")
                 for i in 0..<got { FuzzPool.pool.free(out[i]) }
             case 1:
                 // Guest RX: copy packets into the guest's buffers; the caller keeps every mbuf.
@@ -108,7 +108,7 @@ enum DeviceRingHarness {
                     made += 1
                 }
                 let handled = device.enqueueBurst(pool: FuzzPool.pool, packets, count: made)
-                precondition(handled >= 0 && handled <= made, "enqueueBurst handled \(handled) of \(made)")
+                require(handled >= 0 && handled <= made, "enqueueBurst handled \(handled) of \(made)")
                 for i in 0..<made { FuzzPool.pool.free(packets[i]) }
             case 2:
                 _ = device.needsCall()

@@ -49,7 +49,7 @@ enum DriverRingHarness {
             tokenState[Int(token)] = 2
         }
         func checkFree() {
-            precondition(q.numFree >= 0 && q.numFree <= size, "numFree \(q.numFree) outside 0...\(size)")
+            require(q.numFree >= 0 && q.numFree <= size, "numFree \(q.numFree) outside 0...\(size)")
         }
 
         var steps = 0
@@ -73,7 +73,7 @@ enum DriverRingHarness {
                     id = q.add(buffers, count: count, token: nextToken)
                 }
                 if let id {
-                    precondition(Int(id) < size, "add returned id \(id) for a ring of \(size)")
+                    require(Int(id) < size, "add returned id \(id) for a ring of \(size)")
                     tokenState[Int(nextToken)] = 1
                     nextToken += 1
                 }
@@ -92,7 +92,7 @@ enum DriverRingHarness {
                 checkFree()
             case 5:
                 let (got, rejected) = q.reapTokens(tokens, lengths: lengths, max: 1 + Int(input.u8()))
-                precondition(got >= 0 && rejected >= 0, "reapTokens returned \(got), \(rejected)")
+                require(got >= 0 && rejected >= 0, "reapTokens returned \(got), \(rejected)")
                 for i in 0..<got { returned(tokens[i], "reapTokens") }
                 checkFree()
             case 6:

@@ -63,3 +63,10 @@ struct FDLeakCheck {
         }
     }
 }
+
+/// A property of the code under test; a violation is a finding (fatalError keeps its message in
+/// -O builds, where precondition's is dropped).
+@inline(__always)
+func require(_ condition: Bool, _ message: @autoclosure () -> String) {
+    if !condition { fatalError(message()) }
+}

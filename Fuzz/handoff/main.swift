@@ -64,6 +64,13 @@ func adopt(_ state: HandoffState) {
 }
 
 func exercise(_ s: VringSetup) {
+    // A ring handed to the datapath must start inside itself (issue 12 defect 1): a packed
+    // position is a descriptor slot, and one past the ring makes the device write used
+    // descriptors past it. (Split: any 16-bit index is legal; the slot is reduced mod size.)
+    if s.layout == .packed {
+        require(Int(s.base.lastAvailIndex) < s.size && Int(s.base.lastUsedIndex) < s.size,
+                "vring \(s.index): packed ring of \(s.size) handed to the datapath at avail slot \(s.base.lastAvailIndex), used slot \(s.base.lastUsedIndex)")
+    }
     guard let device = try? VhostQueuePair.device(s, burst: 32, state: nil) else { return }
     let got = device.dequeueBurst(pool: FuzzPool.pool, into: out, maxCount: 32)
     for i in 0..<got { FuzzPool.pool.free(out[i]) }
@@ -88,7 +95,7 @@ func frames(_ bytes: [UInt8]) {
     var size = Int32(1 << 20)
     setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
     let wrote = bytes.withUnsafeBytes { send(sv[0], $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-    precondition(wrote == bytes.count, "socket buffer too small for the input")
+    require(wrote == bytes.count, "socket buffer too small for the input")
     shutdown(sv[0], Int32(SHUT_WR))
     let channel = HandoffChannel(fd: sv[1])
     var state: HandoffState?

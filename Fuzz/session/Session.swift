@@ -28,15 +28,17 @@ enum SessionHarness {
     static let memfd: Int32 = {
         let region = try! MemoryRegion.memfd(name: "fuzz-guest", size: memorySize, pageSize: .small4K)
         let fd = dup(region.fd.rawValue)
-        precondition(fd >= 0)
+        require(fd >= 0, "dup of the guest memfd")
         return fd
     }()
     static let guest: UnsafeMutableRawPointer = {
         let p = mmap(nil, memorySize, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0)
-        precondition(p != MAP_FAILED && p != nil)
+        require(p != MAP_FAILED && p != nil, "mmap of the guest memfd")
         return p!
     }()
     static let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 64)
+    /// FUZZ_VERBOSE=1: print each message's outcome (for reading a reproducer).
+    static let verbose = getenv("FUZZ_VERBOSE") != nil
 
     static func makeFD(kind: UInt8, _ k: Int) -> Int32 {
         switch kind {
@@ -82,6 +84,10 @@ enum SessionHarness {
                     break
                 }
                 let outcome = session.receive(header: header, payload: payload, fds: fds)
+                if verbose {
+                    print("request \(request) \(header.knownRequest.map { "\($0)" } ?? "?") payload \(payload.count) fds \(fds.count):",
+                          outcome.error.map { "\($0)" } ?? "ok", outcome.isFatal ? "(fatal)" : "", outcome.events)
+                }
                 if let reply = outcome.reply { _ = reply.payload }
                 for event in outcome.events {
                     switch event {
@@ -108,6 +114,13 @@ enum SessionHarness {
     /// The datapath's view of a started ring: device queues built as VhostQueuePair builds them,
     /// one burst each way.
     static func exercise(_ s: VringSetup) {
+    // A ring handed to the datapath must start inside itself (issue 12 defect 1): a packed
+    // position is a descriptor slot, and one past the ring makes the device write used
+    // descriptors past it. (Split: any 16-bit index is legal; the slot is reduced mod size.)
+    if s.layout == .packed {
+        require(Int(s.base.lastAvailIndex) < s.size && Int(s.base.lastUsedIndex) < s.size,
+                "vring \(s.index): packed ring of \(s.size) handed to the datapath at avail slot \(s.base.lastAvailIndex), used slot \(s.base.lastUsedIndex)")
+    }
         guard let device = try? VhostQueuePair.device(s, burst: 32, state: nil) else { return }
         let got = device.dequeueBurst(pool: FuzzPool.pool, into: out, maxCount: 32)
         for i in 0..<got { FuzzPool.pool.free(out[i]) }

@@ -42,8 +42,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ n: Int) -> CInt {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
     guard fd >= 0 else { fatalError("cannot write \(path): errno \(errno)") }
     let wrote = file.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    precondition(wrote == file.count, "short write")
-    if length > file.count { precondition(ftruncate(fd, off_t(length)) == 0) }
+    require(wrote == file.count, "short write")
+    if length > file.count { require(ftruncate(fd, off_t(length)) == 0, "ftruncate") }
     close(fd)
     do {
         if let snapshot = try? SnapshotFile.open(path: path) {
