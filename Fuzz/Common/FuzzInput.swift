@@ -70,3 +70,7 @@ struct FDLeakCheck {
 func require(_ condition: Bool, _ message: @autoclosure () -> String) {
     if !condition { fatalError(message()) }
 }
+
+/// FUZZ_SKIP_KNOWN=1: inputs that reach a finding already reported (its reproducer is in
+/// crashes-found/) are not reported again, so a long run can look past it. Never set in CI.
+let skipKnown = getenv("FUZZ_SKIP_KNOWN") != nil
