@@ -99,7 +99,7 @@ run_target() {
 replay() {
   local t files rc=0
   for t in "$@"; do
-    files=$(find "Fuzz/$t/corpus" "Fuzz/$t/crashes-found" -type f 2>/dev/null | sort)
+    files=$(find "Fuzz/$t/corpus" "Fuzz/$t/crashes-found" -type f 2>/dev/null | sort || true)
     [ -n "$files" ] || continue
     # shellcheck disable=SC2086
     if "$scratch/fuzz/$t" -rss_limit_mb="$rss" -timeout="$per_input" $files >"$scratch/logs/$t.replay.log" 2>&1; then
