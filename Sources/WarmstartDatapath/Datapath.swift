@@ -348,7 +348,7 @@ public final class Datapath: @unchecked Sendable {
                     while qs.count <= i { qs.append(QueueCounters()) }
                     qs[i] = qs[i] + c
                 }
-                let first = firstPacketNs[slot]
+                let first = ws_load_relaxed_u64(firstPacketNs + slot)
                 return PortStats(name: portNames[slot], slot: slot, total: total, queues: qs,
                                  firstPacketNs: first == 0 ? nil : first)
             }

@@ -27,7 +27,7 @@ struct ForwardEngine {
         if let source { return generate(q, source, cache: cache) }
         let n = receive(q, cache: cache)
         if n == 0 { return 0 }
-        if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
+        if ws_load_relaxed_u64(firstPacketNs + q.slot) == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
         switch mode {
         case .io:
             if let peer = peers.first { send(pkts, n, to: peer, cache: cache, locked: sharedTX) } else { drop(pkts, n, on: q, cache: cache) }
@@ -51,7 +51,7 @@ struct ForwardEngine {
         for i in 0..<n { cache.free(pkts[i]) }
         let made = source.fill(pkts, count: burst, cache: cache)
         if made == 0 { return n }
-        if firstPacketNs[q.slot] == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
+        if ws_load_relaxed_u64(firstPacketNs + q.slot) == 0 { ws_store_relaxed_u64(firstPacketNs + q.slot, ws_monotonic_ns()) }
         send(pkts, made, to: q, cache: cache, locked: false)
         return n + made
     }

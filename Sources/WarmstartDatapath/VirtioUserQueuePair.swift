@@ -69,7 +69,13 @@ public final class VirtioUserQueuePair: BurstQueue {
     static let scratchCapacity = 64
     static let refillBatch = 32
 
-    public var errorCount: UInt64 { st.pointee.errors }
+    /// `State.errors`, which the stats thread reads while the polling thread counts: a relaxed
+    /// atomic word on both sides (single writer, so a load and a store, no locked instruction).
+    var errorWord: UnsafeMutablePointer<UInt64> {
+        (UnsafeMutableRawPointer(st) + MemoryLayout<State>.offset(of: \State.errors)!).assumingMemoryBound(to: UInt64.self)
+    }
+    @inline(__always) func countErrors(_ n: UInt64 = 1) { ws_store_relaxed_u64(errorWord, ws_load_relaxed_u64(errorWord) &+ n) }
+    public var errorCount: UInt64 { ws_load_relaxed_u64(errorWord) }
     public var kickCount: UInt64 { st.pointee.kicks }
     /// Kicks not delivered (full counter, or the descriptor hung a write: see `kick`).
     public var droppedKicks: UInt64 { st.pointee.kicksDropped }
@@ -125,17 +131,17 @@ public final class VirtioUserQueuePair: BurstQueue {
         st.pointee.kicks &+= 1
         if st.pointee.kickStuck {
             st.pointee.kicksDropped &+= 1
-            st.pointee.errors &+= 1
+            countErrors()
             return
         }
         switch eventFDSignal(fd) {
         case .delivered: break
         case .dropped:
             st.pointee.kicksDropped &+= 1
-            st.pointee.errors &+= 1
+            countErrors()
         case .stuck:
             st.pointee.kicksDropped &+= 1
-            st.pointee.errors &+= 1
+            countErrors()
             st.pointee.kickStuck = true
         }
     }
@@ -172,7 +178,7 @@ public final class VirtioUserQueuePair: BurstQueue {
         if rxSegments > 1 { return receiveChains(into: out, max: max, cache: cache) }
         let tokens = reaped.assumingMemoryBound(to: UInt64.self)
         let (n, rejected) = rx.reapTokens(tokens, lengths: usedLengths, max: Swift.min(max, rx.size))
-        if rejected > 0 { st.pointee.errors &+= UInt64(rejected) }
+        if rejected > 0 { countErrors(UInt64(rejected)) }
         var got = 0
         let hs = headerSize
         // Start pulling every received buffer's virtio-net header (the device just wrote it on
@@ -188,7 +194,7 @@ public final class VirtioUserQueuePair: BurstQueue {
             if let headPtr = st.pointee.pendingHead {
                 // A further buffer of a mergeable frame: pure data from the buffer's start.
                 let head = Mbuf(header: headPtr)
-                guard len <= Int(rxBufferLength) else { st.pointee.errors &+= 1; cache.free(m); continue }
+                guard len <= Int(rxBufferLength) else { countErrors(); cache.free(m); continue }
                 m.dataOffset = UInt16(rxBufferOffset - MbufLayout.headerSize)
                 m.dataLength = UInt16(len)
                 m.packetLength = UInt32(len)
@@ -205,7 +211,7 @@ public final class VirtioUserQueuePair: BurstQueue {
                 continue
             }
             guard len >= hs, len <= Int(rxBufferLength) else {
-                st.pointee.errors &+= 1
+                countErrors()
                 cache.free(m)
                 continue
             }
@@ -234,7 +240,7 @@ public final class VirtioUserQueuePair: BurstQueue {
     func reapTX(_ cache: MbufCache) {
         let tokens = reaped.assumingMemoryBound(to: UInt64.self)
         let (n, rejected) = tx.reapTokens(tokens, max: tx.size)
-        if rejected > 0 { st.pointee.errors &+= UInt64(rejected) }
+        if rejected > 0 { countErrors(UInt64(rejected)) }
         if n > 0 {
             tokens.withMemoryRebound(to: Mbuf.self, capacity: n) { cache.freeBulk($0, count: n) }
         }
@@ -266,14 +272,14 @@ public final class VirtioUserQueuePair: BurstQueue {
         guard Int(m.segmentCount) <= tx.numFree, m.headroom >= hs else { return false }
         let start = m.data - hs
         let firstLen = hs + Int(m.dataLength)
-        guard let first = window.guestAddress(of: start, length: firstLen) else { st.pointee.errors &+= 1; return false }
+        guard let first = window.guestAddress(of: start, length: firstLen) else { countErrors(); return false }
         scratch[0] = DriverBuffer(addr: first, len: UInt32(firstLen), writable: false)
         var n = 1
         var s = m
         while s.nextIndex != MbufLayout.noNext {
             guard let next = pool.nextSegment(of: s), n < Self.scratchCapacity,
                   let addr = window.guestAddress(of: next.data, length: Int(next.dataLength)) else {
-                st.pointee.errors &+= 1
+                countErrors()
                 return false
             }
             s = next

@@ -88,8 +88,10 @@ final class HandoffTests: XCTestCase {
             waitForMore(7_777)
             let (next, result, _) = handOff(from: backend)
             _ = try result.get()
-            backend = next
+            // The donor's position, read once it is quiesced: what it handed over (the taker's
+            // polling thread is already moving its own copy).
             wraps.append(backend.pair!.position(1).availWrapCounter)
+            backend = next
         }
         waitForMore(10_000)
         finish(traffic)
