@@ -176,9 +176,13 @@ final class HandoffBackend: @unchecked Sendable {
         for s in try p.session?.applyHandoffPositions(live.positions(of: "vhost0")) ?? [] { started[s.index] = s }
         if let r0 = started[0], let r1 = started[1] {
             pair = try HandoffQueuePair(r0, r1)
+            adoptedPositions = [pair!.position(0), pair!.position(1)]
             datapath.attach(slot: 0, queues: [pair!])   // no thread runs yet: returns at once
         }
     }
+
+    /// Where the taken-over rings started (read before any polling thread runs them).
+    var adoptedPositions: [VringBase] = []
 
     deinit { if connFD >= 0 { close(connFD) } }
 

@@ -88,10 +88,9 @@ final class HandoffTests: XCTestCase {
             waitForMore(7_777)
             let (next, result, _) = handOff(from: backend)
             _ = try result.get()
-            // The donor's position, read once it is quiesced: what it handed over (the taker's
-            // polling thread is already moving its own copy).
-            wraps.append(backend.pair!.position(1).availWrapCounter)
             backend = next
+            // Where the taker started (its polling thread is already moving the live copy).
+            wraps.append(backend.adoptedPositions[1].availWrapCounter)
         }
         waitForMore(10_000)
         finish(traffic)
