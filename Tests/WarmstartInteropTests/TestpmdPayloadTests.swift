@@ -128,7 +128,7 @@ final class TestpmdPayloadTests: XCTestCase {
         let beQueues = BackendQueues()
         backend.onQueuesChanged = { _, pairs in beQueues.set(pairs) }
         backend.register(on: bus)
-        VirtioUserDriver(regions: live.regions, pool: pool, arena: RingArena(region: live.generalRegion!)).register(on: bus)
+        VirtioUserDriver(regions: live.sharedRegions, pool: pool, arena: RingArena(region: live.generalRegion!)).register(on: bus)
         bus.start()
         var tp: Testpmd?
         defer {

@@ -257,7 +257,7 @@ extension XCTestCase {
     func startPort(_ pmd: TestpmdVhost, live: LiveMemory, options: String,
                    file: StaticString = #filePath, line: UInt = #line) -> (Bus, VirtioUserPort?) {
         let bus = try! Bus(ports: [try! PortSpec.parse("virtio-user:\(pmd.sock)" + options + (options.contains("server=1") ? "" : ",backoff-min-ms=5"))])
-        bus.register(driver: VirtioUserDriver(regions: live.regions, pool: live.mbufPool, arena: RingArena(region: live.generalRegion!)),
+        bus.register(driver: VirtioUserDriver(regions: live.sharedRegions, pool: live.mbufPool, arena: RingArena(region: live.generalRegion!)),
                      for: .virtioUser)
         bus.start()
         guard bus.wait(timeoutSeconds: 20, until: { $0[0].state == .started || $0[0].state == .failed }),
