@@ -141,8 +141,9 @@ final class TakeoverInteropTests: XCTestCase {
     /// pool is shared memory: an mbuf any earlier process lost would show here). Every old process
     /// exits 0, testpmd never reconnects, and at the end nothing is lost.
     ///
-    /// Allowed per process: the total mapping count moves by a mapping or two (private anonymous
-    /// areas of malloc merge with a neighbour or not, depending on addresses); the first process
+    /// Allowed per process: the total mapping count moves by up to eight (private anonymous areas,
+    /// malloc's and the regions' trailing guards, merge with a neighbour or not, depending on
+    /// addresses); the first process
     /// may have one more thread (an io_uring worker the kernel starts for its blocking accept).
     func testTenTakeoversInARowLeakNoDescriptorMappingOrMbuf() throws {
         let h = try InteropHarness(name: "ten", prefixBase: "ws-tko")
@@ -205,7 +206,12 @@ final class TakeoverInteropTests: XCTestCase {
             XCTAssertEqual(c.reconnects, 0, "testpmd never reconnected: \(label)")
             XCTAssertEqual(f.openFDs, first.openFDs, "descriptors: \(label)")
             XCTAssertEqual(f.sharedMappings, first.sharedMappings, "shared mappings: \(label)")
-            XCTAssertLessThanOrEqual(abs(f.mappings - first.mappings), 2, "mappings: \(label)")
+            // Private anonymous areas merge with a neighbour or not depending on where ASLR put
+            // them, and every region now has a private guard area after it (MemoryRegion's trailing
+            // guard): up to two mappings per region either way, from one process to the next. A
+            // leak of even one mapping per takeover leaves this band by the tenth; shared mappings
+            // and descriptors, where a lost region would show, must match exactly.
+            XCTAssertLessThanOrEqual(abs(f.mappings - first.mappings), 8, "mappings: \(label)")
             XCTAssertLessThanOrEqual(f.threads, first.threads, "threads: \(label)")
             XCTAssertEqual(f.mbufsInUse - f.mbufsCached, 0, "mbufs outside this process's cache: \(label)")
             rx = c.rxPackets
