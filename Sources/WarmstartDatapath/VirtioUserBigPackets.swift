@@ -67,13 +67,13 @@ extension VirtioUserQueuePair {
         for k in 0..<n {
             let c = completions[k]
             guard c.token != .max, let h = UnsafeMutableRawPointer(bitPattern: UInt(c.token)) else {
-                st.pointee.errors &+= 1
+                countErrors()
                 continue
             }
             let head = Mbuf(header: h)
             let len = Int(c.length)
             guard len >= hs, len <= capacity else {
-                st.pointee.errors &+= 1
+                countErrors()
                 cache.free(head)
                 continue
             }

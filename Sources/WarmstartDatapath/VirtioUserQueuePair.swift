@@ -46,7 +46,6 @@ public final class VirtioUserQueuePair: BurstQueue {
     public let memoryFault: MappingFaultFlag?
 
     struct State {
-        var errors: UInt64 = 0
         var kicks: UInt64 = 0
         /// Kicks the back-end's kick descriptor did not take (full counter), counted in `errors`
         /// too; and whether a kick write hung until the watchdog interrupted it (the peer shares
@@ -69,11 +68,10 @@ public final class VirtioUserQueuePair: BurstQueue {
     static let scratchCapacity = 64
     static let refillBatch = 32
 
-    /// `State.errors`, which the stats thread reads while the polling thread counts: a relaxed
-    /// atomic word on both sides (single writer, so a load and a store, no locked instruction).
-    var errorWord: UnsafeMutablePointer<UInt64> {
-        (UnsafeMutableRawPointer(st) + MemoryLayout<State>.offset(of: \State.errors)!).assumingMemoryBound(to: UInt64.self)
-    }
+    /// Errors, which the stats thread reads while the polling thread counts: a word of its own
+    /// (not a field of `State`, whose every field the polling thread modifies), relaxed atomic on
+    /// both sides (single writer: a load and a store, no locked instruction).
+    let errorWord: UnsafeMutablePointer<UInt64>
     @inline(__always) func countErrors(_ n: UInt64 = 1) { ws_store_relaxed_u64(errorWord, ws_load_relaxed_u64(errorWord) &+ n) }
     public var errorCount: UInt64 { ws_load_relaxed_u64(errorWord) }
     public var kickCount: UInt64 { st.pointee.kicks }
@@ -103,6 +101,8 @@ public final class VirtioUserQueuePair: BurstQueue {
         rxBufferLength = UInt32(pool.config.dataRoom + headerSize)
         st = .allocate(capacity: 1)
         st.initialize(to: State())
+        errorWord = .allocate(capacity: 1)
+        errorWord.initialize(to: 0)
         let cap = max(rx.size, tx.size)
         completions = .allocate(capacity: cap)
         reaped = .allocate(byteCount: 8 * cap, alignment: 8)
@@ -114,7 +114,7 @@ public final class VirtioUserQueuePair: BurstQueue {
     }
 
     deinit {
-        st.deallocate(); completions.deallocate(); reaped.deallocate(); usedLengths.deallocate(); fresh.deallocate(); scratch.deallocate()
+        st.deallocate(); errorWord.deallocate(); completions.deallocate(); reaped.deallocate(); usedLengths.deallocate(); fresh.deallocate(); scratch.deallocate()
         for fd in [rxKickFD, txKickFD, rxCallFD, txCallFD] where fd >= 0 { close(fd) }
     }
 
