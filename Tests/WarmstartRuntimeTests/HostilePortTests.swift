@@ -121,12 +121,8 @@ final class HostilePortTests: XCTestCase {
     }
 
     func testHostileFrontEndCyclingThroughDefectsLeavesTheBackEndServing() throws {
-        let cfg = SnapshotConfig(pool: MbufPoolConfigForTests.small)
-        let live = try LiveMemory.coldLayout(cfg, hugepages: .off)
-        let specs = try ["vhost-user:\(dir!)/a.sock,name=a,max-memory=1G", "vhost-user:\(dir!)/b.sock,name=b"].map { try PortSpec.parse($0) }
-        let rt = try Runtime(options: RuntimeOptions(ports: specs, forward: .macswap, cores: 1, deviceWaitSeconds: 1),
-                             memory: live, recorder: PhaseRecorder(clock: BootClock(environment: [:])))
-        try rt.start()
+        let rt = try startTestRuntime(ports: ["vhost-user:\(dir!)/a.sock,name=a,max-memory=1G", "vhost-user:\(dir!)/b.sock,name=b"],
+                                      forward: .macswap)
         runtime = rt
         let good = try TestGuest(socketPath: "\(dir!)/b.sock")
         try good.bringUp()
@@ -266,13 +262,8 @@ final class HostilePortTests: XCTestCase {
     /// The child of the test above (does nothing unless started by it).
     func testChildFrontEndMakesItsCallDescriptorBlocking() throws {
         guard ProcessInfo.processInfo.environment[Self.blockingCallChild] != nil else { return }
-        let cfg = SnapshotConfig(pool: MbufPoolConfigForTests.small)
-        let live = try LiveMemory.coldLayout(cfg, hugepages: .off)
-        let specs = try ["vhost-user:\(dir!)/a.sock,name=a", "vhost-user:\(dir!)/b.sock,name=b"].map { try PortSpec.parse($0) }
-        // One core: both ports are served by the same polling thread.
-        let rt = try Runtime(options: RuntimeOptions(ports: specs, forward: .macswap, cores: 1, deviceWaitSeconds: 1),
-                             memory: live, recorder: PhaseRecorder(clock: BootClock(environment: [:])))
-        try rt.start()
+        // One core (startTestRuntime's): both ports are served by the same polling thread.
+        let rt = try startTestRuntime(ports: ["vhost-user:\(dir!)/a.sock,name=a", "vhost-user:\(dir!)/b.sock,name=b"], forward: .macswap)
         runtime = rt
         let good = try TestGuest(socketPath: "\(dir!)/b.sock")
         try good.bringUp()

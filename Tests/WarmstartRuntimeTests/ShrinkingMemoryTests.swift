@@ -26,12 +26,7 @@ final class ShrinkingMemoryTests: XCTestCase {
     }
 
     func start(ports: [String]) throws -> Runtime {
-        let cfg = SnapshotConfig(pool: MbufPoolConfigForTests.small)
-        let live = try LiveMemory.coldLayout(cfg, hugepages: .off)
-        let specs = try ports.map { try PortSpec.parse($0) }
-        let rt = try Runtime(options: RuntimeOptions(ports: specs, forward: .macswap, cores: 1, deviceWaitSeconds: 1),
-                             memory: live, recorder: PhaseRecorder(clock: BootClock(environment: [:])))
-        try rt.start()
+        let rt = try startTestRuntime(ports: ports, forward: .macswap)
         runtime = rt
         return rt
     }

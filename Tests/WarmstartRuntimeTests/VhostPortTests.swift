@@ -12,6 +12,17 @@ import WarmstartVhostUser
 /// forwarding between two ports with payloads compared byte for byte, and the state transitions
 /// (peer gone mid-negotiation, GET_VRING_BASE stop and restart, memory table replaced while
 /// forwarding).
+/// A started runtime over a small cold pool without hugepages, one polling core, with `ports`
+/// (`--port` specs): the in-process rig of the port tests here and of the hostile-peer tests.
+func startTestRuntime(ports: [String], forward: ForwardMode = .io, controlPath: String? = nil) throws -> Runtime {
+    let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfigForTests.small), hugepages: .off)
+    let specs = try ports.map { try PortSpec.parse($0) }
+    let rt = try Runtime(options: RuntimeOptions(ports: specs, forward: forward, cores: 1, deviceWaitSeconds: 1, controlPath: controlPath),
+                         memory: live, recorder: PhaseRecorder(clock: BootClock(environment: [:])))
+    try rt.start()
+    return rt
+}
+
 final class VhostPortTests: XCTestCase {
     var dir: String!
     var runtime: Runtime?
@@ -28,14 +39,7 @@ final class VhostPortTests: XCTestCase {
     }
 
     func start(ports: [String], forward: ForwardMode = .io, control: Bool = false) throws -> Runtime {
-        let cfg = SnapshotConfig(pool: MbufPoolConfigForTests.small)
-        let live = try LiveMemory.coldLayout(cfg, hugepages: .off)
-        let recorder = PhaseRecorder(clock: BootClock(environment: [:]))
-        let specs = try ports.map { try PortSpec.parse($0) }
-        let rt = try Runtime(options: RuntimeOptions(ports: specs, forward: forward, cores: 1, deviceWaitSeconds: 1,
-                                                     controlPath: control ? "\(dir!)/control" : nil),
-                             memory: live, recorder: recorder)
-        try rt.start()
+        let rt = try startTestRuntime(ports: ports, forward: forward, controlPath: control ? "\(dir!)/control" : nil)
         runtime = rt
         return rt
     }
