@@ -104,6 +104,14 @@ fi
 # reports the Swift runtime's weak-reference side tables (their pointer lives inside an object's
 # refcount bits, where LSan cannot see it), and the handoff tests' child processes then exit 23
 # instead of 0. The fuzz targets check leaks per input, and descriptors and mbufs by count.
+# What a sanitizer step shows: every failed assertion and every sanitizer report with the lines
+# that follow it (not cut short by the passing suites' summaries), then the overall count.
+sanitizer_digest() {
+  grep -E -A12 "$2" "$1" | head -80
+  grep -E "error:|' failed \(" "$1" | head -40
+  grep -E 'Executed' "$1" | tail -1
+}
+
 echo "== swift test under AddressSanitizer (.build-asan)"
 set +e
 swift build --build-tests --sanitize=address --scratch-path .build-asan -j "$jobs" >.build/asan-build.txt 2>&1
@@ -111,8 +119,9 @@ astatus=$?
 if [ "$astatus" = 0 ]; then
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=0} \
     swift test --skip-build --sanitize=address --scratch-path .build-asan --disable-swift-testing \
-    --skip 'WarmstartInteropTests' 2>&1 | tee .build/asan-output.txt | grep -E 'ERROR: AddressSanitizer|SUMMARY|error:|Executed' | tail -20
-  astatus=${PIPESTATUS[0]}
+    --skip 'WarmstartInteropTests' >.build/asan-output.txt 2>&1
+  astatus=$?
+  sanitizer_digest .build/asan-output.txt 'ERROR: AddressSanitizer'
 else
   tail -20 .build/asan-build.txt; : > .build/asan-output.txt
 fi
@@ -128,8 +137,9 @@ tstatus=$?
 if [ "$tstatus" = 0 ]; then
   TSAN_OPTIONS=${TSAN_OPTIONS:-} \
     swift test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing \
-    --filter 'WarmstartDatapathTests|Handoff' 2>&1 | tee .build/tsan-output.txt | grep -E 'WARNING: ThreadSanitizer|SUMMARY|error:|Executed' | tail -20
-  tstatus=${PIPESTATUS[0]}
+    --filter 'WarmstartDatapathTests|Handoff' >.build/tsan-output.txt 2>&1
+  tstatus=$?
+  sanitizer_digest .build/tsan-output.txt 'WARNING: ThreadSanitizer'
 else
   tail -20 .build/tsan-build.txt; : > .build/tsan-output.txt
 fi
