@@ -36,6 +36,17 @@ func countMappings(containing text: String? = nil) -> Int {
         .filter { text == nil || $0.contains(text!) }.count ?? -1
 }
 
+/// Bytes mapped by the lines of /proc/self/maps that contain `text`: unlike a count of lines, the
+/// total does not move when the kernel merges adjacent mappings of one file or splits one.
+func mappedBytes(containing text: String) -> UInt64 {
+    ((try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8))?.split(separator: "\n") ?? [])
+        .filter { $0.contains(text) }
+        .reduce(0) { sum, line in
+            let range = line.prefix { $0 != " " }.split(separator: "-").compactMap { UInt64($0, radix: 16) }
+            return range.count == 2 && range[1] > range[0] ? sum + (range[1] - range[0]) : sum
+        }
+}
+
 func fdList() -> [String] {
     (0..<256).compactMap { f -> String? in
         var b = [CChar](repeating: 0, count: 256)
