@@ -359,8 +359,15 @@ void ws_write_guard_unregister(void) {
     pthread_mutex_unlock(&ws_wguard_lock);
 }
 
+const int WS_EVENTFD_MADE_BLOCKING = -4096;
+
 int ws_eventfd_signal(int fd) {
     uint64_t one = 1;
+    // The peer cleared O_NONBLOCK on the shared description: refuse before the write could sleep
+    // (the watchdog below remains for a peer that flips it between this check and the write).
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0) return -errno;
+    if ((fl & O_NONBLOCK) == 0) return WS_EVENTFD_MADE_BLOCKING;
     __atomic_store_n(&ws_wguard_busy, (uint64_t)(uint32_t)fd + 1, __ATOMIC_RELAXED);
     ssize_t r = write(fd, &one, sizeof(one));
     __atomic_store_n(&ws_wguard_busy, 0, __ATOMIC_RELAXED);   // a plain store: errno is untouched

@@ -334,13 +334,14 @@ final class VhostUserConnection {
         reportStuckCalls()
     }
 
-    /// Logs, once per ring, a call descriptor that hung a write until the watchdog interrupted it
+    /// Logs, once per ring, a call descriptor the front-end made blocking (refused before a write,
+    /// or a write the watchdog interrupted)
     /// (the polling thread cannot log; this runs whenever the control plane takes the rings off
     /// the datapath: a ring stopped, the memory changed, the session ended).
     func reportStuckCalls() {
         for (q, pair) in pairs.sorted(by: { $0.key < $1.key }) {
             for ring in pair.takeNewlyStuckCallRings() {
-                logger.error("vhost-user: queue pair \(q) vring \(ring): the front-end made its call descriptor blocking and let it fill; a used-buffer notification waited \(WS_WRITE_GUARD_STUCK_NS / 1_000_000) ms and was interrupted; its notifications are dropped (counted as errors) until the ring gets another call descriptor")
+                logger.error("vhost-user: queue pair \(q) vring \(ring): the front-end made its call descriptor blocking (a write could sleep on it; none waited more than \(WS_WRITE_GUARD_STUCK_NS / 1_000_000) ms); its notifications are dropped (counted as errors) until the ring gets another call descriptor")
             }
         }
     }

@@ -17,24 +17,26 @@ public enum EventFDSignalResult: Equatable, Sendable {
     case delivered
     /// Not taken (EAGAIN: the counter is full on a non-blocking descriptor; or another error).
     case dropped
-    /// The write slept and the write watchdog interrupted it: the peer, which shares the open
-    /// file description, cleared O_NONBLOCK and filled the counter. The descriptor must not be
-    /// written again (the next write would sleep another watchdog period).
+    /// The peer, which shares the open file description, cleared O_NONBLOCK: found before the
+    /// write (no wait at all), or the write slept on a full counter and the write watchdog
+    /// interrupted it. The descriptor must not be written again (a write could sleep).
     case stuck
 }
 
 /// Writes 1 to an eventfd the peer also holds, never waiting on the peer for long.
 ///
 /// The session accepts only eventfds and makes them non-blocking, so a full counter normally
-/// fails with EAGAIN at once. The peer can make its copy blocking again; a thread registered with
-/// `ws_write_guard_register` (every polling thread) then has the sleeping write interrupted by
-/// the watchdog after `WS_WRITE_GUARD_STUCK_NS` (`.stuck`). EINTR is not retried: only that
+/// fails with EAGAIN at once. The peer can make its copy blocking again: the shim checks the
+/// description's flags before each write and refuses a blocking one (`.stuck`, no wait); a peer
+/// that flips the flag between that check and the write has the sleeping write interrupted by the
+/// watchdog after `WS_WRITE_GUARD_STUCK_NS` (`.stuck` again; the thread must be registered with
+/// `ws_write_guard_register`, as every polling thread is). EINTR is not retried: only that
 /// watchdog's signal interrupts a write to an eventfd here, and only one that slept.
 @inlinable
 public func eventFDSignal(_ fd: Int32) -> EventFDSignalResult {
     let r = ws_eventfd_signal(fd)
     if r == 0 { return .delivered }
-    return r == -EINTR ? .stuck : .dropped
+    return r == -EINTR || r == WS_EVENTFD_MADE_BLOCKING ? .stuck : .dropped
 }
 
 /// Writes 1 to an eventfd. Returns whether the signal was delivered (see `eventFDSignal`).

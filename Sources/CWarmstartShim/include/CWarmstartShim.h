@@ -188,6 +188,9 @@ int ws_fstatfs(int fd, long *magic, long *block_size);
 // WS_WRITE_GUARD_SIGNAL, whose handler does nothing and is installed without SA_RESTART, so the
 // sleeping write returns EINTR. A signal that lands outside such a sleep is harmless (a write
 // that is not sleeping completes; a nap ends early), so the watchdog needs no exact timing.
+// Before writing, ws_eventfd_signal reads the description's flags (one fcntl) and refuses a
+// descriptor the peer made blocking (WS_EVENTFD_MADE_BLOCKING), so the watchdog only matters to a
+// peer that flips O_NONBLOCK between that check and the write.
 /// The signal the watchdog sends (SIGURG: ignored by default, nothing else in the process or in
 /// Dispatch uses it, and no socket here has an owner for out-of-band data).
 int ws_write_guard_signal(void);
@@ -203,6 +206,8 @@ void ws_write_guard_unregister(void);
 /// full (non-blocking), -EINTR when the write slept and the watchdog interrupted it (the peer made
 /// the descriptor blocking and filled it: treat the descriptor as unusable). Around the write the
 /// thread stores `fd + 1` and then 0 into its own slot (two relaxed stores, no other cost).
+/// ws_eventfd_signal's result for a descriptor found blocking (no write was tried).
+extern const int WS_EVENTFD_MADE_BLOCKING;
 int ws_eventfd_signal(int fd);
 /// Signals the watchdog sent since the process started (tests, statistics).
 uint64_t ws_write_guard_interrupts(void);
