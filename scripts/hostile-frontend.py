@@ -8,7 +8,9 @@ maximum counter, a call eventfd made blocking again through the shared file desc
 with invalid virtio-net headers, and guest memory truncated under running rings. Each connection
 ends by closing the socket; the back-end must drop only that session.
 
-Usage: hostile-frontend.py SOCKET [SECONDS]   (prints one line per attack: name, outcome)
+Usage: hostile-frontend.py SOCKET [SECONDS] [--benign]   (prints one line per connection)
+--benign: every connection is a well-behaved one (negotiate, rings up, 32 frames, hang up), the
+control that tells the attacks' cost from the cost of a front-end reconnecting at that pace.
 Linux only (memfd, eventfd, SCM_RIGHTS); Python 3.10+.
 """
 import errno
@@ -211,6 +213,12 @@ def attack(path, kind):
             # NEEDS_CSUM with csum_start past the frame, then an unknown gso_type
             traffic(s, header=bytes([1, 0, 0, 0, 0, 0, 0xF0, 0xFF, 0x10, 0, 0, 0]), n=16)
             s.post(TX, 16, [frame(i, bytes([0, 0x55] + [0] * 10)) for i in range(16)], writable=False)
+        elif kind == "benign":
+            # The control: a well-behaved front-end that connects, brings its rings up, sends 32
+            # frames and hangs up, at the same pace as the attacks.
+            s.negotiate()
+            s.memory()
+            traffic(s)
         elif kind == "truncated-memory":
             s.negotiate()
             s.memory()
@@ -235,14 +243,16 @@ KINDS = ["packed-base", "pipe-call", "socket-call", "huge-memory", "saturated-ca
 
 
 def main():
-    if len(sys.argv) < 2:
-        print(__doc__.strip().splitlines()[-2], file=sys.stderr)
+    args = [a for a in sys.argv[1:] if a != "--benign"]
+    kinds = ["benign"] if "--benign" in sys.argv[1:] else KINDS
+    if not args:
+        print("usage: hostile-frontend.py SOCKET [SECONDS] [--benign]", file=sys.stderr)
         sys.exit(2)
-    path = sys.argv[1]
-    until = time.monotonic() + (float(sys.argv[2]) if len(sys.argv) > 2 else 1e9)
+    path = args[0]
+    until = time.monotonic() + (float(args[1]) if len(args) > 1 else 1e9)
     n = 0
     while time.monotonic() < until:
-        kind = KINDS[n % len(KINDS)]
+        kind = kinds[n % len(kinds)]
         try:
             outcome = attack(path, kind)
         except (FileNotFoundError, ConnectionRefusedError) as e:
