@@ -2,7 +2,7 @@
 # A/B of two Warmstart builds, side by side in one run: `warmstart bench` (Warmstart's virtio-user
 # front-end against Warmstart's own vhost-user back-end, loopback through macswap) with build A,
 # then build B, alternating in short runs; each pair's ratio B/A is kept and the median quoted
-# (the machine's cross-core figures flip minute to minute, REFERENCE.md §6). Both the front-end and
+# (the machine's cross-core figures flip minute to minute, Docs/BENCHMARKS.md). Both the front-end and
 # the back-end of each run come from the same build, so the ratio covers both sides' hot paths.
 #
 # Usage: scripts/bench-ab.sh A_BIN B_BIN [pairs=3] [seconds=3]

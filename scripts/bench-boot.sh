@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Warmstart's boot phases, measured the way ../shared/anchors/dpdk-boot.sh measures DPDK's, so the
-# two can be run in one sitting and compared: medians of RUNS runs of
+# Warmstart's boot phases, measured like DPDK's in Docs/BENCHMARKS.md (scripts/bench-dpdk-boot.sh), so
+# the two can be run in one sitting and compared: medians of RUNS runs of
 #   cold    : `warmstart run --boot-only --no-snapshot` (hugepage-init + mbuf-init from scratch)
 #   restore : `warmstart run --boot-only --snapshot <resident snapshot>` (snapshot-open/map + mbuf-init)
 # for 1,000,000 mbufs (2.1 GiB), plus a memory-only scaling point (hugepage-init per GiB).

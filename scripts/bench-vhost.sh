@@ -4,7 +4,7 @@
 # the back-end's macswap and back). Measured: the front-end's Rx-pps (one way, packets per
 # second), median of the samples after the first two.
 #
-# The machine's cross-core figures flip 2-3x from minute to minute (REFERENCE.md §6), so the two
+# The machine's cross-core figures flip 2-3x from minute to minute (Docs/BENCHMARKS.md), so the two
 # back-ends alternate in short runs (A B A B ...) and each pair's ratio is kept; the median ratio
 # is what to quote.
 #

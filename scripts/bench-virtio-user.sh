@@ -2,7 +2,7 @@
 # Warmstart's virtio-user front-end against DPDK's vhost back-end, next to DPDK's own virtio-user
 # front-end (testpmd) against the same back-end, alternating the two in short runs (A B A B ...)
 # and quoting the median of the pairwise ratios: cross-core throughput on a shared 2-vCPU VM
-# flips 2-3x minute to minute (REFERENCE.md §6), so only adjacent runs are comparable.
+# flips 2-3x minute to minute (Docs/BENCHMARKS.md), so only adjacent runs are comparable.
 #
 # Direction oneway (front-end transmits; the vhost back-end dequeues):
 #   A: warmstart bench --backend dpdk --mode oneway   (our generator → testpmd net_vhost rxonly)

@@ -178,7 +178,7 @@ extension Bench {
                              progress: (String) -> Void = { _ in }, backendAlive: @escaping () -> Bool = { true },
                              backendLog: () -> String = { "" }) throws -> BenchResult {
         guard let general = live.generalRegion else { throw BenchError("no general-purpose region for the rings") }
-        // The listening side must be up first (REFERENCE.md §6); the Bus retries connects with
+        // testpmd needs the listening side up first; the Bus retries connects with
         // backoff, so starting both at once is fine.
         var spec = "virtio-user:\(sock),packed=\(o.packed ? 1 : 0),size=\(o.queueSize),backoff-min-ms=5,backoff-max-ms=50"
         if o.frontendListens { spec += ",server=1" }

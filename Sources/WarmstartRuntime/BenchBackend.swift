@@ -78,7 +78,7 @@ public final class ChildProcess: @unchecked Sendable {
     deinit { stop(grace: 0.5) }
 }
 
-/// DPDK's testpmd on this machine (REFERENCE.md §6): a vhost-user back-end (`net_vhost0`) or a
+/// DPDK's testpmd (Docs/USAGE.md has the flags that work): a vhost-user back-end (`net_vhost0`) or a
 /// virtio-user front-end (`net_virtio_user0`) for interop tests and comparisons. Every run has its
 /// own `--file-prefix`; `cleanup()` removes the hugepage files and runtime directory a killed
 /// testpmd leaves behind (they would hold hugepages until removed).

@@ -1,4 +1,4 @@
-/// The seed's DPDK budgets (DPDK Summit 2017; ../shared/REFERENCE.md §1), scaled to the work done.
+/// DPDK's start-up budgets (DPDK Summit 2017 talk; table in Docs/BENCHMARKS.md), scaled to the work done.
 public enum Budgets {
     /// 320 ms per GiB of hugepages.
     public static let hugepageMsPerGiB = 320.0

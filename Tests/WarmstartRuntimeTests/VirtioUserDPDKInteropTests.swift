@@ -224,7 +224,7 @@ extension VirtioUserDPDKInteropTests {
     }
 }
 
-/// testpmd's `net_vhost` as a child process for one test (REFERENCE.md §6): its own socket
+/// testpmd's `net_vhost` as a child process for one test (Docs/USAGE.md): its own socket
 /// directory and file prefix. `stop` kills it by pid and removes its hugepage files, runtime
 /// directory and socket, and its log unless asked to keep it (a failed test names it).
 final class TestpmdVhost {
