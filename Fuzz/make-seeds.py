@@ -159,3 +159,32 @@ put("handoff", "state", u8(1) + doc)
 put("handoff", "live", u8(2) + live)
 put("handoff", "stream", u8(0) + frame(2, b'{"version":{"major":1,"minor":2},"pid":7}') + frame(6, doc)
     + frame(7, b'{"first":0,"names":[]}') + frame(5, live.replace(u16(1) + u16(1) + u16(3), u16(0) + u16(1) + u16(3))) + frame(9, b""))
+
+# ---- framing: config u8, chunk sizes, then records (Fuzz/framing/main.swift) -------------------
+def fr_msg(req, payload=b"", fds=0, flags=1, size=None, overflow=False):
+    tag = (4 if size is not None else 0) | fds << 3 | (0x80 if overflow else 0)
+    return u8(tag) + u8(req) + u8(flags) + u16(len(payload)) + (u32(size) if size is not None else b"") + payload
+def fr_raw(data, fds=0): return u8(1 | fds << 3) + u8(len(data)) + data
+def fr_event(fds): return u8(2 | fds << 3)
+def framing(records, chunks=(), reply=False):
+    return u8(1 if reply else 0) + u8(len(chunks)) + b"".join(u16(c) for c in chunks) + b"".join(records)
+fr_handshake = [fr_msg(1), fr_msg(3), fr_msg(15), fr_msg(16, u64(1 << 3)), fr_msg(2, u64(F_VERSION1)),
+    fr_msg(5, u32(1) + u32(0) + u64(0) + u64(64 << 10) + u64(USER) + u64(0), fds=1),
+    fr_msg(8, u32(0) + u32(256)), fr_msg(9, u32(0) + u32(0) + u64(USER) + u64(USER + 0x1000) + u64(USER + 0x2000) + u64(0)),
+    fr_msg(12, u64(0), fds=1), fr_msg(13, u64(0), fds=1, flags=1 | 8), fr_msg(18, u32(0) + u32(1))]
+put("framing", "handshake", framing(fr_handshake, chunks=(7, 1, 300, 0)))
+put("framing", "handshake-bytewise", framing(fr_handshake, chunks=(1,)))
+put("framing", "handshake-whole", framing(fr_handshake))
+put("framing", "replies", framing([fr_msg(1, u64(F_VERSION1), flags=5), fr_msg(31, bytes(16), fds=1, flags=5),
+    fr_msg(11, u32(0) + u32(9), flags=5)], chunks=(5, 0), reply=True))
+put("framing", "max-payload", framing([fr_msg(25, bytes(range(256)) * 16, fds=2), fr_msg(1)], chunks=(1000, 3)))
+put("framing", "descriptors-in-two-reads", framing([fr_raw(u32(5) + u32(1), fds=5), fr_raw(u32(32) + bytes(32), fds=3)], chunks=(0,)))
+put("framing", "bad-version", framing([fr_msg(1), fr_msg(12, u64(0), fds=1, flags=2)], chunks=(2,)))
+put("framing", "reply-on-request", framing([fr_msg(12, u64(0), fds=1, flags=5)]))
+put("framing", "oversize", framing([fr_msg(5, bytes(8), fds=1, size=4097)], chunks=(0,)))
+put("framing", "fds-without-bytes", framing([fr_msg(3), fr_event(2), fr_msg(1)]))
+put("framing", "too-many-fds", framing([fr_msg(5, bytes(8 + 32 * 9), fds=9)], chunks=(13,)))
+put("framing", "overflow", framing([fr_msg(1), fr_msg(12, u64(0), fds=1, overflow=True)], chunks=(1,)))
+put("framing", "truncated", framing([fr_msg(1), fr_raw(u32(12) + u32(1), fds=1)]))
+put("framing", "garbage-across-frames", framing([fr_raw(u32(1) + u32(1) + u32(0) + u32(2) + u32(1) + u32(8) + u64(7), fds=2),
+    fr_msg(1)], chunks=(3, 9)))

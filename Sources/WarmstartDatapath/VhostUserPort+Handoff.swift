@@ -21,7 +21,7 @@ extension VhostUserBackendPort {
     public func frozenState(_ device: Device) -> (settled: Bool, atBoundary: Bool) {
         guard let c = device.driverContext as? VhostUserConnection else { return (true, true) }
         let settled = c.pendingRead == nil && !c.sending
-        return (settled, c.header == nil && c.headerBytes.isEmpty && c.payload.isEmpty && c.fds.isEmpty)
+        return (settled, c.atMessageBoundary)
     }
 
     /// Undoes `freeze` (the handoff rolled back): reading resumes where it stopped.

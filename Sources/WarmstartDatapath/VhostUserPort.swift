@@ -80,11 +80,11 @@ final class VhostUserConnection {
     var logger: Logger
     var closed = false
 
-    // Framing state: a message may arrive over several recvmsg calls.
-    var headerBytes: [UInt8] = []
-    var header: VhostUserHeader?
-    var payload: [UInt8] = []
-    var fds: [Int32] = []
+    /// Framing: a message may arrive over several recvmsg calls (the partial one's descriptors
+    /// are the decoder's). `ready` holds a whole message that came in while frozen.
+    var decoder = VhostUserFrameDecoder(expectReply: false)
+    var frames: [VhostUserFrame] = []
+    var ready: VhostUserFrame?
 
     /// The datapath's view: started rings, built pairs, and the positions of stopped rings.
     var setups: [Int: VringSetup] = [:]
@@ -138,18 +138,24 @@ final class VhostUserConnection {
         detachFromDatapath()
         pairs = [:]
         setups = [:]
-        for f in fds { Glibc.close(f) }
-        fds = []
+        decoder.reset()
+        for f in ready?.fds ?? [] { Glibc.close(f) }
+        ready = nil
     }
+
+    /// Nothing of a message is held: no byte, no descriptor, no message waiting to be handled.
+    var atMessageBoundary: Bool { decoder.isAtBoundary && ready == nil }
 
     // MARK: reading
 
     func readNext() {
         guard !closed, !frozen else { return }
-        let want: Int
-        if let h = header { want = Int(h.size) - payload.count } else { want = VhostUserHeader.byteCount - headerBytes.count }
-        if want == 0 { return deliver() }
-        pendingRead = bus.loop.receiveMessage(fd: fd, maxBytes: want, maxFDs: IOLoop.maxMessageFDs) { [self] result in
+        if let frame = ready {
+            ready = nil
+            return deliver(frame)
+        }
+        // Never past the part in progress, so one read holds bytes of one message only.
+        pendingRead = bus.loop.receiveMessage(fd: fd, maxBytes: decoder.bytesWanted, maxFDs: VhostUserFrameDecoder.maxFDs) { [self] result in
             pendingRead = nil
             if closed {
                 if case let .success(m) = result { for f in m.fds { Glibc.close(f) } }
@@ -160,32 +166,33 @@ final class VhostUserConnection {
                 if e.isCanceled { return }
                 lost("receive failed: \(e)")
             case let .success(m):
-                fds.append(contentsOf: m.fds)
-                if m.truncated { return protocolError("a message carried more than \(IOLoop.maxMessageFDs) descriptors") }
-                if m.bytes.isEmpty { return lost("front-end closed the connection") }
-                if header == nil {
-                    headerBytes.append(contentsOf: m.bytes)
-                    if headerBytes.count == VhostUserHeader.byteCount {
-                        do {
-                            header = try VhostUserHeader.decode(headerBytes, expectReply: false)
-                        } catch {
-                            return protocolError("invalid message header: \(error)")
-                        }
-                    }
-                } else {
-                    payload.append(contentsOf: m.bytes)
+                frames.removeAll(keepingCapacity: true)
+                do throws(VhostUserFrameError) {
+                    try decoder.feed(m.bytes, fds: m.fds, fdsTruncated: m.truncated, into: &frames)
+                } catch {
+                    return frameError(error)
                 }
+                if m.bytes.isEmpty { return lost("front-end closed the connection") }
+                ready = frames.first
+                frames.removeAll(keepingCapacity: true)
                 readNext()
             }
         }
     }
 
+    /// The byte stream stopped framing: drop the session with the reason.
+    func frameError(_ error: VhostUserFrameError) {
+        switch error {
+        case let .header(e): protocolError("invalid message header: \(e)")
+        case .tooManyFDs, .fdsWithoutBytes: protocolError("\(error)")
+        case .truncated: lost("front-end closed the connection")
+        }
+    }
+
     /// A whole message is in: handle it, reply, apply the events, read the next.
-    func deliver() {
-        guard let h = header else { return }
-        let p = payload, f = fds
-        header = nil; headerBytes = []; payload = []; fds = []
-        let outcome = session.receive(header: h, payload: p, fds: f)
+    func deliver(_ frame: VhostUserFrame) {
+        let h = frame.header
+        let outcome = session.receive(header: h, payload: frame.payload, fds: frame.fds)
         let name = h.knownRequest.map { "\($0)" } ?? "request \(h.request)"
         // A fault while handling the message (the control thread touched memory that was gone).
         if session.memoryFault.isSet { return memoryFaulted() }

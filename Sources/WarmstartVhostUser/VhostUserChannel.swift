@@ -3,43 +3,40 @@ import CWarmstartShim
 import Glibc
 #endif
 
-/// One framed message as read from the socket: a validated header, its payload bytes, and the
-/// descriptors that came with it (owned by the receiver). Parsing it is a separate step
-/// (`VhostUserMessageValidator.decodeRequest` or `VhostUserBackendSession.receive`), so an I/O
-/// loop that reads on its own can feed the same code.
-public struct VhostUserFrame: Sendable {
-    public var header: VhostUserHeader
-    public var payload: [UInt8]
-    public var fds: [Int32]
-}
-
 /// A vhost-user connection over a connected AF_UNIX stream socket.
 ///
 /// Blocking or not follows the descriptor's O_NONBLOCK: on a non-blocking socket `receiveFrame`
 /// returns nil when a message is not complete yet and keeps what it has read for the next call.
-/// Descriptors arrive with the first bytes of a message (the header's recvmsg); they are collected
-/// from every recvmsg of the message, so a short read cannot lose them.
+/// Framing is `VhostUserFrameDecoder`'s: each recvmsg reads no further than the part of the
+/// message in progress, and the descriptors of every recvmsg of a message stay with it, so a short
+/// read cannot lose them.
 public final class VhostUserChannel {
     public let fd: Int32
     private let ownsFD: Bool
     /// true on the front-end side: incoming messages are replies.
     public let readsReplies: Bool
 
-    private var headerBytes: [UInt8] = []
-    private var header: VhostUserHeader?
-    private var payload: [UInt8] = []
-    private var pendingFDs: [Int32] = []
-    /// The most descriptors one message may carry (the shim's SCM_RIGHTS buffer).
+    /// The partial message (its descriptors are closed with it).
+    private var decoder: VhostUserFrameDecoder
+    /// One read's bytes and descriptors, reused.
+    private var readBuffer: [UInt8]
+    private var readFDs: [Int32]
+    private var frames: [VhostUserFrame] = []
+    /// The most descriptors `send` passes with one message (the shim's SCM_RIGHTS buffer). A
+    /// received message may carry `VhostUserFrameDecoder.maxFDs`.
     public static let maxFDs = 16
 
     public init(fd: Int32, ownsFD: Bool = true, readsReplies: Bool = false) {
         self.fd = fd
         self.ownsFD = ownsFD
         self.readsReplies = readsReplies
+        decoder = VhostUserFrameDecoder(expectReply: readsReplies)
+        readBuffer = [UInt8](repeating: 0, count: VhostUserHeader.byteCount + Int(VhostUserHeader.maxPayloadSize))
+        readFDs = [Int32](repeating: -1, count: VhostUserFrameDecoder.maxFDs)
+        frames.reserveCapacity(1)
     }
 
     deinit {
-        for f in pendingFDs { closeFD(f) }
         if ownsFD { closeFD(fd) }
     }
 
@@ -48,69 +45,50 @@ public final class VhostUserChannel {
     /// cannot be resynchronised after one).
     public func receiveFrame() throws(VhostUserError) -> VhostUserFrame? {
         while true {
-            if let h = header {
-                if payload.count == Int(h.size) {
-                    let frame = VhostUserFrame(header: h, payload: payload, fds: pendingFDs)
-                    header = nil
-                    headerBytes = []
-                    payload = []
-                    pendingFDs = []
-                    return frame
-                }
-                guard let chunk = try read(max: Int(h.size) - payload.count) else { return nil }
-                payload.append(contentsOf: chunk)
-            } else {
-                guard let chunk = try read(max: VhostUserHeader.byteCount - headerBytes.count) else { return nil }
-                headerBytes.append(contentsOf: chunk)
-                if headerBytes.count == VhostUserHeader.byteCount {
-                    do {
-                        header = try VhostUserHeader.decode(headerBytes, expectReply: readsReplies)
-                    } catch {
-                        dropPending()
-                        throw error
-                    }
-                    payload.reserveCapacity(Int(header!.size))
+            // Never past the part in progress, so one read holds bytes of one message only.
+            let want = decoder.bytesWanted
+            var nfds: Int32 = 0
+            var truncated: Int32 = 0
+            let n = readBuffer.withUnsafeMutableBytes { b in
+                readFDs.withUnsafeMutableBufferPointer { f in
+                    ws_recv_with_fds(fd, b.baseAddress, want, f.baseAddress, Int32(f.count), &nfds, &truncated)
                 }
             }
-        }
-    }
-
-    /// One recvmsg of at most `max` bytes (never past the current message); nil on EAGAIN.
-    private func read(max: Int) throws(VhostUserError) -> [UInt8]? {
-        var buf = [UInt8](repeating: 0, count: max)
-        var fds = [Int32](repeating: -1, count: Self.maxFDs)
-        var nfds: Int32 = 0
-        var truncated: Int32 = 0
-        let n = buf.withUnsafeMutableBytes { b in
-            fds.withUnsafeMutableBufferPointer { f in
-                ws_recv_with_fds(fd, b.baseAddress, max, f.baseAddress, Int32(Self.maxFDs), &nfds, &truncated)
+            let got = nfds > 0 ? Array(readFDs[0..<Int(nfds)]) : []
+            let request = decoder.header?.knownRequest
+            if n < 0 {
+                if -n == EAGAIN || -n == EWOULDBLOCK { return nil }
+                decoder.reset()
+                // A peer that closes with our reply unread resets the connection: same as a close.
+                if -n == ECONNRESET { throw VhostUserError(request: request, reason: .connectionClosed) }
+                throw VhostUserError(request: request, reason: .io("recvmsg", errno: Int32(-n)))
+            }
+            if n == 0 && truncated == 0 {
+                for f in got { closeFD(f) }
+                decoder.reset()
+                throw VhostUserError(request: request, reason: .connectionClosed)
+            }
+            frames.removeAll(keepingCapacity: true)
+            var failure: VhostUserFrameError?
+            readBuffer.withUnsafeBytes { b in
+                do throws(VhostUserFrameError) {
+                    try decoder.feed(UnsafeRawBufferPointer(rebasing: b[0..<n]), fds: got, fdsTruncated: truncated != 0, into: &frames)
+                } catch {
+                    failure = error
+                }
+            }
+            if let error = failure {
+                switch error {
+                case let .header(e): throw e
+                case .tooManyFDs, .fdsWithoutBytes: throw VhostUserError(request: request, reason: .fdsTruncated)
+                case .truncated: throw VhostUserError(request: request, reason: .connectionClosed)
+                }
+            }
+            if let frame = frames.first {
+                frames.removeAll(keepingCapacity: true)
+                return frame
             }
         }
-        pendingFDs.append(contentsOf: fds[0..<Int(nfds)])
-        if n < 0 {
-            if -n == EAGAIN || -n == EWOULDBLOCK { return nil }
-            dropPending()
-            // A peer that closes with our reply unread resets the connection: same as a close.
-            if -n == ECONNRESET { throw VhostUserError(request: header?.knownRequest, reason: .connectionClosed) }
-            throw VhostUserError(request: header?.knownRequest, reason: .io("recvmsg", errno: Int32(-n)))
-        }
-        if truncated != 0 {
-            dropPending()
-            throw VhostUserError(request: header?.knownRequest, reason: .fdsTruncated)
-        }
-        if n == 0 {
-            dropPending()
-            throw VhostUserError(request: header?.knownRequest, reason: .connectionClosed)
-        }
-        return Array(buf[0..<n])
-    }
-
-    private func dropPending() {
-        for f in pendingFDs { closeFD(f) }
-        pendingFDs = []
-        headerBytes = []
-        payload = []
-        header = nil
     }
 
     /// Sends a message and its descriptors (the descriptors stay owned by the caller: the kernel

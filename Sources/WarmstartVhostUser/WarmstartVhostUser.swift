@@ -5,7 +5,8 @@
 //   VhostUserHeader                        12-byte header; header errors are fatal (stream out of sync)
 //   VhostUserMessage                       typed payloads, little-endian encode/decode, no Foundation
 //   VhostUserMessageValidator              payload size, descriptor policy, vring index checks
-//   VhostUserChannel                       framed reads/writes with SCM_RIGHTS on a unix stream socket
+//   VhostUserFrameDecoder                  bytes + descriptors in, whole frames out (both sides' readers)
+//   VhostUserChannel                       blocking/non-blocking reads and writes with SCM_RIGHTS
 //   VhostUserBackendSession (+Handlers)    the back-end state machine: message in → reply + events out
 //   VhostUserGuestMemory / VhostUserVring  mapped front-end memory, per-ring state, `VringSetup`
 //   VhostUserInflight                      INFLIGHT_SHMFD buffer (opt-in)
