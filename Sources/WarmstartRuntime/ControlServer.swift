@@ -9,6 +9,7 @@ import Glibc
 import CWarmstartShim
 import Logging
 import WarmstartDatapath
+import WarmstartHandoff
 
 /// One request line: `{"cmd":"stats"}`, with optional string arguments for later commands.
 /// `{"cmd":"handoff"}` (hot upgrade) switches the connection to the handoff protocol.

@@ -5,19 +5,13 @@ import CWarmstartShim
 import Logging
 import WarmstartBus
 import WarmstartDatapath
+import WarmstartHandoff
 
 /// Hot upgrade, old process side (Docs/HANDOFF.md): the donor hooks backed by this runtime, and
 /// the `handoff` command on its control socket.
 extension Runtime {
     /// Configuration names the new process reads (RuntimeTakeover).
-    enum HandoffKeys {
-        static let ports = "ports"
-        static let forward = "forward"
-        static let cores = "cores"
-        static let txSize = "tx-size"
-        static let controlFD = "control-fd"
-        static let controlPath = "control-path"
-    }
+    typealias HandoffKeys = HandoffConfiguration.Keys
 
     /// Registers `{"cmd":"handoff"}` on `server`: each such connection is served by the donor on
     /// its own thread (one handoff at a time; the donor refuses a second one and says why).

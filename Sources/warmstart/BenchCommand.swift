@@ -4,8 +4,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import WarmstartBus
-import WarmstartMemory
+import WarmstartBench
 import WarmstartRuntime
 
 extension BenchOptions.Mode: ExpressibleByArgument {}

@@ -2,8 +2,6 @@ import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
-import WarmstartPools
-import WarmstartSnapshot
 
 /// Writes a whole file (0644), naming the path in any error.
 func writeFile(_ path: String, _ bytes: [UInt8]) throws {

@@ -1,6 +1,6 @@
 import ArgumentParser
+import WarmstartBench
 import WarmstartRuntime
-import WarmstartSnapshot
 
 extension Run {
     /// `warmstart run` with no port (and no --boot-only): the self-contained main job. Boots as

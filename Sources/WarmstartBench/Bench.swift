@@ -8,6 +8,7 @@ import WarmstartBus
 import WarmstartDatapath
 import WarmstartMemory
 import WarmstartPools
+import WarmstartRuntime
 import WarmstartSnapshot
 #if canImport(Glibc)
 import Glibc

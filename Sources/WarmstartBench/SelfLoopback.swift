@@ -1,6 +1,7 @@
 import CWarmstartShim
 import WarmstartBus
 import WarmstartDatapath
+import WarmstartRuntime
 import WarmstartSnapshot
 #if canImport(Glibc)
 import Glibc
