@@ -58,6 +58,13 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: release),
 
+        // Instructions per packet of the virtio-user generator and transmit path against a device in
+        // the same process (scripts/callgrind-virtio-user.sh runs it under callgrind). Here rather
+        // than in Benchmarks/Package.swift: it drives WarmstartBench, which no product exports.
+        .executableTarget(name: "VirtioUserTX", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
+                                                               "WarmstartVirtio", "WarmstartDatapath", "WarmstartBench"],
+                          path: "Benchmarks/VirtioUserTX"),
+
         .testTarget(name: "WarmstartMemoryTests", dependencies: ["WarmstartMemory"]),
         .testTarget(name: "WarmstartPoolsTests", dependencies: ["WarmstartPools"]),
         .testTarget(name: "WarmstartSnapshotTests", dependencies: ["WarmstartSnapshot"]),
