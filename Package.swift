@@ -44,7 +44,7 @@ let package = Package(
                                                          "WarmstartDatapath",
                                                          .product(name: "SystemPackage", package: "swift-system")], swiftSettings: release),
         // Boot, the control socket, reports and the Runtime object (which drives handoff).
-        .target(name: "WarmstartRuntime", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
+        .target(name: "WarmstartRuntime", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartIO",
                                                          "WarmstartBus", "WarmstartVhostUser", "WarmstartDatapath", "WarmstartHandoff",
                                                          .product(name: "Logging", package: "swift-log")], swiftSettings: release),
         // `warmstart bench`, the self-loopback and the testpmd launcher: the CLI's and the tests'
