@@ -63,7 +63,7 @@ struct BenchCommand: ParsableCommand {
         do {
             r = try Bench.run(o) { line in if !json { print(line) } }
         } catch {
-            throw CLIError("bench: \(error)")
+            throw CLIError.bench(error)
         }
         if json {
             let enc = JSONEncoder()

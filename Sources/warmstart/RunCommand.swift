@@ -94,7 +94,7 @@ struct Run: ParsableCommand {
                 FileHandleStderr.write("warmstart: warning: \(warning)\n")
             }
         } catch {
-            throw CLIError("\(error)")
+            throw CLIError.boot(error)
         }
         if specs.isEmpty {
             return try runWithoutPorts(live: live, snapshot: snap, recorder: recorder, clock: clock)
@@ -128,7 +128,7 @@ struct Run: ParsableCommand {
             runtime.enableVirtioUserPorts()
             try runtime.start()
         } catch {
-            throw CLIError("\(error)")
+            throw CLIError.start(error)
         }
         defer { runtime.stop() }
         func report() -> BootReport {
@@ -165,7 +165,7 @@ extension ForwardMode: ExpressibleByArgument {}
 func writeReports(_ report: BootReport, json: String?, svg: String?) throws {
     if let json {
         let data: Data
-        do { data = try report.jsonData() } catch { throw CLIError("cannot encode the report: \(error)") }
+        do { data = try report.jsonData() } catch { throw CLIError.encodeReport(error) }
         try writeFile(json, Array(data) + [0x0A])
     }
     if let svg { try writeFile(svg, Array(report.renderSVG().utf8)) }

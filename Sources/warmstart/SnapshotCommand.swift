@@ -25,7 +25,7 @@ struct SnapshotCommand: ParsableCommand {
             do {
                 lines = try SnapshotFiles.create(path: out, layout: poolLayout, pageSize: layout.pageSize)
             } catch {
-                throw CLIError("\(error)")
+                throw CLIError.snapshot(error)
             }
             lines.forEach { print($0) }
         }
@@ -36,7 +36,7 @@ struct SnapshotCommand: ParsableCommand {
         @Argument var path: String
         @Flag var json = false
         func run() throws {
-            do { printReport(try SnapshotFiles.inspect(path: path), json: json) } catch { throw CLIError("\(error)") }
+            do { printReport(try SnapshotFiles.inspect(path: path), json: json) } catch { throw CLIError.snapshot(error) }
         }
     }
 
@@ -46,7 +46,7 @@ struct SnapshotCommand: ParsableCommand {
         @Flag var json = false
         func run() throws {
             let report: SnapshotReport
-            do { report = try SnapshotFiles.verify(path: path) } catch { throw CLIError("\(error)") }
+            do { report = try SnapshotFiles.verify(path: path) } catch { throw CLIError.snapshot(error) }
             printReport(report, json: json)
             if !report.ok { throw ExitCode(1) }
         }
@@ -55,11 +55,4 @@ struct SnapshotCommand: ParsableCommand {
 
 func printReport(_ r: SnapshotReport, json: Bool) {
     print(json ? SnapshotReportText.json(r) : SnapshotReportText.text(r))
-}
-
-/// An error printed as `warmstart: <text>` with exit status 1 (no usage dump: the input was fine,
-/// the thing it named was not).
-struct CLIError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
 }

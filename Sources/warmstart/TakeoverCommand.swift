@@ -25,7 +25,7 @@ extension Run {
                                                          environment: ProcessInfo.processInfo.environment,
                                                          log: { FileHandleStderr.write("warmstart: \($0)\n") })
         } catch {
-            throw CLIError(error.description)
+            throw CLIError.takeover(error)
         }
         defer { runtime.stop() }
         func report() -> BootReport {
