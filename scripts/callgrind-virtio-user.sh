@@ -54,9 +54,9 @@ total() { grep -E '^(summary|totals):' "$1" | head -1 | awk '{print $2}'; }
 ratio() { python3 -c "import sys; print(f'{int(sys.argv[1]) / max(int(sys.argv[2]), 1):.1f}')" "$1" "$2"; }
 
 if [ "$SETUP" = 0 ]; then
-  swift build -c release --package-path Benchmarks --product VirtioUserTX >"$TMP/build.log" 2>&1 \
+  swift build -c release --product VirtioUserTX >"$TMP/build.log" 2>&1 \
     || { tail -20 "$TMP/build.log" >&2; exit 1; }
-  bin=$(stripped Benchmarks/.build/release/VirtioUserTX)
+  bin=$(stripped .build/release/VirtioUserTX)
   echo "# Warmstart virtio-user generator (+ TX, + RX in loopback), instant in-process device, $ROUNDS rounds of 32"
   echo "| mode | layout | size | frames | instructions | per frame |"
   echo "|---|---|---|---|---|---|"

@@ -1,4 +1,4 @@
-// Fuzz target: the hot-upgrade handoff decoders (WarmstartRuntime HandoffWire.swift framing,
+// Fuzz target: the hot-upgrade handoff decoders (WarmstartHandoff HandoffWire.swift framing,
 // HandoffState.swift documents and adoption, HandoffLiveWire.swift binary positions), i.e. what
 // the taker reads from a donor it must not trust.
 //
@@ -22,7 +22,7 @@ import Glibc
 import CWarmstartShim
 import WarmstartMemory
 import WarmstartPools
-@testable import WarmstartRuntime
+@testable import WarmstartHandoff
 import WarmstartVhostUser
 import WarmstartVirtio
 

@@ -20,7 +20,7 @@ extension PortSpec {
             do {
                 specs.append(try parse(entry))
             } catch {
-                throw PortSpecError("\(source):\(number + 1): \(error.description)")
+                throw .line(source: source, number: number + 1, error)
             }
         }
         return specs
@@ -29,7 +29,7 @@ extension PortSpec {
     /// Reads and parses a config file.
     public static func loadConfig(path: String) throws(PortSpecError) -> [PortSpec] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { throw PortSpecError("config \(path): \(String(cString: strerror(errno)))") }
+        if fd < 0 { throw .unreadableConfig(path: path, errno: errno) }
         defer { close(fd) }
         var data: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
@@ -37,7 +37,7 @@ extension PortSpec {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw PortSpecError("config \(path): \(String(cString: strerror(errno)))")
+                throw .unreadableConfig(path: path, errno: errno)
             }
             if n == 0 { break }
             data.append(contentsOf: chunk[0..<n])
@@ -54,7 +54,7 @@ extension PortSpec {
             let a = arguments[i]
             func value(_ flag: String) throws(PortSpecError) -> String? {
                 if a == flag {
-                    guard i + 1 < arguments.count else { throw PortSpecError("\(flag) needs a value") }
+                    guard i + 1 < arguments.count else { throw .missingValue(flag: flag) }
                     i += 1
                     return arguments[i]
                 }

@@ -31,12 +31,6 @@ public enum DeviceKind: String, CaseIterable, Sendable {
     public static var validNames: String { allCases.map(\.rawValue).joined(separator: ", ") }
 }
 
-/// A port error that says what was wrong and what would have been accepted.
-public struct PortSpecError: Error, CustomStringConvertible, Equatable, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
-}
-
 /// One declared port: `KIND:PATH[,key=value...]`.
 public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
     public var kind: DeviceKind
@@ -86,31 +80,31 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
     public static func parse(_ text: String) throws(PortSpecError) -> PortSpec {
         let entry = text.trimmingSpaces()
         guard let colon = entry.firstIndex(of: ":") else {
-            throw PortSpecError("port '\(entry)': expected KIND:PATH (valid kinds: \(DeviceKind.validNames))")
+            throw .port(entry: entry, .notKindAndPath)
         }
         let kindText = String(entry[..<colon])
         guard let kind = DeviceKind(rawValue: kindText) else {
-            throw PortSpecError("port '\(entry)': unknown kind '\(kindText)' (valid kinds: \(DeviceKind.validNames))")
+            throw .port(entry: entry, .unknownKind(kindText))
         }
         let parts = entry[entry.index(after: colon)...].split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         let path = parts[0]
         guard !path.isEmpty else {
-            throw PortSpecError("port '\(entry)': \(kind.rawValue) needs a \(kind == .tap ? "interface name" : "socket path") after the colon")
+            throw .port(entry: entry, .missingPath(kind))
         }
         var options: [(key: String, value: String)] = []
         for item in parts.dropFirst() {
             guard let eq = item.firstIndex(of: "="), eq != item.startIndex else {
-                throw PortSpecError("port '\(entry)': '\(item)' is not key=value (valid keys for \(kind.rawValue): \(kind.validKeys.joined(separator: ", ")))")
+                throw .port(entry: entry, .notKeyValue(item: item, kind: kind))
             }
             let key = String(item[..<eq]), value = String(item[item.index(after: eq)...])
             guard kind.validKeys.contains(key) else {
-                throw PortSpecError("port '\(entry)': unknown key '\(key)' for \(kind.rawValue) (valid keys: \(kind.validKeys.joined(separator: ", ")))")
+                throw .port(entry: entry, .unknownKey(key, kind: kind))
             }
             try validate(key: key, value: value, entry: entry)
             options.append((key, value))
         }
         if kind == .tap && path.utf8.count > 15 {
-            throw PortSpecError("port '\(entry)': interface name '\(path)' is longer than 15 characters")
+            throw .port(entry: entry, .interfaceNameTooLong(path))
         }
         return PortSpec(kind: kind, path: path, options: options)
     }
@@ -119,37 +113,37 @@ public struct PortSpec: Equatable, Sendable, CustomStringConvertible {
         switch key {
         case "mode":
             guard let m = UInt32(value, radix: 8), m <= 0o777 else {
-                throw PortSpecError("port '\(entry)': mode '\(value)' is not an octal permission like 0600")
+                throw .port(entry: entry, .badMode(value))
             }
         case "queues", "backoff-min-ms", "backoff-max-ms":
             guard let n = Int(value), n > 0 else {
-                throw PortSpecError("port '\(entry)': \(key) '\(value)' is not a positive integer")
+                throw .port(entry: entry, .notPositiveInteger(key: key, value: value))
             }
         case "server", "packed", "mrg":
             guard ["0", "1", "on", "off"].contains(value) else {
-                throw PortSpecError("port '\(entry)': \(key) '\(value)' must be 0, 1, on or off")
+                throw .port(entry: entry, .notOnOff(key: key, value: value))
             }
         case "size":
             guard let n = Int(value), n >= 2, n <= 32768, n & (n - 1) == 0 else {
-                throw PortSpecError("port '\(entry)': size '\(value)' must be a power of two from 2 to 32768")
+                throw .port(entry: entry, .badRingSize(value))
             }
         case "mac":
-            if let why = PortSpec.macProblem(value) { throw PortSpecError("port '\(entry)': mac '\(value)' \(why)") }
+            if let why = PortSpec.macProblem(value) { throw .port(entry: entry, .badMAC(value, why: why)) }
         case "mtu":
             // virtio 1.2 §5.1.4.1: at least 68; a 16-bit config field.
             guard let n = Int(value), n >= 68, n <= 65535 else {
-                throw PortSpecError("port '\(entry)': mtu '\(value)' must be an integer from 68 to 65535")
+                throw .port(entry: entry, .badMTU(value))
             }
         case "features":
             let ok = value.hasPrefix("0x") || value.hasPrefix("0X") ? UInt64(value.dropFirst(2), radix: 16) != nil : UInt64(value) != nil
             guard ok else {
-                throw PortSpecError("port '\(entry)': features '\(value)' is not a 64-bit mask (0x... hexadecimal or decimal)")
+                throw .port(entry: entry, .badFeatures(value))
             }
         case "name":
-            guard !value.isEmpty else { throw PortSpecError("port '\(entry)': name is empty") }
+            guard !value.isEmpty else { throw .port(entry: entry, .emptyName) }
         case "max-memory":
             guard let n = PortSpec.parseSize(value), n > 0 else {
-                throw PortSpecError("port '\(entry)': max-memory '\(value)' is not a positive size like 64G (bytes, or K, M, G, T: powers of 1024)")
+                throw .port(entry: entry, .badMaxMemory(value))
             }
         default: break
         }

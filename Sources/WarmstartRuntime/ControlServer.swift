@@ -9,6 +9,7 @@ import Glibc
 import CWarmstartShim
 import Logging
 import WarmstartDatapath
+import WarmstartHandoff
 
 /// One request line: `{"cmd":"stats"}`, with optional string arguments for later commands.
 /// `{"cmd":"handoff"}` (hot upgrade) switches the connection to the handoff protocol.
@@ -92,44 +93,44 @@ public final class ControlServer: @unchecked Sendable {
         var st = stat()
         if lstat(path, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFSOCK else {
-                throw RuntimeError("control socket \(path): exists and is not a socket; refusing to replace it")
+                throw ControlSocketError(path, .existsAndIsNotASocket)
             }
-            if Self.isLive(path) { throw RuntimeError("control socket \(path): another process is listening on it") }
+            if Self.isLive(path) { throw ControlSocketError(path, .inUse) }
         }
         guard Self.address(path) != nil else {
-            throw RuntimeError("control socket \(path): path is longer than a unix socket address allows")
+            throw ControlSocketError(path, .pathTooLong)
         }
         let slash = path.lastIndex(of: "/")
         let directory = slash.map { path[..<$0].isEmpty ? "/" : String(path[..<$0]) } ?? "."
         var template = Array((directory + "/.wsctl.XXXXXX").utf8CString)
         guard template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) != nil else {
-            throw RuntimeError("control socket \(path): cannot create a private directory in \(directory) to bind in: \(String(cString: strerror(errno)))")
+            throw ControlSocketError(path, .privateDirectory(directory: directory, errno: errno))
         }
         let privateDirectory = String(cString: template)
         let staging = privateDirectory + "/s"
         defer { unlink(staging); rmdir(privateDirectory) }
         guard var addr = Self.address(staging) else {
-            throw RuntimeError("control socket \(path): the private directory's socket path \(staging) is longer than a unix socket address allows; use a shorter directory")
+            throw ControlSocketError(path, .stagingPathTooLong(staging: staging))
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw RuntimeError("control socket \(path): socket: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw ControlSocketError(path, .socket(errno: errno)) }
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard rc == 0 else {
             let e = errno
             Glibc.close(fd)
-            throw RuntimeError("control socket \(path): bind: \(String(cString: strerror(e)))")
+            throw ControlSocketError(path, .bind(errno: e))
         }
         guard chmod(staging, 0o600) == 0, listen(fd, 8) == 0 else {
             let e = errno
             Glibc.close(fd)
-            throw RuntimeError("control socket \(path): chmod/listen: \(String(cString: strerror(e)))")
+            throw ControlSocketError(path, .chmodOrListen(errno: e))
         }
         guard rename(staging, path) == 0 else {
             let e = errno
             Glibc.close(fd)
-            throw RuntimeError("control socket \(path): cannot move the socket into place: \(String(cString: strerror(e)))")
+            throw ControlSocketError(path, .rename(errno: e))
         }
         return fd
     }
@@ -341,9 +342,9 @@ public final class ControlServer: @unchecked Sendable {
 /// The client side: one request, one response line. Used by `warmstart stats` and tests.
 public enum ControlClient {
     public static func request(path: String, _ request: ControlRequest, timeoutSeconds: Int = 5) throws -> String {
-        guard var addr = ControlServer.address(path) else { throw RuntimeError("control socket \(path): path too long") }
+        guard var addr = ControlServer.address(path) else { throw ControlSocketError(path, .pathTooLong) }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw RuntimeError("control socket \(path): socket: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw ControlSocketError(path, .socket(errno: errno)) }
         defer { Glibc.close(fd) }
         var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -351,30 +352,30 @@ public enum ControlClient {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard rc == 0 else {
-            throw RuntimeError("control socket \(path): cannot connect: \(String(cString: strerror(errno))) (is `warmstart run --control \(path)` running?)")
+            throw ControlSocketError(path, .connect(errno: errno))
         }
         // The server is checked as it checks us: a socket another user planted at the path would
         // otherwise be believed.
         guard let server = PeerCredentials.of(fd) else {
-            throw RuntimeError("control socket \(path): the kernel gave no credentials for the process listening on it")
+            throw ControlSocketError(path, .noPeerCredentials)
         }
         if let why = server.refusal {
-            throw RuntimeError("control socket \(path): not asking the process listening on it: \(why)")
+            throw ControlSocketError(path, .untrustedPeer(why))
         }
         let line = Array(try ControlServer.encode(request)) + [0x0A]
         guard line.withUnsafeBytes({ send(fd, $0.baseAddress, line.count, Int32(MSG_NOSIGNAL)) }) == line.count else {
-            throw RuntimeError("control socket \(path): send: \(String(cString: strerror(errno)))")
+            throw ControlSocketError(path, .send(errno: errno))
         }
         var out: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65536)
         while !out.contains(0x0A) {
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
             if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw RuntimeError("control socket \(path): no answer: \(String(cString: strerror(errno)))") }
+            if n < 0 { throw ControlSocketError(path, .noAnswer(errno: errno)) }
             if n == 0 { break }
             out.append(contentsOf: chunk[0..<n])
         }
-        guard let nl = out.firstIndex(of: 0x0A) else { throw RuntimeError("control socket \(path): closed without an answer") }
+        guard let nl = out.firstIndex(of: 0x0A) else { throw ControlSocketError(path, .closedWithoutAnswer) }
         return String(decoding: out[..<nl], as: UTF8.self)
     }
 }

@@ -5,19 +5,13 @@ import CWarmstartShim
 import Logging
 import WarmstartBus
 import WarmstartDatapath
+import WarmstartHandoff
 
 /// Hot upgrade, old process side (Docs/HANDOFF.md): the donor hooks backed by this runtime, and
 /// the `handoff` command on its control socket.
 extension Runtime {
     /// Configuration names the new process reads (RuntimeTakeover).
-    enum HandoffKeys {
-        static let ports = "ports"
-        static let forward = "forward"
-        static let cores = "cores"
-        static let txSize = "tx-size"
-        static let controlFD = "control-fd"
-        static let controlPath = "control-path"
-    }
+    typealias HandoffKeys = HandoffConfiguration.Keys
 
     /// Registers `{"cmd":"handoff"}` on `server`: each such connection is served by the donor on
     /// its own thread (one handoff at a time; the donor refuses a second one and says why).
@@ -61,25 +55,25 @@ extension Runtime {
         }
         let deadline = ws_monotonic_ns() + 1_000_000_000
         while true {
-            let (settled, problem): (Bool, String?) = bus.sync { [bus, vhostUser] in
+            let (settled, problem): (Bool, RuntimeError?) = bus.sync { [bus, vhostUser] in
                 let accepts = bus.acceptingFrozenState()
                 if let name = accepts.raced.first {
-                    return (true, "port '\(name)': a front-end connected while freezing; try the handoff again")
+                    return (true, .connectedWhileFreezing(port: name))
                 }
                 var settled = accepts.settled
                 for d in bus.devices where d.kind == .vhostUser || d.kind == .vhostUserClient {
                     let s = vhostUser.frozenState(d)
                     if s.settled && !s.atBoundary {
-                        return (true, "port '\(d.name)': a vhost-user message arrived while freezing; try the handoff again")
+                        return (true, .messageWhileFreezing(port: d.name))
                     }
                     settled = settled && s.settled
                 }
                 return (settled, nil)
             }
-            if let problem { throw RuntimeError(problem) }
+            if let problem { throw problem }
             if settled { return }
             if ws_monotonic_ns() > deadline {
-                throw RuntimeError("a receive or accept was still outstanding 1 s after cancelling it")
+                throw RuntimeError.freezeTimedOut(seconds: 1)
             }
             usleep(100)
         }
@@ -102,7 +96,7 @@ extension Runtime {
                 case .tap:
                     builder.addTapPort(name: d.name, interface: d.spec.path, fds: d.fd >= 0 ? [d.fd] : [], counters: counters)
                 case .virtioUser:
-                    return .failure(RuntimeError("port '\(d.name)': virtio-user ports cannot be handed over yet"))
+                    return .failure(.cannotHandOver(port: d.name, kind: "virtio-user"))
                 }
             }
             return .success(builder)

@@ -10,6 +10,7 @@ import CWarmstartShim
 import Logging
 import WarmstartBus
 import WarmstartDatapath
+import WarmstartIO
 import WarmstartSnapshot
 import WarmstartVhostUser
 
@@ -79,10 +80,14 @@ public final class Runtime: @unchecked Sendable {
         self.memory = memory
         self.recorder = recorder
         self.logger = logger
-        do {
-            bus = try prebuilt ?? Bus(ports: options.ports, forceFallback: options.forceFallbackIO, bootOriginNs: recorder.clock.originNs)
-        } catch {
-            throw RuntimeError("cannot create the control loop: \(error)")
+        if let prebuilt {
+            bus = prebuilt
+        } else {
+            do throws(IOError) {
+                bus = try Bus(ports: options.ports, forceFallback: options.forceFallbackIO, bootOriginNs: recorder.clock.originNs)
+            } catch {
+                throw RuntimeError.controlLoop(error)
+            }
         }
         let cpus = Self.cpus(forThreads: options.cores)
         datapath = Datapath(pool: memory.mbufPool, ports: bus.devices.map(\.name),
@@ -129,7 +134,7 @@ public final class Runtime: @unchecked Sendable {
         server.register("devices") { [unowned self] _ in try ControlServer.encode(self.deviceTimings()) }
         server.register("report") { [unowned self] _ in
             guard let report = self.reportLock.locked({ self.reportSource })?() else {
-                throw RuntimeError("the boot report is not ready yet")
+                throw RuntimeError.reportNotReady
             }
             return try ControlServer.encode(report)
         }
@@ -243,10 +248,4 @@ public final class Runtime: @unchecked Sendable {
             if sig > 0 { return sig }
         }
     }
-}
-
-/// A runtime error that names the thing and the reason.
-public struct RuntimeError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
 }

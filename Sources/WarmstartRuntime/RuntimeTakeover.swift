@@ -5,6 +5,7 @@ import CWarmstartShim
 import Logging
 import WarmstartBus
 import WarmstartDatapath
+import WarmstartHandoff
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot

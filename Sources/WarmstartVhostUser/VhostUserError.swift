@@ -72,13 +72,15 @@ public struct VhostUserError: Error, Sendable, Equatable, CustomStringConvertibl
         }
 
         /// Header-level and transport errors leave the stream unusable; everything else is about one
-        /// well-framed message and the session goes on.
+        /// well-framed message and the session goes on. Every case is named: a new one must be
+        /// classified here, not fall through.
         public var isFatal: Bool {
             switch self {
             case .shortHeader, .badVersion, .reservedFlags, .replyFlagOnRequest, .replyFlagMissing,
                  .oversize, .connectionClosed, .io, .fdsTruncated:
                 return true
-            default:
+            case .unknownRequest, .unsupported, .payloadSize, .unexpectedFDs, .fdCount, .reservedBits, .queueIndex,
+                 .tooManyRegions, .invalid, .notNegotiated, .memory, .ring, .unexpectedReply, .peerFailed, .missingFeatures:
                 return false
             }
         }

@@ -4,8 +4,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import WarmstartBus
-import WarmstartMemory
+import WarmstartBench
 import WarmstartRuntime
 
 extension BenchOptions.Mode: ExpressibleByArgument {}
@@ -64,7 +63,7 @@ struct BenchCommand: ParsableCommand {
         do {
             r = try Bench.run(o) { line in if !json { print(line) } }
         } catch {
-            throw CLIError("bench: \(error)")
+            throw CLIError.bench(error)
         }
         if json {
             let enc = JSONEncoder()

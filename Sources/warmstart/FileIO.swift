@@ -2,8 +2,6 @@ import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
-import WarmstartPools
-import WarmstartSnapshot
 
 /// Writes a whole file (0644), naming the path in any error.
 func writeFile(_ path: String, _ bytes: [UInt8]) throws {
@@ -13,7 +11,7 @@ func writeFile(_ path: String, _ bytes: [UInt8]) throws {
         defer { try? fd.close() }
         _ = try bytes.withUnsafeBytes { try fd.writeAll($0) }
     } catch {
-        throw CLIError("cannot write \(path): \(error)")
+        throw CLIError.write(path: path, error)
     }
 }
 
@@ -31,7 +29,7 @@ func readFile(_ path: String) throws -> [UInt8] {
         }
         return out
     } catch {
-        throw CLIError("cannot read \(path): \(error)")
+        throw CLIError.read(path: path, error)
     }
 }
 

@@ -1,29 +1,9 @@
 import ArgumentParser
-import WarmstartMemory
-import WarmstartPools
 import WarmstartRuntime
-import WarmstartSnapshot
 
 /// A byte size: "1048576", "512K", "64M", "2G" (binary units).
-struct ByteSize: ExpressibleByArgument {
-    let bytes: Int
-    init?(argument: String) {
-        var t = argument.uppercased()
-        if t.hasSuffix("IB") { t.removeLast(2) } else if t.hasSuffix("B") { t.removeLast() }
-        var mult = 1
-        switch t.last {
-        case "K": mult = 1 << 10
-        case "M": mult = 1 << 20
-        case "G": mult = 1 << 30
-        case "T": mult = 1 << 40
-        default: break
-        }
-        if mult > 1 { t.removeLast() }
-        guard let n = Int(t), n > 0 else { return nil }
-        let (v, o) = n.multipliedReportingOverflow(by: mult)
-        guard !o else { return nil }
-        bytes = v
-    }
+extension ByteSize: ExpressibleByArgument {
+    public init?(argument: String) { self.init(parsing: argument) }
 }
 
 extension HugepageMode: ExpressibleByArgument {}
@@ -38,9 +18,9 @@ struct LayoutOptions: ParsableArguments {
     @Option(help: "Number of mbufs in the pool.")
     var mbufs: Int = 131_072
     @Option(name: .customLong("data-room"), help: "Data room per mbuf, bytes.")
-    var dataRoom: Int = MbufLayout.defaultDataRoom
+    var dataRoom: Int = PoolLayout.defaultDataRoom
     @Option(help: "Headroom per mbuf, bytes.")
-    var headroom: Int = MbufLayout.defaultHeadroom
+    var headroom: Int = PoolLayout.defaultHeadroom
     @Option(name: .customLong("cache-size"), help: "Per-thread mbuf cache size.")
     var cacheSize: Int = 256
     @Option(help: "Total memory (e.g. 2G): at least what the pool needs; the rest is a general-purpose region.")
@@ -50,9 +30,10 @@ struct LayoutOptions: ParsableArguments {
     @Option(help: "Hugepages: auto (use them when free), require, off.")
     var hugepages: HugepageMode = .auto
 
-    func snapshotConfig() throws -> SnapshotConfig {
-        let pool = MbufPoolConfig(count: mbufs, headroom: headroom, dataRoom: dataRoom, cacheSize: cacheSize)
-        do { try pool.validate() } catch { throw ValidationError("\(error)") }
-        return SnapshotConfig(pool: pool, memoryBytes: memory?.bytes)
+    /// The pool lay-out, checked (a bad field is a usage error).
+    func poolLayout() throws -> PoolLayout {
+        let layout = PoolLayout(mbufs: mbufs, dataRoom: dataRoom, headroom: headroom, cacheSize: cacheSize, memoryBytes: memory?.bytes)
+        do { try layout.validate() } catch { throw ValidationError("\(error)") }
+        return layout
     }
 }

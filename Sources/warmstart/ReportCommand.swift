@@ -29,7 +29,7 @@ struct ReportCommand: ParsableCommand {
             let path = file!
             let bytes = try readFile(path)
             do { report = try BootReport.decode(Data(bytes)) } catch {
-                throw CLIError("\(path) is not a Warmstart boot report: \(error)")
+                throw CLIError.notABootReport(path: path, error)
             }
         }
         print(report.renderText(), terminator: "")

@@ -8,11 +8,7 @@ import Foundation
 import Glibc
 #endif
 import Logging
-import WarmstartBus
-import WarmstartDatapath
-import WarmstartMemory
 import WarmstartRuntime
-import WarmstartSnapshot
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -47,7 +43,7 @@ struct Run: ParsableCommand {
     @Option(help: "Polling threads, pinned to the last N CPUs.")
     var cores: Int = 1
     @Option(name: .customLong("device-wait"), help: "With --boot-only: seconds to wait for every device to be started or failed.")
-    var deviceWait: Double = Bus.defaultDeviceWaitSeconds
+    var deviceWait: Double = RuntimeOptions.defaultDeviceWaitSeconds
     @Option(help: "Forward for this many seconds, then print the counters and exit (default: until SIGINT/SIGTERM).")
     var duration: Double?
     @Option(help: "Serve the control socket (JSON lines; `warmstart stats --control PATH`) at this path.")
@@ -64,9 +60,7 @@ struct Run: ParsableCommand {
 
     func portSpecs() throws -> [PortSpec] {
         do {
-            var specs = try ports.map { p throws(PortSpecError) in try PortSpec.parse(p) }
-            if let config { specs += try PortSpec.loadConfig(path: config) }
-            return specs
+            return try PortSpec.parse(ports, config: config)
         } catch {
             throw ValidationError(error.description)
         }
@@ -90,23 +84,17 @@ struct Run: ParsableCommand {
         let clock = BootClock(environment: ProcessInfo.processInfo.environment)
         let recorder = PhaseRecorder(clock: clock)
         recorder.record("process-start", startNs: clock.originNs, endNs: clock.mainNs, work: "exec → main")
-        let cfg = try layout.snapshotConfig()
-        var path = snapshot
-        if path == nil && !noSnapshot {
-            let need = cfg.estimatedBytes
-            path = DefaultSnapshot.path(hugepages: layout.hugepages, bytesNeeded: need)
-        }
-        let options = MemoryOptions(snapshot: cfg, hugepages: layout.hugepages, pageSize: layout.pageSize,
-                                    snapshotPath: noSnapshot ? nil : path, createIfMissing: true,
-                                    fallback: snapshotFallback)
+        let poolLayout = try layout.poolLayout()
         let live: LiveMemory
         let snap: BootReport.Snapshot
         do {
-            (live, snap) = try MemoryBoot.boot(options, recorder: recorder) { warning in
+            (live, snap) = try MemoryBoot.boot(layout: poolLayout, hugepages: layout.hugepages, pageSize: layout.pageSize,
+                                               snapshotPath: snapshot, noSnapshot: noSnapshot, fallback: snapshotFallback,
+                                               recorder: recorder) { warning in
                 FileHandleStderr.write("warmstart: warning: \(warning)\n")
             }
         } catch {
-            throw CLIError("\(error)")
+            throw CLIError.boot(error)
         }
         if specs.isEmpty {
             return try runWithoutPorts(live: live, snapshot: snap, recorder: recorder, clock: clock)
@@ -140,7 +128,7 @@ struct Run: ParsableCommand {
             runtime.enableVirtioUserPorts()
             try runtime.start()
         } catch {
-            throw CLIError("\(error)")
+            throw CLIError.start(error)
         }
         defer { runtime.stop() }
         func report() -> BootReport {
@@ -177,7 +165,7 @@ extension ForwardMode: ExpressibleByArgument {}
 func writeReports(_ report: BootReport, json: String?, svg: String?) throws {
     if let json {
         let data: Data
-        do { data = try report.jsonData() } catch { throw CLIError("cannot encode the report: \(error)") }
+        do { data = try report.jsonData() } catch { throw CLIError.encodeReport(error) }
         try writeFile(json, Array(data) + [0x0A])
     }
     if let svg { try writeFile(svg, Array(report.renderSVG().utf8)) }

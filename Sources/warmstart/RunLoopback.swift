@@ -1,6 +1,6 @@
 import ArgumentParser
+import WarmstartBench
 import WarmstartRuntime
-import WarmstartSnapshot
 
 extension Run {
     /// `warmstart run` with no port (and no --boot-only): the self-contained main job. Boots as
@@ -15,7 +15,7 @@ extension Run {
         do {
             r = try SelfLoopback.run(memory: live, recorder: recorder, duration: seconds) { print($0) }
         } catch {
-            throw CLIError("self-contained loopback: \(error)")
+            throw CLIError.loopback(error)
         }
         let report = BootReport(phases: recorder.phases, totalMs: r.readyMs,
                                 memory: MemoryBoot.memorySection(live, mode: layout.hugepages), snapshot: snap,

@@ -2,9 +2,7 @@ import ArgumentParser
 #if canImport(Glibc)
 import Glibc
 #endif
-import WarmstartMemory
 import WarmstartRuntime
-import WarmstartSnapshot
 
 struct SnapshotCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -22,18 +20,14 @@ struct SnapshotCommand: ParsableCommand {
         var out: String
 
         func run() throws {
-            let cfg = try layout.snapshotConfig()
-            var lines: [String] = []
+            let poolLayout = try layout.poolLayout()
+            let lines: [String]
             do {
-                let l = try SnapshotWriter.create(path: out, config: cfg, pageSize: layout.pageSize,
-                                                  createdUnixSeconds: UInt64(time(nil))) { name, t0, t1, work in
-                    lines.append("  \(name): \(work), \(Double(t1 - t0) / 1e6) ms")
-                }
-                print("created \(out): \(cfg.pool.count) mbufs of \(cfg.pool.elementSize) bytes, \(l.memoryBytes) bytes in \(l.regions.count) regions, \(l.pageSize) pages")
-                lines.forEach { print($0) }
+                lines = try SnapshotFiles.create(path: out, layout: poolLayout, pageSize: layout.pageSize)
             } catch {
-                throw CLIError("\(error)")
+                throw CLIError.snapshot(error)
             }
+            lines.forEach { print($0) }
         }
     }
 
@@ -42,7 +36,7 @@ struct SnapshotCommand: ParsableCommand {
         @Argument var path: String
         @Flag var json = false
         func run() throws {
-            do { printReport(try SnapshotVerifier.inspect(path: path), json: json) } catch { throw CLIError("\(error)") }
+            do { printReport(try SnapshotFiles.inspect(path: path), json: json) } catch { throw CLIError.snapshot(error) }
         }
     }
 
@@ -52,7 +46,7 @@ struct SnapshotCommand: ParsableCommand {
         @Flag var json = false
         func run() throws {
             let report: SnapshotReport
-            do { report = try SnapshotVerifier.verify(path: path) } catch { throw CLIError("\(error)") }
+            do { report = try SnapshotFiles.verify(path: path) } catch { throw CLIError.snapshot(error) }
             printReport(report, json: json)
             if !report.ok { throw ExitCode(1) }
         }
@@ -61,11 +55,4 @@ struct SnapshotCommand: ParsableCommand {
 
 func printReport(_ r: SnapshotReport, json: Bool) {
     print(json ? SnapshotReportText.json(r) : SnapshotReportText.text(r))
-}
-
-/// An error printed as `warmstart: <text>` with exit status 1 (no usage dump: the input was fine,
-/// the thing it named was not).
-struct CLIError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
 }

@@ -32,13 +32,13 @@ struct StatsCommand: ParsableCommand {
 /// returns it with the raw JSON line. Every failure names the socket and the reason.
 func askControl<T: Decodable>(_ path: String, _ cmd: String, as type: T.Type) throws -> (result: T, line: String) {
     let line: String
-    do { line = try ControlClient.request(path: path, ControlRequest(cmd: cmd)) } catch { throw CLIError("\(error)") }
+    do { line = try ControlClient.request(path: path, ControlRequest(cmd: cmd)) } catch { throw CLIError.control(error) }
     let answer: ControlAnswer<T>
     do { answer = try JSONDecoder().decode(ControlAnswer<T>.self, from: Data(line.utf8)) } catch {
-        throw CLIError("control socket \(path): the answer to '\(cmd)' is not the expected JSON: \(line.prefix(200))")
+        throw CLIError.controlAnswer(path: path, command: cmd, line: line)
     }
     guard answer.ok, let result = answer.result else {
-        throw CLIError("control socket \(path): \(answer.error ?? "request failed")")
+        throw CLIError.controlRefused(path: path, reason: answer.error)
     }
     return (result, line)
 }

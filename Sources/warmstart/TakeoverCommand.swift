@@ -7,7 +7,6 @@ import Foundation
 import Glibc
 #endif
 import Logging
-import CWarmstartShim
 import WarmstartRuntime
 
 extension Run {
@@ -19,35 +18,16 @@ extension Run {
         let clock = BootClock(environment: ProcessInfo.processInfo.environment)
         let recorder = PhaseRecorder(clock: clock)
         recorder.record("process-start", startNs: clock.originNs, endNs: clock.mainNs, work: "exec → main")
-        let env = ProcessInfo.processInfo.environment
-        var options = HandoffTakerOptions()
-        if let f = env["WARMSTART_HANDOFF_FAULT"] {
-            guard let fault = HandoffFault(parsing: f) else {
-                throw CLIError("WARMSTART_HANDOFF_FAULT=\(f): expected kill|crash|hang|fail:STEP")
-            }
-            options.fault = fault
-        }
-        let takeover = RuntimeTakeover(recorder: recorder,
-                                       overrides: .init(controlPath: control, durationSeconds: duration))
-        let startNs = ws_monotonic_ns()
-        let handoff: HandoffReport
+        let (runtime, handoff): (Runtime, HandoffReport)
         do {
-            let ch = try HandoffChannel.connectUpgrading(path: path)
-            handoff = try HandoffTaker.takeover(channel: ch, hooks: takeover.hooks(), options: options,
-                                                log: { FileHandleStderr.write("warmstart: \($0)\n") }, startNs: startNs)
+            (runtime, handoff) = try RuntimeTakeover.run(from: path, recorder: recorder,
+                                                         overrides: .init(controlPath: control, durationSeconds: duration),
+                                                         environment: ProcessInfo.processInfo.environment,
+                                                         log: { FileHandleStderr.write("warmstart: \($0)\n") })
         } catch {
-            let consequence: String
-            switch error.step {
-            case .hello: consequence = "nothing changed"
-            case .resume, .oldExit: consequence = "this was after the commit: the old process has released the ports"
-            default: consequence = "the running process resumes forwarding"
-            }
-            throw CLIError("takeover from \(path) failed at step '\(error.step.rawValue)': \(error.reason); \(consequence)")
+            throw CLIError.takeover(error)
         }
-        guard let runtime = takeover.runtime else { throw CLIError("takeover from \(path): no runtime after the commit") }
         defer { runtime.stop() }
-        recorder.record("handoff", startNs: startNs, endNs: ws_monotonic_ns(),
-                        work: "\(runtime.bus.devices.count) ports, blackout \(handoff.blackoutMs.map { "\(($0 * 100).rounded() / 100) ms" } ?? "unknown")")
         func report() -> BootReport {
             BootReport(phases: recorder.phases, totalMs: clock.nowMs(),
                        memory: MemoryBoot.memorySection(runtime.memory, mode: layout.hugepages),

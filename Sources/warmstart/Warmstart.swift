@@ -1,5 +1,5 @@
 import ArgumentParser
-import WarmstartVhostUser
+import WarmstartRuntime
 
 @main
 struct Warmstart: ParsableCommand {
@@ -12,7 +12,7 @@ struct Warmstart: ParsableCommand {
 
     static func main() {
         // Before anything opens a socket: a peer that goes away must not kill the process.
-        ignoreBrokenPipeSignals()
+        Runtime.ignoreBrokenPipes()
         main(nil)
     }
 }

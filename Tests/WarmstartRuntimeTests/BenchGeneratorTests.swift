@@ -5,7 +5,8 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVirtio
-@_spi(Benchmarks) @testable import WarmstartRuntime
+@_spi(Benchmarks) @testable import WarmstartBench
+@testable import WarmstartRuntime
 
 /// The generator's rounds (what `warmstart bench` sends) read back by the device side of the
 /// transmit ring in this process: the frame size asked for, the Ethernet header, and on one frame

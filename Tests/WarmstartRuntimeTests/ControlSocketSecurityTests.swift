@@ -88,7 +88,7 @@ final class ControlSocketSecurityTests: XCTestCase {
             let rc = withUnsafePointer(to: &addr) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
             }
-            guard rc == 0 else { close(fd); throw RuntimeError("connect: \(errno)") }
+            guard rc == 0 else { let e = errno; close(fd); throw ControlSocketError(path, .connect(errno: e)) }
             return fd
         }
         let silent = try connectRaw()

@@ -4,6 +4,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+@testable import WarmstartHandoff
 
 /// The guest side: a split RX ring (vring 0) and TX ring (vring 1) in guest memory, a pool of TX
 /// packets there, 256 RX buffers kept posted. Packets carry a sequence number at byte 14.

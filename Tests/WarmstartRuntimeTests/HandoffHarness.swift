@@ -7,6 +7,7 @@ import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartRuntime
+@testable import WarmstartHandoff
 
 // Two "processes" in one: a guest (HandoffGuest.swift: virtio driver rings in its own memfd, a
 // VhostUserFrontend on a socket) and backends (a session, a Datapath with polling threads, a vhost queue pair as a

@@ -4,6 +4,7 @@ import XCTest
 import Glibc
 #endif
 @testable import WarmstartRuntime
+@testable import WarmstartHandoff
 
 /// Issue 12, defect 6: both sides of a handoff learn who the other is from the kernel, and refuse a
 /// peer of another user (root aside), whatever its messages say.

@@ -4,6 +4,7 @@ import XCTest
 import Logging
 import WarmstartVhostUser
 @testable import WarmstartRuntime
+@testable import WarmstartHandoff
 
 /// Hot upgrade across real processes: this test process is the guest and the old backend, serving
 /// handoffs on a unix control socket; the new backend is a child process (this test binary again,

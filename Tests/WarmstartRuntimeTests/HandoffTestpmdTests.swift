@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 @testable import WarmstartRuntime
+@testable import WarmstartHandoff
 
 /// DPDK's testpmd (virtio-user) as the guest: it negotiates with this process's backend, loops
 /// packets through it (io forwarding, --tx-first), and the backend is handed to a child process

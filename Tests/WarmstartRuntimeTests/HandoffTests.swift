@@ -4,6 +4,7 @@ import XCTest
 import WarmstartDatapath
 import WarmstartVhostUser
 @testable import WarmstartRuntime
+@testable import WarmstartHandoff
 
 /// Hot upgrade in one process: a guest keeps sending through a backend while the backend is handed
 /// over (real socket, real SCM_RIGHTS, fresh mappings in the new backend); every packet sent comes

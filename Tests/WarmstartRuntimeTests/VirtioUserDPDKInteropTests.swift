@@ -6,6 +6,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
 @testable import WarmstartRuntime
+@testable import WarmstartBench
 
 /// Warmstart's virtio-user front-end against DPDK's vhost back-end (dpdk-testpmd net_vhost,
 /// --forward-mode=macswap): split and packed rings, both socket directions, 64 to 9000 B frames.

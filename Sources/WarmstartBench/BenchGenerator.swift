@@ -221,11 +221,11 @@ public final class Generator {
     /// second) or the bus revokes `lease` (the port is being torn down: the queues are not
     /// touched again, and the run ends with the reason).
     func run(setupMs: Double, lease: QueueLease, progress: (String) -> Void, alive: () -> Bool) throws -> BenchResult {
-        guard lease.acquire() else { throw BenchError("the back-end went away before the run") }
+        guard lease.acquire() else { throw BenchError.backendGoneBeforeRun }
         defer { lease.release() }
         // One load per round, no reference counting: the flag's word, when the memory can shrink.
         let faultWord = q.memoryFault.map { UnsafePointer($0.words) }
-        var failure: String?
+        var failure: BenchError?
         let start = ws_monotonic_ns()
         c.pointee.start = start
         let end = start + UInt64(o.duration * 1e9)
@@ -237,12 +237,12 @@ public final class Generator {
         while true {
             let now = ws_monotonic_ns()
             if now >= end { break }
-            if lease.revoked { failure = "the back-end went away during the run"; break }
-            if let w = faultWord, ws_load_relaxed_u64(w) != 0 { failure = memoryLost(q.memoryFault!); break }
+            if lease.revoked { failure = .backendGoneDuringRun; break }
+            if let w = faultWord, ws_load_relaxed_u64(w) != 0 { failure = .memoryLost(memoryLost(q.memoryFault!)); break }
             _ = round(now: now)
             iterations &+= 1
             if iterations & 1023 == 0 && now >= nextReport {
-                if !alive() { failure = "the back-end went away during the run"; break }
+                if !alive() { failure = .backendGoneDuringRun; break }
                 let tx = c.pointee.tx, rxCount = c.pointee.rx
                 let counted = o.mode == .loopback ? rxCount - lastRx : tx - lastTx
                 if o.mode == .loopback && rxCount == lastRx && tx > rxCount {
@@ -278,7 +278,7 @@ public final class Generator {
         }
         let rxCount = c.pointee.rx
         cache.flush()
-        if let failure { throw BenchError(failure) }
+        if let failure { throw failure }
         if getenv("WARMSTART_BENCH_DEBUG") != nil {
             let line = "pool: in use \(pool.inUseCount) bad frees \(pool.badFreeCount) double frees \(pool.doubleFreeCount) q errors \(q.errorCount) kicks \(q.kickCount)\n"
             _ = line.withCString { fputs($0, stderr) }
@@ -335,11 +335,11 @@ final class Sink {
         let max = min(o.burst, q.rx.size)
         let rx = UnsafeMutablePointer<Mbuf>.allocate(capacity: max)
         defer { rx.deallocate() }
-        guard lease.acquire() else { throw BenchError("the back-end went away before the run") }
+        guard lease.acquire() else { throw BenchError.backendGoneBeforeRun }
         defer { lease.release() }
         // One load per round, no reference counting: the flag's word, when the memory can shrink.
         let faultWord = q.memoryFault.map { UnsafePointer($0.words) }
-        var failure: String?
+        var failure: BenchError?
         var rxCount: UInt64 = 0, rxBytes: UInt64 = 0, lastRx: UInt64 = 0
         let start = ws_monotonic_ns()
         let end = start + UInt64(o.duration * 1e9)
@@ -358,8 +358,8 @@ final class Sink {
                 now = ws_monotonic_ns()
                 if now >= end { break }
             }
-            if lease.revoked { failure = "the back-end went away during the run"; break }
-            if let w = faultWord, ws_load_relaxed_u64(w) != 0 { failure = memoryLost(q.memoryFault!); break }
+            if lease.revoked { failure = .backendGoneDuringRun; break }
+            if let w = faultWord, ws_load_relaxed_u64(w) != 0 { failure = .memoryLost(memoryLost(q.memoryFault!)); break }
             let n = q.receiveBurst(into: rx, max: max, cache: cache)
             if n > 0 {
                 if stamped { now = ws_monotonic_ns() }
@@ -368,7 +368,7 @@ final class Sink {
             }
             iterations &+= 1
             if iterations & 1023 == 0 && now >= nextReport {
-                if !alive() { failure = "the back-end went away during the run"; break }
+                if !alive() { failure = .backendGoneDuringRun; break }
                 samples.append(Double(rxCount - lastRx) / 1e6)
                 if o.duration > 3 {
                     let secs = Double(now - start) / 1e9
@@ -380,7 +380,7 @@ final class Sink {
         }
         let elapsed = Double(ws_monotonic_ns() - start) / 1e9
         cache.flush()
-        if let failure { throw BenchError(failure) }
+        if let failure { throw failure }
         let us = { (v: UInt64?) in v.map { Double($0) / 1000 } }
         return BenchResult(backend: o.backend.rawValue, layout: o.packed ? "packed" : "split", mode: o.mode.rawValue,
                            frameBytes: o.size, burst: o.burst, seconds: elapsed, txPackets: 0, rxPackets: rxCount,

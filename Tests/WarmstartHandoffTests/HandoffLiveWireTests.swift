@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 import WarmstartDatapath
 import WarmstartVhostUser
-@testable import WarmstartRuntime
+@testable import WarmstartHandoff
 
 /// The one document that crosses inside the blackout (`quiesced`, binary from 1.2), and the
 /// blackout figure the new process computes from it.

@@ -5,6 +5,7 @@ import WarmstartBus
 import WarmstartDatapath
 import WarmstartPools
 import WarmstartSnapshot
+@testable import WarmstartBench
 @testable import WarmstartRuntime
 
 /// The sink direction of `warmstart bench`: the back-end generates, Warmstart's front-end receives

@@ -16,7 +16,7 @@ import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVirtio
 import WarmstartDatapath
-@_spi(Benchmarks) import WarmstartRuntime
+@_spi(Benchmarks) import WarmstartBench
 
 /// One ring's device side, reduced to what a polling back-end does for the driver: ask for no
 /// kicks, take the available chains in order, mark them used in order.

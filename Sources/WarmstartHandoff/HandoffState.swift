@@ -25,6 +25,19 @@ public struct HandoffConfiguration: Codable, Sendable, Equatable {
     public init(arguments: [String] = [], values: [String: String] = [:]) { self.arguments = arguments; self.values = values }
 }
 
+extension HandoffConfiguration {
+    /// The names of the settings a runtime passes on (read back by the new process, checked by
+    /// `HandoffState.validate`).
+    public enum Keys {
+        public static let ports = "ports"
+        public static let forward = "forward"
+        public static let cores = "cores"
+        public static let txSize = "tx-size"
+        public static let controlFD = "control-fd"
+        public static let controlPath = "control-path"
+    }
+}
+
 public struct HandoffRegionState: Codable, Sendable, Equatable {
     public var name: String
     public var fd: Int

@@ -3,7 +3,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
-@testable import WarmstartRuntime
+@testable import WarmstartHandoff
 
 /// A pool whose control block and ring live in a private region (issue 12) crosses a handoff with
 /// that region: the new process attaches it with its live ring, and still shares only the packet

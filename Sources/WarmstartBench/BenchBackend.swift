@@ -30,7 +30,7 @@ public final class ChildProcess: @unchecked Sendable {
         defer { for p in cargs { free(p) } }
         var p: pid_t = 0
         let rc = posix_spawn(&p, argv[0], &actions, nil, &cargs, environ)
-        guard rc == 0 else { throw BenchError("cannot start \(argv[0]): \(String(cString: strerror(rc)))") }
+        guard rc == 0 else { throw BenchError.spawn(program: argv[0], errno: rc) }
         pid = p
     }
 
@@ -172,11 +172,6 @@ public struct Testpmd: Sendable {
         guard n > 0 else { return nil }
         return Int(String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters())
     }
-}
-
-public struct BenchError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ d: String) { description = d }
 }
 
 extension String {

@@ -8,6 +8,7 @@ import WarmstartBus
 import WarmstartDatapath
 import WarmstartMemory
 import WarmstartPools
+import WarmstartRuntime
 import WarmstartSnapshot
 #if canImport(Glibc)
 import Glibc
@@ -103,11 +104,11 @@ public enum Bench {
 
     /// Runs one benchmark. `progress` gets a line once a second for runs longer than 3 s.
     public static func run(_ o: BenchOptions, progress: (String) -> Void = { _ in }) throws -> BenchResult {
-        guard o.size >= 60, o.size <= 9216 else { throw BenchError("--size must be 60...9216 bytes") }
-        guard o.burst >= 1, o.burst <= 256 else { throw BenchError("--burst must be 1...256") }
+        guard o.size >= 60, o.size <= 9216 else { throw BenchError.frameSize(o.size) }
+        guard o.burst >= 1, o.burst <= 256 else { throw BenchError.burst(o.burst) }
         if let n = o.inflight {
-            guard n >= 0 else { throw BenchError("--inflight \(n): must be 0 (no limit) or a number of frames") }
-            guard o.mode == .loopback else { throw BenchError("--inflight applies to --mode loopback only (this run is \(o.mode.rawValue))") }
+            guard n >= 0 else { throw BenchError.inflight(n) }
+            guard o.mode == .loopback else { throw BenchError.inflightNeedsLoopback(mode: o.mode.rawValue) }
         }
         // Memory as the runtime lays it out: a pool region and a general-purpose region, both
         // shared with the back-end.
@@ -127,7 +128,7 @@ public enum Bench {
         let argv: [String]
         switch o.backend {
         case .dpdk:
-            if let why = Testpmd.unavailableReason() { throw BenchError("--backend dpdk: \(why)") }
+            if let why = Testpmd.unavailableReason() { throw BenchError.testpmdUnavailable(why) }
             let forward = ["oneway": "rxonly", "loopback": "macswap", "sink": "txonly"][o.mode.rawValue]!
             // txonly: frames of --size bytes in bursts of --burst; mbufs big enough for one frame.
             // (--mbuf-size before --txpkts: testpmd checks the segment length against it.)
@@ -177,7 +178,7 @@ extension Bench {
     public static func drive(memory live: LiveMemory, socket sock: String, options o: BenchOptions, startNs t0: UInt64,
                              progress: (String) -> Void = { _ in }, backendAlive: @escaping () -> Bool = { true },
                              backendLog: () -> String = { "" }) throws -> BenchResult {
-        guard let general = live.generalRegion else { throw BenchError("no general-purpose region for the rings") }
+        guard let general = live.generalRegion else { throw BenchError.noGeneralRegion }
         // testpmd needs the listening side up first; the Bus retries connects with
         // backoff, so starting both at once is fine.
         var spec = "virtio-user:\(sock),packed=\(o.packed ? 1 : 0),size=\(o.queueSize),backoff-min-ms=5,backoff-max-ms=50"
@@ -194,16 +195,16 @@ extension Bench {
         let deadline = ws_monotonic_ns() + 20_000_000_000
         while bus.snapshot()[0].state != .started {
             if !backendAlive() {
-                throw BenchError("the \(o.backend) back-end exited before the port started; its log:\n\(backendLog())")
+                throw BenchError.backendExited(backend: "\(o.backend)", log: backendLog())
             }
             if bus.snapshot()[0].state == .failed || ws_monotonic_ns() > deadline {
-                throw BenchError("port did not start: \(bus.snapshot()[0].reason ?? "timeout"); back-end log:\n\(backendLog())")
+                throw BenchError.portDidNotStart(reason: bus.snapshot()[0].reason, log: backendLog())
             }
             usleep(1000)
         }
         let setupMs = Double(ws_monotonic_ns() - t0) / 1e6
         guard let port = bus.devices[0].driverContext as? VirtioUserPort, let q = port.queues.first else {
-            throw BenchError("port started without queues")
+            throw BenchError.noQueues
         }
         _ = ws_pin_thread(Int32(o.cpu))
         // This thread drives the queue like a polling thread: its kicks go through the write

@@ -1,6 +1,7 @@
 import CWarmstartShim
 import WarmstartBus
 import WarmstartDatapath
+import WarmstartRuntime
 import WarmstartSnapshot
 #if canImport(Glibc)
 import Glibc
@@ -31,7 +32,7 @@ public enum SelfLoopback {
                            packed: Bool = false, progress: (String) -> Void = { _ in }) throws -> Result {
         var template = Array("/tmp/warmstart-loop-XXXXXX".utf8CString)
         guard let dirp = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw RuntimeError("cannot create a temp directory for the loopback socket: \(String(cString: strerror(errno)))")
+            throw BenchError.temporaryDirectory(errno: errno)
         }
         let dir = String(cString: dirp)
         let sock = dir + "/loop.sock"

@@ -85,13 +85,13 @@ extension HandoffState {
                 throw fail("port '\(p.name)': unknown kind '\(p.kind)'")
             }
         }
-        if let c = configuration.values[Runtime.HandoffKeys.cores], Int(c).map({ (1...1024).contains($0) }) != true {
+        if let c = configuration.values[HandoffConfiguration.Keys.cores], Int(c).map({ (1...1024).contains($0) }) != true {
             throw fail("cores '\(c)' is not a number in 1...1024")
         }
-        if let t = configuration.values[Runtime.HandoffKeys.txSize], Int(t).map({ (1...65536).contains($0) }) != true {
+        if let t = configuration.values[HandoffConfiguration.Keys.txSize], Int(t).map({ (1...65536).contains($0) }) != true {
             throw fail("tx-size '\(t)' is not a number in 1...65536")
         }
-        if let c = configuration.values[Runtime.HandoffKeys.controlFD] {
+        if let c = configuration.values[HandoffConfiguration.Keys.controlFD] {
             guard let i = Int(c) else { throw fail("control-fd '\(c)' is not a number") }
             try index(i, "the control socket")
         }

@@ -1,15 +1,15 @@
 import XCTest
 import WarmstartMemory
 import WarmstartPools
-@testable import WarmstartRuntime
+@testable import WarmstartHandoff
 
 /// Issue 12, defect 6: the handed-over state document is checked whole before anything in it is
 /// used; each absurd field is refused by name.
 final class HandoffStateValidationTests: XCTestCase {
     func sample() -> HandoffState {
         HandoffState(version: .current, donorPid: 1, describedAtNs: 0,
-                     configuration: HandoffConfiguration(values: [Runtime.HandoffKeys.cores: "2", Runtime.HandoffKeys.txSize: "64",
-                                                                  Runtime.HandoffKeys.controlFD: "4"]),
+                     configuration: HandoffConfiguration(values: [HandoffConfiguration.Keys.cores: "2", HandoffConfiguration.Keys.txSize: "64",
+                                                                  HandoffConfiguration.Keys.controlFD: "4"]),
                      fds: ["memory region 'pool'", "port 'a' listening socket", "port 'a' vhost-user connection", "port 't' TAP queue 0",
                            "control socket"],
                      regions: [HandoffRegionState(name: "pool", fd: 0, size: 8 << 20, fileOffset: 0, ioAddress: 0, pageSize: 4096,
@@ -53,9 +53,9 @@ final class HandoffStateValidationTests: XCTestCase {
         refused({ $0.ports[0].name = "a\u{1b}[2J" }, "control characters")
         refused({ $0.ports[0].kind = "floppy" }, "unknown kind")
         refused({ $0.ports[1].connectionFD = 4 }, "a TAP port with vhost-user descriptors")
-        refused({ $0.configuration.values[Runtime.HandoffKeys.cores] = "0" }, "cores '0'")
-        refused({ $0.configuration.values[Runtime.HandoffKeys.cores] = "99999999" }, "cores '99999999'")
-        refused({ $0.configuration.values[Runtime.HandoffKeys.txSize] = "-1" }, "tx-size '-1'")
-        refused({ $0.configuration.values[Runtime.HandoffKeys.controlFD] = "2" }, "descriptor index 2 is used twice")
+        refused({ $0.configuration.values[HandoffConfiguration.Keys.cores] = "0" }, "cores '0'")
+        refused({ $0.configuration.values[HandoffConfiguration.Keys.cores] = "99999999" }, "cores '99999999'")
+        refused({ $0.configuration.values[HandoffConfiguration.Keys.txSize] = "-1" }, "tx-size '-1'")
+        refused({ $0.configuration.values[HandoffConfiguration.Keys.controlFD] = "2" }, "descriptor index 2 is used twice")
     }
 }

@@ -5,6 +5,7 @@ import WarmstartBus
 import WarmstartDatapath
 import WarmstartPools
 import WarmstartSnapshot
+@testable import WarmstartBench
 @testable import WarmstartRuntime
 
 /// A back-end that goes away in the middle of `warmstart bench`: the bus tears the port down (its

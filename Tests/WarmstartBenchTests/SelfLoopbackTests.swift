@@ -3,6 +3,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
+@testable import WarmstartBench
 @testable import WarmstartRuntime
 
 /// The self-contained loopback: the runtime's vhost-user back-end and Warmstart's virtio-user

@@ -1,7 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
-@testable import WarmstartRuntime
+@testable import WarmstartHandoff
 
 /// The wire format alone: frames, descriptor batches, versions, garbage.
 final class HandoffWireTests: XCTestCase {
