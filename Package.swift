@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 // Warmstart: a fast-boot packet-processing runtime.
 // One module per layer; dependencies point one way:
-// memory → pools → snapshot → io/bus → virtio → vhost-user → datapath → runtime → CLI.
+// memory → pools → snapshot → io/bus → virtio → vhost-user → engine → ports → runtime → CLI.
 import PackageDescription
 
 // Release: -Ounchecked, and no dynamic exclusivity checks (the hot path's per-thread classes,
@@ -33,14 +33,21 @@ let package = Package(
         .target(name: "WarmstartSnapshot", dependencies: ["WarmstartMemory", "WarmstartPools"], swiftSettings: release),
         .target(name: "WarmstartIO", dependencies: ["CLibURing", "CWarmstartShim",
                                                     .product(name: "SystemPackage", package: "swift-system")], swiftSettings: release),
-        .target(name: "WarmstartBus", dependencies: ["WarmstartIO", "WarmstartPools",
-                                                     .product(name: "Logging", package: "swift-log")], swiftSettings: release),
+        .target(name: "WarmstartBus", dependencies: ["WarmstartIO", "CLibURing", "CWarmstartShim"], swiftSettings: release),
         .target(name: "WarmstartVirtio", dependencies: ["WarmstartMemory", "WarmstartPools", "CWarmstartShim"], swiftSettings: release),
         .target(name: "WarmstartVhostUser", dependencies: ["WarmstartVirtio", "WarmstartBus", "WarmstartIO",
                                                            .product(name: "Logging", package: "swift-log")], swiftSettings: release),
-        .target(name: "WarmstartDatapath", dependencies: ["WarmstartVhostUser", "WarmstartBus"], swiftSettings: release),
-        .target(name: "WarmstartRuntime", dependencies: ["WarmstartSnapshot", "WarmstartDatapath",
-                                                         .product(name: "Logging", package: "swift-log")], swiftSettings: release),
+        // The forwarding engine: polling threads, bursts, forward modes, the MAC table. Knows ports
+        // only as `BurstQueue`s.
+        .target(name: "WarmstartEngine", dependencies: ["WarmstartPools", "WarmstartMemory", "CWarmstartShim"], swiftSettings: release),
+        // The port drivers: vhost-user back-end, virtio-user front-end, TAP.
+        .target(name: "WarmstartPorts", dependencies: ["WarmstartEngine", "WarmstartVhostUser", "WarmstartVirtio", "WarmstartBus",
+                                                       "WarmstartIO", "WarmstartPools", "WarmstartMemory", "CWarmstartShim",
+                                                       .product(name: "Logging", package: "swift-log")], swiftSettings: release),
+        .target(name: "WarmstartRuntime", dependencies: ["WarmstartPorts", "WarmstartEngine", "WarmstartVhostUser", "WarmstartBus",
+                                                         "WarmstartSnapshot", "WarmstartPools", "WarmstartMemory", "CWarmstartShim",
+                                                         .product(name: "Logging", package: "swift-log"),
+                                                         .product(name: "SystemPackage", package: "swift-system")], swiftSettings: release),
         .executableTarget(name: "warmstart", dependencies: [
             "WarmstartRuntime",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -54,7 +61,8 @@ let package = Package(
         .testTarget(name: "WarmstartBusTests", dependencies: ["WarmstartBus"]),
         .testTarget(name: "WarmstartVirtioTests", dependencies: ["WarmstartVirtio"]),
         .testTarget(name: "WarmstartVhostUserTests", dependencies: ["WarmstartVhostUser"]),
-        .testTarget(name: "WarmstartDatapathTests", dependencies: ["WarmstartDatapath"]),
+        .testTarget(name: "WarmstartEngineTests", dependencies: ["WarmstartEngine"]),
+        .testTarget(name: "WarmstartPortsTests", dependencies: ["WarmstartPorts"]),
         .testTarget(name: "WarmstartRuntimeTests", dependencies: ["WarmstartRuntime"]),
         // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against
         // DPDK's testpmd; skips without testpmd/hugepages.

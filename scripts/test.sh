@@ -128,7 +128,7 @@ tstatus=$?
 if [ "$tstatus" = 0 ]; then
   TSAN_OPTIONS=${TSAN_OPTIONS:-} \
     swift test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing \
-    --filter 'WarmstartDatapathTests|Handoff' 2>&1 | tee .build/tsan-output.txt | grep -E 'WARNING: ThreadSanitizer|SUMMARY|error:|Executed' | tail -20
+    --filter 'WarmstartEngineTests|WarmstartPortsTests|Handoff' 2>&1 | tee .build/tsan-output.txt | grep -E 'WARNING: ThreadSanitizer|SUMMARY|error:|Executed' | tail -20
   tstatus=${PIPESTATUS[0]}
 else
   tail -20 .build/tsan-build.txt; : > .build/tsan-output.txt

@@ -4,7 +4,7 @@ import Glibc
 import CWarmstartShim
 import Logging
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartEngine
 
 /// Hot upgrade, old process side (Docs/HANDOFF.md): the donor hooks backed by this runtime, and
 /// the `handoff` command on its control socket.

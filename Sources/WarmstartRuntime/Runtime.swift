@@ -9,7 +9,8 @@ import Glibc
 import CWarmstartShim
 import Logging
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartEngine
+import WarmstartPorts
 import WarmstartSnapshot
 import WarmstartVhostUser
 

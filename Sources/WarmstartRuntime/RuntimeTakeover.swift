@@ -4,7 +4,8 @@ import Glibc
 import CWarmstartShim
 import Logging
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartEngine
+import WarmstartPorts
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot

@@ -9,7 +9,7 @@ import Glibc
 #endif
 import Logging
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartEngine
 import WarmstartMemory
 import WarmstartRuntime
 import WarmstartSnapshot
