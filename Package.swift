@@ -1,7 +1,7 @@
 // swift-tools-version:6.0
 // Warmstart: a fast-boot packet-processing runtime.
 // One module per layer; dependencies point one way:
-// memory → pools → snapshot → io/bus → virtio → vhost-user → datapath → runtime → CLI.
+// memory → pools → snapshot → io/bus → virtio → vhost-user → engine → ports → runtime → CLI.
 import PackageDescription
 
 // Release: -Ounchecked, and no dynamic exclusivity checks (the hot path's per-thread classes,
@@ -33,24 +33,29 @@ let package = Package(
         .target(name: "WarmstartSnapshot", dependencies: ["WarmstartMemory", "WarmstartPools"], swiftSettings: release),
         .target(name: "WarmstartIO", dependencies: ["CLibURing", "CWarmstartShim",
                                                     .product(name: "SystemPackage", package: "swift-system")], swiftSettings: release),
-        .target(name: "WarmstartBus", dependencies: ["WarmstartIO", "WarmstartPools",
-                                                     .product(name: "Logging", package: "swift-log")], swiftSettings: release),
+        .target(name: "WarmstartBus", dependencies: ["WarmstartIO", "CLibURing", "CWarmstartShim"], swiftSettings: release),
         .target(name: "WarmstartVirtio", dependencies: ["WarmstartMemory", "WarmstartPools", "CWarmstartShim"], swiftSettings: release),
         .target(name: "WarmstartVhostUser", dependencies: ["WarmstartVirtio", "WarmstartBus", "WarmstartIO",
                                                            .product(name: "Logging", package: "swift-log")], swiftSettings: release),
-        .target(name: "WarmstartDatapath", dependencies: ["WarmstartVhostUser", "WarmstartBus"], swiftSettings: release),
+        // The forwarding engine: polling threads, bursts, forward modes, the MAC table. Knows ports
+        // only as `BurstQueue`s.
+        .target(name: "WarmstartEngine", dependencies: ["WarmstartPools", "WarmstartMemory", "CWarmstartShim"], swiftSettings: release),
+        // The port drivers: vhost-user back-end, virtio-user front-end, TAP.
+        .target(name: "WarmstartPorts", dependencies: ["WarmstartEngine", "WarmstartVhostUser", "WarmstartVirtio", "WarmstartBus",
+                                                       "WarmstartIO", "WarmstartPools", "WarmstartMemory", "CWarmstartShim",
+                                                       .product(name: "Logging", package: "swift-log")], swiftSettings: release),
         // Hot upgrade's mechanics: the wire, the state document, the donor and taker state machines.
         .target(name: "WarmstartHandoff", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartVhostUser",
-                                                         "WarmstartDatapath",
+                                                         "WarmstartEngine", "WarmstartPorts",
                                                          .product(name: "SystemPackage", package: "swift-system")], swiftSettings: release),
         // Boot, the control socket, reports and the Runtime object (which drives handoff).
         .target(name: "WarmstartRuntime", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartIO",
-                                                         "WarmstartBus", "WarmstartVhostUser", "WarmstartDatapath", "WarmstartHandoff",
+                                                         "WarmstartBus", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts", "WarmstartHandoff",
                                                          .product(name: "Logging", package: "swift-log")], swiftSettings: release),
         // `warmstart bench`, the self-loopback and the testpmd launcher: the CLI's and the tests'
         // tools, in no product (the WarmstartRuntime library does not export them).
         .target(name: "WarmstartBench", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                       "WarmstartBus", "WarmstartDatapath", "WarmstartRuntime"], swiftSettings: release),
+                                                       "WarmstartBus", "WarmstartEngine", "WarmstartPorts", "WarmstartRuntime"], swiftSettings: release),
         .executableTarget(name: "warmstart", dependencies: [
             "WarmstartRuntime", "WarmstartBench",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -62,7 +67,7 @@ let package = Package(
         // the same process (scripts/callgrind-virtio-user.sh runs it under callgrind). Here rather
         // than in Benchmarks/Package.swift: it drives WarmstartBench, which no product exports.
         .executableTarget(name: "VirtioUserTX", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                               "WarmstartVirtio", "WarmstartDatapath", "WarmstartBench"],
+                                                               "WarmstartVirtio", "WarmstartPorts", "WarmstartBench"],
                           path: "Benchmarks/VirtioUserTX"),
 
         .testTarget(name: "WarmstartMemoryTests", dependencies: ["WarmstartMemory"]),
@@ -72,15 +77,16 @@ let package = Package(
         .testTarget(name: "WarmstartBusTests", dependencies: ["WarmstartBus"]),
         .testTarget(name: "WarmstartVirtioTests", dependencies: ["WarmstartVirtio"]),
         .testTarget(name: "WarmstartVhostUserTests", dependencies: ["WarmstartVhostUser"]),
-        .testTarget(name: "WarmstartDatapathTests", dependencies: ["WarmstartDatapath"]),
+        .testTarget(name: "WarmstartEngineTests", dependencies: ["WarmstartEngine"]),
+        .testTarget(name: "WarmstartPortsTests", dependencies: ["WarmstartPorts"]),
         .testTarget(name: "WarmstartHandoffTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                              "WarmstartVhostUser", "WarmstartDatapath", "WarmstartHandoff"]),
+                                                              "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts", "WarmstartHandoff"]),
         .testTarget(name: "WarmstartRuntimeTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                              "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartDatapath",
+                                                              "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
                                                               "WarmstartHandoff", "WarmstartRuntime", "WarmstartBench",
                                                               .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "WarmstartBenchTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                            "WarmstartBus", "WarmstartDatapath", "WarmstartRuntime", "WarmstartBench"]),
+                                                            "WarmstartBus", "WarmstartEngine", "WarmstartPorts", "WarmstartRuntime", "WarmstartBench"]),
         // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against
         // DPDK's testpmd; skips without testpmd/hugepages.
         .testTarget(name: "WarmstartInteropTests", dependencies: ["WarmstartRuntime"]),

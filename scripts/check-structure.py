@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM = {"Glibc", "Musl", "Darwin", "Foundation", "FoundationEssentials", "FoundationNetworking",
           "Dispatch", "XCTest", "Synchronization", "_Concurrency", "Swift", "os"}
 MAX_FILE, MAX_MODULE = 500, 2500
-IMPORT = re.compile(r"^\s*(?:@testable\s+|@_implementationOnly\s+|@_exported\s+|(?:public|internal|package)\s+)*import\s+(?:(?:struct|class|enum|protocol|func|var|let|typealias)\s+)?([A-Za-z_][A-Za-z0-9_]*)")
+IMPORT = re.compile(r"^\s*(?:@[A-Za-z_]+(?:\([^)]*\))?\s+|(?:public|internal|package)\s+)*import\s+(?:(?:struct|class|enum|protocol|func|var|let|typealias)\s+)?([A-Za-z_][A-Za-z0-9_]*)")
 MAP_START, MAP_END = "<!-- module-map -->", "<!-- /module-map -->"
 
 

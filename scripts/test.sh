@@ -137,7 +137,7 @@ tstatus=$?
 if [ "$tstatus" = 0 ]; then
   TSAN_OPTIONS=${TSAN_OPTIONS:-} \
     swift test --skip-build --sanitize=thread --scratch-path .build-tsan --disable-swift-testing \
-    --filter 'WarmstartDatapathTests|Handoff' >.build/tsan-output.txt 2>&1
+    --filter 'WarmstartEngineTests|WarmstartPortsTests|Handoff' >.build/tsan-output.txt 2>&1
   tstatus=$?
   sanitizer_digest .build/tsan-output.txt 'WARNING: ThreadSanitizer'
 else

@@ -15,7 +15,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVirtio
-import WarmstartDatapath
+import WarmstartPorts
 @_spi(Benchmarks) import WarmstartBench
 
 /// One ring's device side, reduced to what a polling back-end does for the driver: ask for no

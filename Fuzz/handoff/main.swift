@@ -18,7 +18,7 @@ import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
-@testable import WarmstartDatapath
+@testable import WarmstartPorts
 import CWarmstartShim
 import WarmstartMemory
 import WarmstartPools

@@ -1,4 +1,4 @@
-@testable import WarmstartDatapath
+@testable import WarmstartPorts
 import CWarmstartShim
 import WarmstartMemory
 import WarmstartPools

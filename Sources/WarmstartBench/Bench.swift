@@ -5,7 +5,7 @@ import Foundation
 #endif
 import CWarmstartShim
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartPorts
 import WarmstartMemory
 import WarmstartPools
 import WarmstartRuntime

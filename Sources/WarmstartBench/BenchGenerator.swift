@@ -1,5 +1,5 @@
 import CWarmstartShim
-import WarmstartDatapath
+import WarmstartPorts
 import WarmstartMemory
 import WarmstartPools
 #if canImport(Glibc)

@@ -1,6 +1,5 @@
 import CWarmstartShim
 import WarmstartBus
-import WarmstartDatapath
 import WarmstartRuntime
 import WarmstartSnapshot
 #if canImport(Glibc)

@@ -59,7 +59,7 @@ extension Bus {
         d.fd = fd
         d.generation += 1
         d.connectedNs = now
-        guard let driver: DeviceDriver = drivers(for: d.kind) ?? (d.kind == .tap ? defaultTapDriver : nil) else {
+        guard let driver = drivers(for: d.kind) else {
             failed(d, reason: "no driver registered for \(d.kind.rawValue) ports (adopting a handed-over connection)")
             return
         }

@@ -15,7 +15,6 @@ public final class Bus: @unchecked Sendable {
 
     private var drivers: [DeviceKind: DeviceDriver] = [:]
     func drivers(for kind: DeviceKind) -> DeviceDriver? { drivers[kind] }
-    let defaultTapDriver = TapReadyDriver()
     private var startedHooks: [(Device) -> Void] = []
     private var changeHooks: [(DeviceRecord) -> Void] = []
     private var leftHooks: [(Device) -> Void] = []
@@ -61,7 +60,7 @@ public final class Bus: @unchecked Sendable {
 
     // MARK: configuration (before start)
 
-    /// The protocol layer for `kind`. TAP ports without a driver are started as soon as they open.
+    /// The protocol layer for `kind` (for a TAP, a `DeviceOpener`: it also opens the device).
     public func register(driver: DeviceDriver, for kind: DeviceKind) { drivers[kind] = driver }
 
     /// Called on the loop thread each time a device reaches `started` (the datapath adds it).
@@ -224,7 +223,7 @@ public final class Bus: @unchecked Sendable {
         case .vhostUser: probeServer(d)
         case .vhostUserClient: probeClient(d)
         case .virtioUser: d.spec.listens ? probeServer(d) : probeClient(d)
-        case .tap: probeTap(d)
+        case .tap: openByDriver(d)
         }
     }
 
@@ -238,18 +237,18 @@ public final class Bus: @unchecked Sendable {
         case .vhostUser: acceptNext(d)
         case .virtioUser where d.spec.listens: acceptNext(d)
         case .vhostUserClient, .virtioUser: scheduleReconnect(d, after: d.backoffMinNs)
-        case .tap: probeTap(d)
+        case .tap: openByDriver(d)
         }
     }
 
-    /// The socket connection (or TAP fd) exists: hand it to the driver.
-    func connected(_ d: Device, fd: Int32) {
+    /// The socket connection (or TAP fd) exists: hand it to the driver. Loop thread; a
+    /// `DeviceOpener` calls it with the descriptor it opened.
+    public func connected(_ d: Device, fd: Int32) {
         d.fd = fd
         d.generation += 1
         d.connectedNs = ws_monotonic_ns()
         d.backoffNs = 0
-        let driver: DeviceDriver? = drivers[d.kind] ?? (d.kind == .tap ? defaultTapDriver : nil)
-        guard let driver else {
+        guard let driver = drivers[d.kind] else {
             failed(d, reason: "no driver registered for \(d.kind.rawValue) ports")
             return
         }

@@ -94,11 +94,11 @@ public protocol DeviceDriver: AnyObject {
     func detach(device: Device, bus: Bus)
 }
 
-/// Used for TAP ports when no driver is registered: an open TAP needs no negotiation.
-final class TapReadyDriver: DeviceDriver {
-    func attach(device: Device, fd: Int32, bus: Bus) {
-        bus.ready(device)
-        bus.started(device)
-    }
-    func detach(device: Device, bus: Bus) {}
+/// A driver whose devices the bus cannot probe by itself (a TAP: its descriptor comes from
+/// /dev/net/tun and an ioctl, not from a socket). The bus calls `open` where it would probe; the
+/// driver opens the descriptor (`Bus.open`) and hands it over with `Bus.connected`, or fails the
+/// device, and the bus then drives it like any other.
+public protocol DeviceOpener: DeviceDriver {
+    /// Loop thread; the device is `probing`.
+    func open(device: Device, bus: Bus)
 }

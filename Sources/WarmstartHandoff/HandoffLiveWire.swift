@@ -1,4 +1,4 @@
-import WarmstartDatapath
+import WarmstartEngine
 import WarmstartVhostUser
 
 // Protocol 1.2: the `quiesced` payload (`HandoffLive`) is a fixed binary layout instead of JSON.

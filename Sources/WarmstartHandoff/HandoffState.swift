@@ -7,7 +7,7 @@ import Foundation
 import Glibc
 #endif
 import SystemPackage
-import WarmstartDatapath
+import WarmstartEngine
 import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser

@@ -8,8 +8,8 @@ import Glibc
 #endif
 import CWarmstartShim
 import Logging
-import WarmstartDatapath
 import WarmstartHandoff
+import WarmstartEngine
 
 /// One request line: `{"cmd":"stats"}`, with optional string arguments for later commands.
 /// `{"cmd":"handoff"}` (hot upgrade) switches the connection to the handoff protocol.

@@ -2,7 +2,7 @@
 import Glibc
 #endif
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartEngine
 import WarmstartHandoff
 import WarmstartMemory
 import WarmstartPools
@@ -15,8 +15,8 @@ import WarmstartVhostUser
 
 /// A port as declared: `KIND:PATH[,key=value...]` (WarmstartBus).
 public typealias PortSpec = WarmstartBus.PortSpec
-/// How the polling threads forward (WarmstartDatapath).
-public typealias ForwardMode = WarmstartDatapath.ForwardMode
+/// How the polling threads forward (WarmstartEngine).
+public typealias ForwardMode = WarmstartEngine.ForwardMode
 /// Hugepages: auto, require, off (WarmstartMemory).
 public typealias HugepageMode = WarmstartMemory.HugepageMode
 /// 4K, 2M or 1G (WarmstartMemory).

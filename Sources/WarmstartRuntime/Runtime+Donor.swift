@@ -4,8 +4,8 @@ import Glibc
 import CWarmstartShim
 import Logging
 import WarmstartBus
-import WarmstartDatapath
 import WarmstartHandoff
+import WarmstartEngine
 
 /// Hot upgrade, old process side (Docs/HANDOFF.md): the donor hooks backed by this runtime, and
 /// the `handoff` command on its control socket.

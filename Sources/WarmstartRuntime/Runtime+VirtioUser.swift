@@ -1,5 +1,5 @@
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartPorts
 
 extension Runtime {
     /// Registers Warmstart's virtio-user driver on the runtime's bus, for `--port virtio-user:…`

@@ -9,8 +9,9 @@ import Glibc
 import CWarmstartShim
 import Logging
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartEngine
 import WarmstartIO
+import WarmstartPorts
 import WarmstartSnapshot
 import WarmstartVhostUser
 
@@ -49,6 +50,7 @@ public final class Runtime: @unchecked Sendable {
     public let datapath: Datapath
     public let bus: Bus
     public let vhostUser: VhostUserBackendPort
+    public let tap: TapPort
     /// Set by `enableVirtioUserPorts()`.
     public internal(set) var virtioUser: VirtioUserDriver?
     public internal(set) var control: ControlServer?
@@ -94,14 +96,8 @@ public final class Runtime: @unchecked Sendable {
                             options: Datapath.Options(mode: options.forward, cores: cpus, txSize: options.txSize))
         vhostUser = VhostUserBackendPort(datapath: datapath, logger: Logger(label: "warmstart.vhost-user"))
         vhostUser.register(on: bus)
-        // A TAP needs no negotiation: it joins the datapath as soon as the bus has it open, and
-        // leaves before the bus closes its fd.
-        bus.onDeviceStarted { [datapath] d in
-            if d.kind == .tap { datapath.attach(slot: d.index, queues: [TapQueue(fd: d.fd, name: d.name)]) }
-        }
-        bus.onDeviceLeftDatapath { [datapath] d in
-            if d.kind == .tap { datapath.detach(slot: d.index) }
-        }
+        tap = TapPort(datapath: datapath)
+        tap.register(on: bus)
     }
 
     /// CPUs for `n` polling threads: the last `n` online CPUs (the control thread and the rest of

@@ -3,7 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import WarmstartDatapath
+import WarmstartEngine
 
 /// Per-port and per-queue counters with each device's state: what `warmstart run` prints at exit
 /// and what the control socket's `stats` command answers.

@@ -4,8 +4,9 @@ import Glibc
 import CWarmstartShim
 import Logging
 import WarmstartBus
-import WarmstartDatapath
 import WarmstartHandoff
+import WarmstartEngine
+import WarmstartPorts
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot

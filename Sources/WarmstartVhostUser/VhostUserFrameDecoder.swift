@@ -2,7 +2,7 @@
 // payload; the descriptors of a message travel as SCM_RIGHTS ancillary data with its bytes. A
 // stream socket hands the bytes over in pieces of any size, so a reader needs a small state
 // machine: this one, shared by the blocking channel (VhostUserChannel) and the back-end port's
-// io_uring loop (WarmstartDatapath's VhostUserConnection).
+// io_uring loop (WarmstartPorts' VhostUserConnection).
 
 /// One framed message as read from the socket: a validated header, its payload bytes, and the
 /// descriptors that came with it (owned by the receiver). Parsing it is a separate step

@@ -2,7 +2,6 @@ import Foundation
 import XCTest
 import CWarmstartShim
 import WarmstartBus
-import WarmstartDatapath
 import WarmstartPools
 import WarmstartSnapshot
 @testable import WarmstartBench

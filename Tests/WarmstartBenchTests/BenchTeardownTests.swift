@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 import CWarmstartShim
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartEngine
 import WarmstartPools
 import WarmstartSnapshot
 @testable import WarmstartBench

@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-import WarmstartDatapath
+import WarmstartEngine
 import WarmstartVhostUser
 @testable import WarmstartHandoff
 

@@ -1,7 +1,8 @@
 import Foundation
 import XCTest
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartEngine
+import WarmstartPorts
 import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVhostUser

@@ -1,6 +1,6 @@
 import XCTest
 import CWarmstartShim
-import WarmstartDatapath
+import WarmstartPorts
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot

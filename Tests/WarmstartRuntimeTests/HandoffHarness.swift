@@ -1,7 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
-import WarmstartDatapath
+import WarmstartEngine
 import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser

@@ -1,7 +1,6 @@
 import CWarmstartShim
 import Foundation
 import XCTest
-import WarmstartDatapath
 import WarmstartVhostUser
 @testable import WarmstartRuntime
 @testable import WarmstartHandoff

@@ -3,7 +3,6 @@ import Foundation
 import Logging
 import XCTest
 import WarmstartBus
-import WarmstartDatapath
 import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVhostUser

@@ -1,7 +1,6 @@
 import Foundation
 import XCTest
 import WarmstartBus
-import WarmstartDatapath
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot

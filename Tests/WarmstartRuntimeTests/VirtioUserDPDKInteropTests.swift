@@ -1,7 +1,8 @@
 import Foundation
 import XCTest
 import WarmstartBus
-@testable import WarmstartDatapath
+@testable import WarmstartEngine
+@testable import WarmstartPorts
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot

@@ -1,7 +1,7 @@
 import Foundation
 import XCTest
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartPorts
 import WarmstartPools
 import WarmstartSnapshot
 @testable import WarmstartRuntime

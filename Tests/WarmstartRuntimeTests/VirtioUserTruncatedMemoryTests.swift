@@ -2,7 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 import WarmstartBus
-import WarmstartDatapath
+import WarmstartPorts
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot

@@ -1,4 +1,5 @@
 import CWarmstartShim
+import WarmstartEngine
 import WarmstartMemory
 import WarmstartPools
 import WarmstartVirtio

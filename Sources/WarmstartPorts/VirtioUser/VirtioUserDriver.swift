@@ -1,5 +1,6 @@
 import CWarmstartShim
 import WarmstartBus
+import WarmstartEngine
 import WarmstartIO
 import WarmstartMemory
 import WarmstartPools

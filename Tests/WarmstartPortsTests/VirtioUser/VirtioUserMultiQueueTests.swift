@@ -4,7 +4,8 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
-@testable import WarmstartDatapath
+@testable import WarmstartEngine
+@testable import WarmstartPorts
 
 /// `queues=N`: every queue pair carries traffic. The datapath deals a virtio-user port's pairs to
 /// its polling threads as it does a vhost port's; frames the in-process back-end puts on pair i

@@ -2,11 +2,15 @@ import XCTest
 import Glibc
 import Foundation
 import CWarmstartShim
-import WarmstartIO
-@testable import WarmstartBus
+import WarmstartBus
+import WarmstartEngine
+import WarmstartMemory
+import WarmstartPools
+import WarmstartPorts
 
-/// A TAP port opened by the bus passes packets to and from the kernel, inside a network
-/// namespace the test creates (and always deletes).
+/// A TAP port opened by the bus (through `TapPort`) passes packets to and from the kernel, inside
+/// a network namespace the test creates (and always deletes). The datapath's threads are not
+/// started: the test reads and writes the TAP's fd itself.
 final class TapPortTests: XCTestCase {
     private let tapMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x01]
     private let peerMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x02]
@@ -44,6 +48,8 @@ final class TapPortTests: XCTestCase {
         defer { close(target); close(home) }
         XCTAssertEqual(ws_enter_netns(target), 0)
         let bus = try Bus(ports: [try PortSpec.parse("tap:wstap0")], bootOriginNs: ws_monotonic_ns())
+        let tapPort = try makeTapPort(ports: ["wstap0"])
+        tapPort.register(on: bus)
         bus.start()
         let udp = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         XCTAssertEqual(ws_enter_netns(home), 0, "could not return to the test's namespace")
@@ -99,12 +105,33 @@ final class TapPortTests: XCTestCase {
         guard getuid() == 0 else { throw XCTSkip("needs root (CAP_NET_ADMIN) for TUNSETIFF") }
         guard access("/dev/net/tun", R_OK | W_OK) == 0 else { throw XCTSkip("/dev/net/tun is not available") }
         let bus = try Bus(ports: [try PortSpec.parse("tap:lo")], bootOriginNs: ws_monotonic_ns())
+        try makeTapPort(ports: ["lo"]).register(on: bus)
         bus.start()
         defer { bus.stop() }
         XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: testDeadline))
         let r = try XCTUnwrap(bus.snapshot().first)
         XCTAssertEqual(r.state, .failed)
         XCTAssertTrue(r.reason?.hasPrefix("tap lo: TUNSETIFF: ") == true, r.reason ?? "nil")
+    }
+
+    /// A TAP driver over a datapath (threads not started) with a small pool of its own.
+    private func makeTapPort(ports: [String]) throws -> TapPort {
+        let cfg = MbufPoolConfig(count: 256, cacheSize: 0)
+        let region = try MemoryRegion.memfd(name: "tap-test", size: PageSize.small4K.roundUp(MbufPoolConfig.bytesNeeded(cfg))!,
+                                            pageSize: .small4K)
+        let pool = try MbufPool.layOut(config: cfg, region: region, offset: 0, poolID: 0)
+        return TapPort(datapath: Datapath(pool: pool, ports: ports))
+    }
+
+    /// A bus without a TAP driver cannot open a TAP: the device fails, naming what is missing.
+    func testTapWithoutItsDriverFails() throws {
+        let bus = try Bus(ports: [try PortSpec.parse("tap:wsnodrv0")], bootOriginNs: ws_monotonic_ns())
+        bus.start()
+        defer { bus.stop() }
+        XCTAssertTrue(bus.waitUntilSettled(timeoutSeconds: testDeadline))
+        let r = try XCTUnwrap(bus.snapshot().first)
+        XCTAssertEqual(r.state, .failed)
+        XCTAssertEqual(r.reason, "no driver registered for tap ports")
     }
 
     /// Reads frames (skipping the 12-byte virtio-net header) until one matches (or the deadline).

@@ -2,7 +2,8 @@ import Foundation
 import XCTest
 import WarmstartMemory
 import WarmstartPools
-@testable import WarmstartDatapath
+@testable import WarmstartEngine
+@testable import WarmstartPorts
 
 /// Issue 12: the pool's last element, its header rewritten by a virtio-user back-end (data offset
 /// and length 0xFFFF), through the paths that read and write at its data: macswap and the
@@ -20,7 +21,7 @@ final class HostileMbufHeaderDatapathTests: XCTestCase {
         }
         let child = Process()
         child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-        child.arguments = ["WarmstartDatapathTests.HostileMbufHeaderDatapathTests/testLastElementWithMaximalOffsetAndLengthThroughMacswapAndTap"]
+        child.arguments = ["WarmstartPortsTests.HostileMbufHeaderDatapathTests/testLastElementWithMaximalOffsetAndLengthThroughMacswapAndTap"]
         var env = ProcessInfo.processInfo.environment
         env[Self.childVariable] = "1"
         env["SWIFT_BACKTRACE"] = "enable=no"

@@ -3,7 +3,7 @@ import XCTest
 import CWarmstartShim
 import WarmstartMemory
 import WarmstartPools
-@testable import WarmstartDatapath
+@testable import WarmstartPorts
 
 /// TapQueue against the kernel, in a network namespace the test creates and always deletes.
 final class TapQueueTests: XCTestCase {

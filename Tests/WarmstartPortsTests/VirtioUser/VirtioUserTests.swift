@@ -5,7 +5,8 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
-@testable import WarmstartDatapath
+@testable import WarmstartEngine
+@testable import WarmstartPorts
 
 /// Warmstart as the driver (virtio-user) of an in-process vhost-user back-end: negotiation,
 /// the memory table, ring set-up, and traffic both ways for both ring layouts.

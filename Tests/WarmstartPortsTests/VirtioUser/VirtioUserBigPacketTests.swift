@@ -4,7 +4,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
-@testable import WarmstartDatapath
+@testable import WarmstartPorts
 
 /// Receive without MRG_RXBUF ("big packets"): each receive buffer is a descriptor chain of as many
 /// mbufs as the largest frame the negotiated features allow needs, and frames come back as mbuf

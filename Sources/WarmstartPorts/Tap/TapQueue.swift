@@ -1,4 +1,5 @@
 import CWarmstartShim
+import WarmstartEngine
 import WarmstartPools
 #if canImport(Glibc)
 import Glibc

@@ -4,7 +4,8 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
-@testable import WarmstartDatapath
+@testable import WarmstartEngine
+@testable import WarmstartPorts
 
 /// `--forward txonly`: a polling thread is a traffic source on every queue it polls (the back-end
 /// half of the sink-direction bench). Frames have the configured size (chains above the data

@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 import WarmstartMemory
 import WarmstartPools
-@testable import WarmstartDatapath
+@testable import WarmstartEngine
 
 /// A queue the test feeds and drains: receive hands out frames the test queued; transmit copies
 /// each frame out (as a vhost enqueue would) and frees it.

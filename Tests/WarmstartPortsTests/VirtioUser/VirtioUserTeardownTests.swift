@@ -3,7 +3,7 @@ import XCTest
 import WarmstartBus
 import WarmstartMemory
 import WarmstartPools
-@testable import WarmstartDatapath
+@testable import WarmstartPorts
 
 /// Teardown order for a port whose queues are polled by the caller (no datapath): the driver's
 /// `beforeTeardown` runs while the queues are still live — mbufs still posted — and their

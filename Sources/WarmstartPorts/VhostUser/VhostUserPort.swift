@@ -1,6 +1,7 @@
 import CWarmstartShim
 import Logging
 import WarmstartBus
+import WarmstartEngine
 import WarmstartIO
 import WarmstartVhostUser
 import WarmstartVirtio

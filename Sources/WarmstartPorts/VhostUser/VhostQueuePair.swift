@@ -1,3 +1,4 @@
+import WarmstartEngine
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio

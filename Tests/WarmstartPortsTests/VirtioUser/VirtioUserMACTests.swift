@@ -4,7 +4,7 @@ import WarmstartBus
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVhostUser
-@testable import WarmstartDatapath
+@testable import WarmstartPorts
 
 /// A virtio-user port's MAC: `mac=` (checked, errors name the port and the value), else the
 /// back-end's when it has one in its config space (CONFIG + VIRTIO_NET_F_MAC), else a random

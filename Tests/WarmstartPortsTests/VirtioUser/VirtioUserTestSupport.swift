@@ -4,7 +4,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
-@testable import WarmstartDatapath
+@testable import WarmstartPorts
 
 /// How long a wait for an event (a state reached, a frame arrived) may take: for a machine
 /// loaded by parallel builds. Waits return as soon as their condition holds; checks that

@@ -360,11 +360,9 @@ public final class Datapath: @unchecked Sendable {
 public final class DatapathQueue: @unchecked Sendable {
     public let slot: Int
     public let index: Int
+    /// The port's queue pair; the engine knows it only as a `BurstQueue` and calls it once per
+    /// burst.
     public let queue: BurstQueue?
-    /// The queue again when it is a vhost-user queue pair, unretained (`queue` owns it): the
-    /// polling loop calls it directly at +0 instead of loading the existential, which costs a
-    /// retain/release pair per poll, empty polls included.
-    let vhost: Unmanaged<VhostQueuePair>?
     public let counters: UnsafeMutablePointer<QueueCounters>
     /// Held while transmitting in l2 mode, where several threads may send to one queue.
     let txLock = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
@@ -379,7 +377,6 @@ public final class DatapathQueue: @unchecked Sendable {
         self.slot = slot
         self.index = index
         self.queue = queue
-        self.vhost = (queue as? VhostQueuePair).map { Unmanaged.passUnretained($0) }
         faultFlag = queue?.memoryFault
         fault = UnsafePointer(faultFlag?.words ?? DatapathQueue.neverFaults)
         counters = .allocate(capacity: 1)

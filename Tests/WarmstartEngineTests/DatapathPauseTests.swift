@@ -3,7 +3,7 @@ import Foundation
 import XCTest
 import WarmstartMemory
 import WarmstartPools
-@testable import WarmstartDatapath
+@testable import WarmstartEngine
 
 /// A queue with traffic whenever it is polled (while `flowing`): each receive hands out one 64-byte
 /// packet, each transmit takes and frees what it is given. Counts the polls.
