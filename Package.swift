@@ -47,18 +47,28 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: release),
 
-        .testTarget(name: "WarmstartMemoryTests", dependencies: ["WarmstartMemory"]),
-        .testTarget(name: "WarmstartPoolsTests", dependencies: ["WarmstartPools"]),
-        .testTarget(name: "WarmstartSnapshotTests", dependencies: ["WarmstartSnapshot"]),
-        .testTarget(name: "WarmstartIOTests", dependencies: ["WarmstartIO"]),
-        .testTarget(name: "WarmstartBusTests", dependencies: ["WarmstartBus"]),
-        .testTarget(name: "WarmstartVirtioTests", dependencies: ["WarmstartVirtio"]),
-        .testTarget(name: "WarmstartVhostUserTests", dependencies: ["WarmstartVhostUser"]),
-        .testTarget(name: "WarmstartDatapathTests", dependencies: ["WarmstartDatapath"]),
-        .testTarget(name: "WarmstartRuntimeTests", dependencies: ["WarmstartRuntime"]),
+        // Test-only C (netns entry, seccomp filter, setfsuid): calls the product never makes.
+        .target(name: "CWarmstartTestShim", path: "Tests/CWarmstartTestShim"),
+        // What the tests share: the one guest (TestGuest), the one vhost-user back-end peer
+        // (InProcessBackend), the child-test harness (ChildTest) and the testpmd launcher
+        // (TestpmdHarness). Not a product; only the lower modules it needs.
+        .target(name: "WarmstartTestSupport", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools",
+                                                             "WarmstartVirtio", "WarmstartVhostUser",
+                                                             .product(name: "SystemPackage", package: "swift-system")],
+                path: "Tests/WarmstartTestSupport"),
+
+        .testTarget(name: "WarmstartMemoryTests", dependencies: ["CWarmstartShim", .product(name: "SystemPackage", package: "swift-system"), "WarmstartMemory", "WarmstartTestSupport"]),
+        .testTarget(name: "WarmstartPoolsTests", dependencies: ["CWarmstartShim", .product(name: "SystemPackage", package: "swift-system"), "WarmstartMemory", "WarmstartPools"]),
+        .testTarget(name: "WarmstartSnapshotTests", dependencies: ["WarmstartMemory", "WarmstartPools", "WarmstartSnapshot"]),
+        .testTarget(name: "WarmstartIOTests", dependencies: ["CWarmstartShim", "CWarmstartTestShim", "WarmstartIO"]),
+        .testTarget(name: "WarmstartBusTests", dependencies: ["CWarmstartShim", "CWarmstartTestShim", "WarmstartIO", "WarmstartBus"]),
+        .testTarget(name: "WarmstartVirtioTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartVirtio", "WarmstartTestSupport"]),
+        .testTarget(name: "WarmstartVhostUserTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartTestSupport"]),
+        .testTarget(name: "WarmstartDatapathTests", dependencies: ["CWarmstartShim", "CWarmstartTestShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartDatapath", "WarmstartTestSupport"]),
+        .testTarget(name: "WarmstartRuntimeTests", dependencies: ["CWarmstartShim", .product(name: "Logging", package: "swift-log"), "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartDatapath", "WarmstartRuntime", "WarmstartTestSupport"]),
         // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against
         // DPDK's testpmd; skips without testpmd/hugepages.
-        .testTarget(name: "WarmstartInteropTests", dependencies: ["WarmstartRuntime"]),
+        .testTarget(name: "WarmstartInteropTests", dependencies: ["WarmstartPools", "WarmstartSnapshot", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartDatapath", "WarmstartTestSupport"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -3,6 +3,7 @@ import Foundation
 import XCTest
 import WarmstartMemory
 import WarmstartPools
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// A queue with traffic whenever it is polled (while `flowing`): each receive hands out one 64-byte

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import WarmstartMemory
 import WarmstartPools
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// A queue the test feeds and drains: receive hands out frames the test queued; transmit copies

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import WarmstartMemory
 import WarmstartPools
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// Issue 12: the pool's last element, its header rewritten by a virtio-user back-end (data offset
@@ -18,19 +19,11 @@ final class HostileMbufHeaderDatapathTests: XCTestCase {
             // The child's verdict as its exit status (42: ran through, every assertion held).
             exit((testRun?.totalFailureCount ?? 1) == 0 ? 42 : 43)
         }
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-        child.arguments = ["WarmstartDatapathTests.HostileMbufHeaderDatapathTests/testLastElementWithMaximalOffsetAndLengthThroughMacswapAndTap"]
-        var env = ProcessInfo.processInfo.environment
-        env[Self.childVariable] = "1"
-        env["SWIFT_BACKTRACE"] = "enable=no"
-        child.environment = env
-        child.standardOutput = FileHandle.nullDevice
-        child.standardError = FileHandle.nullDevice
-        try child.run()
-        child.waitUntilExit()
-        XCTAssertEqual(child.terminationReason, .exit, "the child died of signal \(child.terminationStatus)")
-        XCTAssertEqual(child.terminationStatus, 42, "the child's assertions failed (43) or it ran no scenario")
+        let child = try ChildTest.run("WarmstartDatapathTests.HostileMbufHeaderDatapathTests/testLastElementWithMaximalOffsetAndLengthThroughMacswapAndTap",
+                                      environment: [Self.childVariable: "1"], quiet: true)
+        XCTAssertFalse(child.timedOut)
+        XCTAssertEqual(child.reason, .exit, "the child died of signal \(child.status)")
+        XCTAssertEqual(child.status, 42, "the child's assertions failed (43) or it ran no scenario")
     }
 
     func hostileLastElement() throws {

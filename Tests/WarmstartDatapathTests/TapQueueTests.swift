@@ -1,8 +1,10 @@
 import Foundation
 import XCTest
 import CWarmstartShim
+import CWarmstartTestShim
 import WarmstartMemory
 import WarmstartPools
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// TapQueue against the kernel, in a network namespace the test creates and always deletes.

@@ -4,6 +4,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// `--forward txonly`: a polling thread is a traffic source on every queue it polls (the back-end

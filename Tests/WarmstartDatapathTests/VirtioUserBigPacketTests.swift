@@ -4,6 +4,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// Receive without MRG_RXBUF ("big packets"): each receive buffer is a descriptor chain of as many

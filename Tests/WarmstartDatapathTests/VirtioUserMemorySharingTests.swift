@@ -4,6 +4,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// A virtio-user back-end is given our memory (SET_MEM_TABLE, one fd per region) and may write any

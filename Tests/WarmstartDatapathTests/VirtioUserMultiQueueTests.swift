@@ -4,6 +4,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// `queues=N`: every queue pair carries traffic. The datapath deals a virtio-user port's pairs to

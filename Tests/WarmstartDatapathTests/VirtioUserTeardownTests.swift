@@ -3,6 +3,7 @@ import XCTest
 import WarmstartBus
 import WarmstartMemory
 import WarmstartPools
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// Teardown order for a port whose queues are polled by the caller (no datapath): the driver's

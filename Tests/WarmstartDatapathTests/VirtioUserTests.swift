@@ -5,6 +5,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartTestSupport
 @testable import WarmstartDatapath
 
 /// Warmstart as the driver (virtio-user) of an in-process vhost-user back-end: negotiation,

@@ -5,6 +5,7 @@ import WarmstartDatapath
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
+import WarmstartTestSupport
 @testable import WarmstartRuntime
 
 /// Issue 12, defect 3: a front-end that truncates its memory file while the rings run. Before the
