@@ -74,9 +74,10 @@ public final class TestGuest: @unchecked Sendable {
 
     /// `guestAddress` nil: guest address = user address.
     init(fd: Int32, packed: Bool, frontendOptions: VhostUserFrontendOptions, guestAddress: UInt64?) throws {
-        let raw = ws_memfd_create("test-guest", WS_MFD_CLOEXEC)
+        // The name tests look for in /proc/self/fd ("memfd:warmstart:guest").
+        let raw = ws_memfd_create("warmstart:guest", WS_MFD_CLOEXEC)
         precondition(raw >= 0 && ftruncate(raw, off_t(Self.memorySize)) == 0)
-        memory = try MemoryRegion(name: "test-guest", fd: FileDescriptor(rawValue: raw), fileOffset: 0, size: Self.memorySize,
+        memory = try MemoryRegion(name: "guest", fd: FileDescriptor(rawValue: raw), fileOffset: 0, size: Self.memorySize,
                                   pageSize: .small4K, backing: .memfd, ownsFD: true)
         memory.ioAddress = guestAddress ?? UInt64(UInt(bitPattern: memory.base))
         self.packed = packed
