@@ -57,18 +57,41 @@ let package = Package(
                                                              .product(name: "SystemPackage", package: "swift-system")],
                 path: "Tests/WarmstartTestSupport"),
 
-        .testTarget(name: "WarmstartMemoryTests", dependencies: ["CWarmstartShim", .product(name: "SystemPackage", package: "swift-system"), "WarmstartMemory", "WarmstartTestSupport"]),
-        .testTarget(name: "WarmstartPoolsTests", dependencies: ["CWarmstartShim", .product(name: "SystemPackage", package: "swift-system"), "WarmstartMemory", "WarmstartPools"]),
+        .testTarget(name: "WarmstartMemoryTests", dependencies: [
+            "CWarmstartShim", .product(name: "SystemPackage", package: "swift-system"), "WarmstartMemory",
+            "WarmstartTestSupport",
+        ]),
+        .testTarget(name: "WarmstartPoolsTests", dependencies: [
+            "CWarmstartShim", .product(name: "SystemPackage", package: "swift-system"), "WarmstartMemory",
+            "WarmstartPools",
+        ]),
         .testTarget(name: "WarmstartSnapshotTests", dependencies: ["WarmstartMemory", "WarmstartPools", "WarmstartSnapshot"]),
         .testTarget(name: "WarmstartIOTests", dependencies: ["CWarmstartShim", "CWarmstartTestShim", "WarmstartIO"]),
-        .testTarget(name: "WarmstartBusTests", dependencies: ["CWarmstartShim", "CWarmstartTestShim", "WarmstartIO", "WarmstartBus"]),
-        .testTarget(name: "WarmstartVirtioTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartVirtio", "WarmstartTestSupport"]),
-        .testTarget(name: "WarmstartVhostUserTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartTestSupport"]),
-        .testTarget(name: "WarmstartDatapathTests", dependencies: ["CWarmstartShim", "CWarmstartTestShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartDatapath", "WarmstartTestSupport"]),
-        .testTarget(name: "WarmstartRuntimeTests", dependencies: ["CWarmstartShim", .product(name: "Logging", package: "swift-log"), "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartDatapath", "WarmstartRuntime", "WarmstartTestSupport"]),
+        .testTarget(name: "WarmstartBusTests", dependencies: [
+            "CWarmstartShim", "CWarmstartTestShim", "WarmstartIO", "WarmstartBus",
+        ]),
+        .testTarget(name: "WarmstartVirtioTests", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartVirtio", "WarmstartTestSupport",
+        ]),
+        .testTarget(name: "WarmstartVhostUserTests", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartVirtio",
+            "WarmstartVhostUser", "WarmstartTestSupport",
+        ]),
+        .testTarget(name: "WarmstartDatapathTests", dependencies: [
+            "CWarmstartShim", "CWarmstartTestShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus",
+            "WarmstartVirtio", "WarmstartVhostUser", "WarmstartDatapath", "WarmstartTestSupport",
+        ]),
+        .testTarget(name: "WarmstartRuntimeTests", dependencies: [
+            "CWarmstartShim", .product(name: "Logging", package: "swift-log"), "WarmstartMemory", "WarmstartPools",
+            "WarmstartSnapshot", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartDatapath",
+            "WarmstartRuntime", "WarmstartTestSupport",
+        ]),
         // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against
         // DPDK's testpmd; skips without testpmd/hugepages.
-        .testTarget(name: "WarmstartInteropTests", dependencies: ["WarmstartPools", "WarmstartSnapshot", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartDatapath", "WarmstartTestSupport"]),
+        .testTarget(name: "WarmstartInteropTests", dependencies: [
+            "WarmstartPools", "WarmstartSnapshot", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser",
+            "WarmstartDatapath", "WarmstartTestSupport",
+        ]),
     ],
     swiftLanguageModes: [.v5]
 )
