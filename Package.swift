@@ -30,13 +30,14 @@ let package = Package(
         .target(name: "WarmstartMemory",
                 dependencies: ["CWarmstartShim", .product(name: "SystemPackage", package: "swift-system")], swiftSettings: release),
         .target(name: "WarmstartPools", dependencies: ["WarmstartMemory", "CWarmstartShim"], swiftSettings: release),
-        .target(name: "WarmstartSnapshot", dependencies: ["WarmstartMemory", "WarmstartPools"], swiftSettings: release),
-        .target(name: "WarmstartIO", dependencies: ["CLibURing", "CWarmstartShim",
-                                                    .product(name: "SystemPackage", package: "swift-system")], swiftSettings: release),
+        .target(name: "WarmstartSnapshot", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ], swiftSettings: release),
+        .target(name: "WarmstartIO", dependencies: ["CWarmstartShim", "CLibURing"], swiftSettings: release),
         .target(name: "WarmstartBus", dependencies: ["WarmstartIO", "CLibURing", "CWarmstartShim"], swiftSettings: release),
         .target(name: "WarmstartVirtio", dependencies: ["WarmstartMemory", "WarmstartPools", "CWarmstartShim"], swiftSettings: release),
-        .target(name: "WarmstartVhostUser", dependencies: ["WarmstartVirtio", "WarmstartBus", "WarmstartIO",
-                                                           .product(name: "Logging", package: "swift-log")], swiftSettings: release),
+        .target(name: "WarmstartVhostUser", dependencies: ["CWarmstartShim", "WarmstartMemory", .product(name: "Logging", package: "swift-log")], swiftSettings: release),
         // The forwarding engine: polling threads, bursts, forward modes, the MAC table. Knows ports
         // only as `BurstQueue`s.
         .target(name: "WarmstartEngine", dependencies: ["WarmstartPools", "WarmstartMemory", "CWarmstartShim"], swiftSettings: release),
@@ -45,17 +46,20 @@ let package = Package(
                                                        "WarmstartIO", "WarmstartPools", "WarmstartMemory", "CWarmstartShim",
                                                        .product(name: "Logging", package: "swift-log")], swiftSettings: release),
         // Hot upgrade's mechanics: the wire, the state document, the donor and taker state machines.
-        .target(name: "WarmstartHandoff", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartVhostUser",
-                                                         "WarmstartEngine", "WarmstartPorts",
-                                                         .product(name: "SystemPackage", package: "swift-system")], swiftSettings: release),
+        .target(name: "WarmstartHandoff", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartVhostUser", "WarmstartEngine",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ], swiftSettings: release),
         // Boot, the control socket, reports and the Runtime object (which drives handoff).
         .target(name: "WarmstartRuntime", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartIO",
                                                          "WarmstartBus", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts", "WarmstartHandoff",
                                                          .product(name: "Logging", package: "swift-log")], swiftSettings: release),
         // `warmstart bench`, the self-loopback and the testpmd launcher: the CLI's and the tests'
         // tools, in no product (the WarmstartRuntime library does not export them).
-        .target(name: "WarmstartBench", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                       "WarmstartBus", "WarmstartEngine", "WarmstartPorts", "WarmstartRuntime"], swiftSettings: release),
+        .target(name: "WarmstartBench", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus",
+            "WarmstartPorts", "WarmstartRuntime",
+        ], swiftSettings: release),
         .executableTarget(name: "warmstart", dependencies: [
             "WarmstartRuntime", "WarmstartBench",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -70,26 +74,65 @@ let package = Package(
                                                                "WarmstartVirtio", "WarmstartPorts", "WarmstartBench"],
                           path: "Benchmarks/VirtioUserTX"),
 
-        .testTarget(name: "WarmstartMemoryTests", dependencies: ["WarmstartMemory"]),
-        .testTarget(name: "WarmstartPoolsTests", dependencies: ["WarmstartPools"]),
-        .testTarget(name: "WarmstartSnapshotTests", dependencies: ["WarmstartSnapshot"]),
-        .testTarget(name: "WarmstartIOTests", dependencies: ["WarmstartIO"]),
-        .testTarget(name: "WarmstartBusTests", dependencies: ["WarmstartBus"]),
-        .testTarget(name: "WarmstartVirtioTests", dependencies: ["WarmstartVirtio"]),
-        .testTarget(name: "WarmstartVhostUserTests", dependencies: ["WarmstartVhostUser"]),
-        .testTarget(name: "WarmstartEngineTests", dependencies: ["WarmstartEngine"]),
-        .testTarget(name: "WarmstartPortsTests", dependencies: ["WarmstartPorts"]),
-        .testTarget(name: "WarmstartHandoffTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                              "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts", "WarmstartHandoff"]),
-        .testTarget(name: "WarmstartRuntimeTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                              "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
-                                                              "WarmstartHandoff", "WarmstartRuntime", "WarmstartBench",
-                                                              .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "WarmstartBenchTests", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                            "WarmstartBus", "WarmstartEngine", "WarmstartPorts", "WarmstartRuntime", "WarmstartBench"]),
+        // Test-only C (netns entry, seccomp filter, setfsuid): calls the product never makes.
+        .target(name: "CWarmstartTestShim", path: "Tests/CWarmstartTestShim"),
+        // What the tests share: the one guest (TestGuest), the one vhost-user back-end peer
+        // (InProcessBackend), the child-test harness (ChildTest) and the testpmd launcher
+        // (TestpmdHarness). Not a product; only the lower modules it needs.
+        .target(name: "WarmstartTestSupport", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools",
+                                                             "WarmstartVirtio", "WarmstartVhostUser",
+                                                             .product(name: "SystemPackage", package: "swift-system")],
+                path: "Tests/WarmstartTestSupport"),
+
+        .testTarget(name: "WarmstartMemoryTests", dependencies: [
+            "CWarmstartShim", .product(name: "SystemPackage", package: "swift-system"), "WarmstartMemory",
+            "WarmstartTestSupport",
+        ]),
+        .testTarget(name: "WarmstartPoolsTests", dependencies: [
+            "CWarmstartShim", .product(name: "SystemPackage", package: "swift-system"), "WarmstartMemory",
+            "WarmstartPools",
+        ]),
+        .testTarget(name: "WarmstartSnapshotTests", dependencies: ["WarmstartMemory", "WarmstartPools", "WarmstartSnapshot"]),
+        .testTarget(name: "WarmstartIOTests", dependencies: ["CWarmstartShim", "CWarmstartTestShim", "WarmstartIO"]),
+        .testTarget(name: "WarmstartBusTests", dependencies: [
+            "CWarmstartShim", "CWarmstartTestShim", "WarmstartIO", "WarmstartBus",
+        ]),
+        .testTarget(name: "WarmstartVirtioTests", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartVirtio", "WarmstartTestSupport",
+        ]),
+        .testTarget(name: "WarmstartVhostUserTests", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartVirtio",
+            "WarmstartVhostUser", "WarmstartTestSupport",
+        ]),
+        .testTarget(name: "WarmstartEngineTests", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartEngine",
+            "WarmstartTestSupport",
+        ]),
+        .testTarget(name: "WarmstartPortsTests", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartIO", "WarmstartBus",
+            "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
+            "CWarmstartTestShim", "WarmstartTestSupport",
+        ]),
+        .testTarget(name: "WarmstartHandoffTests", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
+            "WarmstartVhostUser", "WarmstartEngine", "WarmstartHandoff",
+        ]),
+        .testTarget(name: "WarmstartBenchTests", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus",
+            "WarmstartEngine", "WarmstartRuntime", "WarmstartBench",
+        ]),
+        .testTarget(name: "WarmstartRuntimeTests", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus",
+            "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
+            "WarmstartHandoff", "WarmstartRuntime", "WarmstartBench", "WarmstartTestSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against
         // DPDK's testpmd; skips without testpmd/hugepages.
-        .testTarget(name: "WarmstartInteropTests", dependencies: ["WarmstartRuntime"]),
+        .testTarget(name: "WarmstartInteropTests", dependencies: [
+            "WarmstartPools", "WarmstartSnapshot", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser",
+            "WarmstartEngine", "WarmstartPorts", "WarmstartTestSupport",
+        ]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -2,6 +2,7 @@ import XCTest
 import Glibc
 import Foundation
 import CWarmstartShim
+import CWarmstartTestShim
 import WarmstartIO
 @testable import WarmstartBus
 

@@ -4,6 +4,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartEngine
+import WarmstartTestSupport
 
 /// A queue with traffic whenever it is polled (while `flowing`): each receive hands out one 64-byte
 /// packet, each transmit takes and frees what it is given. Counts the polls.

@@ -3,6 +3,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartEngine
+import WarmstartTestSupport
 
 /// A queue the test feeds and drains: receive hands out frames the test queued; transmit copies
 /// each frame out (as a vhost enqueue would) and frees it.

@@ -1,6 +1,7 @@
 import XCTest
 import Glibc
 import CWarmstartShim
+import CWarmstartTestShim
 @testable import WarmstartIO
 
 /// Every behaviour is checked on both backends: the fallback must do what the ring does.

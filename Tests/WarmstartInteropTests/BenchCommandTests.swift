@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import WarmstartTestSupport
 
 /// `warmstart bench --mode sink` end to end (the built executable): the back-end — a `warmstart
 /// run --forward txonly` child, or testpmd txonly on net_vhost — generates, Warmstart's front-end
@@ -7,7 +8,7 @@ import XCTest
 /// MAC; the child, its socket and temp directory are gone afterwards.
 final class BenchCommandTests: XCTestCase {
     func bench(_ args: [String], file: StaticString = #filePath, line: UInt = #line) throws -> (status: Int32, json: [String: Any]?, output: String, pid: Int32) {
-        guard let bin = InteropHarness.findWarmstart() else {
+        guard let bin = TestpmdHarness.findWarmstart() else {
             throw XCTSkip("warmstart executable not found under .build (run `swift build` first, or set WARMSTART_BIN)")
         }
         let p = Process()
@@ -47,7 +48,7 @@ final class BenchCommandTests: XCTestCase {
 
     func testSinkAgainstTestpmd() throws {
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/dpdk-testpmd") else { throw XCTSkip("dpdk-testpmd not installed") }
-        guard InteropHarness.freeHugepages() >= 160 else { throw XCTSkip("not enough free hugepages for testpmd") }
+        guard TestpmdHarness.freeHugepages() >= 160 else { throw XCTSkip("not enough free hugepages for testpmd") }
         try checkSink(backend: "dpdk", size: 9000)
     }
 

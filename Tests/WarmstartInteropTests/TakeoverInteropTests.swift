@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import WarmstartTestSupport
 
 /// `warmstart run --takeover CTL` against a running `warmstart run --control CTL`, with DPDK's
 /// testpmd (virtio-user, io forwarding looping its --tx-first burst through Warmstart's macswap)
@@ -12,7 +13,7 @@ final class TakeoverInteropTests: XCTestCase {
     /// and the new process's report has the handoff section; then a second takeover of the new
     /// one (a later upgrade) works the same way.
     func testTakeoverKeepsForwarding() throws {
-        let h = try InteropHarness(name: "commit", prefixBase: "ws-tko")
+        let h = try TestpmdHarness(name: "commit", prefixBase: "ws-tko")
         defer { h.cleanup() }
         let sock = "\(h.dir)/a.sock", ctl = "\(h.dir)/control", json = "\(h.dir)/r.json"
         let old = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"])
@@ -76,7 +77,7 @@ final class TakeoverInteropTests: XCTestCase {
     /// process in the middle of a handoff — hung at map, then killed at quiesce — or a failure
     /// at commit leaves the old one forwarding.
     func testSecondTakeoverRefusedAndKilledTakerLeavesOldForwarding() throws {
-        let h = try InteropHarness(name: "faults", prefixBase: "ws-tko")
+        let h = try TestpmdHarness(name: "faults", prefixBase: "ws-tko")
         defer { h.cleanup() }
         let sock = "\(h.dir)/a.sock", ctl = "\(h.dir)/control"
         let old = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"])
@@ -146,7 +147,7 @@ final class TakeoverInteropTests: XCTestCase {
     /// addresses); the first process
     /// may have one more thread (an io_uring worker the kernel starts for its blocking accept).
     func testTenTakeoversInARowLeakNoDescriptorMappingOrMbuf() throws {
-        let h = try InteropHarness(name: "ten", prefixBase: "ws-tko")
+        let h = try TestpmdHarness(name: "ten", prefixBase: "ws-tko")
         defer { h.cleanup() }
         let sock = "\(h.dir)/a.sock", ctl = "\(h.dir)/control"
         var current = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"])
@@ -168,7 +169,7 @@ final class TakeoverInteropTests: XCTestCase {
         func atRest(like first: Footprint? = nil) throws -> (Footprint, PortCounters) {
             let (_, c) = try h.stopAndCollect(tp, port: "vm")
             var f = try footprint(h)
-            waitUntil(timeout: 10) {
+            waitUntil(timeout: 10, interval: 10_000) {
                 usleep(100_000)
                 guard let g = try? footprint(h) else { return false }
                 defer { f = g }
@@ -250,7 +251,7 @@ final class TakeoverInteropTests: XCTestCase {
         }
     }
 
-    func footprint(_ h: InteropHarness) throws -> Footprint {
+    func footprint(_ h: TestpmdHarness) throws -> Footprint {
         guard let p = try h.warmstartStats()["process"] as? [String: Any] else { throw InteropError("no process section in stats") }
         func n(_ k: String) -> Int { (p[k] as? NSNumber)?.intValue ?? -1 }
         return Footprint(pid: Int32(n("pid")), openFDs: n("open_fds"), mappings: n("mappings"), sharedMappings: n("shared_mappings"),
@@ -261,7 +262,7 @@ final class TakeoverInteropTests: XCTestCase {
     static let frames: UInt64 = 10_000
 
     /// Waits until the old process has forwarded `frames` more frames.
-    func assertForwards(_ h: InteropHarness, _ when: String) throws {
+    func assertForwards(_ h: TestpmdHarness, _ when: String) throws {
         let a = try h.counters(port: "vm")
         do {
             try h.waitForCounters(port: "vm", "forward \(when)") { $0.rxPackets >= a.rxPackets + Self.frames }
@@ -270,20 +271,20 @@ final class TakeoverInteropTests: XCTestCase {
         }
     }
 
-    func waitExit(_ p: Process, seconds: Double = InteropHarness.deadline, _ h: InteropHarness) throws {
+    func waitExit(_ p: Process, seconds: Double = TestpmdHarness.deadline, _ h: TestpmdHarness) throws {
         _ = waitUntil(timeout: seconds, interval: 20_000) { !p.isRunning }
         guard !p.isRunning else { throw InteropError("process \(p.processIdentifier) still running after \(seconds) s; logs \(h.dir)") }
         p.waitUntilExit()
     }
 
-    func waitFile(_ path: String, seconds: Double = InteropHarness.deadline, _ h: InteropHarness) throws {
+    func waitFile(_ path: String, seconds: Double = TestpmdHarness.deadline, _ h: TestpmdHarness) throws {
         _ = waitUntil(timeout: seconds, interval: 20_000) { FileManager.default.fileExists(atPath: path) }
         guard FileManager.default.fileExists(atPath: path) else {
             throw InteropError("\(path) not written within \(seconds) s; new: \(h.logText("new"))")
         }
     }
 
-    func waitLog(_ name: String, _ text: String, seconds: Double = InteropHarness.deadline, _ h: InteropHarness) throws {
+    func waitLog(_ name: String, _ text: String, seconds: Double = TestpmdHarness.deadline, _ h: TestpmdHarness) throws {
         _ = waitUntil(timeout: seconds, interval: 20_000) { h.logText(name).contains(text) }
         guard h.logText(name).contains(text) else {
             throw InteropError("no '\(text)' in \(name) within \(seconds) s:\n\(h.logText(name))")
@@ -291,6 +292,6 @@ final class TakeoverInteropTests: XCTestCase {
     }
 }
 
-extension InteropHarness {
+extension TestpmdHarness {
     func logText(_ name: String) -> String { (try? String(contentsOfFile: log(name), encoding: .utf8)) ?? "" }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import WarmstartTestSupport
 
 /// `--takeover` of a TAP port, no testpmd needed: the interface survives the old process (its fd
 /// was handed over), the new process's port is started and reflects a frame sent on it.
@@ -8,7 +9,7 @@ final class TakeoverTapTests: XCTestCase {
         guard getuid() == 0, FileManager.default.fileExists(atPath: "/dev/net/tun") else {
             throw XCTSkip("TAP needs root and /dev/net/tun")
         }
-        guard let bin = InteropHarness.findWarmstart() else { throw XCTSkip("warmstart executable not found under .build") }
+        guard let bin = TestpmdHarness.findWarmstart() else { throw XCTSkip("warmstart executable not found under .build") }
         let dir = "/tmp/ws-tko-\(getpid())-tap"
         try? FileManager.default.removeItem(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
@@ -32,7 +33,7 @@ final class TakeoverTapTests: XCTestCase {
         }
         func text(_ log: String) -> String { (try? String(contentsOfFile: "\(dir)/\(log).log", encoding: .utf8)) ?? "" }
         func ifindex() -> String? { try? String(contentsOfFile: "/sys/class/net/\(ifname)/ifindex", encoding: .utf8) }
-        func until(_ seconds: Double = InteropHarness.deadline, _ cond: () -> Bool) -> Bool {
+        func until(_ seconds: Double = TestpmdHarness.deadline, _ cond: () -> Bool) -> Bool {
             waitUntil(timeout: seconds, interval: 20_000, cond)
         }
         let ctl = "\(dir)/control", json = "\(dir)/r.json"
@@ -65,7 +66,7 @@ final class TakeoverTapTests: XCTestCase {
         XCTAssertTrue(back, "the frame came back through the new process (\(sent) sent): \(text("new"))")
         var port: [String: Any]?
         let counted = until {
-            port = ((try? InteropHarness.stats(control: ctl))?["ports"] as? [[String: Any]])?.first
+            port = ((try? TestpmdHarness.stats(control: ctl))?["ports"] as? [[String: Any]])?.first
             let total = port?["total"] as? [String: Any]
             func n(_ k: String) -> Int { (total?[k] as? NSNumber)?.intValue ?? 0 }
             return n("rx_packets") >= 1 && n("tx_packets") >= 1

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import WarmstartTestSupport
 
 /// `warmstart run --port vhost-user:SOCK` against DPDK's testpmd as the virtio-user front-end.
 ///
@@ -36,7 +37,7 @@ final class TestpmdInteropTests: XCTestCase {
     }
 
     func loop(_ c: Case) throws {
-        let h = try InteropHarness(name: "loop\(c.packed ? "p" : "s")\(c.mergeable ? 1 : 0)-\(c.size)")
+        let h = try TestpmdHarness(name: "loop\(c.packed ? "p" : "s")\(c.mergeable ? 1 : 0)-\(c.size)")
         defer { h.cleanup() }
         let sock = "\(h.dir)/vhost.sock"
         let ws = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"])
@@ -68,7 +69,7 @@ final class TestpmdInteropTests: XCTestCase {
     /// poll its RX in txonly) is dropped and counted, never lost.
     func testTxOnlyCounts() throws {
         for packed in [false, true] {
-            let h = try InteropHarness(name: "txonly\(packed ? "p" : "s")")
+            let h = try TestpmdHarness(name: "txonly\(packed ? "p" : "s")")
             defer { h.cleanup() }
             let sock = "\(h.dir)/vhost.sock"
             let ws = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"])
@@ -93,7 +94,7 @@ final class TestpmdInteropTests: XCTestCase {
     /// A front-end that sends a malformed message (bad version, then an oversize payload) loses
     /// its session — logged, the port probes again — while another port keeps forwarding.
     func testHostilePeerDoesNotDisturbOtherPort() throws {
-        let h = try InteropHarness(name: "hostile")
+        let h = try TestpmdHarness(name: "hostile")
         defer { h.cleanup() }
         let good = "\(h.dir)/good.sock", bad = "\(h.dir)/bad.sock"
         let ws = try h.startWarmstart(ports: ["vhost-user:\(good),name=good", "vhost-user:\(bad),name=bad"])
@@ -109,7 +110,7 @@ final class TestpmdInteropTests: XCTestCase {
             _ = header.withUnsafeBytes { send(fd, $0.baseAddress, header.count, 0) }
             // The back-end drops the session: we read end-of-stream.
             var b = [UInt8](repeating: 0, count: 16)
-            var tv = timeval(tv_sec: Int(InteropHarness.deadline), tv_usec: 0)
+            var tv = timeval(tv_sec: Int(TestpmdHarness.deadline), tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             let n = b.withUnsafeMutableBytes { read(fd, $0.baseAddress, 16) }
             let e = errno
@@ -143,7 +144,7 @@ final class TestpmdInteropTests: XCTestCase {
     /// Two queue pairs (queues=2) on two polling threads: both pairs start, carry traffic, and
     /// the totals agree with testpmd's.
     func testMultiQueueTwoPairsTwoThreads() throws {
-        let h = try InteropHarness(name: "mq")
+        let h = try TestpmdHarness(name: "mq")
         defer { h.cleanup() }
         let sock = "\(h.dir)/vhost.sock"
         let ws = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm,queues=2"], cores: 2)
@@ -151,7 +152,7 @@ final class TestpmdInteropTests: XCTestCase {
         tp.send("set fwd io")
         tp.send("start tx_first")
         var perQueue: [UInt64] = []
-        let both = try waitUntil(timeout: InteropHarness.deadline) {
+        let both = try waitUntil(timeout: TestpmdHarness.deadline, interval: 10_000) {
             perQueue = try h.queueRxPackets(port: "vm")
             return perQueue.count == 2 && perQueue.allSatisfy { $0 >= Self.frames / 2 }
         }
@@ -173,14 +174,14 @@ final class TestpmdInteropTests: XCTestCase {
     /// `--boot-only` waits for the declared device, then prints the report with its row and the
     /// bus-probe / device-start phases, and exits 0.
     func testBootOnlyReportsTheDevice() throws {
-        let h = try InteropHarness(name: "bootonly")
+        let h = try TestpmdHarness(name: "bootonly")
         defer { h.cleanup() }
         let sock = "\(h.dir)/vhost.sock"
         let json = "\(h.dir)/report.json"
         let ws = try h.startWarmstart(ports: ["vhost-user:\(sock),name=vm"], extra: ["--boot-only", "--device-wait", "20", "--report-json", json])
         // Warmstart exits as soon as the device started, taking testpmd's port down: no prompt wait.
         let tp = try h.startTestpmd(socket: sock, packed: true, mergeable: true, size: 64, waitForPrompt: false)
-        _ = waitUntil(timeout: InteropHarness.deadline, interval: 20_000) { !ws.isRunning }
+        _ = waitUntil(timeout: TestpmdHarness.deadline, interval: 20_000) { !ws.isRunning }
         tp.quit()
         XCTAssertFalse(ws.isRunning)
         ws.waitUntilExit()

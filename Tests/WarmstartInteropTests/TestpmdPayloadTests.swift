@@ -7,6 +7,7 @@ import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartTestSupport
 
 /// Payload checks with DPDK's testpmd in the middle (issue 5 §6): one testpmd, unchanged, with two
 /// ports forwarding io between them —
@@ -113,7 +114,7 @@ final class TestpmdPayloadTests: XCTestCase {
     }
 
     func run(_ c: Case) throws {
-        let h = try InteropHarness(name: "payload-\(c.tag)", prefixBase: "ws-payload", needsWarmstart: false)
+        let h = try TestpmdHarness(name: "payload-\(c.tag)", prefixBase: "ws-payload", needsWarmstart: false)
         let wsSocket = "\(h.dir)/warmstart-vhost.sock", dpdkSocket = "\(h.dir)/dpdk-vhost.sock"
         let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 16384, cacheSize: 64)), hugepages: .auto)
         let pool = live.mbufPool
@@ -131,7 +132,7 @@ final class TestpmdPayloadTests: XCTestCase {
         backend.register(on: bus)
         VirtioUserDriver(regions: live.sharedRegions, pool: pool, arena: RingArena(region: live.generalRegion!)).register(on: bus)
         bus.start()
-        var tp: Testpmd?
+        var tp: TestpmdConsole?
         defer {
             // testpmd first (it stops its rings on our back-end like a guest shutting down), then
             // our ports; the harness kills anything left by pid and removes its files.
@@ -139,10 +140,10 @@ final class TestpmdPayloadTests: XCTestCase {
             bus.stop()
             h.cleanup()
         }
-        _ = waitUntil(timeout: InteropHarness.deadline, interval: 5000) { FileManager.default.fileExists(atPath: wsSocket) }
+        _ = waitUntil(timeout: TestpmdHarness.deadline, interval: 5000) { FileManager.default.fileExists(atPath: wsSocket) }
         tp = try h.startTestpmdBridge(frontendOf: wsSocket, backendAt: dpdkSocket, packed: c.packed,
                                       mergeable: c.mergeable, inOrder: c.inOrder, queues: c.queues)
-        let started = bus.wait(timeoutSeconds: InteropHarness.deadline) { $0.allSatisfy { $0.state == .started } }
+        let started = bus.wait(timeoutSeconds: TestpmdHarness.deadline) { $0.allSatisfy { $0.state == .started } }
                       && beQueues.state.pairs.count == c.queues
         let beq = beQueues.state.pairs.sorted { $0.pairIndex < $1.pairIndex }
         guard started, let fe = bus.devices[1].driverContext as? VirtioUserPort, fe.queues.count == c.queues else {
@@ -184,7 +185,7 @@ final class TestpmdPayloadTests: XCTestCase {
             through.toBackend += beq.reduce(0) { $0 + drain($1, cache, out) }
             through.toFrontend += feq.reduce(0) { $0 + drain($1, cache, out) }
         }
-        let warm = waitUntil(timeout: InteropHarness.deadline, interval: 5000) {
+        let warm = waitUntil(timeout: TestpmdHarness.deadline, interval: 5000) {
             for q in 0..<c.queues {
                 probeToBackend.send(frames: frames, pool: pool, cache: cache, out: out, window: .max, max: 1) { feq[q].transmitBurst($0, count: $1, cache: cache) }
                 probeToFrontend.send(frames: frames, pool: pool, cache: cache, out: out, window: .max, max: 1) { beq[q].transmitBurst($0, count: $1, cache: cache) }
@@ -204,7 +205,7 @@ final class TestpmdPayloadTests: XCTestCase {
         // a clear can be undone by the next poll.
         var base0: [String: UInt64] = [:], base1: [String: UInt64] = [:]
         var settledOnce = false
-        let settled = try waitUntil(timeout: InteropHarness.deadline, interval: 5000) {
+        let settled = try waitUntil(timeout: TestpmdHarness.deadline, interval: 5000) {
             drainProbes()
             let s0 = try tp!.nicStats(port: 0), s1 = try tp!.nicStats(port: 1)
             let done = s1["RX-packets"] == probeToBackend.sentPackets && s0["RX-packets"] == probeToFrontend.sentPackets
@@ -328,14 +329,13 @@ final class TestpmdPayloadTests: XCTestCase {
     }
 }
 
-extension InteropHarness {
+extension TestpmdHarness {
     /// testpmd with two ports forwarding io between them: port 0 the virtio-user front-end of the
     /// back-end listening at `frontendOf`, port 1 a vhost back-end listening at `backendAt`.
     /// Returns once forwarding runs.
     func startTestpmdBridge(frontendOf: String, backendAt: String, packed: Bool, mergeable: Bool, inOrder: Bool,
-                            queues: Int = 1) throws -> Testpmd {
-        var args = ["-l", "0,1", "--main-lcore", "1", "--no-pci", "--single-file-segments",
-                    "--file-prefix", prefix, "-m", "256",
+                            queues: Int = 1) throws -> TestpmdConsole {
+        var args = ealArguments(mainLcore: 1) + [
                     "--vdev", "net_virtio_user0,path=\(frontendOf),queues=\(queues),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=\(mergeable ? 1 : 0),in_order=\(inOrder ? 1 : 0),queue_size=256",
                     "--vdev", "net_vhost0,iface=\(backendAt),queues=\(queues)",
                     "--", "-i", "--nb-cores=1", "--rxq=\(queues)", "--txq=\(queues)", "--disable-device-start", "--max-pkt-len=9600"]
@@ -343,24 +343,20 @@ extension InteropHarness {
         args += mergeable ? ["--total-num-mbufs=8192"] : ["--mbuf-size=10240", "--total-num-mbufs=4096"]
         let stdin = Pipe()
         // stdbuf: answers must reach the log file at once; setpriv: testpmd dies with this process.
-        var argv = ["/usr/bin/stdbuf", "-oL", "-eL", testpmdPath] + args
-        if FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv") {
-            argv = ["/usr/bin/setpriv", "--pdeathsig", "KILL", "--"] + argv
-        }
-        let p = try spawn(argv[0], Array(argv.dropFirst()), log: "testpmd", stdin: stdin)
-        let t = Testpmd(process: p, stdin: stdin.fileHandleForWriting, logPath: log("testpmd"))
-        try t.waitFor("testpmd>", timeout: InteropHarness.deadline)
+        let p = try spawn("/usr/bin/stdbuf", ["-oL", "-eL", testpmdPath] + args, log: "testpmd", stdin: stdin, dieWithParent: true)
+        let t = TestpmdConsole(process: p, stdin: stdin.fileHandleForWriting, logPath: log("testpmd"))
+        try t.waitFor("testpmd>", timeout: TestpmdHarness.deadline)
         // 2 KiB mbufs take 9000 B frames as chains: Rx scatter on the virtio-user port (net_vhost
         // has no such offload and chains on its own).
         if mergeable { t.send("port config 0 rx_offload scatter on") }
         t.send("port start all")
         t.send("set fwd io")
         t.send("start")
-        try t.waitFor("io packet forwarding - ports=2", timeout: InteropHarness.deadline)
+        try t.waitFor("io packet forwarding - ports=2", timeout: TestpmdHarness.deadline)
         return t
     }
 }
 
-extension Testpmd {
+extension TestpmdConsole {
     var tail: String { output.split(separator: "\n").suffix(20).joined(separator: "\n") }
 }

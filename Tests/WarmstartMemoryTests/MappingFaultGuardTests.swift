@@ -1,6 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
+import WarmstartTestSupport
 @testable import WarmstartMemory
 
 /// The SIGBUS guard (issue 12, defect 3): a peer that shrinks a file we map must cost the mapping
@@ -104,23 +105,15 @@ final class MappingFaultGuardTests: XCTestCase {
             withExtendedLifetime(g) {}
             exit(3)   // not reached when the fault kills the process
         }
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-        child.arguments = ["WarmstartMemoryTests.MappingFaultGuardTests/testUnregisteredFaultStillCrashes"]
-        var env = ProcessInfo.processInfo.environment
-        env["WS_FAULT_GUARD_CHILD"] = "1"
-        env["SWIFT_BACKTRACE"] = "enable=no"
         // Under AddressSanitizer (test.sh's ASan step) the previous SIGBUS action is ASan's, which
         // reports and exits 1: the guard chains to it as it should. Leave SIGBUS to the default
         // action in the child so the check is the same with and without ASan.
-        env["ASAN_OPTIONS"] = (env["ASAN_OPTIONS"].map { $0 + ":" } ?? "") + "handle_sigbus=0"
-        child.environment = env
-        child.standardOutput = FileHandle.nullDevice
-        child.standardError = FileHandle.nullDevice
-        try child.run()
-        child.waitUntilExit()
-        XCTAssertEqual(child.terminationReason, .uncaughtSignal, "the child exited with status \(child.terminationStatus)")
-        XCTAssertEqual(child.terminationStatus, SIGBUS)
+        let asan = (ProcessInfo.processInfo.environment["ASAN_OPTIONS"].map { $0 + ":" } ?? "") + "handle_sigbus=0"
+        let child = try ChildTest.run("WarmstartMemoryTests.MappingFaultGuardTests/testUnregisteredFaultStillCrashes",
+                                      environment: ["WS_FAULT_GUARD_CHILD": "1", "ASAN_OPTIONS": asan], quiet: true)
+        XCTAssertFalse(child.timedOut)
+        XCTAssertEqual(child.reason, .uncaughtSignal, "the child exited with status \(child.status)")
+        XCTAssertEqual(child.status, SIGBUS)
     }
 
     /// hugetlbfs: zero pages replace the whole huge-page mapping (MAP_FIXED over all of it, so

@@ -6,30 +6,15 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartTestSupport
 @testable import WarmstartRuntime
 @testable import WarmstartHandoff
 
-// Two "processes" in one: a guest (HandoffGuest.swift: virtio driver rings in its own memfd, a
+// Two "processes" in one: a guest (TestGuest, from WarmstartTestSupport: virtio driver rings in its own memfd, a
 // VhostUserFrontend on a socket) and backends (a session, a Datapath with polling threads, a vhost queue pair as a
 // BurstQueue). A handoff moves everything from one backend object to a new one over a real socket
 // with real SCM_RIGHTS: the new backend maps the memory from the passed descriptors, never shares
 // the old one's objects.
-
-/// How long a wait for an event (traffic counted, a process gone, a file written) may take: for
-/// a machine loaded by parallel builds. Every wait returns as soon as its condition holds.
-let testDeadline: Double = 60
-
-/// Polls `condition` every `interval` µs until it holds (true, at once) or `timeout` seconds
-/// passed (false).
-@discardableResult
-func waitUntil(timeout: Double = testDeadline, interval: useconds_t = 1000, _ condition: () throws -> Bool) rethrows -> Bool {
-    let end = Date().addingTimeInterval(timeout)
-    while true {
-        if try condition() { return true }
-        if Date() >= end { return false }
-        usleep(interval)
-    }
-}
 
 func countOpenFDs() -> Int { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").count) ?? -1 }
 func countMappings(containing text: String? = nil) -> Int {

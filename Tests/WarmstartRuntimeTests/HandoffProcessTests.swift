@@ -3,6 +3,7 @@ import Foundation
 import XCTest
 import Logging
 import WarmstartVhostUser
+import WarmstartTestSupport
 @testable import WarmstartRuntime
 @testable import WarmstartHandoff
 
@@ -18,7 +19,7 @@ final class HandoffProcessTests: XCTestCase {
     static let childAdoptGate = "WS_HANDOFF_CHILD_ADOPT_GATE"
     static let childNextControl = "WS_HANDOFF_CHILD_NEXT_CONTROL"
 
-    var guest: HandoffGuest!
+    var guest: TestGuest!
     var backend: HandoffBackend!
     var controlPath = ""
     var listenFD: Int32 = -1
@@ -94,7 +95,7 @@ final class HandoffProcessTests: XCTestCase {
         guard ProcessInfo.processInfo.environment[Self.childControl] == nil else { return }
         let (g, b) = socketPair()
         backend = try HandoffBackend(connection: b)
-        guest = try HandoffGuest(socket: g)
+        guest = try TestGuest(socket: g)
         try guest.connect()
         XCTAssertTrue(waitUntil { backend.pair != nil }, "rings did not start")
         // The old process's control socket, serving handoffs one connection at a time.
@@ -133,20 +134,10 @@ final class HandoffProcessTests: XCTestCase {
     /// Starts this test binary as the new process.
     func spawnChild(fault: String? = nil, report: String? = nil, adoptGate: String? = nil, stderr: Pipe? = nil,
                     from control: String? = nil, serving next: String? = nil) throws -> Process {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-        p.arguments = ["WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver"]
-        var env = ProcessInfo.processInfo.environment
-        env[Self.childControl] = control ?? controlPath
-        env[Self.childNextControl] = next
-        env[Self.childFault] = fault
-        env[Self.childReport] = report
-        env[Self.childAdoptGate] = adoptGate
-        p.environment = env
-        if let stderr { p.standardError = stderr }
-        p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-        try p.run()
-        return p
+        try ChildTest.start("WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver",
+                            environment: [Self.childControl: control ?? controlPath, Self.childNextControl: next,
+                                          Self.childFault: fault, Self.childReport: report, Self.childAdoptGate: adoptGate],
+                            stderr: stderr, inheritStderr: true)
     }
 
     /// Waits until `count` packets came back; false (and a failure) if they did not in time.
@@ -325,7 +316,7 @@ final class HandoffControlServerTests: XCTestCase {
     func testHandoffThroughTheControlServerWhileStatsKeepsAnswering() throws {
         let (g, b) = socketPair()
         var backend: HandoffBackend? = try HandoffBackend(connection: b)
-        let guest = try HandoffGuest(socket: g)
+        let guest = try TestGuest(socket: g)
         try guest.connect()
         XCTAssertTrue(waitUntil { backend!.pair != nil }, "rings did not start")
         let path = "/tmp/ws-handoff-control-\(getpid()).sock"

@@ -1,6 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
+import WarmstartTestSupport
 @testable import WarmstartRuntime
 @testable import WarmstartHandoff
 
@@ -13,34 +14,16 @@ final class HandoffTestpmdTests: XCTestCase {
     func testTestpmdKeepsForwardingAcrossAProcessUpgrade() throws {
         let env = ProcessInfo.processInfo.environment
         guard env["WARMSTART_DPDK_INTEROP"] == "1" else { throw XCTSkip("set WARMSTART_DPDK_INTEROP=1 to run against dpdk-testpmd") }
-        let testpmd = env["WARMSTART_TESTPMD"] ?? "/usr/bin/dpdk-testpmd"
-        guard FileManager.default.isExecutableFile(atPath: testpmd) else { throw XCTSkip("\(testpmd) not found") }
-        let me = getpid()
-        let vhostPath = "/tmp/ws-upg-vhost-\(me).sock", control = "/tmp/ws-upg-control-\(me).sock"
-        let report = "/tmp/ws-upg-report-\(me).json", log = "/tmp/ws-upg-testpmd-\(me).log"
-        let prefix = "ws-upg-\(me)"
+        let harness = try TestpmdHarness(name: "upgrade", prefixBase: "ws-upg", needsWarmstart: false)
+        let vhostPath = harness.dir + "/vhost.sock", control = harness.dir + "/control.sock"
+        let report = harness.dir + "/report.json", log = harness.log("testpmd")
         let listener = HandoffProcessTests.listen(vhostPath)
-        var cleanup: [() -> Void] = [{ close(listener); unlink(vhostPath); unlink(control); unlink(report) }]
-        defer {
-            for c in cleanup.reversed() { c() }
-            // testpmd's hugepage files and runtime directory for its prefix (it is gone by now).
-            for n in (try? FileManager.default.contentsOfDirectory(atPath: "/dev/hugepages")) ?? [] where n.hasPrefix(prefix) {
-                try? FileManager.default.removeItem(atPath: "/dev/hugepages/" + n)
-            }
-            try? FileManager.default.removeItem(atPath: "/var/run/dpdk/" + prefix)
-        }
+        // The harness kills testpmd by pid and removes its files and (unless the test failed) its log.
+        var cleanup: [() -> Void] = [{ close(listener); harness.cleanup(keepLogs: (self.testRun?.failureCount ?? 0) > 0) }]
+        defer { for c in cleanup.reversed() { c() } }
 
-        let pmd = Process()
-        pmd.executableURL = URL(fileURLWithPath: testpmd)
-        pmd.arguments = ["-l", "0,1", "--main-lcore", "0", "--no-pci", "--single-file-segments", "-m", "256", "--file-prefix", prefix,
-                         "--vdev", "net_virtio_user0,path=\(vhostPath),queues=1,packed_vq=0,mrg_rxbuf=1",
-                         "--", "--forward-mode=io", "--tx-first", "--stats-period", "1", "--nb-cores=1"]
-        FileManager.default.createFile(atPath: log, contents: nil)
-        let logHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
-        pmd.standardOutput = logHandle
-        pmd.standardError = logHandle
-        try pmd.run()
-        cleanup.append { if pmd.isRunning { kill(pmd.processIdentifier, SIGKILL) }; pmd.waitUntilExit() }
+        let pmd = try harness.startTestpmd(vdevs: ["net_virtio_user0,path=\(vhostPath),queues=1,packed_vq=0,mrg_rxbuf=1"],
+                                           appArgs: ["--forward-mode=io", "--tx-first", "--stats-period", "1", "--nb-cores=1"])
 
         var p = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
         guard poll(&p, 1, 30_000) == 1 else { return XCTFail("testpmd did not connect; log \(log)") }
@@ -69,17 +52,10 @@ final class HandoffTestpmdTests: XCTestCase {
             }
         }.start()
         func spawn(fault: String?) throws -> Process {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-            p.arguments = ["WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver"]
-            var e = env
-            e[HandoffProcessTests.childControl] = control
-            e[HandoffProcessTests.childReport] = report
-            e[HandoffProcessTests.childFault] = fault
-            p.environment = e
-            p.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
-            try p.run()
-            return p
+            try ChildTest.start("WarmstartRuntimeTests.HandoffProcessTests/testChildTakesOver",
+                                environment: [HandoffProcessTests.childControl: control, HandoffProcessTests.childReport: report,
+                                              HandoffProcessTests.childFault: fault],
+                                inheritStderr: true)
         }
         // kill -9 of the new process at each step: testpmd keeps being served by this one.
         for step in ["hello", "transfer", "map", "quiesce", "commit"] {
@@ -125,7 +101,6 @@ final class HandoffTestpmdTests: XCTestCase {
         XCTAssertFalse(text.contains("VHOST_CONFIG") && text.contains("disconnect"), "testpmd saw a disconnect")
         waitUntil(interval: 10_000) { !child.isRunning }
         XCTAssertFalse(child.isRunning, "the child exits when testpmd closes the connection")
-        if testRun?.failureCount == 0 { unlink(log) }
     }
 
     /// The last number after `key` in the file.

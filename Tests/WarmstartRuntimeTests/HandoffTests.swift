@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 import WarmstartVhostUser
+import WarmstartTestSupport
 @testable import WarmstartRuntime
 @testable import WarmstartHandoff
 
@@ -9,13 +10,13 @@ import WarmstartVhostUser
 /// over (real socket, real SCM_RIGHTS, fresh mappings in the new backend); every packet sent comes
 /// back exactly once, in order.
 final class HandoffTests: XCTestCase {
-    var guest: HandoffGuest!
+    var guest: TestGuest!
     var backend: HandoffBackend!
 
     override func setUpWithError() throws {
         let (g, b) = socketPair()
         backend = try HandoffBackend(connection: b)
-        guest = try HandoffGuest(socket: g)
+        guest = try TestGuest(socket: g)
         try guest.connect()
         XCTAssertTrue(waitUntil { backend.pair != nil }, "rings did not start")
     }
@@ -77,7 +78,7 @@ final class HandoffTests: XCTestCase {
         backend.releaseAll()
         let (g, b) = socketPair()
         backend = try HandoffBackend(connection: b)
-        guest = try HandoffGuest(socket: g, packed: true)
+        guest = try TestGuest(socket: g, packed: true)
         try guest.connect()
         waitUntil { backend.pair != nil }
         XCTAssertEqual(backend.pair?.setups.first?.layout, .packed)

@@ -6,6 +6,7 @@ import WarmstartBus
 import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVhostUser
+import WarmstartTestSupport
 @testable import WarmstartRuntime
 
 /// A hostile front-end against a running back-end port (issue 12): it cycles through a packed ring
@@ -178,30 +179,12 @@ final class HostilePortTests: XCTestCase {
     /// Runs test `name` of this class in a child process (this test binary, with
     /// `blockingCallChild` set in its environment), killed by pid if it has not ended in 45 s.
     func runInChild(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
-        p.arguments = ["WarmstartRuntimeTests.HostilePortTests/\(name)"]
-        var env = ProcessInfo.processInfo.environment
-        env[Self.blockingCallChild] = "1"
-        p.environment = env
-        let output = "\(dir!)/child-output"
-        FileManager.default.createFile(atPath: output, contents: nil)
-        let out = try XCTUnwrap(FileHandle(forWritingAtPath: output))
-        defer { try? out.close() }
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let limit = ws_monotonic_ns() + 45_000_000_000
-        while p.isRunning && ws_monotonic_ns() < limit { usleep(10_000) }
-        let text = { (try? String(contentsOfFile: output, encoding: .utf8)) ?? "" }
-        if p.isRunning {
-            kill(p.processIdentifier, SIGKILL)
-            p.waitUntilExit()
-            return XCTFail("\(name) hung (killed after 45 s):\n\(text().suffix(4000))", file: file, line: line)
-        }
-        XCTAssertEqual(p.terminationReason, .exit, text(), file: file, line: line)
-        XCTAssertEqual(p.terminationStatus, 0, "the child failed:\n\(text().suffix(4000))", file: file, line: line)
-        XCTAssertTrue(text().contains("\(name)' passed"), "the child did not run \(name):\n\(text().suffix(4000))", file: file, line: line)
+        let r = try ChildTest.run("WarmstartRuntimeTests.HostilePortTests/\(name)", environment: [Self.blockingCallChild: "1"],
+                                  deadline: 45, captureOutput: true)
+        if r.timedOut { return XCTFail("\(name) hung (killed after 45 s):\n\(r.output.suffix(4000))", file: file, line: line) }
+        XCTAssertEqual(r.reason, .exit, r.output, file: file, line: line)
+        XCTAssertEqual(r.status, 0, "the child failed:\n\(r.output.suffix(4000))", file: file, line: line)
+        XCTAssertTrue(r.passed(name), "the child did not run \(name):\n\(r.output.suffix(4000))", file: file, line: line)
     }
 
     /// The virtio-user side: the back-end peer holds the same open file as the kick eventfd we
@@ -231,7 +214,7 @@ final class HostilePortTests: XCTestCase {
         let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 4)
         defer { out.deallocate() }
         func send() -> Int {
-            for k in 0..<4 { out[k] = makeMbufChain(pool, testFrame(tag: 7, seq: k))! }
+            for k in 0..<4 { out[k] = makeChain(pool, testFrame(tag: 7, seq: k))! }
             return q.transmitBurst(out, count: 4, cache: cache)
         }
         let interruptsBefore = ws_write_guard_interrupts()

@@ -4,6 +4,7 @@ import WarmstartBus
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
+import WarmstartTestSupport
 @testable import WarmstartRuntime
 
 /// Issue 12, defect 3: a front-end that truncates its memory file while the rings run. Before the

@@ -4,6 +4,7 @@ import XCTest
 import WarmstartBus
 import WarmstartVhostUser
 @testable import WarmstartRuntime
+import WarmstartTestSupport
 
 /// The back-end port's reads go through VhostUserFrameDecoder: a front-end that writes its
 /// messages one byte at a time is served as one that writes them whole (descriptors included), and

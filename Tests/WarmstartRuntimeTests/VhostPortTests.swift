@@ -6,6 +6,7 @@ import WarmstartPools
 import WarmstartEngine
 import WarmstartSnapshot
 import WarmstartVhostUser
+import WarmstartTestSupport
 @testable import WarmstartRuntime
 
 /// The vhost-user back-end port and the runtime, driven by in-process guests (`TestGuest`):

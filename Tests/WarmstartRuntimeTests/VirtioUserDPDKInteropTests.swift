@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import WarmstartTestSupport
 import WarmstartBus
 @testable import WarmstartEngine
 @testable import WarmstartPorts
@@ -36,7 +37,7 @@ final class VirtioUserDPDKInteropTests: XCTestCase {
     }
 
     func runCase(packed: Bool, frontendListens: Bool, options: String = "", segments: Int = 1) throws {
-        if let why = Testpmd.unavailableReason() { throw XCTSkip(why) }
+        if let why = TestpmdHarness.unavailableReason(hugepages: 64) { throw XCTSkip(why) }
         let tag = "\(packed ? "p" : "s")\(frontendListens ? "l" : "c")\(segments)"
         let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 8192, cacheSize: 64)), hugepages: .auto)
         let pmd = try TestpmdVhost(tag: tag, client: frontendListens, forward: "macswap")
@@ -80,7 +81,7 @@ final class VirtioUserDPDKInteropTests: XCTestCase {
                 var k = 0
                 while k < burst {
                     let f = frame(size: size, seq: seq)
-                    guard let m = makeMbufChain(pool, f) else { break }
+                    guard let m = makeChain(pool, f) else { break }
                     out[k] = m
                     expected[seq] = f
                     seq += 1
@@ -104,7 +105,7 @@ final class VirtioUserDPDKInteropTests: XCTestCase {
         XCTAssertEqual(received, sent, "every frame came back (testpmd log \(dir)/testpmd.log)")
         XCTAssertEqual(mismatches.prefix(5), [], "\(mismatches.count) frames differ")
         XCTAssertEqual(q.errorCount, 0)
-        XCTAssertTrue(pmd.child.isRunning, "testpmd still running: \(pmd.child.logTail(500))")
+        XCTAssertTrue(pmd.child.isRunning, "testpmd still running: \(pmd.logTail(500))")
     }
 }
 
@@ -116,7 +117,7 @@ extension VirtioUserDPDKInteropTests {
     /// its rx queue i leaves on its tx queue i): frames sent on each of our pairs come back on
     /// the same pair, counted per pair, byte for byte.
     func runMultiQueue(packed: Bool) throws {
-        if let why = Testpmd.unavailableReason() { throw XCTSkip(why) }
+        if let why = TestpmdHarness.unavailableReason(hugepages: 64) { throw XCTSkip(why) }
         let tag = "mq\(packed ? "p" : "s")"
         let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 8192, cacheSize: 64)), hugepages: .auto)
         let pmd = try TestpmdVhost(tag: tag, forward: "macswap", queues: 2)
@@ -168,7 +169,7 @@ extension VirtioUserDPDKInteropTests {
                 var k = 0
                 while k < 16 {
                     let f = make(q, seq, [64, 1518, 9000][round % 3])
-                    guard let m = makeMbufChain(pool, f) else { break }
+                    guard let m = makeChain(pool, f) else { break }
                     out[k] = m
                     expected[seq] = f
                     seq += 1
@@ -195,7 +196,7 @@ extension VirtioUserDPDKInteropTests {
     /// on both of its queues (txonly): the runtime's two polling threads each serve one of the
     /// port's pairs, both count received frames, and the counters carry the port's MAC.
     func testRuntimeServesEveryQueuePairOnItsOwnThread() throws {
-        if let why = Testpmd.unavailableReason() { throw XCTSkip(why) }
+        if let why = TestpmdHarness.unavailableReason(hugepages: 64) { throw XCTSkip(why) }
         let tag = "mqrt"
         let live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 16384, cacheSize: 256)), hugepages: .auto)
         let pmd = try TestpmdVhost(tag: tag, forward: "txonly", queues: 2, extra: ["--txpkts=64"])
@@ -226,30 +227,26 @@ extension VirtioUserDPDKInteropTests {
     }
 }
 
-/// testpmd's `net_vhost` as a child process for one test (Docs/USAGE.md): its own socket
-/// directory and file prefix. `stop` kills it by pid and removes its hugepage files, runtime
-/// directory and socket, and its log unless asked to keep it (a failed test names it).
+/// testpmd's `net_vhost` as a child process for one test (Docs/USAGE.md), started by the
+/// harness: its own directory and file prefix. `stop` stops it by pid and removes its hugepage
+/// files, runtime directory and socket, and its log unless asked to keep it (a failed test names it).
 final class TestpmdVhost {
-    let dir: String
+    let harness: TestpmdHarness
     let sock: String
-    let prefix: String
-    let child: ChildProcess
+    let child: Process
+    var dir: String { harness.dir }
 
     init(tag: String, client: Bool = false, forward: String, queues: Int = 1, extra: [String] = []) throws {
-        dir = "/tmp/ws-vuser-test-\(getpid())-\(tag)"
-        mkdir(dir, 0o700)
-        sock = dir + "/vhost.sock"
-        prefix = "ws-vuser-\(getpid())-\(tag)"
-        child = try ChildProcess(Testpmd.vhostArguments(socket: sock, client: client, forward: forward, prefix: prefix,
-                                                        queues: queues, extra: extra),
-                                 logPath: dir + "/testpmd.log")
+        harness = try TestpmdHarness(name: tag, prefixBase: "ws-vuser", needsWarmstart: false, hugepages: 64)
+        sock = harness.dir + "/vhost.sock"
+        child = try harness.startVhost(socket: sock, client: client, forward: forward, queues: queues, extra: extra)
     }
 
+    func logTail(_ bytes: Int = 2000) -> String { harness.logTail(bytes: bytes) }
+
     func stop(keepLog: Bool) {
-        child.stop()
-        Testpmd.cleanup(prefix: prefix)
-        unlink(sock)
-        if !keepLog { unlink(dir + "/testpmd.log"); rmdir(dir) }
+        harness.stop(child)
+        harness.cleanup(keepLogs: keepLog)
     }
 }
 
@@ -264,7 +261,7 @@ extension XCTestCase {
         bus.start()
         guard bus.wait(timeoutSeconds: 20, until: { $0[0].state == .started || $0[0].state == .failed }),
               bus.snapshot()[0].state == .started else {
-            XCTFail("port did not start: \(bus.snapshot()[0]); testpmd log \(pmd.dir)/testpmd.log:\n\(pmd.child.logTail())",
+            XCTFail("port did not start: \(bus.snapshot()[0]); testpmd log \(pmd.dir)/testpmd.log:\n\(pmd.logTail())",
                     file: file, line: line)
             return (bus, nil)
         }
@@ -278,7 +275,7 @@ extension XCTestCase {
         defer { out.deallocate() }
         var up = false
         while !up && Date() < deadline {
-            if let m = makeMbufChain(pool, probe) {
+            if let m = makeChain(pool, probe) {
                 out[0] = m
                 if q.transmitBurst(out, count: 1, cache: cache) == 0 { cache.free(m) }
             }
@@ -291,21 +288,4 @@ extension XCTestCase {
         for _ in 0..<4 { let n = q.receiveBurst(into: out, max: 64, cache: cache); for k in 0..<n { cache.free(out[k]) } }
         return up
     }
-}
-
-/// `frame` as an mbuf chain from `pool`.
-func makeMbufChain(_ pool: MbufPool, _ frame: [UInt8]) -> Mbuf? {
-    let room = pool.config.dataRoom
-    var head: Mbuf?
-    var off = 0
-    repeat {
-        guard let m = pool.alloc() else { if let h = head { pool.free(h) }; return nil }
-        let n = min(room, frame.count - off)
-        frame.withUnsafeBytes { m.data.copyMemory(from: $0.baseAddress! + off, byteCount: n) }
-        m.dataLength = UInt16(n)
-        m.packetLength = UInt32(n)
-        if let h = head { _ = pool.append(m, to: h) } else { head = m }
-        off += n
-    } while off < frame.count
-    return head
 }

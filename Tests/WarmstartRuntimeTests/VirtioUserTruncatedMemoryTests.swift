@@ -8,6 +8,7 @@ import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartTestSupport
 @testable import WarmstartRuntime
 
 /// Issue 12, defect 3, the virtio-user side: the pool lives in a snapshot file (/dev/shm, no
@@ -38,7 +39,7 @@ final class VirtioUserTruncatedMemoryTests: XCTestCase {
         XCTAssertEqual(live.origin, .restoredResident)
         XCTAssertTrue(live.sharedRegions.contains { $0.peerCanShrink }, "the pool should be in the (unsealable) snapshot file")
 
-        let peer = try HostileBackEnd(path: dir + "/peer.sock")
+        let peer = try InProcessBackend(listeningOn: dir + "/peer.sock")
         defer { peer.stop() }
         let ports = [try PortSpec.parse("vhost-user:\(dir)/a.sock,name=a"),
                      try PortSpec.parse("virtio-user:\(dir)/peer.sock,name=fe,backoff-min-ms=5,backoff-max-ms=50")]
@@ -93,145 +94,5 @@ final class VirtioUserTruncatedMemoryTests: XCTestCase {
     func echo(_ g: TestGuest, tag: UInt8, from: Int, count: Int) -> Int {
         XCTAssertEqual(g.send((from..<(from + count)).map { testFrame(tag: tag, seq: $0) }), count)
         return g.receive(count: count).count
-    }
-}
-
-/// A vhost-user back-end peer in this process (Warmstart's own session code, served on a thread):
-/// it keeps a copy of every memory fd the front-end sends so the test can truncate them, and
-/// drives the rings with a private pool.
-final class HostileBackEnd: @unchecked Sendable {
-    let listenFD: Int32
-    let path: String
-    let lock = NSLock()
-    private var fds: [Int32] = []
-    private var setups: [Int: VringSetup] = [:]
-    private var devices: [Int: VirtqueueDevice] = [:]
-    private var connFD: Int32 = -1
-    private var silent = false
-    let poolRegion: MemoryRegion
-    let pool: MbufPool
-
-    init(path: String) throws {
-        self.path = path
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in for (i, b) in path.utf8.enumerated() { p[i] = b } }
-        let bound = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard fd >= 0, bound == 0, listen(fd, 4) == 0 else {
-            if fd >= 0 { close(fd) }
-            throw NSError(domain: "HostileBackEnd", code: Int(errno), userInfo: [NSLocalizedDescriptionKey: "listen \(path)"])
-        }
-        listenFD = fd
-        let cfg = MbufPoolConfig(count: 1024, cacheSize: 0)
-        poolRegion = try MemoryRegion.memfd(name: "peer-pool", size: PageSize.small4K.roundUp(MbufPoolConfig.bytesNeeded(cfg))!,
-                                            pageSize: .small4K)
-        pool = try MbufPool.layOut(config: cfg, region: poolRegion, offset: 0, poolID: 1)
-        // One connection: the one the port makes (it does not come back once its memory is lost).
-        Thread { [self] in
-            let c = accept(listenFD, nil, nil)
-            guard c >= 0 else { return }
-            lock.lock(); connFD = c; lock.unlock()
-            let session = VhostUserBackendSession(configuration: VhostUserBackendConfiguration())
-            let channel = VhostUserChannel(fd: c, ownsFD: false)
-            _ = session.serve(channel, onMessage: { frame, _ in
-                guard frame.header.knownRequest == .setMemTable else { return }
-                self.lock.lock()
-                self.fds += frame.fds.map { dup($0) }
-                self.lock.unlock()
-            }, onEvents: { events in
-                self.lock.lock()
-                for e in events {
-                    switch e {
-                    case let .ringStarted(s), let .ringUpdated(s): self.setups[s.index] = s; self.devices[s.index] = nil
-                    case let .ringStopped(i, _): self.setups[i] = nil; self.devices[i] = nil
-                    default: break
-                    }
-                }
-                self.lock.unlock()
-            })
-            lock.lock(); close(c); connFD = -1; lock.unlock()
-        }.start()
-    }
-
-    var receivedFDs: [Int32] { lock.lock(); defer { lock.unlock() }; return fds }
-
-    func waitForRings(_ n: Int) -> Bool {
-        let end = Date().addingTimeInterval(testDeadline)
-        while Date() < end {
-            lock.lock(); let c = setups.count; lock.unlock()
-            if c >= n { return true }
-            usleep(1000)
-        }
-        return false
-    }
-
-    /// Stops touching the rings and buffers (they are in the memory it truncated).
-    func quiet() { lock.lock(); silent = true; devices = [:]; lock.unlock() }
-
-    func device(_ index: Int) -> VirtqueueDevice? {
-        lock.lock(); defer { lock.unlock() }
-        if silent { return nil }
-        if let d = devices[index] { return d }
-        guard let s = setups[index] else { return nil }
-        let options = VirtqueueOptions(features: VirtioFeatures(rawValue: s.features))
-        let state = VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
-                                   availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter)
-        let d: VirtqueueDevice
-        if s.layout == .packed {
-            d = try! VirtqueueDevice(packed: try! PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea,
-                                                        deviceEvent: s.deviceArea), memory: s.memory.table, options: options, state: state)
-        } else {
-            d = VirtqueueDevice(split: try! SplitRing(size: s.size, desc: s.descriptors, avail: s.driverArea, used: s.deviceArea),
-                                memory: s.memory.table, options: options, state: state)
-        }
-        devices[index] = d
-        return d
-    }
-
-    /// Frames into the front-end's receive ring (vring 0); how many it took.
-    func send(_ frames: [[UInt8]]) -> Int {
-        guard let d = device(0) else { return 0 }
-        var sent = 0
-        for f in frames {
-            guard var m = pool.alloc() else { break }
-            f.withUnsafeBytes { m.data.copyMemory(from: $0.baseAddress!, byteCount: f.count) }
-            m.dataLength = UInt16(f.count)
-            m.packetLength = UInt32(f.count)
-            sent += d.enqueueBurst(pool: pool, &m, count: 1)
-            pool.free(m)
-        }
-        return sent
-    }
-
-    /// Frames the front-end transmitted (vring 1), up to `count`.
-    func receive(_ count: Int) -> [[UInt8]] {
-        var got: [[UInt8]] = []
-        let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 32)
-        defer { out.deallocate() }
-        let end = Date().addingTimeInterval(testDeadline)
-        while got.count < count && Date() < end {
-            guard let d = device(1) else { usleep(1000); continue }
-            let n = d.dequeueBurst(pool: pool, into: out, maxCount: 32)
-            for k in 0..<n {
-                got.append(Array(UnsafeRawBufferPointer(start: out[k].data, count: Int(out[k].dataLength))))
-                pool.free(out[k])
-            }
-            if n == 0 { usleep(100) }
-        }
-        return got
-    }
-
-    func stop() {
-        Glibc.shutdown(listenFD, Int32(SHUT_RDWR))
-        close(listenFD)
-        lock.lock()
-        if connFD >= 0 { Glibc.shutdown(connFD, Int32(SHUT_RDWR)) }
-        for fd in fds { close(fd) }
-        fds = []
-        lock.unlock()
-        unlink(path)
     }
 }

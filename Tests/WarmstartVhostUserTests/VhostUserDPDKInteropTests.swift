@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import WarmstartTestSupport
 @testable import WarmstartVhostUser
 
 /// Runs the back-end session on a real listening socket against DPDK's virtio-user front-end
@@ -14,55 +15,21 @@ final class VhostUserDPDKInteropTests: XCTestCase {
         guard env["WARMSTART_DPDK_INTEROP"] == "1" else {
             throw XCTSkip("set WARMSTART_DPDK_INTEROP=1 to run against dpdk-testpmd")
         }
-        let testpmd = env["WARMSTART_TESTPMD"] ?? "/usr/bin/dpdk-testpmd"
-        guard FileManager.default.isExecutableFile(atPath: testpmd) else { throw XCTSkip("\(testpmd) not found (apt-get install dpdk-dev)") }
+        let harness = try TestpmdHarness(name: "handshake", prefixBase: "ws-vhost", needsWarmstart: false)
+        defer { harness.cleanup(keepLogs: (testRun?.failureCount ?? 0) > 0) }
         let packed = env["WARMSTART_DPDK_PACKED"] == "1"
         let pairs = Int(env["WARMSTART_DPDK_QUEUES"] ?? "1") ?? 1
-        let path = "/tmp/warmstart-vhost-\(getpid()).sock"
-        unlink(path)
-        defer { unlink(path) }
+        let path = harness.dir + "/vhost.sock"
 
         // Listen first: virtio-user (server=0) connects to us.
-        let listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        XCTAssertGreaterThanOrEqual(listener, 0)
+        let listener = listenUnix(path, backlog: 1)
+        XCTAssertGreaterThanOrEqual(listener, 0, "listen \(path): errno \(errno)")
         defer { close(listener) }
-        var addr = sockaddr_un()
-        addr.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &addr.sun_path) { p in
-            for (i, b) in path.utf8.enumerated() { p[i] = b }
-        }
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        XCTAssertEqual(rc, 0, "bind \(path): errno \(errno)")
-        XCTAssertEqual(listen(listener, 1), 0)
 
-        let prefix = "ws-vhost-\(getpid())"
-        // testpmd leaves its hugepage files and runtime directory behind when it is killed; they
-        // hold hugepages until removed, so remove ours (after the process is gone).
-        defer {
-            if let names = try? FileManager.default.contentsOfDirectory(atPath: "/dev/hugepages") {
-                for n in names where n.hasPrefix(prefix + "map_") { try? FileManager.default.removeItem(atPath: "/dev/hugepages/" + n) }
-            }
-            try? FileManager.default.removeItem(atPath: "/var/run/dpdk/" + prefix)
-        }
-        let proc = Process()
-        proc.executableURL = URL(fileURLWithPath: testpmd)
-        proc.arguments = ["-l", "0,1", "--main-lcore", "0", "--no-pci", "--single-file-segments", "-m", "256",
-                          "--file-prefix", prefix,
-                          "--vdev", "net_virtio_user0,path=\(path),queues=\(pairs),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=1",
-                          "--", "--forward-mode=io", "--stats-period", "1", "--nb-cores=1", "--txq=\(pairs)", "--rxq=\(pairs)"]
-        let logURL = URL(fileURLWithPath: "/tmp/warmstart-vhost-testpmd-\(getpid()).log")
-        FileManager.default.createFile(atPath: logURL.path, contents: nil)
-        let logHandle = try FileHandle(forWritingTo: logURL)
-        proc.standardOutput = logHandle
-        proc.standardError = logHandle
-        try proc.run()
+        let proc = try harness.startTestpmd(vdevs: ["net_virtio_user0,path=\(path),queues=\(pairs),packed_vq=\(packed ? 1 : 0),mrg_rxbuf=1"],
+                                            appArgs: ["--forward-mode=io", "--stats-period", "1", "--nb-cores=1", "--txq=\(pairs)", "--rxq=\(pairs)"])
         let pid = proc.processIdentifier
-        defer {
-            if proc.isRunning { kill(pid, SIGKILL) }
-            proc.waitUntilExit()
-        }
+        let logPath = harness.log("testpmd")
         // Watchdog: never let testpmd outlive the test.
         let watchdog = DispatchWorkItem { if proc.isRunning { kill(pid, SIGKILL) } }
         DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
@@ -70,7 +37,7 @@ final class VhostUserDPDKInteropTests: XCTestCase {
 
         var pfd = pollfd(fd: listener, events: Int16(POLLIN), revents: 0)
         guard poll(&pfd, 1, 30_000) == 1 else {
-            XCTFail("testpmd did not connect; its log: \(logURL.path)")
+            XCTFail("testpmd did not connect; its log: \(logPath)")
             return
         }
         let conn = accept(listener, nil, nil)
@@ -104,10 +71,9 @@ final class VhostUserDPDKInteropTests: XCTestCase {
             }
         })
         print("vhost-user: session ended: \(end)")
-        XCTAssertEqual(started, Set(0..<2 * pairs), "testpmd log: \(logURL.path)")
+        XCTAssertEqual(started, Set(0..<2 * pairs), "testpmd log: \(logPath)")
         XCTAssertEqual(stopped, Set(0..<2 * pairs))
         XCTAssertEqual(errors, [])
         XCTAssertEqual(session.layout, packed ? .packed : .split)
-        if testRun?.failureCount == 0 { try? FileManager.default.removeItem(at: logURL) }
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import WarmstartMemory
 import WarmstartPools
+import WarmstartTestSupport
 @testable import WarmstartVirtio
 
 /// Issue 12: a virtio-user back-end shares the pool's elements, headers included, and may rewrite
@@ -18,19 +19,11 @@ final class HostileMbufHeaderTests: XCTestCase {
             // The child's verdict as its exit status (42: ran through, every assertion held).
             exit((testRun?.totalFailureCount ?? 1) == 0 ? 42 : 43)
         }
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-        child.arguments = ["WarmstartVirtioTests.HostileMbufHeaderTests/testLastElementWithMaximalOffsetAndLengthIsEnqueuedWithoutFault"]
-        var env = ProcessInfo.processInfo.environment
-        env[Self.childVariable] = "1"
-        env["SWIFT_BACKTRACE"] = "enable=no"
-        child.environment = env
-        child.standardOutput = FileHandle.nullDevice
-        child.standardError = FileHandle.nullDevice
-        try child.run()
-        child.waitUntilExit()
-        XCTAssertEqual(child.terminationReason, .exit, "the child died of signal \(child.terminationStatus)")
-        XCTAssertEqual(child.terminationStatus, 42, "the child's assertions failed (43) or it ran no scenario")
+        let child = try ChildTest.run("WarmstartVirtioTests.HostileMbufHeaderTests/testLastElementWithMaximalOffsetAndLengthIsEnqueuedWithoutFault",
+                                      environment: [Self.childVariable: "1"], quiet: true)
+        XCTAssertFalse(child.timedOut)
+        XCTAssertEqual(child.reason, .exit, "the child died of signal \(child.status)")
+        XCTAssertEqual(child.status, 42, "the child's assertions failed (43) or it ran no scenario")
     }
 
     func enqueueHostileLastElement(_ layout: VirtqueueLayout) throws {

@@ -164,14 +164,6 @@ int ws_msgblock_collect_fds(void *block, int *fds, int maxfds, int *truncated);
 /// virtio-net header and O_NONBLOCK. The kernel's chosen name is copied to `actual` (16 bytes).
 /// Returns 0 or -errno; `*step` names the call that failed.
 int ws_tap_configure(int fd, const char *name, char *actual, const char **step);
-/// setns(fd, CLONE_NEWNET) for the calling thread. Returns 0 or -errno.
-int ws_enter_netns(int fd);
-/// Installs a seccomp filter on the calling thread (and threads it creates later) that makes
-/// io_uring_setup fail with EPERM, as a hardened container does. Tests use it to exercise the
-/// fallback for real. Returns 0 or -errno.
-int ws_seccomp_deny_io_uring(void);
-/// setfsuid(2) for the calling thread (tests use it to see permission errors as root).
-int ws_setfsuid(unsigned int uid);
 
 // ---- snapshot files in shared directories (issue 12, defect 4) ----
 

@@ -4,6 +4,7 @@ import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartEngine
 @testable import WarmstartPorts
+import WarmstartTestSupport
 
 /// Issue 12: the pool's last element, its header rewritten by a virtio-user back-end (data offset
 /// and length 0xFFFF), through the paths that read and write at its data: macswap and the
@@ -19,19 +20,11 @@ final class HostileMbufHeaderDatapathTests: XCTestCase {
             // The child's verdict as its exit status (42: ran through, every assertion held).
             exit((testRun?.totalFailureCount ?? 1) == 0 ? 42 : 43)
         }
-        let child = Process()
-        child.executableURL = URL(fileURLWithPath: "/proc/self/exe")
-        child.arguments = ["WarmstartPortsTests.HostileMbufHeaderDatapathTests/testLastElementWithMaximalOffsetAndLengthThroughMacswapAndTap"]
-        var env = ProcessInfo.processInfo.environment
-        env[Self.childVariable] = "1"
-        env["SWIFT_BACKTRACE"] = "enable=no"
-        child.environment = env
-        child.standardOutput = FileHandle.nullDevice
-        child.standardError = FileHandle.nullDevice
-        try child.run()
-        child.waitUntilExit()
-        XCTAssertEqual(child.terminationReason, .exit, "the child died of signal \(child.terminationStatus)")
-        XCTAssertEqual(child.terminationStatus, 42, "the child's assertions failed (43) or it ran no scenario")
+        let child = try ChildTest.run("WarmstartPortsTests.HostileMbufHeaderDatapathTests/testLastElementWithMaximalOffsetAndLengthThroughMacswapAndTap",
+                                      environment: [Self.childVariable: "1"], quiet: true)
+        XCTAssertFalse(child.timedOut)
+        XCTAssertEqual(child.reason, .exit, "the child died of signal \(child.status)")
+        XCTAssertEqual(child.status, 42, "the child's assertions failed (43) or it ran no scenario")
     }
 
     func hostileLastElement() throws {

@@ -2,11 +2,14 @@ import XCTest
 import Glibc
 import Foundation
 import CWarmstartShim
-import WarmstartBus
 import WarmstartEngine
 import WarmstartMemory
 import WarmstartPools
 import WarmstartPorts
+import WarmstartTestSupport
+import CWarmstartTestShim
+import WarmstartIO
+@testable import WarmstartBus
 
 /// A TAP port opened by the bus (through `TapPort`) passes packets to and from the kernel, inside
 /// a network namespace the test creates (and always deletes). The datapath's threads are not

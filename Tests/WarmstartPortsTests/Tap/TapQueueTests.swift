@@ -1,9 +1,11 @@
 import Foundation
 import XCTest
 import CWarmstartShim
+import CWarmstartTestShim
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartPorts
+import WarmstartTestSupport
 
 /// TapQueue against the kernel, in a network namespace the test creates and always deletes.
 final class TapQueueTests: XCTestCase {

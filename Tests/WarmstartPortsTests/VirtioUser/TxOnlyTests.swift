@@ -6,6 +6,7 @@ import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartEngine
 @testable import WarmstartPorts
+import WarmstartTestSupport
 
 /// `--forward txonly`: a polling thread is a traffic source on every queue it polls (the back-end
 /// half of the sink-direction bench). Frames have the configured size (chains above the data

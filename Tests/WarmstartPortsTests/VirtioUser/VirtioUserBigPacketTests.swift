@@ -5,6 +5,7 @@ import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartPorts
+import WarmstartTestSupport
 
 /// Receive without MRG_RXBUF ("big packets"): each receive buffer is a descriptor chain of as many
 /// mbufs as the largest frame the negotiated features allow needs, and frames come back as mbuf

@@ -3,6 +3,7 @@ import XCTest
 import WarmstartBus
 import WarmstartMemory
 import WarmstartPools
+import WarmstartTestSupport
 @testable import WarmstartVhostUser
 @testable import WarmstartPorts
 

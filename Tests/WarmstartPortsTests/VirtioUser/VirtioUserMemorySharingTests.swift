@@ -5,6 +5,7 @@ import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartPorts
+import WarmstartTestSupport
 
 /// A virtio-user back-end is given our memory (SET_MEM_TABLE, one fd per region) and may write any
 /// byte of every file it gets: it must get packet memory and rings only, never the pool's control

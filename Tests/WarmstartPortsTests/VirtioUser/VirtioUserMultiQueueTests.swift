@@ -6,6 +6,7 @@ import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartEngine
 @testable import WarmstartPorts
+import WarmstartTestSupport
 
 /// `queues=N`: every queue pair carries traffic. The datapath deals a virtio-user port's pairs to
 /// its polling threads as it does a vhost port's; frames the in-process back-end puts on pair i

@@ -4,6 +4,7 @@ import WarmstartBus
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartPorts
+import WarmstartTestSupport
 
 /// Teardown order for a port whose queues are polled by the caller (no datapath): the driver's
 /// `beforeTeardown` runs while the queues are still live — mbufs still posted — and their

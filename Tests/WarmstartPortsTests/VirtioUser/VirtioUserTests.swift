@@ -7,6 +7,7 @@ import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartEngine
 @testable import WarmstartPorts
+import WarmstartTestSupport
 
 /// Warmstart as the driver (virtio-user) of an in-process vhost-user back-end: negotiation,
 /// the memory table, ring set-up, and traffic both ways for both ring layouts.
