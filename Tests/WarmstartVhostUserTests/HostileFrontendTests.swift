@@ -225,6 +225,8 @@ final class HostileFrontendTests: XCTestCase {
         var q: [Int32] = [0, 0]
         XCTAssertEqual(pipe(&q), 0)
         close(q[0])
+        // (Non-blocking, as an accepted descriptor is: a blocking one is refused before the write.)
+        XCTAssertEqual(fcntl(q[1], F_SETFL, fcntl(q[1], F_GETFL) | O_NONBLOCK), 0)
         XCTAssertFalse(virtqSignal(q[1]))
         XCTAssertEqual(errno, EPIPE)
         close(q[1])
