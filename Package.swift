@@ -35,11 +35,14 @@ let package = Package(
                                                     .product(name: "SystemPackage", package: "swift-system")], swiftSettings: release),
         .target(name: "WarmstartBus", dependencies: ["WarmstartIO", "WarmstartPools",
                                                      .product(name: "Logging", package: "swift-log")], swiftSettings: release),
-        .target(name: "WarmstartVirtio", dependencies: ["WarmstartMemory", "WarmstartPools", "CWarmstartShim"], swiftSettings: release),
-        .target(name: "WarmstartVhostUser", dependencies: ["WarmstartVirtio", "WarmstartBus", "WarmstartIO",
+        // The virtio / vhost-user spec vocabulary (feature bits, descriptor flags, ring layouts and
+        // positions): at the bottom, imports nothing.
+        .target(name: "WarmstartSpec", swiftSettings: release),
+        .target(name: "WarmstartVirtio", dependencies: ["WarmstartSpec", "WarmstartMemory", "WarmstartPools", "CWarmstartShim"], swiftSettings: release),
+        .target(name: "WarmstartVhostUser", dependencies: ["WarmstartSpec", "WarmstartMemory", "CWarmstartShim",
                                                            .product(name: "Logging", package: "swift-log")], swiftSettings: release),
-        .target(name: "WarmstartDatapath", dependencies: ["WarmstartVhostUser", "WarmstartBus"], swiftSettings: release),
-        .target(name: "WarmstartRuntime", dependencies: ["WarmstartSnapshot", "WarmstartDatapath",
+        .target(name: "WarmstartDatapath", dependencies: ["WarmstartVhostUser", "WarmstartVirtio", "WarmstartBus", "WarmstartSpec"], swiftSettings: release),
+        .target(name: "WarmstartRuntime", dependencies: ["WarmstartSnapshot", "WarmstartDatapath", "WarmstartSpec",
                                                          .product(name: "Logging", package: "swift-log")], swiftSettings: release),
         .executableTarget(name: "warmstart", dependencies: [
             "WarmstartRuntime",
@@ -52,8 +55,9 @@ let package = Package(
         .testTarget(name: "WarmstartSnapshotTests", dependencies: ["WarmstartSnapshot"]),
         .testTarget(name: "WarmstartIOTests", dependencies: ["WarmstartIO"]),
         .testTarget(name: "WarmstartBusTests", dependencies: ["WarmstartBus"]),
+        .testTarget(name: "WarmstartSpecTests", dependencies: ["WarmstartSpec"]),
         .testTarget(name: "WarmstartVirtioTests", dependencies: ["WarmstartVirtio"]),
-        .testTarget(name: "WarmstartVhostUserTests", dependencies: ["WarmstartVhostUser"]),
+        .testTarget(name: "WarmstartVhostUserTests", dependencies: ["WarmstartVhostUser", "WarmstartVirtio", "WarmstartBus"]),
         .testTarget(name: "WarmstartDatapathTests", dependencies: ["WarmstartDatapath"]),
         .testTarget(name: "WarmstartRuntimeTests", dependencies: ["WarmstartRuntime"]),
         // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against

@@ -1,5 +1,6 @@
 import CWarmstartShim
 import WarmstartPools
+import WarmstartSpec
 
 // Guest TX → mbufs (the device reads driver-written buffers, §2.6.8 used ring / §2.7.1 packed used descriptors, §5.1.6.2).
 //
@@ -468,7 +469,7 @@ extension VirtqueueDevice {
     @inline(__always)
     func armPackedKick(_ ring: PackedRing) {
         let offWrap = lastAvailIndex | (availWrapCounter ? 0x8000 : 0)
-        PackedRing.storeEvent(ring.deviceEvent, offWrap: offWrap, flags: PackedRing.eventFlagsDesc)
+        PackedRing.storeEvent(ring.deviceEvent, offWrap: offWrap, flags: PackedVirtqueue.eventFlagsDesc)
     }
 
     /// Gives the guest-TX chains `0..<n` back (one used descriptor for the burst with IN_ORDER,

@@ -5,6 +5,7 @@ import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartDatapath
+import WarmstartSpec
 
 /// How long a wait for an event (a state reached, a frame arrived) may take: for a machine
 /// loaded by parallel builds. Waits return as soon as their condition holds; checks that
@@ -115,8 +116,7 @@ final class InProcessBackend: @unchecked Sendable {
         if let d = devices[index] { return d }
         guard let s = setups[index] else { return nil }
         let options = VirtqueueOptions(features: VirtioFeatures(rawValue: s.features))
-        let state = VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
-                                   availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter)
+        let state = s.base
         let d: VirtqueueDevice
         if s.layout == .packed {
             d = try! VirtqueueDevice(packed: try! PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea,

@@ -5,6 +5,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVirtio
+import WarmstartSpec
 @_spi(Benchmarks) @testable import WarmstartRuntime
 
 /// The generator's rounds (what `warmstart bench` sends) read back by the device side of the
@@ -25,7 +26,7 @@ struct GeneratorRig {
     init(packed: Bool) throws {
         live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 4096, cacheSize: 256)), hugepages: .off)
         let arena = RingArena(region: live.generalRegion!)
-        var features: VirtioFeatures = [.version1, .mergeableRxBuffers, .eventIndex]
+        var features: VirtioFeatures = [.version1, .mrgRxbuf, .ringEventIdx]
         if packed { features.insert(.ringPacked) }
         let options = VirtqueueOptions(features: features)
         let layout: VirtqueueLayout = packed ? .packed : .split

@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import WarmstartMemory
 import WarmstartPools
+import WarmstartSpec
 import WarmstartVhostUser
 import WarmstartVirtio
 

@@ -3,6 +3,7 @@ import Foundation
 import XCTest
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartSpec
 
 /// An in-process guest for the runtime tests: Warmstart's own `VhostUserFrontend` over a unix
 /// socket to the runtime's vhost-user port, with `DriverQueue`s in a memfd playing guest memory

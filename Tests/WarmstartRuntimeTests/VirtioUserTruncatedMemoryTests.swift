@@ -9,6 +9,7 @@ import WarmstartSnapshot
 import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartRuntime
+import WarmstartSpec
 
 /// Issue 12, defect 3, the virtio-user side: the pool lives in a snapshot file (/dev/shm, no
 /// hugepages: the README's main job), which cannot be sealed, and a virtio-user port hands the
@@ -177,8 +178,7 @@ final class HostileBackEnd: @unchecked Sendable {
         if let d = devices[index] { return d }
         guard let s = setups[index] else { return nil }
         let options = VirtqueueOptions(features: VirtioFeatures(rawValue: s.features))
-        let state = VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
-                                   availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter)
+        let state = s.base
         let d: VirtqueueDevice
         if s.layout == .packed {
             d = try! VirtqueueDevice(packed: try! PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea,

@@ -3,6 +3,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// Issue 12: a virtio-user back-end shares the pool's elements, headers included, and may rewrite
 /// any header at any time. The last element of a pool, its data offset and length both 0xFFFF,
