@@ -113,7 +113,8 @@ public final class DriverQueue {
     public static func ringBytes(layout: VirtqueueLayout, size: Int) -> Int {
         switch layout {
         case .split:
-            let usedOffset = (SplitVirtqueue.descriptorTableBytes(size: size) + SplitVirtqueue.availRingBytes(size: size, eventIndex: true) + 3) & ~3
+            let availEnd = SplitVirtqueue.descriptorTableBytes(size: size) + SplitVirtqueue.availRingBytes(size: size, eventIndex: true)
+            let usedOffset = (availEnd + 3) & ~3
             return usedOffset + SplitVirtqueue.usedRingBytes(size: size, eventIndex: true)
         case .packed:
             return PackedVirtqueue.descriptorRingBytes(size: size) + 2 * PackedVirtqueue.eventSuppressionBytes
