@@ -1,6 +1,6 @@
 /// The two virtqueue formats (virtio 1.2 §2.6 "Virtqueues"): split (§2.7) and packed (§2.8),
 /// the latter when VIRTIO_F_RING_PACKED (`VirtioFeatures.ringPacked`) is negotiated. Each has
-/// three areas in guest memory (§2.6 table "Virtqueue Part"):
+/// three areas in guest memory (§2.6: descriptor area, driver area, device area):
 ///
 ///     split   descriptor table   available ring (driver area)   used ring (device area)
 ///     packed  descriptor ring    driver event suppression        device event suppression
@@ -37,7 +37,7 @@ public enum VirtqueueLayout: String, Sendable {
         }
     }
 
-    /// Required alignment of each area, in bytes (§2.7 table "Virtqueue Part" / §2.8.10.1).
+    /// Required alignment of each area, in bytes (§2.7's alignment table; §2.8 / §2.8.10 packed).
     @inlinable public var areaAlignments: (descriptors: Int, driver: Int, device: Int) {
         switch self {
         case .split: return (16, 2, 4)
@@ -77,7 +77,7 @@ public enum SplitVirtqueue {
 
 /// The packed virtqueue's areas (virtio 1.2 §2.8), all fields little-endian:
 ///
-///     descriptor ring           16 × size   align 16   {addr u64, len u32, id u16, flags u16}   §2.8.13
+///     descriptor ring           16 × size   align 16   {addr u64, len u32, id u16, flags u16}   pvirtq_desc
 ///     driver event suppression  4 bytes     align 4    {desc (off_wrap) u16, flags u16}          §2.8.10
 ///     device event suppression  4 bytes     align 4
 public enum PackedVirtqueue {
@@ -97,7 +97,7 @@ public enum PackedVirtqueue {
     @inlinable public static var eventFlagsDesc: UInt16 { 2 }
 }
 
-/// Descriptor flag bits (virtio 1.2 §2.7.5 `struct virtq_desc`, §2.8.13 `struct pvirtq_desc`).
+/// Descriptor flag bits (virtio 1.2 §2.7.5 `struct virtq_desc`, §2.8 `struct pvirtq_desc`).
 public enum VirtqDescriptorFlags {
     /// VIRTQ_DESC_F_NEXT: the chain continues (split: at `next`; packed: in the next slot).
     @inlinable public static var next: UInt16 { 1 }

@@ -7,7 +7,7 @@
 //   VirtioFeatures            feature bits: device-independent (§6), virtio-net (§5.1.3), and the
 //                             vhost-user bits in the same space (LOG_ALL, PROTOCOL_FEATURES)
 //   VhostUserProtocolFeature  vhost-user protocol feature bits ("Protocol features")
-//   VirtqDescriptorFlags      descriptor flags (§2.7.5 split, §2.8.13 packed)
+//   VirtqDescriptorFlags      descriptor flags (§2.7.5 split, §2.8 packed)
 //   VirtqueueLayout           split (§2.7) or packed (§2.8), and the sizes of each layout's areas
 //   SplitVirtqueue            split-ring area sizes, alignments, flags (§2.7)
 //   PackedVirtqueue           packed-ring area sizes, alignments, event suppression flags (§2.8)
