@@ -79,7 +79,7 @@ extension HandoffLive {
             let name = try port(o, "ring \(k)")
             guard u16(o + 10) == 0 else { throw fail("ring \(k): reserved field is \(u16(o + 10))") }
             let base = VirtqueuePosition(lastAvailIndex: u16(o + 4), availWrapCounter: try flag(o + 8, "ring \(k) avail wrap counter"),
-                                 lastUsedIndex: u16(o + 6), usedWrapCounter: try flag(o + 9, "ring \(k) used wrap counter"))
+                                         lastUsedIndex: u16(o + 6), usedWrapCounter: try flag(o + 9, "ring \(k) used wrap counter"))
             rings.append(HandoffRingPosition(port: name, index: Int(u16(o + 2)), base: base))
             o += Self.binaryRingSize
         }

@@ -98,7 +98,7 @@ public struct HandoffRingPosition: Codable, Sendable, Equatable {
     }
     public var base: VirtqueuePosition {
         VirtqueuePosition(lastAvailIndex: lastAvailIndex, availWrapCounter: availWrapCounter,
-                  lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
+                          lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
     }
 }
 

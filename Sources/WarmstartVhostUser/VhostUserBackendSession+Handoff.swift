@@ -53,7 +53,7 @@ public struct VhostUserVringState: Codable, Sendable, Equatable {
 
     public var base: VirtqueuePosition {
         VirtqueuePosition(lastAvailIndex: lastAvailIndex, availWrapCounter: availWrapCounter,
-                  lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
+                          lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
     }
 }
 

@@ -86,7 +86,7 @@ final class HandoffQueuePair: BurstQueue, @unchecked Sendable {
     func position(_ i: Int) -> VirtqueuePosition {
         let s = (i == 0 ? toGuest : fromGuest).state
         return VirtqueuePosition(lastAvailIndex: s.lastAvailIndex, availWrapCounter: s.availWrapCounter,
-                         lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
+                                 lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
     }
 }
 
