@@ -5,9 +5,18 @@
 ///     split   descriptor table   available ring (driver area)   used ring (device area)
 ///     packed  descriptor ring    driver event suppression        device event suppression
 @frozen
-public enum VirtqueueLayout: String, Sendable {
+public enum VirtqueueLayout: Sendable, Equatable {
     case split
     case packed
+
+    /// Spelled out and `@inlinable`: the derived `==` is an opaque call from other modules, and
+    /// the driver's burst paths (`layout == .split`), inlined into their callers, pay for it.
+    @inlinable public static func == (a: VirtqueueLayout, b: VirtqueueLayout) -> Bool {
+        switch (a, b) {
+        case (.split, .split), (.packed, .packed): return true
+        case (.split, .packed), (.packed, .split): return false
+        }
+    }
 
     /// The layout the negotiated `features` select.
     @inlinable public init(features: VirtioFeatures) {
