@@ -36,19 +36,27 @@ let package = Package(
         ], swiftSettings: release),
         .target(name: "WarmstartIO", dependencies: ["CWarmstartShim", "CLibURing"], swiftSettings: release),
         .target(name: "WarmstartBus", dependencies: ["WarmstartIO", "CLibURing", "CWarmstartShim"], swiftSettings: release),
-        .target(name: "WarmstartVirtio", dependencies: ["WarmstartMemory", "WarmstartPools", "CWarmstartShim"], swiftSettings: release),
-        .target(name: "WarmstartVhostUser", dependencies: ["CWarmstartShim", "WarmstartMemory", .product(name: "Logging", package: "swift-log")], swiftSettings: release),
+        // The virtio / vhost-user spec vocabulary (feature bits, descriptor flags, ring layouts and
+        // positions): at the bottom, imports nothing.
+        .target(name: "WarmstartSpec", swiftSettings: release),
+        .target(name: "WarmstartVirtio", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec"], swiftSettings: release),
+        .target(name: "WarmstartVhostUser", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartSpec",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: release),
         // The forwarding engine: polling threads, bursts, forward modes, the MAC table. Knows ports
         // only as `BurstQueue`s.
         .target(name: "WarmstartEngine", dependencies: ["WarmstartPools", "WarmstartMemory", "CWarmstartShim"], swiftSettings: release),
         // The port drivers: vhost-user back-end, virtio-user front-end, TAP.
-        .target(name: "WarmstartPorts", dependencies: ["WarmstartEngine", "WarmstartVhostUser", "WarmstartVirtio", "WarmstartBus",
-                                                       "WarmstartIO", "WarmstartPools", "WarmstartMemory", "CWarmstartShim",
-                                                       .product(name: "Logging", package: "swift-log")], swiftSettings: release),
+        .target(name: "WarmstartPorts", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartIO", "WarmstartBus",
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine",
+            .product(name: "Logging", package: "swift-log"),
+        ], swiftSettings: release),
         // Hot upgrade's mechanics: the wire, the state document, the donor and taker state machines.
         .target(name: "WarmstartHandoff", dependencies: [
-            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartVhostUser", "WarmstartEngine",
-            .product(name: "SystemPackage", package: "swift-system"),
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVhostUser",
+            "WarmstartEngine", .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: release),
         // Boot, the control socket, reports and the Runtime object (which drives handoff).
         .target(name: "WarmstartRuntime", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartIO",
@@ -70,8 +78,10 @@ let package = Package(
         // Instructions per packet of the virtio-user generator and transmit path against a device in
         // the same process (scripts/callgrind-virtio-user.sh runs it under callgrind). Here rather
         // than in Benchmarks/Package.swift: it drives WarmstartBench, which no product exports.
-        .executableTarget(name: "VirtioUserTX", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
-                                                               "WarmstartVirtio", "WarmstartPorts", "WarmstartBench"],
+        .executableTarget(name: "VirtioUserTX", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartSpec",
+            "WarmstartVirtio", "WarmstartPorts", "WarmstartBench",
+        ],
                           path: "Benchmarks/VirtioUserTX"),
 
         // Test-only C (netns entry, seccomp filter, setfsuid): calls the product never makes.
@@ -79,9 +89,10 @@ let package = Package(
         // What the tests share: the one guest (TestGuest), the one vhost-user back-end peer
         // (InProcessBackend), the child-test harness (ChildTest) and the testpmd launcher
         // (TestpmdHarness). Not a product; only the lower modules it needs.
-        .target(name: "WarmstartTestSupport", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools",
-                                                             "WarmstartVirtio", "WarmstartVhostUser",
-                                                             .product(name: "SystemPackage", package: "swift-system")],
+        .target(name: "WarmstartTestSupport", dependencies: [
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
+            "WarmstartVhostUser", .product(name: "SystemPackage", package: "swift-system"),
+        ],
                 path: "Tests/WarmstartTestSupport"),
 
         .testTarget(name: "WarmstartMemoryTests", dependencies: [
@@ -97,12 +108,14 @@ let package = Package(
         .testTarget(name: "WarmstartBusTests", dependencies: [
             "CWarmstartShim", "CWarmstartTestShim", "WarmstartIO", "WarmstartBus",
         ]),
+        .testTarget(name: "WarmstartSpecTests", dependencies: ["WarmstartSpec"]),
         .testTarget(name: "WarmstartVirtioTests", dependencies: [
-            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartVirtio", "WarmstartTestSupport",
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
+            "WarmstartTestSupport",
         ]),
         .testTarget(name: "WarmstartVhostUserTests", dependencies: [
-            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartVirtio",
-            "WarmstartVhostUser", "WarmstartTestSupport",
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartSpec",
+            "WarmstartVirtio", "WarmstartVhostUser", "WarmstartTestSupport",
         ]),
         .testTarget(name: "WarmstartEngineTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartEngine",
@@ -110,11 +123,11 @@ let package = Package(
         ]),
         .testTarget(name: "WarmstartPortsTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartIO", "WarmstartBus",
-            "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
             "CWarmstartTestShim", "WarmstartTestSupport",
         ]),
         .testTarget(name: "WarmstartHandoffTests", dependencies: [
-            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot",
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartSpec",
             "WarmstartVhostUser", "WarmstartEngine", "WarmstartHandoff",
         ]),
         .testTarget(name: "WarmstartBenchTests", dependencies: [
@@ -123,15 +136,15 @@ let package = Package(
         ]),
         .testTarget(name: "WarmstartRuntimeTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus",
-            "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
             "WarmstartHandoff", "WarmstartRuntime", "WarmstartBench", "WarmstartTestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against
         // DPDK's testpmd; skips without testpmd/hugepages.
         .testTarget(name: "WarmstartInteropTests", dependencies: [
-            "WarmstartPools", "WarmstartSnapshot", "WarmstartBus", "WarmstartVirtio", "WarmstartVhostUser",
-            "WarmstartEngine", "WarmstartPorts", "WarmstartTestSupport",
+            "WarmstartPools", "WarmstartSnapshot", "WarmstartBus", "WarmstartSpec", "WarmstartVirtio",
+            "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts", "WarmstartTestSupport",
         ]),
     ],
     swiftLanguageModes: [.v5]

@@ -17,6 +17,7 @@ import WarmstartSnapshot
 import WarmstartVirtio
 import WarmstartPorts
 @_spi(Benchmarks) import WarmstartBench
+import WarmstartSpec
 
 /// One ring's device side, reduced to what a polling back-end does for the driver: ask for no
 /// kicks, take the available chains in order, mark them used in order.
@@ -27,8 +28,8 @@ struct DeviceRing {
 
     init(_ q: DriverQueue) {
         self.q = q
-        if let p = q.packed { PackedRing.storeEvent(p.deviceEvent, offWrap: 0, flags: PackedRing.eventFlagsDisable) }
-        if let s = q.split { s.usedFlags = SplitRing.usedNoNotify }
+        if let p = q.packed { PackedRing.storeEvent(p.deviceEvent, offWrap: 0, flags: PackedVirtqueue.eventFlagsDisable) }
+        if let s = q.split { s.usedFlags = SplitVirtqueue.usedNoNotify }
     }
 
     /// The next available chain: its id, its first buffer, and how many descriptors it holds.
@@ -105,7 +106,7 @@ func run() throws {
                                          hugepages: .off)
     let arena = RingArena(region: live.generalRegion!)
     // What DPDK's vhost back-end and our front-end agree on (VERSION_1, MRG_RXBUF, EVENT_IDX, INDIRECT_DESC).
-    var features: VirtioFeatures = [.version1, .mergeableRxBuffers, .eventIndex, .indirectDescriptors]
+    var features: VirtioFeatures = [.version1, .mrgRxbuf, .ringEventIdx, .ringIndirectDesc]
     if options.packed { features.insert(.ringPacked) }
     let layout: VirtqueueLayout = options.packed ? .packed : .split
     let bytes = DriverQueue.ringBytes(layout: layout, size: options.queueSize)

@@ -1,5 +1,6 @@
 import WarmstartMemory
 import WarmstartPools
+import WarmstartSpec
 import WarmstartVirtio
 #if canImport(Glibc)
 import Glibc
@@ -36,16 +37,16 @@ enum DeviceRingHarness {
         let sizeSelector = Int(input.u8())
         let featureBits = input.u8()
         let burst = 1 + Int(input.u8() % 64)
-        let state = VirtqueueState(lastAvailIndex: input.u16(), lastUsedIndex: input.u16(),
-                                   availWrapCounter: true, usedWrapCounter: true)
+        let state = VirtqueuePosition(lastAvailIndex: input.u16(), availWrapCounter: true,
+                                      lastUsedIndex: input.u16(), usedWrapCounter: true)
         let wraps = input.u8()
         let ops = input.bytes(8)
 
         var features: VirtioFeatures = []
         if featureBits & 1 != 0 { features.insert(.version1) }
-        if featureBits & 2 != 0 { features.insert(.mergeableRxBuffers) }
-        if featureBits & 4 != 0 { features.insert(.indirectDescriptors) }
-        if featureBits & 8 != 0 { features.insert(.eventIndex) }
+        if featureBits & 2 != 0 { features.insert(.mrgRxbuf) }
+        if featureBits & 4 != 0 { features.insert(.ringIndirectDesc) }
+        if featureBits & 8 != 0 { features.insert(.ringEventIdx) }
         if featureBits & 16 != 0 { features.insert(.inOrder) }
         if layout == .packed { features.insert(.ringPacked) }
         let options = VirtqueueOptions(features: features, burstSize: burst)
@@ -66,7 +67,7 @@ enum DeviceRingHarness {
         case .split:
             size = 1 << (sizeSelector % 9)   // 1...256
             let avail = guestA + UInt64(16 * size)
-            let used = (avail + UInt64(SplitRing.availBytes(size: size)) + 3) & ~3
+            let used = (avail + UInt64(SplitVirtqueue.availRingBytes(size: size, eventIndex: true)) + 3) & ~3
             guard let ring = try? SplitRing(size: size, memory: table, desc: guestA, avail: avail, used: used) else {
                 fatalError("split ring of \(size) does not fit the fixture")
             }

@@ -1,3 +1,4 @@
+import WarmstartSpec
 import WarmstartVirtio
 
 /// The driver side of a virtqueue (what the virtio-user front-end runs) against an untrusted
@@ -28,8 +29,8 @@ enum DriverRingHarness {
         let sizeSelector = Int(input.u8())
         let featureBits = input.u8()
         var features: VirtioFeatures = [.version1]
-        if featureBits & 1 != 0 { features.insert(.indirectDescriptors) }
-        if featureBits & 2 != 0 { features.insert(.eventIndex) }
+        if featureBits & 1 != 0 { features.insert(.ringIndirectDesc) }
+        if featureBits & 2 != 0 { features.insert(.ringEventIdx) }
         if featureBits & 4 != 0 { features.insert(.inOrder) }
         if layout == .packed { features.insert(.ringPacked) }
         let size = layout == .split ? 1 << (sizeSelector % 9) : 1 + sizeSelector % 256

@@ -1,4 +1,5 @@
 import WarmstartEngine
+import WarmstartSpec
 import WarmstartVhostUser
 
 // Protocol 1.2: the `quiesced` payload (`HandoffLive`) is a fixed binary layout instead of JSON.
@@ -77,8 +78,8 @@ extension HandoffLive {
         for k in 0..<ringCount {
             let name = try port(o, "ring \(k)")
             guard u16(o + 10) == 0 else { throw fail("ring \(k): reserved field is \(u16(o + 10))") }
-            let base = VringBase(lastAvailIndex: u16(o + 4), availWrapCounter: try flag(o + 8, "ring \(k) avail wrap counter"),
-                                 lastUsedIndex: u16(o + 6), usedWrapCounter: try flag(o + 9, "ring \(k) used wrap counter"))
+            let base = VirtqueuePosition(lastAvailIndex: u16(o + 4), availWrapCounter: try flag(o + 8, "ring \(k) avail wrap counter"),
+                                         lastUsedIndex: u16(o + 6), usedWrapCounter: try flag(o + 9, "ring \(k) used wrap counter"))
             rings.append(HandoffRingPosition(port: name, index: Int(u16(o + 2)), base: base))
             o += Self.binaryRingSize
         }
@@ -106,7 +107,7 @@ extension HandoffLive {
     static func warmUp(ports: [String]) {
         guard let port = ports.first else { return }
         let dummy = HandoffLive(quiescedAtNs: 1, pausedAtNs: 1, lastForwardNs: 1,
-                                rings: [HandoffRingPosition(port: port, index: 0, base: VringBase())],
+                                rings: [HandoffRingPosition(port: port, index: 0, base: VirtqueuePosition())],
                                 counters: [port: QueueCounters()])
         guard let bytes = try? dummy.binaryEncoded(ports: ports), let back = try? HandoffLive(binary: bytes, ports: ports) else { return }
         _ = back.positions(of: port)

@@ -10,6 +10,7 @@ import SystemPackage
 import WarmstartEngine
 import WarmstartMemory
 import WarmstartPools
+import WarmstartSpec
 import WarmstartVhostUser
 
 // The state document: everything the new process needs besides the descriptors, which it names by
@@ -103,14 +104,14 @@ public struct HandoffRingPosition: Codable, Sendable, Equatable {
     public var availWrapCounter: Bool
     public var lastUsedIndex: UInt16
     public var usedWrapCounter: Bool
-    public init(port: String, index: Int, base b: VringBase) {
+    public init(port: String, index: Int, base b: VirtqueuePosition) {
         self.port = port; self.index = index
         lastAvailIndex = b.lastAvailIndex; availWrapCounter = b.availWrapCounter
         lastUsedIndex = b.lastUsedIndex; usedWrapCounter = b.usedWrapCounter
     }
-    public var base: VringBase {
-        VringBase(lastAvailIndex: lastAvailIndex, availWrapCounter: availWrapCounter,
-                  lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
+    public var base: VirtqueuePosition {
+        VirtqueuePosition(lastAvailIndex: lastAvailIndex, availWrapCounter: availWrapCounter,
+                          lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
     }
 }
 
@@ -132,7 +133,7 @@ public struct HandoffLive: Codable, Sendable, Equatable {
         self.rings = rings; self.counters = counters
     }
     /// The positions of `port`'s rings, by ring index.
-    public func positions(of port: String) -> [Int: VringBase] {
+    public func positions(of port: String) -> [Int: VirtqueuePosition] {
         Dictionary(rings.filter { $0.port == port }.map { ($0.index, $0.base) }, uniquingKeysWith: { _, b in b })
     }
 }
@@ -183,7 +184,7 @@ public struct HandoffStateBuilder {
     /// Adds a vhost-user port: its sockets and its session. Ring positions here are provisional
     /// (the datapath still runs); the final ones cross in `HandoffLive`.
     public mutating func addVhostUserPort(name: String, path: String?, listenFD: Int32?, connectionFD: Int32?,
-                                          session: VhostUserBackendSession?, positions: (Int) -> VringBase? = { _ in nil },
+                                          session: VhostUserBackendSession?, positions: (Int) -> VirtqueuePosition? = { _ in nil },
                                           counters: QueueCounters? = nil) {
         let l = listenFD.map { register($0, "port '\(name)' listening socket") }
         let c = connectionFD.map { register($0, "port '\(name)' vhost-user connection") }

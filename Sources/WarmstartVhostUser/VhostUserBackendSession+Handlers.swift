@@ -2,6 +2,8 @@
 // the explicit reply payload (for requests that have one) or nil, and throws on refusal. It takes
 // the descriptors it keeps out of `fds`; whatever is left there is closed by the caller.
 
+import WarmstartSpec
+
 extension VhostUserBackendSession {
     func dispatch(_ request: VhostUserRequest, _ payload: VhostUserPayload, _ fds: inout [Int32],
                   _ events: inout [VhostUserEvent]) throws(VhostUserError) -> VhostUserPayload? {
@@ -17,17 +19,17 @@ extension VhostUserBackendSession {
         case let (.setFeatures, .u64(v)):
             let unoffered = v & ~configuration.offeredFeatures
             guard unoffered == 0 else {
-                throw fail(.invalid("acks features that were not offered: \(VirtioNetFeature.names(unoffered).joined(separator: ", "))"))
+                throw fail(.invalid("acks features that were not offered: \(VirtioFeatures.names(unoffered).joined(separator: ", "))"))
             }
             if vrings.contains(where: \.started), let old = ackedFeatures,
-               (old ^ v) & VirtioNetFeature.ringPacked.mask != 0 {
+               (old ^ v) & VirtioFeatures.ringPacked.rawValue != 0 {
                 throw fail(.invalid("cannot switch between split and packed rings while rings are started"))
             }
             ackedFeatures = v
             events.append(.featuresAcked(v))
             // "If VHOST_USER_F_PROTOCOL_FEATURES has not been negotiated, the ring starts directly
             // in the enabled state."
-            if v & VirtioNetFeature.protocolFeatures.mask == 0 {
+            if v & VirtioFeatures.protocolFeatures.rawValue == 0 {
                 for i in vrings.indices { vrings[i].enabled = true }
             }
             try tryStartAll(&events, request: request)
@@ -42,7 +44,7 @@ extension VhostUserBackendSession {
             // Deprecated; the spec recommends ignoring it or disabling all rings. We stop them.
             for i in vrings.indices {
                 stop(i, &events)
-                vrings[i].enabled = ackedFeatures.map { $0 & VirtioNetFeature.protocolFeatures.mask == 0 } ?? false
+                vrings[i].enabled = ackedFeatures.map { $0 & VirtioFeatures.protocolFeatures.rawValue == 0 } ?? false
             }
             return nil
 
@@ -141,7 +143,7 @@ extension VhostUserBackendSession {
             return nil
 
         case (.getProtocolFeatures, _):
-            guard configuration.offeredFeatures & VirtioNetFeature.protocolFeatures.mask != 0 else {
+            guard configuration.offeredFeatures & VirtioFeatures.protocolFeatures.rawValue != 0 else {
                 throw fail(.notNegotiated("VHOST_USER_F_PROTOCOL_FEATURES (masked off on this port)"))
             }
             return .u64(configuration.protocolFeatures)

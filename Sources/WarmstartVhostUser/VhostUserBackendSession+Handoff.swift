@@ -9,6 +9,7 @@
 // import takes ownership of what it asks for.
 
 import Logging
+import WarmstartSpec
 
 /// An eventfd slot as exported: never set, NOFD (polling), or the descriptor at `fd`.
 public struct VhostUserEventFDSlotState: Codable, Sendable, Equatable {
@@ -50,9 +51,9 @@ public struct VhostUserVringState: Codable, Sendable, Equatable {
     public var enabled: Bool
     public var started: Bool
 
-    public var base: VringBase {
-        VringBase(lastAvailIndex: lastAvailIndex, availWrapCounter: availWrapCounter,
-                  lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
+    public var base: VirtqueuePosition {
+        VirtqueuePosition(lastAvailIndex: lastAvailIndex, availWrapCounter: availWrapCounter,
+                          lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
     }
 }
 
@@ -93,7 +94,7 @@ extension VhostUserBackendSession {
     /// `position(i)` is where the datapath stopped ring `i` (its queue's state at the quiesce); nil
     /// falls back to `ringPosition`, then to the position the ring was started from.
     public func exportHandoffState(register: (Int32, String) throws -> Int,
-                                   position: (Int) -> VringBase? = { _ in nil }) throws -> VhostUserSessionState {
+                                   position: (Int) -> VirtqueuePosition? = { _ in nil }) throws -> VhostUserSessionState {
         var memoryState: [VhostUserRegionState]?
         if let memory {
             memoryState = try memory.regions.enumerated().map { k, r in
@@ -154,7 +155,7 @@ extension VhostUserBackendSession {
         }
         if let acked = state.ackedFeatures, acked & ~configuration.offeredFeatures != 0 {
             throw fail("the front-end acked features this binary does not offer: "
-                       + VirtioNetFeature.names(acked & ~configuration.offeredFeatures).joined(separator: ", "))
+                       + VirtioFeatures.names(acked & ~configuration.offeredFeatures).joined(separator: ", "))
         }
         guard state.ackedProtocolFeatures & ~configuration.protocolFeatures == 0 else {
             throw fail("the front-end acked protocol features this binary does not offer (0x\(hex(state.ackedProtocolFeatures & ~configuration.protocolFeatures)))")
@@ -237,7 +238,7 @@ extension VhostUserBackendSession {
 
     /// Moves the started rings to the positions the old datapath stopped at (they were imported
     /// with provisional ones while it still ran) and returns the updated setups, by ring index.
-    public func applyHandoffPositions(_ positions: [Int: VringBase]) throws(VhostUserError) -> [VringSetup] {
+    public func applyHandoffPositions(_ positions: [Int: VirtqueuePosition]) throws(VhostUserError) -> [VringSetup] {
         // All checked before any is applied: a refused set leaves every ring where it was.
         for (i, base) in positions {
             guard let setup = setups[i] else {

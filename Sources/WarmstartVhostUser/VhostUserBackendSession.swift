@@ -1,5 +1,6 @@
 import Logging
 import WarmstartMemory
+import WarmstartSpec
 
 /// What one back-end port offers and how big it is.
 public struct VhostUserBackendConfiguration: Sendable {
@@ -59,7 +60,7 @@ public enum VhostUserEvent: @unchecked Sendable {
     /// queue's own position.
     case ringUpdated(VringSetup)
     /// The ring must not be touched any more (GET_VRING_BASE, reset, or memory removed under it).
-    case ringStopped(index: Int, base: VringBase)
+    case ringStopped(index: Int, base: VirtqueuePosition)
     case ringEnabled(index: Int, enabled: Bool)
     case statusChanged(UInt8)
     case mtuChanged(UInt16)
@@ -97,7 +98,7 @@ public final class VhostUserBackendSession {
     public var logger: Logger?
     /// Asked on GET_VRING_BASE for a started ring: the datapath stops the ring and returns where it
     /// stopped. Without it the position the ring was started from is returned.
-    public var ringPosition: ((Int) -> VringBase?)?
+    public var ringPosition: ((Int) -> VirtqueuePosition?)?
 
     public internal(set) var ownerSet = false
     public internal(set) var ackedFeatures: UInt64?
@@ -132,8 +133,8 @@ public final class VhostUserBackendSession {
 
     public var queueCount: Int { vrings.count }
     public var replyAckNegotiated: Bool { ackedProtocolFeatures & VhostUserProtocolFeature.replyAck.mask != 0 }
-    public var layout: VringLayout {
-        (ackedFeatures ?? 0) & VirtioNetFeature.ringPacked.mask != 0 ? .packed : .split
+    public var layout: VirtqueueLayout {
+        VirtqueueLayout(features: VirtioFeatures(rawValue: ackedFeatures ?? 0))
     }
     /// The setups of the rings that are started now.
     public var startedRings: [VringSetup] { setups.keys.sorted().compactMap { setups[$0] } }
@@ -236,7 +237,7 @@ public final class VhostUserBackendSession {
 
     /// Stops ring `i`; returns where it stopped (asked from the datapath when it can tell).
     @discardableResult
-    func stop(_ i: Int, _ events: inout [VhostUserEvent]) -> VringBase? {
+    func stop(_ i: Int, _ events: inout [VhostUserEvent]) -> VirtqueuePosition? {
         guard vrings[i].started, let setup = setups[i] else { return nil }
         let base = ringPosition?(i) ?? setup.base
         vrings[i].started = false
@@ -259,11 +260,10 @@ public final class VhostUserBackendSession {
         if layout == .split && num & (num - 1) != 0 {
             throw fail("split ring size \(num) is not a power of two")
         }
-        let sizes = VringConfig.areaSizes(num: Int(num), layout: layout,
-                                          eventIdx: features & VirtioNetFeature.ringEventIdx.mask != 0)
+        let sizes = layout.areaSizes(size: Int(num), eventIndex: features & VirtioFeatures.ringEventIdx.rawValue != 0)
         let names = layout == .split ? ("descriptor table", "available ring", "used ring")
                                      : ("descriptor ring", "driver event area", "device event area")
-        let aligns: (UInt64, UInt64, UInt64) = layout == .split ? (16, 2, 4) : (16, 4, 4)
+        let aligns = layout.areaAlignments
         func area(_ name: String, _ address: UInt64, _ size: UInt64, _ align: UInt64) throws(VhostUserError) -> UnsafeMutableRawPointer {
             guard address % align == 0 else { throw fail("\(name) at user address 0x\(hex(address)) is not \(align)-byte aligned") }
             guard let p = memory.translate(user: address, length: size) else {
@@ -273,9 +273,9 @@ public final class VhostUserBackendSession {
         }
         // Checked before any setup exists: nothing is written into the ring from a bad position.
         let base = try startPosition(i, raw: v.baseNum, size: num, request: request)
-        let desc = try area(names.0, addr.descriptor, sizes.desc, aligns.0)
-        let driver = try area(names.1, addr.available, sizes.driver, aligns.1)
-        let device = try area(names.2, addr.used, sizes.device, aligns.2)
+        let desc = try area(names.0, addr.descriptor, UInt64(sizes.descriptors), UInt64(aligns.descriptors))
+        let driver = try area(names.1, addr.available, UInt64(sizes.driver), UInt64(aligns.driver))
+        let device = try area(names.2, addr.used, UInt64(sizes.device), UInt64(aligns.device))
         return VringSetup(index: i, size: Int(num), layout: layout, descriptors: desc, driverArea: driver,
                           deviceArea: device, base: base, kick: v.kick.object, call: v.call.object, err: v.err.object,
                           enabled: v.enabled, features: features, memory: memory,
@@ -285,11 +285,11 @@ public final class VhostUserBackendSession {
     /// The position ring `i` starts from: `raw` (SET_VRING_BASE's value) decoded for the acked
     /// layout, else where the ring last stopped; checked against `size` when it is known. Every
     /// position from outside (SET_VRING_BASE, handoff import) passes here before a ring starts.
-    func startPosition(_ i: Int, raw: UInt32?, size: UInt32?, request: VhostUserRequest) throws(VhostUserError) -> VringBase {
+    func startPosition(_ i: Int, raw: UInt32?, size: UInt32?, request: VhostUserRequest) throws(VhostUserError) -> VirtqueuePosition {
         let layout = self.layout
-        let base: VringBase
+        let base: VirtqueuePosition
         if let raw {
-            guard let b = VringBase.decode(raw, layout: layout) else {
+            guard let b = VirtqueuePosition.decode(raw, layout: layout) else {
                 throw VhostUserError(request: request, reason: .ring(index: i, "base \(raw) does not fit a split ring's 16-bit index"))
             }
             base = b

@@ -1,3 +1,5 @@
+import WarmstartSpec
+
 /// What the front-end asks for.
 public struct VhostUserFrontendOptions: Sendable {
     public var packed: Bool
@@ -10,16 +12,16 @@ public struct VhostUserFrontendOptions: Sendable {
     public var wantedProtocolFeatures: UInt64
 
     public init(packed: Bool = false, queuePairs: Int = 1, mergeableRxBuffers: Bool = true,
-                extraFeatures: UInt64 = VirtioNetFeature.mask([.ringEventIdx, .ringIndirectDesc]),
+                extraFeatures: UInt64 = VirtioFeatures([.ringEventIdx, .ringIndirectDesc]).rawValue,
                 wantedProtocolFeatures: UInt64 = VhostUserProtocolFeature.mask([.mq, .replyAck, .config, .status, .configureMemSlots, .netMTU, .rarp, .resetDevice])) {
         self.packed = packed
         self.queuePairs = queuePairs
         self.mergeableRxBuffers = mergeableRxBuffers
-        var wanted = VirtioNetFeature.version1.mask | extraFeatures
-        var required = VirtioNetFeature.version1.mask
-        if packed { wanted |= VirtioNetFeature.ringPacked.mask; required |= VirtioNetFeature.ringPacked.mask }
-        if mergeableRxBuffers { wanted |= VirtioNetFeature.mrgRxbuf.mask }
-        if queuePairs > 1 { wanted |= VirtioNetFeature.mq.mask; required |= VirtioNetFeature.mq.mask }
+        var wanted = VirtioFeatures.version1.rawValue | extraFeatures
+        var required = VirtioFeatures.version1.rawValue
+        if packed { wanted |= VirtioFeatures.ringPacked.rawValue; required |= VirtioFeatures.ringPacked.rawValue }
+        if mergeableRxBuffers { wanted |= VirtioFeatures.mrgRxbuf.rawValue }
+        if queuePairs > 1 { wanted |= VirtioFeatures.mq.rawValue; required |= VirtioFeatures.mq.rawValue }
         self.wantedFeatures = wanted
         self.requiredFeatures = required
         self.wantedProtocolFeatures = wantedProtocolFeatures
@@ -51,7 +53,7 @@ public struct FrontendRing: Sendable {
     public var driverAddress: UInt64
     /// Split: used ring. Packed: device event area.
     public var deviceAddress: UInt64
-    /// SET_VRING_BASE `num` (see `VringBase.encode`).
+    /// SET_VRING_BASE `num` (see `VirtqueuePosition.encode`).
     public var base: UInt32
     public var kickFD: Int32?
     public var callFD: Int32?
@@ -92,12 +94,12 @@ public final class VhostUserFrontend {
         let offered = try u64(call(.getFeatures), .getFeatures)
         let missing = options.requiredFeatures & ~offered
         guard missing == 0 else {
-            throw VhostUserError(request: .getFeatures, reason: .missingFeatures(VirtioNetFeature.names(missing)))
+            throw VhostUserError(request: .getFeatures, reason: .missingFeatures(VirtioFeatures.names(missing)))
         }
         var n = VhostUserNegotiation(offeredFeatures: offered, features: offered & options.wantedFeatures,
                                      protocolFeatures: 0, maxQueuePairs: nil, maxMemorySlots: nil)
-        if offered & VirtioNetFeature.protocolFeatures.mask != 0 {
-            n.features |= VirtioNetFeature.protocolFeatures.mask
+        if offered & VirtioFeatures.protocolFeatures.rawValue != 0 {
+            n.features |= VirtioFeatures.protocolFeatures.rawValue
             let proto = try u64(call(.getProtocolFeatures), .getProtocolFeatures)
             n.protocolFeatures = proto & options.wantedProtocolFeatures
             try send(.setProtocolFeatures, .u64(n.protocolFeatures))
@@ -142,7 +144,7 @@ public final class VhostUserFrontend {
                                                                   used: r.deviceAddress, available: r.driverAddress)))
         try send(.setVringKick, .u64(VringFilePayload(index: UInt8(r.index), noFD: r.kickFD == nil).u64), fds: r.kickFD.map { [$0] } ?? [])
         try send(.setVringCall, .u64(VringFilePayload(index: UInt8(r.index), noFD: r.callFD == nil).u64), fds: r.callFD.map { [$0] } ?? [])
-        if (negotiation?.features ?? 0) & VirtioNetFeature.protocolFeatures.mask != 0 {
+        if (negotiation?.features ?? 0) & VirtioFeatures.protocolFeatures.rawValue != 0 {
             try send(.setVringEnable, .vringState(VringStatePayload(index: i, num: 1)))
         }
     }

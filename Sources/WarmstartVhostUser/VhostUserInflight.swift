@@ -1,5 +1,6 @@
 import CWarmstartShim
 import WarmstartMemory
+import WarmstartSpec
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -17,7 +18,7 @@ import Glibc
 public final class VhostUserInflightRegion: @unchecked Sendable {
     public static let alignment = 64
     public let fd: Int32
-    public let layout: VringLayout
+    public let layout: VirtqueueLayout
     public let numQueues: Int
     public let queueSize: Int
     public let queueRegionSize: Int
@@ -29,13 +30,13 @@ public final class VhostUserInflightRegion: @unchecked Sendable {
     /// and could shrink the file (ours from GET_INFLIGHT_FD is sealed against that).
     let guarded: MappingFaultGuard
 
-    public static func queueRegionSize(queueSize: Int, layout: VringLayout) -> Int {
+    public static func queueRegionSize(queueSize: Int, layout: VirtqueueLayout) -> Int {
         let raw = layout == .split ? 16 + 16 * queueSize : 29 + 32 * queueSize
         return (raw + alignment - 1) / alignment * alignment
     }
 
     /// GET_INFLIGHT_FD: a new zeroed memfd for `numQueues` queues of `queueSize` descriptors.
-    static func create(numQueues: Int, queueSize: Int, layout: VringLayout,
+    static func create(numQueues: Int, queueSize: Int, layout: VirtqueueLayout,
                        fault: MappingFaultFlag) throws(VhostUserError) -> VhostUserInflightRegion {
         let size = numQueues * queueRegionSize(queueSize: queueSize, layout: layout)
         let fd = ws_memfd_create("warmstart:vhost-inflight", WS_MFD_CLOEXEC | WS_MFD_ALLOW_SEALING)
@@ -59,7 +60,7 @@ public final class VhostUserInflightRegion: @unchecked Sendable {
 
     /// Maps `payload.mmapSize` bytes of `fd` at `payload.mmapOffset` (SET_INFLIGHT_FD, or after
     /// create). Takes ownership of `fd`; checks sizes with overflow-safe arithmetic.
-    init(fd: Int32, payload p: InflightPayload, layout: VringLayout, request: VhostUserRequest,
+    init(fd: Int32, payload p: InflightPayload, layout: VirtqueueLayout, request: VhostUserRequest,
          fault: MappingFaultFlag) throws(VhostUserError) {
         func fail(_ why: String) -> VhostUserError {
             closeFD(fd)

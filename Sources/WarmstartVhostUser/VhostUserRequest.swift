@@ -124,33 +124,3 @@ public enum VhostUserBackendRequest: UInt32, Sendable, CaseIterable {
     case sharedObjectRemove = 7
     case sharedObjectLookup = 8
 }
-
-/// Protocol feature bits ("Protocol features" in the spec).
-public enum VhostUserProtocolFeature: Int, Sendable, CaseIterable {
-    case mq = 0
-    case logSHMFD = 1
-    case rarp = 2
-    case replyAck = 3
-    case netMTU = 4
-    case backendReq = 5
-    case crossEndian = 6
-    case cryptoSession = 7
-    case pagefault = 8
-    case config = 9
-    case backendSendFD = 10
-    case hostNotifier = 11
-    case inflightSHMFD = 12
-    case resetDevice = 13
-    case inbandNotifications = 14
-    case configureMemSlots = 15
-    case status = 16
-    case xenMmap = 17
-    case sharedObject = 18
-    case deviceState = 19
-
-    public var mask: UInt64 { 1 << UInt64(rawValue) }
-
-    public static func mask(_ features: [VhostUserProtocolFeature]) -> UInt64 {
-        features.reduce(0) { $0 | $1.mask }
-    }
-}

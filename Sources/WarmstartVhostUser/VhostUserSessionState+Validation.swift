@@ -4,6 +4,8 @@
 // (Ring positions — last avail / used index against the ring size — are checked where they are
 // applied.)
 
+import WarmstartSpec
+
 extension VhostUserSessionState {
     /// Refuses a state that no sequence of valid vhost-user messages could have produced for a
     /// port with `configuration`, naming the field and the reason. Cheap: no descriptor is
@@ -17,7 +19,7 @@ extension VhostUserSessionState {
         guard vrings.count == ringCount else { throw fail("\(vrings.count) vrings for \(configuration.maxQueuePairs) queue pairs") }
         guard netConfig.count == VirtioNetConfig.size else { throw fail("config space is \(netConfig.count) bytes, not \(VirtioNetConfig.size)") }
         if let mac = rarpMAC, mac.count != 6 { throw fail("RARP MAC address is \(mac.count) bytes, not 6") }
-        let packed = (ackedFeatures ?? 0) & VirtioNetFeature.ringPacked.mask != 0
+        let packed = (ackedFeatures ?? 0) & VirtioFeatures.ringPacked.rawValue != 0
         // Every descriptor index at most once, and none negative.
         var indices = Set<Int>()
         func index(_ i: Int, _ what: String) throws(VhostUserError) {

@@ -1,7 +1,8 @@
 // WarmstartVhostUser: the vhost-user protocol (QEMU docs/interop/vhost-user.rst), both sides.
 //
 // Layers, one file each:
-//   VhostUserRequest / VirtioNetFeatures   request codes, protocol and virtio feature bits
+//   VhostUserRequest / VhostUserFeatures   request codes; the feature sets a port offers (the bits
+//                                          themselves are WarmstartSpec's)
 //   VhostUserHeader                        12-byte header; header errors are fatal (stream out of sync)
 //   VhostUserMessage                       typed payloads, little-endian encode/decode, no Foundation
 //   VhostUserMessageValidator              payload size, descriptor policy, vring index checks

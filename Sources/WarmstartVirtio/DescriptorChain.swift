@@ -1,4 +1,5 @@
 import CWarmstartShim
+import WarmstartSpec
 
 // Descriptor chain walking with every check a hostile guest needs (split §2.6.5, packed §2.7.6 chaining):
 // indices bounded by the queue size, chains cut at the queue size, each buffer translated over its

@@ -1,5 +1,6 @@
 import CWarmstartShim
 import WarmstartPools
+import WarmstartSpec
 
 // Driver side, continued: used buffers (§2.6.14 split; packed: §2.7.1 used flags), notifications (§2.6.10, §2.7.10) and
 // the packet helpers the mock driver and a virtio-user frontend use.
@@ -67,7 +68,7 @@ extension DriverQueue {
             kickedAvail = new
             if old == new { return false }
             if options.eventIndex { return virqNeedEventDriver(ring.availEvent, new, old) }
-            return ring.usedFlags & SplitRing.usedNoNotify == 0
+            return ring.usedFlags & SplitVirtqueue.usedNoNotify == 0
         case .packed:
             let ring = packed.unsafelyUnwrapped
             let (offWrap, flags) = PackedRing.loadEvent(ring.deviceEvent)
@@ -76,8 +77,8 @@ extension DriverQueue {
             let moved = kickedSlot != nextAvail || kickedWrap != availWrap
             kickedSlot = nextAvail
             kickedWrap = availWrap
-            if !moved || flags == PackedRing.eventFlagsDisable { return false }
-            if flags == PackedRing.eventFlagsDesc && options.eventIndex {
+            if !moved || flags == PackedVirtqueue.eventFlagsDisable { return false }
+            if flags == PackedVirtqueue.eventFlagsDesc && options.eventIndex {
                 if new <= old { old -= size }
                 var off = Int(offWrap & 0x7FFF)
                 if (offWrap >> 15 != 0) != availWrap { off -= size }
@@ -106,9 +107,9 @@ extension DriverQueue {
                 var w = usedWrap
                 while slot >= size { slot -= size; w.toggle() }
                 PackedRing.storeEvent(ring.driverEvent, offWrap: UInt16(slot) | (w ? 0x8000 : 0),
-                                      flags: PackedRing.eventFlagsDesc)
+                                      flags: PackedVirtqueue.eventFlagsDesc)
             } else {
-                PackedRing.storeEvent(ring.driverEvent, offWrap: 0, flags: PackedRing.eventFlagsEnable)
+                PackedRing.storeEvent(ring.driverEvent, offWrap: 0, flags: PackedVirtqueue.eventFlagsEnable)
             }
         }
         ws_fence_seq_cst()
@@ -117,9 +118,9 @@ extension DriverQueue {
     /// Asks for no used-buffer notifications (the driver polls).
     public func disableCalls() {
         switch layout {
-        case .split: split.unsafelyUnwrapped.availFlags = SplitRing.availNoInterrupt
+        case .split: split.unsafelyUnwrapped.availFlags = SplitVirtqueue.availNoInterrupt
         case .packed:
-            PackedRing.storeEvent(packed.unsafelyUnwrapped.driverEvent, offWrap: 0, flags: PackedRing.eventFlagsDisable)
+            PackedRing.storeEvent(packed.unsafelyUnwrapped.driverEvent, offWrap: 0, flags: PackedVirtqueue.eventFlagsDisable)
         }
     }
 

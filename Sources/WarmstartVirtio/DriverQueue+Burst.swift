@@ -1,4 +1,5 @@
 import WarmstartPools
+import WarmstartSpec
 
 // Driver side, the burst paths: single-segment packets (transmit) or whole mbuf rooms (receive)
 // posted as one-descriptor chains, and completed chains taken back as tokens, each burst in one

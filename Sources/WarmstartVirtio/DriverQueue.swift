@@ -1,5 +1,6 @@
 import CWarmstartShim
 import WarmstartPools
+import WarmstartSpec
 
 /// One buffer a driver posts: guest address, length, and whether the device may write it.
 @frozen
@@ -112,10 +113,11 @@ public final class DriverQueue {
     public static func ringBytes(layout: VirtqueueLayout, size: Int) -> Int {
         switch layout {
         case .split:
-            let usedOffset = (SplitRing.descriptorTableBytes(size: size) + SplitRing.availBytes(size: size) + 3) & ~3
-            return usedOffset + SplitRing.usedBytes(size: size)
+            let availEnd = SplitVirtqueue.descriptorTableBytes(size: size) + SplitVirtqueue.availRingBytes(size: size, eventIndex: true)
+            let usedOffset = (availEnd + 3) & ~3
+            return usedOffset + SplitVirtqueue.usedRingBytes(size: size, eventIndex: true)
         case .packed:
-            return PackedRing.descriptorRingBytes(size: size) + 2 * PackedRing.eventSuppressionBytes
+            return PackedVirtqueue.descriptorRingBytes(size: size) + 2 * PackedVirtqueue.eventSuppressionBytes
         }
     }
 
@@ -123,7 +125,7 @@ public final class DriverQueue {
     public init(layout: VirtqueueLayout, size: Int, host: UnsafeMutableRawPointer, guest: UInt64,
                 length: Int, options: VirtqueueOptions) throws {
         let need = Self.ringBytes(layout: layout, size: size)
-        guard layout == .split ? SplitRing.isValidSize(size) : PackedRing.isValidSize(size) else {
+        guard layout == .split ? SplitVirtqueue.isValidSize(size) : PackedVirtqueue.isValidSize(size) else {
             throw VirtqueueError.invalidSize(size, layout: layout)
         }
         guard length >= need else { throw VirtqueueError.bufferTooSmall(needed: need, available: length) }
@@ -137,7 +139,7 @@ public final class DriverQueue {
         let d = 16 * size
         switch layout {
         case .split:
-            let usedOffset = (d + SplitRing.availBytes(size: size) + 3) & ~3
+            let usedOffset = (d + SplitVirtqueue.availRingBytes(size: size, eventIndex: true) + 3) & ~3
             split = try SplitRing(size: size, desc: host, avail: host + d, used: host + usedOffset)
             packed = nil
             descAddress = guest

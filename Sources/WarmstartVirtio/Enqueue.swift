@@ -1,5 +1,6 @@
 import CWarmstartShim
 import WarmstartPools
+import WarmstartSpec
 
 // Mbufs → guest RX (the device writes driver-supplied buffers, §5.1.6.3, §5.1.6.4).
 //

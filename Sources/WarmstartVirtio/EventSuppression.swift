@@ -1,4 +1,5 @@
 import CWarmstartShim
+import WarmstartSpec
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -65,7 +66,7 @@ extension VirtqueueDevice {
             } else if options.eventIndex {
                 result = virtqNeedEvent(event: ring.usedEvent, new: new, old: old)
             } else {
-                result = (ring.availFlags & SplitRing.availNoInterrupt) == 0
+                result = (ring.availFlags & SplitVirtqueue.availNoInterrupt) == 0
             }
             signalledUsed = new
         case .packed:
@@ -75,9 +76,9 @@ extension VirtqueueDevice {
             var old = Int(signalledUsed)
             if signalledUsed == lastUsedIndex && signalledUsedWrap == usedWrapCounter {
                 result = false
-            } else if flags == PackedRing.eventFlagsDisable {
+            } else if flags == PackedVirtqueue.eventFlagsDisable {
                 result = false
-            } else if flags == PackedRing.eventFlagsDesc && options.eventIndex {
+            } else if flags == PackedVirtqueue.eventFlagsDesc && options.eventIndex {
                 // Bring old and the event offset into the used counter's current lap (§2.7.10).
                 if new <= old { old -= size }
                 var off = Int(offWrap & 0x7FFF)
@@ -129,16 +130,16 @@ extension VirtqueueDevice {
             if options.eventIndex {
                 if enabled { ring.availEvent = lastAvailIndex }
             } else {
-                ring.usedFlags = enabled ? 0 : SplitRing.usedNoNotify
+                ring.usedFlags = enabled ? 0 : SplitVirtqueue.usedNoNotify
             }
         case .packed:
             let ring = packed.unsafelyUnwrapped
             if !enabled {
-                PackedRing.storeEvent(ring.deviceEvent, offWrap: 0, flags: PackedRing.eventFlagsDisable)
+                PackedRing.storeEvent(ring.deviceEvent, offWrap: 0, flags: PackedVirtqueue.eventFlagsDisable)
             } else if options.eventIndex {
                 armPackedKick(ring)
             } else {
-                PackedRing.storeEvent(ring.deviceEvent, offWrap: 0, flags: PackedRing.eventFlagsEnable)
+                PackedRing.storeEvent(ring.deviceEvent, offWrap: 0, flags: PackedVirtqueue.eventFlagsEnable)
             }
         }
         ws_fence_seq_cst()

@@ -6,6 +6,8 @@
 // Split tables chain with NEXT inside the table (bounded by the entry count); packed tables are
 // read in order (§2.7.7: entries are used sequentially).
 
+import WarmstartSpec
+
 extension VirtqueueDevice {
     func walkIndirect(_ d: SplitDescriptor, writable: Bool, packed: Bool, cursor: inout Int, total: inout Int) -> ChainError? {
         walkIndirect(addr: d.addr, len: d.len, flags: d.flags, writable: writable, packed: packed, cursor: &cursor, total: &total)

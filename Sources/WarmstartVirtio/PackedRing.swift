@@ -1,5 +1,6 @@
 import CWarmstartShim
 import WarmstartMemory
+import WarmstartSpec
 
 /// One 16-byte packed descriptor (§2.7 `struct pvirtq_desc`).
 @frozen
@@ -13,7 +14,8 @@ public struct PackedDescriptor: Equatable, Sendable {
     }
 }
 
-/// A packed virtqueue (§2.7) over raw host pointers.
+/// A packed virtqueue (§2.7) over raw host pointers. Area sizes, alignments and event flags:
+/// `PackedVirtqueue` (WarmstartSpec).
 ///
 ///     descriptor ring          16 × size   align 16   {addr u64, len u32, id u16, flags u16}
 ///     driver event suppression 4 bytes     align 4    {desc (off_wrap) u16, flags u16}  written by the driver
@@ -29,19 +31,9 @@ public struct PackedRing {
     public let driverEvent: UnsafeMutableRawPointer
     public let deviceEvent: UnsafeMutableRawPointer
 
-    public static func descriptorRingBytes(size: Int) -> Int { 16 * size }
-    public static let eventSuppressionBytes = 4
-
-    /// Event suppression flags (§2.7.10 `pvirtq_event_suppress`).
-    public static let eventFlagsEnable: UInt16 = 0
-    public static let eventFlagsDisable: UInt16 = 1
-    public static let eventFlagsDesc: UInt16 = 2
-
-    public static func isValidSize(_ n: Int) -> Bool { n >= 1 && n <= 32768 }
-
     public init(size: Int, desc: UnsafeMutableRawPointer, driverEvent: UnsafeMutableRawPointer,
                 deviceEvent: UnsafeMutableRawPointer) throws {
-        guard Self.isValidSize(size) else { throw VirtqueueError.invalidSize(size, layout: .packed) }
+        guard PackedVirtqueue.isValidSize(size) else { throw VirtqueueError.invalidSize(size, layout: .packed) }
         for (name, p, a) in [("descriptor ring", desc, 16), ("driver event area", driverEvent, 4),
                              ("device event area", deviceEvent, 4)]
         where UInt(bitPattern: p) % UInt(a) != 0 {
@@ -56,8 +48,8 @@ public struct PackedRing {
     /// Translates each area's whole length through `memory` (guest-physical or user addresses).
     public init(size: Int, memory: MemoryTable, desc: UInt64, driverEvent: UInt64, deviceEvent: UInt64,
                 addressSpace: RingAddressSpace = .guest) throws {
-        guard Self.isValidSize(size) else { throw VirtqueueError.invalidSize(size, layout: .packed) }
-        let d = try memory.translateArea("descriptor ring", desc, Self.descriptorRingBytes(size: size), addressSpace, alignment: 16)
+        guard PackedVirtqueue.isValidSize(size) else { throw VirtqueueError.invalidSize(size, layout: .packed) }
+        let d = try memory.translateArea("descriptor ring", desc, PackedVirtqueue.descriptorRingBytes(size: size), addressSpace, alignment: 16)
         let dr = try memory.translateArea("driver event area", driverEvent, 4, addressSpace, alignment: 4)
         let dv = try memory.translateArea("device event area", deviceEvent, 4, addressSpace, alignment: 4)
         try self.init(size: size, desc: d, driverEvent: dr, deviceEvent: dv)

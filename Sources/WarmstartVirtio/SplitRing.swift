@@ -1,5 +1,6 @@
 import CWarmstartShim
 import WarmstartMemory
+import WarmstartSpec
 
 /// One 16-byte descriptor of a split ring or an indirect table (§2.6.5 `struct virtq_desc`).
 @frozen
@@ -13,7 +14,8 @@ public struct SplitDescriptor: Equatable, Sendable {
     }
 }
 
-/// A split virtqueue (§2.6) over raw host pointers into memory shared with the other side.
+/// A split virtqueue (§2.6) over raw host pointers into memory shared with the other side. Area
+/// sizes, alignments and flags: `SplitVirtqueue` (WarmstartSpec).
 ///
 ///     descriptor table  16 × size          align 16   {addr u64, len u32, flags u16, next u16}
 ///     avail ring        6 + 2 × size       align 2    {flags, idx, ring[size], used_event}
@@ -29,20 +31,10 @@ public struct SplitRing {
     public let avail: UnsafeMutableRawPointer
     public let used: UnsafeMutableRawPointer
 
-    public static func descriptorTableBytes(size: Int) -> Int { 16 * size }
-    public static func availBytes(size: Int) -> Int { 6 + 2 * size }
-    public static func usedBytes(size: Int) -> Int { 6 + 8 * size }
-
-    /// Avail flag VIRTQ_AVAIL_F_NO_INTERRUPT and used flag VIRTQ_USED_F_NO_NOTIFY (§2.6.7, §2.6.8).
-    public static let availNoInterrupt: UInt16 = 1
-    public static let usedNoNotify: UInt16 = 1
-
-    public static func isValidSize(_ n: Int) -> Bool { n >= 1 && n <= 32768 && n & (n - 1) == 0 }
-
     /// Wraps already-translated host pointers. Checks the size and the alignment of each area.
     public init(size: Int, desc: UnsafeMutableRawPointer, avail: UnsafeMutableRawPointer,
                 used: UnsafeMutableRawPointer) throws {
-        guard Self.isValidSize(size) else { throw VirtqueueError.invalidSize(size, layout: .split) }
+        guard SplitVirtqueue.isValidSize(size) else { throw VirtqueueError.invalidSize(size, layout: .split) }
         for (name, p, a) in [("descriptor table", desc, 16), ("avail ring", avail, 2), ("used ring", used, 4)]
         where UInt(bitPattern: p) % UInt(a) != 0 {
             throw VirtqueueError.misaligned(area: name, address: UInt64(UInt(bitPattern: p)), alignment: a)
@@ -57,10 +49,10 @@ public struct SplitRing {
     /// Translates each area's whole length through `memory` (guest-physical or user addresses).
     public init(size: Int, memory: MemoryTable, desc: UInt64, avail: UInt64, used: UInt64,
                 addressSpace: RingAddressSpace = .guest) throws {
-        guard Self.isValidSize(size) else { throw VirtqueueError.invalidSize(size, layout: .split) }
-        let d = try memory.translateArea("descriptor table", desc, Self.descriptorTableBytes(size: size), addressSpace, alignment: 16)
-        let a = try memory.translateArea("avail ring", avail, Self.availBytes(size: size), addressSpace, alignment: 2)
-        let u = try memory.translateArea("used ring", used, Self.usedBytes(size: size), addressSpace, alignment: 4)
+        guard SplitVirtqueue.isValidSize(size) else { throw VirtqueueError.invalidSize(size, layout: .split) }
+        let d = try memory.translateArea("descriptor table", desc, SplitVirtqueue.descriptorTableBytes(size: size), addressSpace, alignment: 16)
+        let a = try memory.translateArea("avail ring", avail, SplitVirtqueue.availRingBytes(size: size, eventIndex: true), addressSpace, alignment: 2)
+        let u = try memory.translateArea("used ring", used, SplitVirtqueue.usedRingBytes(size: size, eventIndex: true), addressSpace, alignment: 4)
         try self.init(size: size, desc: d, avail: a, used: u)
     }
 

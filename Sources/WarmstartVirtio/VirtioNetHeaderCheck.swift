@@ -1,4 +1,5 @@
 import WarmstartPools
+import WarmstartSpec
 
 // The virtio-net header a guest puts in front of every transmitted frame (§5.1.6, `struct
 // virtio_net_hdr_v1`) travels on with the frame: into another guest's receive buffer and into a TAP

@@ -1,22 +1,7 @@
 import CWarmstartShim
 import WarmstartMemory
 import WarmstartPools
-
-/// Where a queue stands, in the form hot upgrade hands over (vhost-user GET/SET_VRING_BASE).
-/// Split: free-running 16-bit indices. Packed: slot indices (0..<size) plus wrap counters.
-public struct VirtqueueState: Sendable, Equatable {
-    public var lastAvailIndex: UInt16
-    public var lastUsedIndex: UInt16
-    public var availWrapCounter: Bool
-    public var usedWrapCounter: Bool
-    public init(lastAvailIndex: UInt16 = 0, lastUsedIndex: UInt16 = 0,
-                availWrapCounter: Bool = true, usedWrapCounter: Bool = true) {
-        self.lastAvailIndex = lastAvailIndex
-        self.lastUsedIndex = lastUsedIndex
-        self.availWrapCounter = availWrapCounter
-        self.usedWrapCounter = usedWrapCounter
-    }
-}
+import WarmstartSpec
 
 /// One piece of a guest buffer that is contiguous in host memory.
 @usableFromInline struct Segment {
@@ -133,34 +118,34 @@ public final class VirtqueueDevice {
     @usableFromInline let packetChains: UnsafeMutablePointer<(first: Int32, count: Int32)>
     @usableFromInline let mbufs: UnsafeMutablePointer<Mbuf>
 
-    public var state: VirtqueueState {
-        VirtqueueState(lastAvailIndex: lastAvailIndex, lastUsedIndex: lastUsedIndex,
-                       availWrapCounter: availWrapCounter, usedWrapCounter: usedWrapCounter)
+    public var state: VirtqueuePosition {
+        VirtqueuePosition(lastAvailIndex: lastAvailIndex, availWrapCounter: availWrapCounter,
+                          lastUsedIndex: lastUsedIndex, usedWrapCounter: usedWrapCounter)
     }
 
     /// A device queue over a split ring.
     public convenience init(split ring: SplitRing, memory: MemoryTable, options: VirtqueueOptions,
-                            state: VirtqueueState = VirtqueueState()) {
+                            state: VirtqueuePosition = VirtqueuePosition()) {
         self.init(layout: .split, split: ring, packed: nil, size: ring.size, memory: memory, options: options, state: state)
     }
 
     /// A device queue over a packed ring, at its first slot.
     public convenience init(packed ring: PackedRing, memory: MemoryTable, options: VirtqueueOptions) {
         self.init(layout: .packed, split: nil, packed: ring, size: ring.size, memory: memory, options: options,
-                  state: VirtqueueState())
+                  state: VirtqueuePosition())
     }
 
     /// A device queue over a packed ring, starting at `state`: its slots must lie inside the ring
     /// (a position from outside, e.g. 0x7fff, would have used descriptors written past its end).
     public convenience init(packed ring: PackedRing, memory: MemoryTable, options: VirtqueueOptions,
-                            state: VirtqueueState) throws(VirtqueueError) {
+                            state: VirtqueuePosition) throws(VirtqueueError) {
         try Self.checkPosition(state, layout: .packed, size: ring.size)
         self.init(layout: .packed, split: nil, packed: ring, size: ring.size, memory: memory, options: options, state: state)
     }
 
     /// Split: any 16-bit index is legal (free-running; the walkers reduce it with `& mask`).
     /// Packed: both positions are descriptor slots, < size.
-    static func checkPosition(_ state: VirtqueueState, layout: VirtqueueLayout, size: Int) throws(VirtqueueError) {
+    static func checkPosition(_ state: VirtqueuePosition, layout: VirtqueueLayout, size: Int) throws(VirtqueueError) {
         guard layout == .packed else { return }
         guard Int(state.lastAvailIndex) < size else {
             throw .positionOutsideRing(what: "last avail slot", position: state.lastAvailIndex, size: size)
@@ -171,7 +156,7 @@ public final class VirtqueueDevice {
     }
 
     init(layout: VirtqueueLayout, split: SplitRing?, packed: PackedRing?, size: Int, memory: MemoryTable,
-         options: VirtqueueOptions, state: VirtqueueState) {
+         options: VirtqueueOptions, state: VirtqueuePosition) {
         self.layout = layout
         self.split = split
         self.packed = packed
@@ -198,7 +183,7 @@ public final class VirtqueueDevice {
     /// Moves the queue to `state` (hot upgrade: a queue built before the previous owner paused
     /// takes up where that one stopped). Only while no thread polls the queue; no allocation. A
     /// packed ring's positions are descriptor slots and must lie inside the ring.
-    public func reposition(to state: VirtqueueState) throws(VirtqueueError) {
+    public func reposition(to state: VirtqueuePosition) throws(VirtqueueError) {
         try Self.checkPosition(state, layout: layout, size: size)
         st.pointee.lastAvail = state.lastAvailIndex
         st.pointee.lastUsed = state.lastUsedIndex

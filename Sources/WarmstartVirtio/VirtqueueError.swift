@@ -1,6 +1,8 @@
 // Errors of the ring layer: set-up errors (thrown), per-chain errors (counted, never thrown on the
 // fast path) and the reasons a queue is marked broken.
 
+import WarmstartSpec
+
 /// A ring could not be set up. Each case names the area and the numbers involved.
 public enum VirtqueueError: Error, Equatable, CustomStringConvertible {
     /// Split sizes are a power of two ≤ 32768 (§2.6); packed any size 1...32768 (§2.7).

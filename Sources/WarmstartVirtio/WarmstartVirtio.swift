@@ -4,12 +4,15 @@
 //   SplitRing / PackedRing     ring layouts over raw host pointers into shared guest memory,
 //                              with constructors that translate and check each area
 //   VirtqueueDevice            the device side (what the backend runs), layout fixed at set-up:
-//     dequeueBurst             guest TX → mbufs (Dequeue.swift)
+//     dequeueBurst             guest TX → mbufs (Dequeue.swift; the copy: Dequeue+Copy.swift)
 //     enqueueBurst             mbufs → guest RX, mergeable buffers (Enqueue.swift)
 //     needsCall / signal       used-buffer notifications, event idx (EventSuppression.swift)
 //     setNotifications         kick suppression while polling
-//     state                    indices and wrap counters for hot upgrade
+//     state                    where it stands (`VirtqueuePosition`), for hot upgrade
 //   DescriptorChain / IndirectTable   chain walking with every hostile-guest check
 //   GuestMemoryMap             the queue's flat copy of the MemoryTable (guest → host)
 //   DriverQueue                the driver side (mock driver in tests, virtio-user frontend)
 //   MbufSource                 where the copy paths take mbufs (MbufPool, MbufCache)
+//
+// The spec's names (feature bits, descriptor flags, layouts, area sizes, positions) come from
+// WarmstartSpec.

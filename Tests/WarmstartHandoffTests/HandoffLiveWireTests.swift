@@ -3,6 +3,7 @@ import XCTest
 import WarmstartEngine
 import WarmstartVhostUser
 @testable import WarmstartHandoff
+import WarmstartSpec
 
 /// The one document that crosses inside the blackout (`quiesced`, binary from 1.2), and the
 /// blackout figure the new process computes from it.
@@ -13,9 +14,9 @@ final class HandoffLiveWireTests: XCTestCase {
         var c = QueueCounters()
         c.rxPackets = 1 << 40; c.rxBytes = 3; c.txPackets = 4; c.txBytes = 5; c.drops = 6; c.errors = 7
         return HandoffLive(quiescedAtNs: 1_000_500, pausedAtNs: 1_000_200, lastForwardNs: 1_000_000,
-                           rings: [HandoffRingPosition(port: "vm1", index: 3, base: VringBase(lastAvailIndex: 65535, availWrapCounter: false,
+                           rings: [HandoffRingPosition(port: "vm1", index: 3, base: VirtqueuePosition(lastAvailIndex: 65535, availWrapCounter: false,
                                                                                                  lastUsedIndex: 7, usedWrapCounter: true)),
-                                   HandoffRingPosition(port: "vm0", index: 0, base: VringBase(lastAvailIndex: 1, lastUsedIndex: 1))],
+                                   HandoffRingPosition(port: "vm0", index: 0, base: VirtqueuePosition(lastAvailIndex: 1, lastUsedIndex: 1))],
                            counters: ["vm1": c, "vm0": QueueCounters()])
     }
 
@@ -51,7 +52,7 @@ final class HandoffLiveWireTests: XCTestCase {
         b[32 + 24 + 56] = 0   // the second counter entry names port 0 again (sorted: vm0, vm1)
         XCTAssertTrue(reason(b).contains("two counter entries"), reason(b))
         XCTAssertTrue(reason(good, ports: ["vm0"]).contains("names port 1 of 1"))
-        XCTAssertThrowsError(try HandoffLive(rings: [HandoffRingPosition(port: "other", index: 0, base: VringBase())]).binaryEncoded(ports: ports))
+        XCTAssertThrowsError(try HandoffLive(rings: [HandoffRingPosition(port: "other", index: 0, base: VirtqueuePosition())]).binaryEncoded(ports: ports))
     }
 
     func testVersionsAgreeOnTheEncoding() {

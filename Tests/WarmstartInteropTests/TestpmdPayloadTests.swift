@@ -8,6 +8,7 @@ import WarmstartSnapshot
 import WarmstartVhostUser
 import WarmstartVirtio
 import WarmstartTestSupport
+import WarmstartSpec
 
 /// Payload checks with DPDK's testpmd in the middle (issue 5 §6): one testpmd, unchanged, with two
 /// ports forwarding io between them —
@@ -156,12 +157,12 @@ final class TestpmdPayloadTests: XCTestCase {
         XCTAssertEqual(beq[0].rxSetup.layout, c.packed ? .packed : .split, "\(c)")
         XCTAssertEqual(beq[0].rxSetup.mergeableRxBuffers, c.mergeable, "\(c): testpmd's mrg_rxbuf")
         for q in beq {
-            XCTAssertEqual(q.rxSetup.features & VirtioNetFeature.inOrder.mask != 0, c.inOrder, "\(c): testpmd's in_order")
+            XCTAssertEqual(q.rxSetup.features & VirtioFeatures.inOrder.rawValue != 0, c.inOrder, "\(c): testpmd's in_order")
             XCTAssertEqual(q.guestTX.options.inOrder, c.inOrder, "\(c): the guest-TX queue's in-order path")
         }
-        XCTAssertEqual(fe.negotiation!.features & VirtioNetFeature.ringPacked.mask != 0, c.packed, "\(c)")
-        XCTAssertNotEqual(fe.negotiation!.features & VirtioNetFeature.mrgRxbuf.mask, 0, "\(c): net_vhost grants MRG_RXBUF")
-        print("payload \(c): testpmd's virtio-user negotiated \(VirtioNetFeature.names(beq[0].rxSetup.features).joined(separator: " "))")
+        XCTAssertEqual(fe.negotiation!.features & VirtioFeatures.ringPacked.rawValue != 0, c.packed, "\(c)")
+        XCTAssertNotEqual(fe.negotiation!.features & VirtioFeatures.mrgRxbuf.rawValue, 0, "\(c): net_vhost grants MRG_RXBUF")
+        print("payload \(c): testpmd's virtio-user negotiated \(VirtioFeatures.names(beq[0].rxSetup.features).joined(separator: " "))")
 
         let cache = MbufCache(pool: pool, size: 64)
         let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 64)

@@ -7,6 +7,7 @@ import WarmstartSnapshot
 import WarmstartVirtio
 @_spi(Benchmarks) @testable import WarmstartBench
 @testable import WarmstartRuntime
+import WarmstartSpec
 
 /// The generator's rounds (what `warmstart bench` sends) read back by the device side of the
 /// transmit ring in this process: the frame size asked for, the Ethernet header, and on one frame
@@ -26,7 +27,7 @@ struct GeneratorRig {
     init(packed: Bool) throws {
         live = try LiveMemory.coldLayout(SnapshotConfig(pool: MbufPoolConfig(count: 4096, cacheSize: 256)), hugepages: .off)
         let arena = RingArena(region: live.generalRegion!)
-        var features: VirtioFeatures = [.version1, .mergeableRxBuffers, .eventIndex]
+        var features: VirtioFeatures = [.version1, .mrgRxbuf, .ringEventIdx]
         if packed { features.insert(.ringPacked) }
         let options = VirtqueueOptions(features: features)
         let layout: VirtqueueLayout = packed ? .packed : .split

@@ -9,6 +9,7 @@ import WarmstartVirtio
 import WarmstartTestSupport
 @testable import WarmstartRuntime
 @testable import WarmstartHandoff
+import WarmstartSpec
 
 // Two "processes" in one: a guest (TestGuest, from WarmstartTestSupport: virtio driver rings in its own memfd, a
 // VhostUserFrontend on a socket) and backends (a session, a Datapath with polling threads, a vhost queue pair as a
@@ -53,8 +54,7 @@ final class HandoffQueuePair: BurstQueue, @unchecked Sendable {
     init(_ ring0: VringSetup, _ ring1: VringSetup) throws {
         func device(_ s: VringSetup) throws -> VirtqueueDevice {
             let options = VirtqueueOptions(features: VirtioFeatures(rawValue: s.features))
-            let state = VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
-                                       availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter)
+            let state = s.base
             switch s.layout {
             case .split:
                 let ring = try SplitRing(size: s.size, desc: s.descriptors, avail: s.driverArea, used: s.deviceArea)
@@ -80,10 +80,10 @@ final class HandoffQueuePair: BurstQueue, @unchecked Sendable {
     }
 
     /// Where ring `i` stands now (the datapath must be quiesced).
-    func position(_ i: Int) -> VringBase {
+    func position(_ i: Int) -> VirtqueuePosition {
         let s = (i == 0 ? toGuest : fromGuest).state
-        return VringBase(lastAvailIndex: s.lastAvailIndex, availWrapCounter: s.availWrapCounter,
-                         lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
+        return VirtqueuePosition(lastAvailIndex: s.lastAvailIndex, availWrapCounter: s.availWrapCounter,
+                                 lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
     }
 }
 
@@ -179,7 +179,7 @@ final class HandoffBackend: @unchecked Sendable {
     }
 
     /// Where the taken-over rings started (read before any polling thread runs them).
-    var adoptedPositions: [VringBase] = []
+    var adoptedPositions: [VirtqueuePosition] = []
 
     deinit { if connFD >= 0 { close(connFD) } }
 

@@ -10,6 +10,7 @@ import WarmstartVhostUser
 import WarmstartVirtio
 import WarmstartTestSupport
 @testable import WarmstartRuntime
+import WarmstartSpec
 
 /// Issue 12, defect 3, the virtio-user side: the pool lives in a snapshot file (/dev/shm, no
 /// hugepages: the README's main job), which cannot be sealed, and a virtio-user port hands the

@@ -6,6 +6,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartSpec
 
 /// The one in-process guest of the tests: Warmstart's own `VhostUserFrontend` over a unix socket
 /// to a vhost-user back-end, with `DriverQueue`s (vring 0 RX, vring 1 TX) in a memfd playing

@@ -3,6 +3,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartSpec
 
 /// The one vhost-user back-end peer of the tests (for Warmstart's virtio-user port): Warmstart's
 /// own session served on a thread — over one end of a socket pair, an accepted connection, or the
@@ -158,8 +159,7 @@ public final class InProcessBackend: @unchecked Sendable {
         if let d = devices[index] { return d }
         guard let s = setups[index] else { return nil }
         let options = VirtqueueOptions(features: VirtioFeatures(rawValue: s.features))
-        let state = VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
-                                   availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter)
+        let state = s.base
         let d: VirtqueueDevice
         if s.layout == .packed {
             d = try! VirtqueueDevice(packed: try! PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea,

@@ -6,6 +6,7 @@ import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVhostUser
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// A front-end that lies (issue 12): ring positions outside the ring (defect 1), descriptors that
 /// are not eventfds or that cannot take a signal (defect 2), memory tables that would take the
@@ -40,7 +41,7 @@ final class HostileFrontendTests: XCTestCase {
         XCTAssertFalse(o.isFatal)
         // The refused base was not kept: the ring starts from its previous position (0).
         let started = finishRing(s, RingPlan(index: 0), mem: mem).started
-        XCTAssertEqual(started.first?.base, VringBase())
+        XCTAssertEqual(started.first?.base, VirtqueuePosition())
         XCTAssertTrue((0..<mem.size).allSatisfy { mem.base.load(fromByteOffset: $0, as: UInt8.self) == 0xA5 },
                       "the back-end wrote into guest memory")
         // A used position outside the ring (high half) is refused the same way.
@@ -59,7 +60,7 @@ final class HostileFrontendTests: XCTestCase {
         // Before SET_FEATURES the layout is unknown: the base is kept raw.
         XCTAssertTrue(s.send(msg(.setVringNum, vringState(0, 256))).ok)
         XCTAssertTrue(s.send(msg(.setVringBase, vringState(0, 0x7fff), needReply: true)).ok)
-        let f = VirtioNetFeature.mask([.version1, .protocolFeatures, .ringPacked])
+        let f = VirtioFeatures([.version1, .protocolFeatures, .ringPacked]).rawValue
         XCTAssertTrue(s.send(msg(.setFeatures, .u64(f))).ok)
         XCTAssertTrue(s.send(msg(.setMemTable, .memoryTable([mem.region()]), fds: [mem.dupFD()])).ok)
         let o = finishRing(s, RingPlan(index: 0), mem: mem)
@@ -107,7 +108,7 @@ final class HostileFrontendTests: XCTestCase {
         guard let setup = finishRing(s, RingPlan(index: 1, size: 8), mem: mem).started.first else { return XCTFail("not started") }
         let ring = try SplitRing(size: 8, desc: setup.descriptors, avail: setup.driverArea, used: setup.deviceArea)
         let device = VirtqueueDevice(split: ring, memory: setup.memory.table, options: VirtqueueOptions(features: VirtioFeatures(rawValue: setup.features)),
-                                     state: VirtqueueState(lastAvailIndex: 0xffff, lastUsedIndex: 0xffff))
+                                     state: VirtqueuePosition(lastAvailIndex: 0xffff, lastUsedIndex: 0xffff))
         XCTAssertEqual(device.lastAvailIndex, 0xffff)
         // Slot 0xffff & 7 == 7 holds head 3; what it points at does not matter here, only that the
         // used entry lands inside the ring (slot 7), never at 0xffff × 8 bytes.
@@ -130,13 +131,13 @@ final class HostileFrontendTests: XCTestCase {
         let ring = try PackedRing(size: setup.size, desc: setup.descriptors, driverEvent: setup.driverArea, deviceEvent: setup.deviceArea)
         let options = VirtqueueOptions(features: VirtioFeatures(rawValue: setup.features))
         XCTAssertThrowsError(try VirtqueueDevice(packed: ring, memory: setup.memory.table, options: options,
-                                                 state: VirtqueueState(lastAvailIndex: 0x7fff, lastUsedIndex: 0x7fff))) { e in
+                                                 state: VirtqueuePosition(lastAvailIndex: 0x7fff, lastUsedIndex: 0x7fff))) { e in
             XCTAssertEqual("\(e)", "last avail slot 32767 is outside the packed ring of 256 descriptors")
         }
         XCTAssertThrowsError(try VirtqueueDevice(packed: ring, memory: setup.memory.table, options: options,
-                                                 state: VirtqueueState(lastAvailIndex: 0, lastUsedIndex: 256)))
+                                                 state: VirtqueuePosition(lastAvailIndex: 0, lastUsedIndex: 256)))
         XCTAssertNoThrow(try VirtqueueDevice(packed: ring, memory: setup.memory.table, options: options,
-                                             state: VirtqueueState(lastAvailIndex: 255, lastUsedIndex: 255, availWrapCounter: false)))
+                                             state: VirtqueuePosition(lastAvailIndex: 255, availWrapCounter: false, lastUsedIndex: 255)))
     }
 
     // MARK: defect 1: positions and sizes arriving by handoff
@@ -199,8 +200,8 @@ final class HostileFrontendTests: XCTestCase {
         let s = configuredSession(packed: true, mem: mem)
         XCTAssertEqual(configureRing(s, RingPlan(index: 0), mem: mem).started.count, 1)
         XCTAssertEqual(configureRing(s, RingPlan(index: 1, offset: 0x20000), mem: mem).started.count, 1)
-        let good = VringBase(lastAvailIndex: 9, availWrapCounter: false, lastUsedIndex: 8, usedWrapCounter: false)
-        let bad = VringBase(lastAvailIndex: 0x7fff, lastUsedIndex: 0)
+        let good = VirtqueuePosition(lastAvailIndex: 9, availWrapCounter: false, lastUsedIndex: 8, usedWrapCounter: false)
+        let bad = VirtqueuePosition(lastAvailIndex: 0x7fff, lastUsedIndex: 0)
         let before = s.startedRings.map(\.base)
         XCTAssertThrowsError(try s.applyHandoffPositions([0: good, 1: bad]))
         XCTAssertEqual(s.startedRings.map(\.base), before, "a refused set moves no ring")
@@ -271,7 +272,7 @@ final class HostileFrontendTests: XCTestCase {
         guard fcntl(fd, F_GETFL) & O_NONBLOCK != 0 else { return XCTFail("the call eventfd is still blocking") }
         let ring = try SplitRing(size: 8, desc: setup.descriptors, avail: setup.driverArea, used: setup.deviceArea)
         let device = VirtqueueDevice(split: ring, memory: setup.memory.table,
-                                     options: VirtqueueOptions(features: VirtioFeatures(rawValue: setup.features).subtracting(.eventIndex)))
+                                     options: VirtqueueOptions(features: VirtioFeatures(rawValue: setup.features).subtracting(.ringEventIdx)))
         device.lastUsedIndex = 1   // one used entry published since the last call decision
         XCTAssertTrue(device.signal(callFD: fd), "the driver wants a call")
         XCTAssertEqual(device.counters.calls, 1)

@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 @testable import WarmstartVhostUser
+import WarmstartSpec
 
 /// A memfd mapped in the test process, playing the front-end's memory.
 final class FrontendMemory {
@@ -119,8 +120,8 @@ func configuredSession(packed: Bool = false, proto: UInt64 = VhostUserFeatures.p
                        pairs: Int = 1, mem: FrontendMemory) -> VhostUserBackendSession {
     let s = VhostUserBackendSession(configuration: VhostUserBackendConfiguration(maxQueuePairs: pairs))
     XCTAssertTrue(s.send(msg(.setOwner)).ok)
-    var f = VirtioNetFeature.mask([.version1, .protocolFeatures, .ringEventIdx, .mrgRxbuf])
-    if packed { f |= VirtioNetFeature.ringPacked.mask }
+    var f = VirtioFeatures([.version1, .protocolFeatures, .ringEventIdx, .mrgRxbuf]).rawValue
+    if packed { f |= VirtioFeatures.ringPacked.rawValue }
     XCTAssertTrue(s.send(msg(.setProtocolFeatures, .u64(proto))).ok)
     XCTAssertTrue(s.send(msg(.setFeatures, .u64(f))).ok)
     XCTAssertTrue(s.send(msg(.setMemTable, .memoryTable([mem.region()]), fds: [mem.dupFD()])).ok)

@@ -2,13 +2,14 @@ import CWarmstartShim
 import Foundation
 import XCTest
 @testable import WarmstartVhostUser
+import WarmstartSpec
 
 /// Session export/import as hot upgrade uses it: the descriptors are duplicated as SCM_RIGHTS would
 /// (the receiver gets new numbers for the same files), the old session is dropped, and the new one
 /// must serve the same front-end memory and rings at the handed-over positions.
 final class VhostUserHandoffTests: XCTestCase {
     /// Exports `s`, duplicating every lent descriptor into a table, as the handoff does.
-    func transfer(_ s: VhostUserBackendSession, positions: [Int: VringBase] = [:]) -> (VhostUserSessionState, [Int32]) {
+    func transfer(_ s: VhostUserBackendSession, positions: [Int: VirtqueuePosition] = [:]) -> (VhostUserSessionState, [Int32]) {
         var table: [Int32] = []
         let state = try! s.exportHandoffState(register: { fd, _ in
             table.append(dup(fd))
@@ -27,7 +28,7 @@ final class VhostUserHandoffTests: XCTestCase {
         XCTAssertEqual(configureRing(old!, RingPlan(index: 0, offset: 0), mem: mem).started.count, 1)
         XCTAssertEqual(configureRing(old!, RingPlan(index: 1, offset: 0x20000), mem: mem).started.count, 1)
         XCTAssertTrue(old!.send(msg(.setStatus, .u64(0x0f))).ok)
-        let moved = VringBase(lastAvailIndex: 1234, availWrapCounter: true, lastUsedIndex: 1234, usedWrapCounter: true)
+        let moved = VirtqueuePosition(lastAvailIndex: 1234, availWrapCounter: true, lastUsedIndex: 1234, usedWrapCounter: true)
         let (state, table) = transfer(old!, positions: [1: moved])
         XCTAssertEqual(state.memory?.count, 1)
         XCTAssertEqual(state.descriptorCount, table.count)
@@ -46,7 +47,7 @@ final class VhostUserHandoffTests: XCTestCase {
         XCTAssertEqual(new.memory?.generation, state.memoryGeneration)
         XCTAssertEqual(rings.map(\.index), [0, 1])
         XCTAssertEqual(rings[1].base, moved)
-        XCTAssertEqual(rings[0].base, VringBase())
+        XCTAssertEqual(rings[0].base, VirtqueuePosition())
         // Same pages: the front-end writes, the new mapping sees it.
         mem.base.storeBytes(of: 0xBEEF, toByteOffset: 0x20000 + 0x4000 + 2, as: UInt16.self)
         XCTAssertEqual(rings[1].driverArea.load(fromByteOffset: 2, as: UInt16.self), 0xBEEF)
@@ -62,7 +63,7 @@ final class VhostUserHandoffTests: XCTestCase {
         let mem = FrontendMemory(size: 1 << 20)
         let old = configuredSession(packed: true, mem: mem)
         XCTAssertEqual(configureRing(old, RingPlan(index: 0), mem: mem).started.first?.layout, .packed)
-        let pos = VringBase(lastAvailIndex: 17, availWrapCounter: false, lastUsedIndex: 15, usedWrapCounter: true)
+        let pos = VirtqueuePosition(lastAvailIndex: 17, availWrapCounter: false, lastUsedIndex: 15, usedWrapCounter: true)
         let (state, table) = transfer(old, positions: [0: pos])
         let (new, rings) = try VhostUserBackendSession.importHandoffState(state, configuration: VhostUserBackendConfiguration(), take: take(table))
         XCTAssertEqual(new.layout, .packed)
@@ -89,7 +90,7 @@ final class VhostUserHandoffTests: XCTestCase {
         let fdsBefore = descriptors(referringTo: files.identities), mapsBefore = countMappings(ofInode: mem.inode)
         XCTAssertEqual(fdsBefore.count, 4, "the test's memory, the session's memory, kick and call: \(fdsBefore)")
         let (state, table) = transfer(old)
-        let narrow = VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.mrgRxbuf.mask)
+        let narrow = VhostUserBackendConfiguration(featureMask: ~VirtioFeatures.mrgRxbuf.rawValue)
         XCTAssertThrowsError(try VhostUserBackendSession.importHandoffState(state, configuration: narrow, take: take(table))) { e in
             XCTAssertTrue("\(e)".contains("mrgRxbuf"), "\(e)")
         }
@@ -117,7 +118,7 @@ final class VhostUserHandoffTests: XCTestCase {
         let fdsBefore = descriptors(referringTo: files.identities).count, mapsBefore = countMappings(ofInode: mem.inode)
         XCTAssertEqual(fdsBefore, 6, "the test's memory, the session's memory, two kicks and two calls")
         for k in 0..<10 {
-            let (state, table) = transfer(s, positions: [0: VringBase(lastAvailIndex: UInt16(k), lastUsedIndex: UInt16(k))])
+            let (state, table) = transfer(s, positions: [0: VirtqueuePosition(lastAvailIndex: UInt16(k), lastUsedIndex: UInt16(k))])
             s = try VhostUserBackendSession.importHandoffState(state, configuration: VhostUserBackendConfiguration(), take: take(table)).0
         }
         // The session now holds the tenth generation of descriptors (other numbers, same files).

@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 @testable import WarmstartVhostUser
+import WarmstartSpec
 
 final class VhostUserHandshakeTests: XCTestCase {
     /// Runs `frontend` on a thread against a backend session served on this thread.
@@ -64,9 +65,9 @@ final class VhostUserHandshakeTests: XCTestCase {
         XCTAssertNil(r.frontendError, "\(String(describing: r.frontendError))")
         XCTAssertEqual(r.end.reason, .connectionClosed)
         let n = negotiated!
-        XCTAssertEqual(n.features & VirtioNetFeature.ringPacked.mask != 0, packed)
-        XCTAssertNotEqual(n.features & VirtioNetFeature.version1.mask, 0)
-        XCTAssertNotEqual(n.features & VirtioNetFeature.mrgRxbuf.mask, 0)
+        XCTAssertEqual(n.features & VirtioFeatures.ringPacked.rawValue != 0, packed)
+        XCTAssertNotEqual(n.features & VirtioFeatures.version1.rawValue, 0)
+        XCTAssertNotEqual(n.features & VirtioFeatures.mrgRxbuf.rawValue, 0)
         XCTAssertNotEqual(n.protocolFeatures & VhostUserProtocolFeature.replyAck.mask, 0)
         XCTAssertEqual(n.maxQueuePairs, 1)
         XCTAssertEqual(n.maxMemorySlots, 509)
@@ -95,7 +96,7 @@ final class VhostUserHandshakeTests: XCTestCase {
     func testFullHandshakePacked() { handshake(packed: true) }
 
     func testFrontendNamesMissingRequiredFeatures() {
-        let cfg = VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.version1.mask)
+        let cfg = VhostUserBackendConfiguration(featureMask: ~VirtioFeatures.version1.rawValue)
         let r = runHandshake(packed: false, backendConfig: cfg) { fe, _ in _ = try fe.negotiate() }
         guard let e = r.frontendError as? VhostUserError else { return XCTFail("expected an error") }
         XCTAssertEqual(e.reason, .missingFeatures(["version1"]))

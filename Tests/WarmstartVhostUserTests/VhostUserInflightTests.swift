@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 @testable import WarmstartVhostUser
+import WarmstartSpec
 
 final class VhostUserInflightTests: XCTestCase {
     let withInflight = VhostUserFeatures.protocolDefault | VhostUserFeatures.protocolOptIn
@@ -28,7 +29,7 @@ final class VhostUserInflightTests: XCTestCase {
         let mem = FrontendMemory(size: 1 << 20)
         let s = VhostUserBackendSession(configuration: VhostUserBackendConfiguration(protocolFeatures: withInflight))
         XCTAssertTrue(s.send(msg(.setProtocolFeatures, .u64(withInflight))).ok)
-        XCTAssertTrue(s.send(msg(.setFeatures, .u64(VirtioNetFeature.mask([.version1, .protocolFeatures])))).ok)
+        XCTAssertTrue(s.send(msg(.setFeatures, .u64(VirtioFeatures([.version1, .protocolFeatures]).rawValue))).ok)
         XCTAssertTrue(s.send(msg(.setMemTable, .memoryTable([mem.region()]), fds: [mem.dupFD()])).ok)
         let g = s.send(msg(.getInflightFD, .inflight(InflightPayload(mmapSize: 0, mmapOffset: 0, numQueues: 2, queueSize: 256))))
         guard case let .inflight(p)? = g.reply?.payload, let lent = g.reply?.fds.first else { return XCTFail("\(String(describing: g.error))") }

@@ -3,6 +3,7 @@ import Foundation
 import XCTest
 import WarmstartMemory
 @testable import WarmstartVhostUser
+import WarmstartSpec
 
 /// Issue 12, defect 3, at the session: every mapping of front-end memory (SET_MEM_TABLE,
 /// ADD_MEM_REG, SET_INFLIGHT_FD) is guarded, a truncation sets the session's flag with a reason
@@ -13,7 +14,7 @@ final class VhostUserShrinkingMemoryTests: XCTestCase {
     func inflightSession() -> VhostUserBackendSession {
         let s = VhostUserBackendSession(configuration: VhostUserBackendConfiguration(protocolFeatures: withInflight))
         XCTAssertTrue(s.send(msg(.setProtocolFeatures, .u64(withInflight))).ok)
-        XCTAssertTrue(s.send(msg(.setFeatures, .u64(VirtioNetFeature.mask([.version1, .protocolFeatures])))).ok)
+        XCTAssertTrue(s.send(msg(.setFeatures, .u64(VirtioFeatures([.version1, .protocolFeatures]).rawValue))).ok)
         return s
     }
 

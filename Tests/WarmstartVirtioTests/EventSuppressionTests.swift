@@ -3,6 +3,7 @@ import CWarmstartShim
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 final class EventSuppressionTests: XCTestCase {
     func testNeedEventRule() {
@@ -23,7 +24,7 @@ final class EventSuppressionTests: XCTestCase {
 
     /// The driver asks for a call after 3 used chains: none after 1, one when the third crosses.
     func checkUsedEvent(_ layout: VirtqueueLayout) throws {
-        let fx = try Fixture(layout: layout, size: 16, features: [.version1, .eventIndex])
+        let fx = try Fixture(layout: layout, size: 16, features: [.version1, .ringEventIdx])
         for round in 0..<12 { // rounds walk the indices around the ring several times
             fx.driver.requestCall(afterUsed: 3)
             transmit(fx, 1)
@@ -61,7 +62,7 @@ final class EventSuppressionTests: XCTestCase {
     /// notifications disabled (polling) the driver does not kick.
     func checkKick(_ layout: VirtqueueLayout, eventIndex: Bool) throws {
         var f: VirtioFeatures = [.version1]
-        if eventIndex { f.insert(.eventIndex) }
+        if eventIndex { f.insert(.ringEventIdx) }
         let fx = try Fixture(layout: layout, size: 16, features: f)
         fx.device.setNotifications(enabled: true)
         for round in 0..<10 {
@@ -88,7 +89,7 @@ final class EventSuppressionTests: XCTestCase {
     func testKickPackedEventIndex() throws { try checkKick(.packed, eventIndex: true) }
 
     func testSignalWritesEventfd() throws {
-        let fx = try Fixture(layout: .split, size: 16, features: [.version1, .eventIndex])
+        let fx = try Fixture(layout: .split, size: 16, features: [.version1, .ringEventIdx])
         let fd = ws_eventfd(0, WS_EFD_NONBLOCK | WS_EFD_CLOEXEC)
         XCTAssertGreaterThanOrEqual(fd, 0)
         defer { close(fd) }

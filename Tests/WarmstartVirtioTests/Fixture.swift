@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// Guest memory for the mock driver: two memfd regions at adjacent guest addresses (so a buffer
 /// can span them), the rings and RX buffers in region B, the driver's TX mbuf pool in region A;
@@ -28,7 +29,7 @@ final class Fixture {
     let out = UnsafeMutablePointer<Mbuf>.allocate(capacity: 256)
     let completions = UnsafeMutablePointer<DriverCompletion>.allocate(capacity: 4096)
 
-    init(layout: VirtqueueLayout, size: Int = 256, features: VirtioFeatures = [.version1, .indirectDescriptors],
+    init(layout: VirtqueueLayout, size: Int = 256, features: VirtioFeatures = [.version1, .ringIndirectDesc],
          burst: Int = 32, poolCount: Int = 1024, offloads: Bool = true) throws {
         var f = features
         if layout == .packed { f.insert(.ringPacked) }

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// Random rings: garbage descriptors, flags, indices, indirect tables. The device must never
 /// crash, never break the queue for per-chain garbage, and account for every chain exactly once.
@@ -68,7 +69,7 @@ final class FuzzTests: XCTestCase {
     func fuzzSplit(seed: UInt64, receive: Bool) throws {
         var r = Rng(s: seed)
         Self.writePercent = receive ? 90 : 10
-        let fx = try Fixture(layout: .split, size: 32, features: [.version1, .indirectDescriptors, .mergeableRxBuffers])
+        let fx = try Fixture(layout: .split, size: 32, features: [.version1, .ringIndirectDesc, .mrgRxbuf])
         let ring = fx.driver.split!
         let pk = [fx.makeHostPacket(length: 64, seed: 1), fx.makeHostPacket(length: 1500, seed: 2),
                   fx.makeHostPacket(length: 5000, seed: 3)]
@@ -121,7 +122,7 @@ final class FuzzTests: XCTestCase {
     func fuzzPacked(seed: UInt64, receive: Bool) throws {
         var r = Rng(s: seed)
         Self.writePercent = receive ? 90 : 10
-        let fx = try Fixture(layout: .packed, size: 37, features: [.version1, .indirectDescriptors, .mergeableRxBuffers])
+        let fx = try Fixture(layout: .packed, size: 37, features: [.version1, .ringIndirectDesc, .mrgRxbuf])
         let ring = fx.driver.packed!
         let pk = [fx.makeHostPacket(length: 64, seed: 1), fx.makeHostPacket(length: 3000, seed: 2)]
         var chainsPosted = 0

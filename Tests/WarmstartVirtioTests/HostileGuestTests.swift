@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// One hostile chain between two good packets: the bad one is dropped and counted, returned to
 /// the guest where the layout allows, and the good ones pass. Nothing crashes.
@@ -69,7 +70,7 @@ final class HostileGuestTests: XCTestCase {
 
     /// good packet, hostile chain, good packet; the hostile one must cost exactly one `error`.
     func hostile(_ layout: VirtqueueLayout, _ error: ChainError, returned: Bool = true,
-                 features: VirtioFeatures = [.version1, .indirectDescriptors],
+                 features: VirtioFeatures = [.version1, .ringIndirectDesc],
                  file: StaticString = #filePath, line: UInt = #line, _ post: (Fixture) -> Void) throws {
         let fx = try Fixture(layout: layout, features: features)
         fx.postTX(length: 64, seed: 1)

@@ -4,6 +4,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartTestSupport
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// Issue 12: a virtio-user back-end shares the pool's elements, headers included, and may rewrite
 /// any header at any time. The last element of a pool, its data offset and length both 0xFFFF,

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// VIRTIO_F_IN_ORDER on the packed ring (§2.7.9): the device reports a burst of guest-TX buffers
 /// with one used descriptor — written where the burst starts, carrying the buffer id of its last

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// Issue 12, defects 7 and 8 at the function level: the header rules on raw values, and that the
 /// value checked is the value forwarded.

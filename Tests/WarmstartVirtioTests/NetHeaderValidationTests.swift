@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// Issue 12, defects 7 and 8: a guest's virtio-net header is checked as the kernel checks one on a
 /// tap device before it goes anywhere, a bad one drops its frame and is counted by name, and the

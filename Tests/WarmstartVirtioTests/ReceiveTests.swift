@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// Device enqueue → guest RX, both layouts, with and without mergeable buffers.
 final class ReceiveTests: XCTestCase {
@@ -74,7 +75,7 @@ final class ReceiveTests: XCTestCase {
 
     /// MRG_RXBUF: 9000 B into 2048 B buffers takes 5 buffers, num_buffers = 5.
     func checkMergeable(_ layout: VirtqueueLayout) throws {
-        let fx = try Fixture(layout: layout, features: [.version1, .mergeableRxBuffers])
+        let fx = try Fixture(layout: layout, features: [.version1, .mrgRxbuf])
         postRX(fx, count: 12, size: 2048)
         let pk = [fx.makeHostPacket(length: 9000, seed: 9), fx.makeHostPacket(length: 64, seed: 3),
                   fx.makeHostPacket(length: 2036, seed: 4), fx.makeHostPacket(length: 2037, seed: 5)]
@@ -101,7 +102,7 @@ final class ReceiveTests: XCTestCase {
 
     /// No buffers: nothing handled; a packet needing more buffers than posted waits whole.
     func checkNoRoom(_ layout: VirtqueueLayout) throws {
-        let fx = try Fixture(layout: layout, features: [.version1, .mergeableRxBuffers])
+        let fx = try Fixture(layout: layout, features: [.version1, .mrgRxbuf])
         let pk = [fx.makeHostPacket(length: 100, seed: 1), fx.makeHostPacket(length: 9000, seed: 2)]
         XCTAssertEqual(enqueue(fx, pk), 0)
         postRX(fx, count: 3, size: 2048)
@@ -121,7 +122,7 @@ final class ReceiveTests: XCTestCase {
     /// Ten times the ring through RX, buffers recycled as they complete.
     func checkWrap(_ layout: VirtqueueLayout) throws {
         let size = 64
-        let fx = try Fixture(layout: layout, size: size, features: [.version1, .mergeableRxBuffers])
+        let fx = try Fixture(layout: layout, size: size, features: [.version1, .mrgRxbuf])
         postRX(fx, count: size, size: 2048)
         var sent = 0
         var got = 0
@@ -156,7 +157,7 @@ final class ReceiveTests: XCTestCase {
 /// packets (a mergeable packet chained from its num_buffers buffers).
 final class DriverReceiveTests: XCTestCase {
     func checkMbufRX(_ layout: VirtqueueLayout) throws {
-        let fx = try Fixture(layout: layout, features: [.version1, .mergeableRxBuffers])
+        let fx = try Fixture(layout: layout, features: [.version1, .mrgRxbuf])
         var posted: [Mbuf] = []
         for _ in 0..<8 {
             let m = fx.guestPool.alloc()!

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// Hot upgrade builds the new process's queue before the old one pauses, at a provisional
 /// position, and moves it to where the old one stopped (`reposition`): the driver sees one queue
@@ -25,7 +26,7 @@ final class RepositionTests: XCTestCase {
         let fx = try Fixture(layout: layout, size: 8)
         var token = 0
         var next = 0   // the token the driver expects next
-        var stoppedAt = VirtqueueState()
+        var stoppedAt = VirtqueuePosition()
         // Enough rounds that the packed ring's wrap counters flip more than once.
         for round in 0..<5 {
             // The old process: 3 packets. Then a new device, built at position 0, moved to where the
@@ -52,10 +53,10 @@ final class RepositionTests: XCTestCase {
 
     func testPackedPositionOutsideTheRingIsRefused() throws {
         let fx = try Fixture(layout: .packed, size: 8)
-        XCTAssertThrowsError(try fx.device.reposition(to: VirtqueueState(lastAvailIndex: 8, lastUsedIndex: 0))) { e in
+        XCTAssertThrowsError(try fx.device.reposition(to: VirtqueuePosition(lastAvailIndex: 8, lastUsedIndex: 0))) { e in
             XCTAssertEqual("\(e)", "last avail slot 8 is outside the packed ring of 8 descriptors")
         }
-        XCTAssertThrowsError(try fx.device.reposition(to: VirtqueueState(lastAvailIndex: 0, lastUsedIndex: 9)))
-        XCTAssertEqual(fx.device.state, VirtqueueState(), "a refused position changes nothing")
+        XCTAssertThrowsError(try fx.device.reposition(to: VirtqueuePosition(lastAvailIndex: 0, lastUsedIndex: 9)))
+        XCTAssertEqual(fx.device.state, VirtqueuePosition(), "a refused position changes nothing")
     }
 }

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// The driver's transmit fast path (DriverQueue+Burst.swift): bursts of single-segment mbufs
 /// posted in one pass and completions taken back as tokens, against the device side's dequeue.

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartSpec
 
 /// Issue 12, defect 3: a peer truncated the file behind the pool and the SIGBUS guard replaced it
 /// with zero pages, under a burst in flight. A wiped header reads next = 0: element 0's own wiped

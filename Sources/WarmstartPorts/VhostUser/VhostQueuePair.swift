@@ -1,5 +1,6 @@
 import WarmstartEngine
 import WarmstartPools
+import WarmstartSpec
 import WarmstartVhostUser
 import WarmstartVirtio
 
@@ -31,7 +32,7 @@ public final class VhostQueuePair: BurstQueue {
     /// Builds both devices, starting each ring from `rxState`/`txState` when given (a ring that was
     /// stopped and restarts keeps its own position), else from the setup's base.
     public init(rx: VringSetup, tx: VringSetup, burst: Int = 32,
-                rxState: VirtqueueState? = nil, txState: VirtqueueState? = nil) throws(VhostQueueError) {
+                rxState: VirtqueuePosition? = nil, txState: VirtqueuePosition? = nil) throws(VhostQueueError) {
         precondition(rx.index % 2 == 0 && tx.index == rx.index + 1, "a queue pair is vrings 2q and 2q+1")
         pairIndex = rx.index / 2
         rxSetup = rx
@@ -45,10 +46,9 @@ public final class VhostQueuePair: BurstQueue {
         guestTX.setNotifications(enabled: false)
     }
 
-    static func device(_ s: VringSetup, burst: Int, state: VirtqueueState?) throws(VhostQueueError) -> VirtqueueDevice {
+    static func device(_ s: VringSetup, burst: Int, state: VirtqueuePosition?) throws(VhostQueueError) -> VirtqueueDevice {
         let options = VirtqueueOptions(features: VirtioFeatures(rawValue: s.features), burstSize: burst)
-        let start = state ?? VirtqueueState(lastAvailIndex: s.base.lastAvailIndex, lastUsedIndex: s.base.lastUsedIndex,
-                                            availWrapCounter: s.base.availWrapCounter, usedWrapCounter: s.base.usedWrapCounter)
+        let start = state ?? s.base
         do {
             switch s.layout {
             case .split:
@@ -115,24 +115,16 @@ public final class VhostQueuePair: BurstQueue {
     }
 
     /// Where each ring stands, as GET_VRING_BASE reports it. Only valid once no thread polls it.
-    public func position(ofRing index: Int) -> VringBase {
-        let s = index == rxSetup.index ? guestRX.state : guestTX.state
-        return VringBase(lastAvailIndex: s.lastAvailIndex, availWrapCounter: s.availWrapCounter,
-                         lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
+    public func position(ofRing index: Int) -> VirtqueuePosition {
+        index == rxSetup.index ? guestRX.state : guestTX.state
     }
 
     /// Moves ring `index` to `base` (hot upgrade: the pair was built before the previous owner
     /// paused). Only once no thread polls it.
-    public func reposition(ring index: Int, to base: VringBase) throws(VhostQueueError) {
-        let s = VirtqueueState(lastAvailIndex: base.lastAvailIndex, lastUsedIndex: base.lastUsedIndex,
-                               availWrapCounter: base.availWrapCounter, usedWrapCounter: base.usedWrapCounter)
-        do { try (index == rxSetup.index ? guestRX : guestTX).reposition(to: s) } catch {
+    public func reposition(ring index: Int, to base: VirtqueuePosition) throws(VhostQueueError) {
+        do { try (index == rxSetup.index ? guestRX : guestTX).reposition(to: base) } catch {
             throw VhostQueueError("vring \(index): \(error)")
         }
-    }
-
-    public func state(ofRing index: Int) -> VirtqueueState {
-        index == rxSetup.index ? guestRX.state : guestTX.state
     }
 
     /// Why a ring stopped working, if the guest broke it.

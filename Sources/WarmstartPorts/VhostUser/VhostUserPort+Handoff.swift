@@ -1,6 +1,7 @@
 import Logging
 import WarmstartBus
 import WarmstartIO
+import WarmstartSpec
 import WarmstartVhostUser
 
 /// Hot upgrade (Docs/HANDOFF.md) on the vhost-user driver. Every method runs on the bus's loop
@@ -48,7 +49,7 @@ extension VhostUserBackendPort {
     /// (provisional while the datapath runs; the session's own `ringPosition` would detach the
     /// pair, as GET_VRING_BASE must — and stop forwarding long before the quiesce). Nil when the
     /// ring has no built pair.
-    public func provisionalPosition(of device: Device, ring index: Int) -> VringBase? {
+    public func provisionalPosition(of device: Device, ring index: Int) -> VirtqueuePosition? {
         guard let c = device.driverContext as? VhostUserConnection, let p = c.pairs[index / 2] else { return nil }
         return p.position(ofRing: index)
     }
@@ -81,7 +82,7 @@ extension VhostUserBackendPort {
     /// pair's rings move to their final positions. A built ring without a final position, or a
     /// position for a ring without a pair, means the two processes disagree: the handoff must
     /// abort. No allocation.
-    public func moveRings(of p: PreparedVhostUserConnection, to positions: [Int: VringBase]) throws(VhostQueueError) {
+    public func moveRings(of p: PreparedVhostUserConnection, to positions: [Int: VirtqueuePosition]) throws(VhostQueueError) {
         let c = p.connection
         var moved = 0
         func move(_ pair: VhostQueuePair, _ i: Int) throws(VhostQueueError) {

@@ -3,6 +3,7 @@ import Logging
 import WarmstartBus
 import WarmstartEngine
 import WarmstartIO
+import WarmstartSpec
 import WarmstartVhostUser
 import WarmstartVirtio
 #if canImport(Glibc)
@@ -93,9 +94,9 @@ final class VhostUserConnection {
     var pairs: [Int: VhostQueuePair] = [:]
     /// Positions of rings stopped by GET_VRING_BASE, for the second ring of a pair (its pair is
     /// already gone when the front-end asks for it).
-    var stoppedStates: [Int: VirtqueueState] = [:]
+    var stoppedStates: [Int: VirtqueuePosition] = [:]
     /// Positions of running rings whose memory or addresses changed: the rebuilt pair resumes here.
-    var keptStates: [Int: VirtqueueState] = [:]
+    var keptStates: [Int: VirtqueuePosition] = [:]
     var attachedSlot = false
     /// Hot upgrade: reading stopped at a message boundary (see VhostUserPort+Handoff.swift).
     var frozen = false
@@ -255,8 +256,8 @@ final class VhostUserConnection {
                 // New memory or addresses under a running ring: rebuild its pair at the same position.
                 if let pair = pairs[s.index / 2] {
                     detachFromDatapath()
-                    keptStates[pair.rxSetup.index] = pair.state(ofRing: pair.rxSetup.index)
-                    keptStates[pair.txSetup.index] = pair.state(ofRing: pair.txSetup.index)
+                    keptStates[pair.rxSetup.index] = pair.position(ofRing: pair.rxSetup.index)
+                    keptStates[pair.txSetup.index] = pair.position(ofRing: pair.txSetup.index)
                     pairs[s.index / 2] = nil
                 }
                 setups[s.index] = s
@@ -283,16 +284,14 @@ final class VhostUserConnection {
 
     /// GET_VRING_BASE (or reset) on a started ring: take the slot off the datapath first, so no
     /// thread touches the ring, then report where the ring stands.
-    func ringPosition(_ index: Int) -> VringBase? {
+    func ringPosition(_ index: Int) -> VirtqueuePosition? {
         if let pair = pairs[index / 2] {
             detachFromDatapath()
-            stoppedStates[pair.rxSetup.index] = pair.state(ofRing: pair.rxSetup.index)
-            stoppedStates[pair.txSetup.index] = pair.state(ofRing: pair.txSetup.index)
+            stoppedStates[pair.rxSetup.index] = pair.position(ofRing: pair.rxSetup.index)
+            stoppedStates[pair.txSetup.index] = pair.position(ofRing: pair.txSetup.index)
             pairs[index / 2] = nil
         }
-        guard let s = stoppedStates[index] else { return nil }
-        return VringBase(lastAvailIndex: s.lastAvailIndex, availWrapCounter: s.availWrapCounter,
-                         lastUsedIndex: s.lastUsedIndex, usedWrapCounter: s.usedWrapCounter)
+        return stoppedStates[index]
     }
 
     /// Builds the pairs whose two rings are started, then publishes the enabled ones to the slot.

@@ -3,6 +3,7 @@ import WarmstartBus
 import WarmstartEngine
 import WarmstartMemory
 import WarmstartPools
+import WarmstartSpec
 import WarmstartVhostUser
 import WarmstartVirtio
 #if canImport(Glibc)
@@ -69,8 +70,8 @@ public struct VirtioUserConfig: Sendable, Equatable {
     /// with GUEST_TSO4/TSO6/UFO (a 64 KiB GSO frame), the MTU plus the Ethernet header when
     /// VIRTIO_NET_F_MTU is negotiated, else 1514.
     public static func largestReceivedFrame(features: UInt64, mtu: Int?) -> Int {
-        if features & VirtioNetFeature.mask([.guestTSO4, .guestTSO6, .guestUFO]) != 0 { return 65550 }
-        if features & VirtioNetFeature.mtu.mask != 0, let mtu { return mtu + 14 }
+        if features & VirtioFeatures([.guestTSO4, .guestTSO6, .guestUFO]).rawValue != 0 { return 65550 }
+        if features & VirtioFeatures.mtu.rawValue != 0, let mtu { return mtu + 14 }
         return 1514
     }
 }
@@ -177,11 +178,11 @@ public final class VirtioUserPort: @unchecked Sendable {
         let channel = VhostUserChannel(fd: fd, ownsFD: false, readsReplies: true)
         // MAC is asked for so a back-end with an address in its config space can say it (or take
         // ours); MTU only with mtu=, and then required: the user asked for that MTU.
-        var extra = VirtioNetFeature.mask([.ringEventIdx, .ringIndirectDesc, .mac])
-        if config.mtu != nil { extra |= VirtioNetFeature.mtu.mask }
+        var extra = VirtioFeatures([.ringEventIdx, .ringIndirectDesc, .mac]).rawValue
+        if config.mtu != nil { extra |= VirtioFeatures.mtu.rawValue }
         var options = VhostUserFrontendOptions(packed: config.packed, queuePairs: config.queuePairs,
                                                mergeableRxBuffers: config.mergeable, extraFeatures: extra)
-        if config.mtu != nil { options.requiredFeatures |= VirtioNetFeature.mtu.mask }
+        if config.mtu != nil { options.requiredFeatures |= VirtioFeatures.mtu.rawValue }
         let fe = VhostUserFrontend(channel: channel, options: options)
         let n: VhostUserNegotiation
         let mac: [UInt8]
@@ -204,13 +205,12 @@ public final class VirtioUserPort: @unchecked Sendable {
             throw VirtioUserError.badConfig("\(table.count) memory regions but the back-end takes \(slots)")
         }
         do { try fe.setMemoryTable(table) } catch { throw VirtioUserError.from(error) }
-        let layout: VirtqueueLayout = n.features & VirtioNetFeature.ringPacked.mask != 0 ? .packed : .split
         let ringOptions = VirtqueueOptions(features: VirtioFeatures(rawValue: n.features))
+        let layout = ringOptions.layout
         let segments = try Self.receiveSegments(features: n.features, mtu: config.mtu, pool: pool,
                                                 headerSize: ringOptions.netHeaderSize, queueSize: config.queueSize)
         // A fresh ring starts at index 0; packed rings also start with both wrap counters set
         // (§2.7.1), which SET_VRING_BASE carries in bit 15 (vhost-user "Ring states").
-        let baseLayout: VringLayout = layout == .packed ? .packed : .split
         var pairs: [VirtioUserQueuePair] = []
         do {
             for i in 0..<config.queuePairs {
@@ -237,7 +237,7 @@ public final class VirtioUserPort: @unchecked Sendable {
                     let d = UInt64(dq.driverAreaAddress - dq.descAddress), v = UInt64(dq.deviceAreaAddress - dq.descAddress)
                     try fe.startRing(FrontendRing(index: r, size: config.queueSize, descriptorAddress: host,
                                                   driverAddress: host + d, deviceAddress: host + v,
-                                                  base: VringBase().encode(layout: baseLayout),
+                                                  base: VirtqueuePosition().encode(layout: layout),
                                                   kickFD: kicks[k], callFD: calls[k]))
                 }
             }
@@ -275,7 +275,7 @@ public final class VirtioUserPort: @unchecked Sendable {
     func agreeOnMAC(_ fe: VhostUserFrontend, _ n: VhostUserNegotiation) throws -> [UInt8] {
         let own = mac
         guard n.protocolFeatures & VhostUserProtocolFeature.config.mask != 0,
-              n.features & VirtioNetFeature.mac.mask != 0 else { return own }
+              n.features & VirtioFeatures.mac.rawValue != 0 else { return own }
         guard let wanted = config.mac else {
             guard let got = try? fe.getConfig(offset: 0, size: 6) else { return own }
             return PortSpec.macProblem(PortSpec.formatMAC(got)) == nil ? got : own
@@ -301,7 +301,7 @@ public final class VirtioUserPort: @unchecked Sendable {
     /// has one descriptor more than mbufs: the header has its own (VirtioUserBigPackets.swift).
     static func receiveSegments(features: UInt64, mtu: Int?, pool: MbufPool, headerSize: Int,
                                 queueSize: Int) throws(VirtioUserError) -> Int {
-        if features & VirtioNetFeature.mrgRxbuf.mask != 0 { return 1 }
+        if features & VirtioFeatures.mrgRxbuf.rawValue != 0 { return 1 }
         let frame = VirtioUserConfig.largestReceivedFrame(features: features, mtu: mtu)
         let room = pool.config.dataRoom
         if frame <= room { return 1 }

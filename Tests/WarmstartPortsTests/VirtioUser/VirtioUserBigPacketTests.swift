@@ -6,18 +6,20 @@ import WarmstartVhostUser
 import WarmstartVirtio
 @testable import WarmstartPorts
 import WarmstartTestSupport
+import WarmstartSpec
 
 /// Receive without MRG_RXBUF ("big packets"): each receive buffer is a descriptor chain of as many
 /// mbufs as the largest frame the negotiated features allow needs, and frames come back as mbuf
 /// chains, byte for byte — against Warmstart's own back-end, split and packed.
 final class VirtioUserBigPacketTests: XCTestCase {
     func testLargestFrameFollowsTheNegotiatedFeatures() {
-        let tso = VirtioNetFeature.mask([.guestTSO4])
+        let tso = VirtioFeatures([.guestTSO4]).rawValue
         XCTAssertEqual(VirtioUserConfig.largestReceivedFrame(features: 0, mtu: nil), 1514)
         XCTAssertEqual(VirtioUserConfig.largestReceivedFrame(features: 0, mtu: 9000), 1514, "MTU only when F_MTU is negotiated")
-        XCTAssertEqual(VirtioUserConfig.largestReceivedFrame(features: VirtioNetFeature.mtu.mask, mtu: 9000), 9014)
-        for f in [VirtioNetFeature.guestTSO4, .guestTSO6, .guestUFO] {
-            XCTAssertEqual(VirtioUserConfig.largestReceivedFrame(features: f.mask | VirtioNetFeature.mtu.mask, mtu: 9000), 65550, "\(f)")
+        XCTAssertEqual(VirtioUserConfig.largestReceivedFrame(features: VirtioFeatures.mtu.rawValue, mtu: 9000), 9014)
+        for f in [VirtioFeatures.guestTSO4, .guestTSO6, .guestUFO] {
+            XCTAssertEqual(VirtioUserConfig.largestReceivedFrame(features: f.rawValue | VirtioFeatures.mtu.rawValue, mtu: 9000), 65550,
+                           VirtioFeatures.names(f.rawValue).joined())
         }
         XCTAssertEqual(VirtioUserConfig.largestReceivedFrame(features: tso, mtu: nil), 65550)
     }
@@ -28,13 +30,13 @@ final class VirtioUserBigPacketTests: XCTestCase {
             try VirtioUserPort.receiveSegments(features: f, mtu: mtu, pool: fe.pool, headerSize: 12, queueSize: 256)
         }
         // The first mbuf holds 2048 frame bytes, every further one 2060 (header room + data room).
-        XCTAssertEqual(try segs(VirtioNetFeature.mrgRxbuf.mask | VirtioNetFeature.mtu.mask, 9000), 1, "MRG_RXBUF: one mbuf, frames spread")
+        XCTAssertEqual(try segs(VirtioFeatures.mrgRxbuf.rawValue | VirtioFeatures.mtu.rawValue, 9000), 1, "MRG_RXBUF: one mbuf, frames spread")
         XCTAssertEqual(try segs(0, nil), 1, "12 + 1514 fits one mbuf")
-        XCTAssertEqual(try segs(VirtioNetFeature.mtu.mask, 2034), 1, "2048-byte frames fit the first mbuf")
-        XCTAssertEqual(try segs(VirtioNetFeature.mtu.mask, 2035), 2, "2049-byte frames do not")
-        XCTAssertEqual(try segs(VirtioNetFeature.mtu.mask, 9000), 5, "9014 B: 2048 in the first mbuf, 6966 in 4 more")
-        XCTAssertEqual(try segs(VirtioNetFeature.guestTSO6.mask, nil), 32, "65550 B: 2048 + 31 × 2060")
-        XCTAssertThrowsError(try VirtioUserPort.receiveSegments(features: VirtioNetFeature.guestTSO4.mask, mtu: nil, pool: fe.pool,
+        XCTAssertEqual(try segs(VirtioFeatures.mtu.rawValue, 2034), 1, "2048-byte frames fit the first mbuf")
+        XCTAssertEqual(try segs(VirtioFeatures.mtu.rawValue, 2035), 2, "2049-byte frames do not")
+        XCTAssertEqual(try segs(VirtioFeatures.mtu.rawValue, 9000), 5, "9014 B: 2048 in the first mbuf, 6966 in 4 more")
+        XCTAssertEqual(try segs(VirtioFeatures.guestTSO6.rawValue, nil), 32, "65550 B: 2048 + 31 × 2060")
+        XCTAssertThrowsError(try VirtioUserPort.receiveSegments(features: VirtioFeatures.guestTSO4.rawValue, mtu: nil, pool: fe.pool,
                                                                 headerSize: 12, queueSize: 16)) { e in
             XCTAssertTrue("\(e)".contains("65550-byte frames") && "\(e)".contains("33 descriptors") && "\(e)".contains("mrg=1"), "\(e)")
         }
@@ -44,8 +46,8 @@ final class VirtioUserBigPacketTests: XCTestCase {
         for packed in [false, true] {
             let fe = try FrontendSide()
             let (port, be, n, pairs) = try connectVirtioUser(fe, VirtioUserConfig(packed: packed, mergeable: false, mtu: 9000))
-            XCTAssertEqual(n.features & VirtioNetFeature.mrgRxbuf.mask, 0)
-            XCTAssertNotEqual(n.features & VirtioNetFeature.mtu.mask, 0, "F_MTU negotiated with mtu=")
+            XCTAssertEqual(n.features & VirtioFeatures.mrgRxbuf.rawValue, 0)
+            XCTAssertNotEqual(n.features & VirtioFeatures.mtu.rawValue, 0, "F_MTU negotiated with mtu=")
             XCTAssertEqual(be.session.netConfig.mtu, 9000, "NET_SET_MTU told the back-end")
             XCTAssertEqual(port.receiveSegments, 5)
             let q = pairs[0]
@@ -94,7 +96,7 @@ final class VirtioUserBigPacketTests: XCTestCase {
 
     func testMTURequiredWhenAsked() throws {
         let fe = try FrontendSide()
-        let be = try InProcessBackend(configuration: VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.mtu.mask))
+        let be = try InProcessBackend(configuration: VhostUserBackendConfiguration(featureMask: ~VirtioFeatures.mtu.rawValue))
         addTeardownBlock { [weak be] in be?.stop() }
         let port = try VirtioUserPort(config: VirtioUserConfig(mergeable: false, mtu: 9000), regions: fe.regions, pool: fe.pool, arena: fe.arena)
         XCTAssertThrowsError(try port.establish(fd: be.frontendFD)) { e in

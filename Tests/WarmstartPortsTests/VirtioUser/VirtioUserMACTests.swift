@@ -6,6 +6,7 @@ import WarmstartPools
 import WarmstartTestSupport
 @testable import WarmstartVhostUser
 @testable import WarmstartPorts
+import WarmstartSpec
 
 /// A virtio-user port's MAC: `mac=` (checked, errors name the port and the value), else the
 /// back-end's when it has one in its config space (CONFIG + VIRTIO_NET_F_MAC), else a random
@@ -17,13 +18,13 @@ final class VirtioUserMACTests: XCTestCase {
 
     /// A Warmstart back-end that offers VIRTIO_NET_F_MAC with `backendMAC` in its config space.
     var backendWithMAC: VhostUserBackendConfiguration {
-        VhostUserBackendConfiguration(netConfig: VirtioNetConfig(mac: Self.backendMAC), optInFeatures: VirtioNetFeature.mac.mask)
+        VhostUserBackendConfiguration(netConfig: VirtioNetConfig(mac: Self.backendMAC), optInFeatures: VirtioFeatures.mac.rawValue)
     }
 
     func testRandomLocallyAdministeredUnicastWithoutMacOrBackendAddress() throws {
         let fe = try FrontendSide()
         let (port, _, n, _) = try connectVirtioUser(fe, VirtioUserConfig())
-        XCTAssertEqual(n.features & VirtioNetFeature.mac.mask, 0, "our default back-end offers no MAC")
+        XCTAssertEqual(n.features & VirtioFeatures.mac.rawValue, 0, "our default back-end offers no MAC")
         let mac = port.mac
         XCTAssertEqual(mac.count, 6)
         XCTAssertEqual(mac[0] & 0x01, 0, "unicast: \(PortSpec.formatMAC(mac))")
@@ -50,7 +51,7 @@ final class VirtioUserMACTests: XCTestCase {
     func testBackendAddressIsTakenWithoutMacOption() throws {
         let fe = try FrontendSide()
         let (port, be, n, _) = try connectVirtioUser(fe, VirtioUserConfig(), backend: backendWithMAC)
-        XCTAssertNotEqual(n.features & VirtioNetFeature.mac.mask, 0, "F_MAC negotiated")
+        XCTAssertNotEqual(n.features & VirtioFeatures.mac.rawValue, 0, "F_MAC negotiated")
         XCTAssertEqual(port.mac, Self.backendMAC)
         XCTAssertEqual(be.session.netConfig.mac, Self.backendMAC, "the back-end's address is unchanged")
     }

@@ -7,6 +7,7 @@ import WarmstartVirtio
 @testable import WarmstartEngine
 @testable import WarmstartPorts
 import WarmstartTestSupport
+import WarmstartSpec
 
 /// `queues=N`: every queue pair carries traffic. The datapath deals a virtio-user port's pairs to
 /// its polling threads as it does a vhost port's; frames the in-process back-end puts on pair i
@@ -19,7 +20,7 @@ final class VirtioUserMultiQueueTests: XCTestCase {
             let dp = Datapath(pool: fe.pool, ports: ["vu0"], options: .init(mode: .macswap, cores: [0, 1], spinBeforeNap: 100))
             let (port, be, n, pairs) = try connectVirtioUser(fe, VirtioUserConfig(packed: packed, queuePairs: pairsWanted),
                                                              backend: VhostUserBackendConfiguration(maxQueuePairs: pairsWanted))
-            XCTAssertNotEqual(n.features & VirtioNetFeature.mq.mask, 0, "MQ negotiated")
+            XCTAssertNotEqual(n.features & VirtioFeatures.mq.rawValue, 0, "MQ negotiated")
             XCTAssertEqual(pairs.map(\.index), Array(0..<pairsWanted))
             dp.attach(slot: 0, queues: pairs)
             // Two polling threads, the four pairs dealt round robin: each thread serves two.

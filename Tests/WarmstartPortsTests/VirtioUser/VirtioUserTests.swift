@@ -8,6 +8,7 @@ import WarmstartVirtio
 @testable import WarmstartEngine
 @testable import WarmstartPorts
 import WarmstartTestSupport
+import WarmstartSpec
 
 /// Warmstart as the driver (virtio-user) of an in-process vhost-user back-end: negotiation,
 /// the memory table, ring set-up, and traffic both ways for both ring layouts.
@@ -30,9 +31,9 @@ final class VirtioUserTests: XCTestCase {
         let fe = try FrontendSide()
         for (packed, mrg) in [(false, false), (false, true), (true, false), (true, true)] {
             let (port, be, n, _) = try connect(fe, VirtioUserConfig(packed: packed, mergeable: mrg, queueSize: 64))
-            XCTAssertNotEqual(n.features & VirtioNetFeature.version1.mask, 0)
-            XCTAssertEqual(n.features & VirtioNetFeature.ringPacked.mask != 0, packed)
-            XCTAssertEqual(n.features & VirtioNetFeature.mrgRxbuf.mask != 0, mrg)
+            XCTAssertNotEqual(n.features & VirtioFeatures.version1.rawValue, 0)
+            XCTAssertEqual(n.features & VirtioFeatures.ringPacked.rawValue != 0, packed)
+            XCTAssertEqual(n.features & VirtioFeatures.mrgRxbuf.rawValue != 0, mrg)
             XCTAssertEqual(be.session.ackedFeatures, n.features)
             XCTAssertEqual(be.session.layout, packed ? .packed : .split)
             port.teardown()
@@ -41,7 +42,7 @@ final class VirtioUserTests: XCTestCase {
 
     func testMissingFeaturesAreNamed() throws {
         let fe = try FrontendSide()
-        let noPacked = VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.ringPacked.mask)
+        let noPacked = VhostUserBackendConfiguration(featureMask: ~VirtioFeatures.ringPacked.rawValue)
         let be = try InProcessBackend(configuration: noPacked)
         addTeardownBlock { [weak be] in be?.stop() }
         let port = try VirtioUserPort(config: VirtioUserConfig(packed: true), regions: fe.regions, pool: fe.pool, arena: fe.arena)
@@ -51,7 +52,7 @@ final class VirtioUserTests: XCTestCase {
             XCTAssertTrue((e as! VirtioUserError).isPermanent)
             XCTAssertTrue("\(e)".contains("ringPacked"), "\(e)")
         }
-        let noV1 = try InProcessBackend(configuration: VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.version1.mask))
+        let noV1 = try InProcessBackend(configuration: VhostUserBackendConfiguration(featureMask: ~VirtioFeatures.version1.rawValue))
         addTeardownBlock { [weak noV1] in noV1?.stop() }
         let port2 = try VirtioUserPort(config: VirtioUserConfig(), regions: fe.regions, pool: fe.pool, arena: fe.arena)
         XCTAssertThrowsError(try port2.establish(fd: noV1.frontendFD)) { e in
@@ -63,8 +64,8 @@ final class VirtioUserTests: XCTestCase {
     func testMergeableRefusedByBackendFallsBackToSingleBuffers() throws {
         let fe = try FrontendSide()
         let (_, be, n, pairs) = try connect(fe, VirtioUserConfig(mergeable: true),
-                                            backend: VhostUserBackendConfiguration(featureMask: ~VirtioNetFeature.mrgRxbuf.mask))
-        XCTAssertEqual(n.features & VirtioNetFeature.mrgRxbuf.mask, 0)
+                                            backend: VhostUserBackendConfiguration(featureMask: ~VirtioFeatures.mrgRxbuf.rawValue))
+        XCTAssertEqual(n.features & VirtioFeatures.mrgRxbuf.rawValue, 0)
         XCTAssertFalse(pairs[0].rx.options.mergeableRxBuffers)
         try roundTrip(fe, be, pairs[0], sizes: [64, 1518])
     }

@@ -12,6 +12,7 @@
 import Foundation
 import WarmstartMemory
 import WarmstartPools
+import WarmstartSpec
 import WarmstartVirtio
 
 // Same-thread device-side cost: guest (DriverQueue) posts 32 TX frames; the device dequeues,
@@ -33,7 +34,7 @@ let hostRegion = try MemoryRegion.memfd(name: "host", size: (MbufPoolConfig.byte
 let hostPool = try MbufPool.layOut(config: hc, region: hostRegion, offset: 0, poolID: 2)
 let cache = MbufCache(pool: hostPool, size: 512)
 
-var feats: VirtioFeatures = [.version1, .mergeableRxBuffers]
+var feats: VirtioFeatures = [.version1, .mrgRxbuf]
 if packed { feats.insert(.ringPacked) }
 let options = VirtqueueOptions(features: feats, burstSize: 32)
 let qsize = 256
