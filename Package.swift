@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 // Warmstart: a fast-boot packet-processing runtime.
-// One module per layer; dependencies point one way:
-// memory → pools → snapshot → io/bus → virtio → vhost-user → engine → ports → runtime → CLI.
+// One module per concern; the dependencies form a DAG, listed per module (what it owns, what it
+// may import) at the top of Docs/ARCHITECTURE.md. Each target's dependencies are exactly the
+// modules its files import: scripts/check-structure.py (run by scripts/test.sh) holds both to it.
 import PackageDescription
 
 // Release: -Ounchecked, and no dynamic exclusivity checks (the hot path's per-thread classes,

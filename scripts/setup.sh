@@ -10,6 +10,11 @@ done
 if [ "${WARMSTART_WITH_DPDK:-0}" = 1 ] && ! command -v dpdk-testpmd >/dev/null 2>&1; then
   need_pkgs+=(dpdk dpdk-dev)
 fi
+# The test run (scripts/test.sh sets WARMSTART_WITH_DPDK) also checks the code's structure and runs
+# small peers in Python.
+if [ "${WARMSTART_WITH_DPDK:-0}" = 1 ] && ! command -v python3 >/dev/null 2>&1; then
+  need_pkgs+=(python3)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "setup: installing ${need_pkgs[*]}"

@@ -82,6 +82,11 @@ step_counts() {   # step_counts NAME FILE STATUS: add an XCTest run's counts to 
   [ "$3" = 0 ] || steps_failed=$((steps_failed + 1))
 }
 
+# The code's shape: Package.swift's dependencies are the imports, ARCHITECTURE.md's module map is
+# Package.swift, no file over 500 lines, no module over 2,500 (issue 13).
+echo "== structure (scripts/check-structure.py)"
+if python3 scripts/check-structure.py; then passed=$((passed + 1)); else failed=$((failed + 1)); steps_failed=$((steps_failed + 1)); fi
+
 fuzz_seconds=${WARMSTART_CI_FUZZ_SECONDS:-20}
 if [ "$fuzz_seconds" != 0 ]; then
   echo "== fuzz: each target ${fuzz_seconds}s from its seed corpus (scripts/fuzz.sh)"
