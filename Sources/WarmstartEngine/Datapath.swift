@@ -363,6 +363,10 @@ public final class DatapathQueue: @unchecked Sendable {
     /// The port's queue pair; the engine knows it only as a `BurstQueue` and calls it once per
     /// burst.
     public let queue: BurstQueue?
+    /// What the polling threads call: `queue` behind a class of our own, reached unretained (this
+    /// object holds it), so a burst costs a table call and no reference counting (a call through
+    /// the `BurstQueue` existential retains and releases the queue around every poll).
+    let caller: Unmanaged<BurstCaller>?
     public let counters: UnsafeMutablePointer<QueueCounters>
     /// Held while transmitting in l2 mode, where several threads may send to one queue.
     let txLock = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
@@ -377,6 +381,7 @@ public final class DatapathQueue: @unchecked Sendable {
         self.slot = slot
         self.index = index
         self.queue = queue
+        caller = queue.map { Unmanaged.passRetained(makeBurstCaller($0)) }
         faultFlag = queue?.memoryFault
         fault = UnsafePointer(faultFlag?.words ?? DatapathQueue.neverFaults)
         counters = .allocate(capacity: 1)
@@ -394,10 +399,32 @@ public final class DatapathQueue: @unchecked Sendable {
     }()
 
     deinit {
+        caller?.release()
         counters.deallocate()
         txLock.deallocate()
     }
 }
+
+/// A queue's burst calls behind a class the engine owns (see `DatapathQueue.caller`).
+class BurstCaller {
+    func receive(into out: UnsafeMutablePointer<Mbuf>, max: Int, cache: MbufCache) -> Int { 0 }
+    func transmit(_ pkts: UnsafeMutablePointer<Mbuf>, count: Int, cache: MbufCache) -> Int { 0 }
+}
+
+/// One per concrete queue type, made with the existential opened: its calls go to the queue's
+/// own witnesses on a guaranteed reference.
+final class BurstCallerOf<Q: BurstQueue>: BurstCaller {
+    let queue: Q
+    init(_ queue: Q) { self.queue = queue }
+    override func receive(into out: UnsafeMutablePointer<Mbuf>, max: Int, cache: MbufCache) -> Int {
+        queue.receiveBurst(into: out, max: max, cache: cache)
+    }
+    override func transmit(_ pkts: UnsafeMutablePointer<Mbuf>, count: Int, cache: MbufCache) -> Int {
+        queue.transmitBurst(pkts, count: count, cache: cache)
+    }
+}
+
+func makeBurstCaller<Q: BurstQueue>(_ queue: Q) -> BurstCaller { BurstCallerOf(queue) }
 
 /// Which queues each thread polls, in one generation.
 final class Plan: @unchecked Sendable {

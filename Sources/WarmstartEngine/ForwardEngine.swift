@@ -59,8 +59,9 @@ struct ForwardEngine {
     /// One receive burst from `q` into `pkts`, counted on `q`.
     @inline(__always)
     func receive(_ q: DatapathQueue, cache: MbufCache) -> Int {
-        guard let rx = q.queue else { return 0 }
-        let n = rx.receiveBurst(into: pkts, max: burst, cache: cache)
+        guard let rx = q.caller else { return 0 }
+        let pkts = pkts, burst = burst
+        let n = rx._withUnsafeGuaranteedRef { $0.receive(into: pkts, max: burst, cache: cache) }
         if n == 0 { return 0 }
         var bytes: UInt64 = 0
         for i in 0..<n { bytes &+= UInt64(pkts[i].packetLength) }
@@ -83,12 +84,12 @@ struct ForwardEngine {
 
     @inline(__always)
     func send(_ p: UnsafeMutablePointer<Mbuf>, _ n: Int, to dst: DatapathQueue, cache: MbufCache, locked: Bool) {
-        guard let tx = dst.queue, ws_load_relaxed_u64(dst.fault) == 0 else { return drop(p, n, on: dst, cache: cache) }
+        guard let tx = dst.caller, ws_load_relaxed_u64(dst.fault) == 0 else { return drop(p, n, on: dst, cache: cache) }
         if locked { while ws_exchange_u32(dst.txLock, 1) != 0 { ws_cpu_relax() } }
         // Count bytes before the queue takes (and may free) the packets.
         var bytes: UInt64 = 0
         for i in 0..<n { bytes &+= UInt64(p[i].packetLength) }
-        let sent = tx.transmitBurst(p, count: n, cache: cache)
+        let sent = tx._withUnsafeGuaranteedRef { $0.transmit(p, count: n, cache: cache) }
         if sent < n {
             for i in sent..<n {
                 bytes &-= UInt64(p[i].packetLength)
