@@ -93,7 +93,7 @@ public final class HandoffDonor: @unchecked Sendable {
         let peerPid: Int32
         do { peerPid = try channel.trustedPeer(step: .hello).pid } catch {
             log("handoff: \(error); nothing changed")
-            try? channel.send(.refused, (try? HandoffJSON.encode(HandoffRefusal(reason: error.reason), step: .hello)) ?? [], step: .hello)
+            try? channel.send(.refused, (try? HandoffJSON.encode(HandoffRefusal(reason: error.reason.description), step: .hello)) ?? [], step: .hello)
             return .refused(reason: error.description)
         }
         let hello: HandoffHello
@@ -188,7 +188,7 @@ public final class HandoffDonor: @unchecked Sendable {
                 try ch.send(.commit, step: step)
             } catch {
                 // The new process is gone before it could know: nothing changed hands.
-                return rollBack(error.reason)
+                return rollBack(error.reason.description)
             }
             // From here this process never forwards again. Releasing (joining threads, unmapping,
             // closing) waits for the new process's `resumed` (bounded), so it does not compete for
@@ -204,7 +204,7 @@ public final class HandoffDonor: @unchecked Sendable {
             }
             return .committed(newPid: newPid)
         } catch {
-            return rollBack(error.reason)
+            return rollBack(error.reason.description)
         }
     }
 }
