@@ -99,6 +99,10 @@ public indirect enum HandoffFailure: Sendable, Equatable, CustomStringConvertibl
     case socketPath(String)
     case tooManyDescriptors(Int)
     case injected(HandoffInjected)
+    /// The donor's hooks (the runtime) failed, in their own words.
+    case freezing(cause: String)
+    case describing(cause: String)
+    case quiescing(cause: String)
     /// The taker's hooks (the runtime) failed, in their own words.
     case adoption(cause: String)
     case activation(cause: String)
@@ -131,7 +135,8 @@ public indirect enum HandoffFailure: Sendable, Equatable, CustomStringConvertibl
             return .peerGone
         case let .peerSaid(inner, _):
             return inner.category
-        case .system, .socketPath, .tooManyDescriptors, .injected, .adoption, .activation, .resumption:
+        case .system, .socketPath, .tooManyDescriptors, .injected, .freezing, .describing, .quiescing, .adoption, .activation,
+             .resumption:
             return .local
         }
     }
@@ -198,6 +203,9 @@ public indirect enum HandoffFailure: Sendable, Equatable, CustomStringConvertibl
             case .crash: return "injected crash"
             case .failure: return "injected failure"
             }
+        case let .freezing(cause): return "cannot freeze the control plane: \(cause)"
+        case let .describing(cause): return "cannot describe this process's state: \(cause)"
+        case let .quiescing(cause): return "cannot quiesce: \(cause)"
         case let .adoption(cause): return cause
         case let .activation(cause): return "cannot apply the final ring positions: \(cause)"
         case let .resumption(cause): return "after the commit, cannot start forwarding: \(cause)"
