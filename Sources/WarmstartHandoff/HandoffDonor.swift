@@ -93,7 +93,7 @@ public final class HandoffDonor: @unchecked Sendable {
         let peerPid: Int32
         do { peerPid = try channel.trustedPeer(step: .hello).pid } catch {
             log("handoff: \(error); nothing changed")
-            try? channel.send(.refused, (try? HandoffJSON.encode(HandoffRefusal(reason: error.reason), step: .hello)) ?? [], step: .hello)
+            try? channel.send(.refused, (try? HandoffJSON.encode(HandoffRefusal(reason: error.reason.description), step: .hello)) ?? [], step: .hello)
             return .refused(reason: error.description)
         }
         let hello: HandoffHello
@@ -135,7 +135,8 @@ public final class HandoffDonor: @unchecked Sendable {
     private func run(_ ch: HandoffChannel, newPid: Int32, newVersion: HandoffVersion) -> HandoffDonorOutcome {
         var touched = false   // frozen or paused: resume must undo it
         var step = HandoffStepName.hello
-        func rollBack(_ reason: String) -> HandoffDonorOutcome {
+        func rollBack(_ failure: HandoffFailure) -> HandoffDonorOutcome {
+            let reason = failure.description
             let why = "takeover by pid \(newPid) failed at step '\(step.rawValue)': \(reason)"
             if touched {
                 hooks.resume(why)
@@ -158,9 +159,9 @@ public final class HandoffDonor: @unchecked Sendable {
             setStep(step)
             _ = try ch.expect(.prepare, step: step, timeoutMs: timeouts.stepMs)
             touched = true
-            do { try hooks.freeze() } catch { return rollBack("cannot freeze the control plane: \(error)") }
+            do { try hooks.freeze() } catch { return rollBack(.freezing(cause: "\(error)")) }
             var builder = HandoffStateBuilder(configuration: configuration, describedAtNs: ws_monotonic_ns())
-            do { try hooks.export(&builder) } catch { return rollBack("cannot describe this process's state: \(error)") }
+            do { try hooks.export(&builder) } catch { return rollBack(.describing(cause: "\(error)")) }
             try ch.send(.state, try HandoffJSON.encode(builder.state, step: step), step: step)
             try ch.sendFDs(builder.fds, names: builder.state.fds, step: step)
             let portNames = builder.state.ports.map(\.name)
@@ -174,7 +175,7 @@ public final class HandoffDonor: @unchecked Sendable {
             step = .quiesce
             setStep(step)
             var live: HandoffLive
-            do { live = try hooks.quiesce() } catch { return rollBack("cannot quiesce: \(error)") }
+            do { live = try hooks.quiesce() } catch { return rollBack(.quiescing(cause: "\(error)")) }
             live.quiescedAtNs = ws_monotonic_ns()
             let pl = newVersion.hasBinaryLive ? try live.binaryEncoded(ports: portNames) : try HandoffJSON.encode(live, step: step)
             try ch.send(.quiesced, pl, step: step)

@@ -24,11 +24,11 @@ extension HandoffLive {
         var index: [String: UInt16] = [:]
         for (i, p) in ports.enumerated() { index[p] = UInt16(i) }
         func port(_ name: String) throws(HandoffError) -> UInt16 {
-            guard let i = index[name] else { throw HandoffError(.quiesce, "port '\(name)' is not in the state document") }
+            guard let i = index[name] else { throw HandoffError(.quiesce, .quiescedPortUnknown(name)) }
             return i
         }
         guard rings.count <= Int(UInt16.max), counters.count <= Int(UInt16.max) else {
-            throw HandoffError(.quiesce, "\(rings.count) rings and \(counters.count) counters do not fit the quiesced message")
+            throw HandoffError(.quiesce, .quiescedTooLarge(rings: rings.count, counters: counters.count))
         }
         var out: [UInt8] = []
         out.reserveCapacity(Self.binaryHeaderSize + rings.count * Self.binaryRingSize + counters.count * Self.binaryCounterSize)
@@ -36,7 +36,7 @@ extension HandoffLive {
         put(quiescedAtNs); put(lastForwardNs ?? 0); put(pausedAtNs ?? 0)
         put(UInt16(rings.count)); put(UInt16(counters.count)); put(UInt32(0))
         for r in rings {
-            guard r.index >= 0, r.index <= Int(UInt16.max) else { throw HandoffError(.quiesce, "ring index \(r.index) out of range") }
+            guard r.index >= 0, r.index <= Int(UInt16.max) else { throw HandoffError(.quiesce, .quiescedRingIndex(r.index)) }
             put(try port(r.port)); put(UInt16(r.index)); put(r.lastAvailIndex); put(r.lastUsedIndex)
             put(UInt8(r.availWrapCounter ? 1 : 0)); put(UInt8(r.usedWrapCounter ? 1 : 0)); put(UInt16(0))
         }
@@ -51,25 +51,25 @@ extension HandoffLive {
     /// index, flag and reserved field is checked: a payload that does not follow the layout is an
     /// error naming the field.
     init(binary b: [UInt8], ports: [String]) throws(HandoffError) {
-        func fail(_ why: String) -> HandoffError { HandoffError(.quiesce, "malformed quiesced message: \(why)") }
-        guard b.count >= Self.binaryHeaderSize else { throw fail("\(b.count) bytes, shorter than its \(Self.binaryHeaderSize)-byte header") }
+        func fail(_ field: String, _ why: String) -> HandoffError { HandoffError(.quiesce, .malformedQuiesced(field: field, problem: why)) }
+        guard b.count >= Self.binaryHeaderSize else { throw fail("header", "\(b.count) bytes, shorter than its \(Self.binaryHeaderSize)-byte header") }
         func u8(_ o: Int) -> UInt8 { b[o] }
         func u16(_ o: Int) -> UInt16 { UInt16(b[o]) | UInt16(b[o + 1]) << 8 }
         func u32(_ o: Int) -> UInt32 { UInt32(u16(o)) | UInt32(u16(o + 2)) << 16 }
         func u64(_ o: Int) -> UInt64 { UInt64(u32(o)) | UInt64(u32(o + 4)) << 32 }
         let ringCount = Int(u16(24)), counterCount = Int(u16(26))
-        guard u32(28) == 0 else { throw fail("reserved header field is \(u32(28))") }
+        guard u32(28) == 0 else { throw fail("header reserved", "reserved header field is \(u32(28))") }
         let expected = Self.binaryHeaderSize + ringCount * Self.binaryRingSize + counterCount * Self.binaryCounterSize
         guard b.count == expected else {
-            throw fail("\(b.count) bytes for \(ringCount) rings and \(counterCount) counters (expected \(expected))")
+            throw fail("length", "\(b.count) bytes for \(ringCount) rings and \(counterCount) counters (expected \(expected))")
         }
         func port(_ o: Int, _ what: String) throws(HandoffError) -> String {
             let i = Int(u16(o))
-            guard i < ports.count else { throw fail("\(what) names port \(i) of \(ports.count)") }
+            guard i < ports.count else { throw fail(what, "\(what) names port \(i) of \(ports.count)") }
             return ports[i]
         }
         func flag(_ o: Int, _ what: String) throws(HandoffError) -> Bool {
-            guard u8(o) <= 1 else { throw fail("\(what) is \(u8(o)), not 0 or 1") }
+            guard u8(o) <= 1 else { throw fail(what, "\(what) is \(u8(o)), not 0 or 1") }
             return u8(o) == 1
         }
         var rings: [HandoffRingPosition] = []
@@ -77,7 +77,7 @@ extension HandoffLive {
         var o = Self.binaryHeaderSize
         for k in 0..<ringCount {
             let name = try port(o, "ring \(k)")
-            guard u16(o + 10) == 0 else { throw fail("ring \(k): reserved field is \(u16(o + 10))") }
+            guard u16(o + 10) == 0 else { throw fail("ring \(k) reserved", "ring \(k): reserved field is \(u16(o + 10))") }
             let base = VirtqueuePosition(lastAvailIndex: u16(o + 4), availWrapCounter: try flag(o + 8, "ring \(k) avail wrap counter"),
                                          lastUsedIndex: u16(o + 6), usedWrapCounter: try flag(o + 9, "ring \(k) used wrap counter"))
             rings.append(HandoffRingPosition(port: name, index: Int(u16(o + 2)), base: base))
@@ -86,8 +86,8 @@ extension HandoffLive {
         var counters: [String: QueueCounters] = [:]
         for k in 0..<counterCount {
             let name = try port(o, "counter \(k)")
-            guard u16(o + 2) == 0, u32(o + 4) == 0 else { throw fail("counter \(k): reserved field is not 0") }
-            guard counters[name] == nil else { throw fail("port '\(name)' has two counter entries") }
+            guard u16(o + 2) == 0, u32(o + 4) == 0 else { throw fail("counter \(k) reserved", "counter \(k): reserved field is not 0") }
+            guard counters[name] == nil else { throw fail("counter \(k) port", "port '\(name)' has two counter entries") }
             var c = QueueCounters()
             c.rxPackets = u64(o + 8); c.rxBytes = u64(o + 16); c.txPackets = u64(o + 24); c.txBytes = u64(o + 32)
             c.drops = u64(o + 40); c.errors = u64(o + 48)

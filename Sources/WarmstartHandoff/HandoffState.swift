@@ -168,12 +168,12 @@ public struct HandoffStateBuilder {
     /// Adds a pool; its region must have been added (matched by identity).
     public mutating func addPool(_ p: MbufPool, regions: [MemoryRegion]) throws(HandoffError) {
         guard let k = regions.firstIndex(where: { $0 === p.region }) else {
-            throw HandoffError(.transfer, "pool \(p.poolID) lives in a region that is not handed over")
+            throw HandoffError(.transfer, .poolRegionNotHandedOver(poolID: p.poolID))
         }
         var pool = HandoffPoolState(config: p.config, region: k, offset: p.offset, poolID: p.poolID)
         if p.hasSeparateMetadata {
             guard let m = regions.firstIndex(where: { $0 === p.metadataRegion }) else {
-                throw HandoffError(.transfer, "pool \(p.poolID) keeps its control block in a region that is not handed over")
+                throw HandoffError(.transfer, .poolMetadataNotHandedOver(poolID: p.poolID))
             }
             pool.metadataRegion = m
             pool.metadataOffset = p.metadataOffset
@@ -217,9 +217,9 @@ public final class HandoffFDTable: @unchecked Sendable {
     public var untaken: Int { fds.filter { $0 >= 0 }.count }
 
     public func take(_ i: Int, step: HandoffStepName = .map) throws(HandoffError) -> Int32 {
-        guard i >= 0, i < fds.count else { throw HandoffError(step, "descriptor index \(i) is outside the table of \(fds.count)") }
+        guard i >= 0, i < fds.count else { throw HandoffError(step, .descriptorIndex(i, tableSize: fds.count)) }
         let f = fds[i]
-        guard f >= 0 else { throw HandoffError(step, "descriptor \(i) (\(names[i])) is used twice") }
+        guard f >= 0 else { throw HandoffError(step, .descriptorTaken(i, name: names[i])) }
         fds[i] = -1
         return f
     }
@@ -239,14 +239,14 @@ public final class HandoffReceived: @unchecked Sendable {
         var regions: [MemoryRegion] = []
         for (k, r) in state.regions.enumerated() {
             guard let ps = PageSize(bytes: r.pageSize), let backing = MemoryBacking(rawValue: r.backing) else {
-                throw HandoffError(.map, "region \(k) '\(r.name)': unknown page size \(r.pageSize) or backing '\(r.backing)'")
+                throw HandoffError(.map, .regionFormat(index: k, name: r.name, pageSize: r.pageSize, backing: r.backing))
             }
             let fd = try fds.take(r.fd)
             do {
                 regions.append(try MemoryRegion(name: r.name, fd: FileDescriptor(rawValue: fd), fileOffset: r.fileOffset, size: r.size,
                                                 pageSize: ps, backing: backing, ioAddress: r.ioAddress, ownsFD: true))
             } catch {
-                throw HandoffError(.map, "cannot map region \(k) '\(r.name)' (\(r.size) bytes, \(ps) pages): \(error)")
+                throw HandoffError(.map, .regionMap(index: k, name: r.name, size: r.size, pageSize: ps, cause: "\(error)"))
             }
         }
         return regions
@@ -260,11 +260,11 @@ public final class HandoffReceived: @unchecked Sendable {
         let step: HandoffStepName = inMotion ? .map : .commit
         var pools: [MbufPool] = []
         for p in state.pools {
-            guard p.region >= 0, p.region < regions.count else { throw HandoffError(step, "pool \(p.poolID) names region \(p.region)") }
+            guard p.region >= 0, p.region < regions.count else { throw HandoffError(step, .poolRegion(poolID: p.poolID, region: p.region)) }
             var metadata: MemoryRegion?
             if let m = p.metadataRegion {
                 guard m >= 0, m < regions.count, m != p.region, p.metadataOffset != nil else {
-                    throw HandoffError(step, "pool \(p.poolID) names metadata region \(m) at offset \(p.metadataOffset.map { "\($0)" } ?? "none")")
+                    throw HandoffError(step, .poolMetadataRegion(poolID: p.poolID, region: m, offset: p.metadataOffset))
                 }
                 metadata = regions[m]
             }
@@ -273,7 +273,7 @@ public final class HandoffReceived: @unchecked Sendable {
                                                  metadata: metadata, metadataOffset: p.metadataOffset ?? 0, poolID: p.poolID,
                                                  checkRing: !inMotion))
             } catch {
-                throw HandoffError(step, "cannot adopt pool \(p.poolID): \(error)")
+                throw HandoffError(step, .poolAdoption(poolID: p.poolID, cause: "\(error)"))
             }
         }
         return pools
@@ -282,7 +282,7 @@ public final class HandoffReceived: @unchecked Sendable {
     /// After the pause: every pool attached `inMotion` has a quiescent, plausible ring.
     public func checkPoolRings(_ pools: [MbufPool]) throws(HandoffError) {
         for p in pools {
-            do { try p.checkRingQuiescent() } catch { throw HandoffError(.commit, "cannot adopt pool \(p.poolID): \(error)") }
+            do { try p.checkRingQuiescent() } catch { throw HandoffError(.commit, .poolAdoption(poolID: p.poolID, cause: "\(error)")) }
         }
     }
 
@@ -293,7 +293,7 @@ public final class HandoffReceived: @unchecked Sendable {
         let listen = try port.listenFD.map { i throws(HandoffError) in try fds.take(i) }
         let conn = try port.connectionFD.map { i throws(HandoffError) in try fds.take(i) }
         guard let st = port.session else { return (nil, [], listen, conn) }
-        do {
+        do throws(VhostUserError) {
             let table = fds
             let (s, rings) = try VhostUserBackendSession.importHandoffState(st, configuration: configuration, take: { i throws(VhostUserError) in
                 do { return try table.take(i) } catch {
@@ -304,7 +304,7 @@ public final class HandoffReceived: @unchecked Sendable {
         } catch {
             if let listen { _ = close(listen) }
             if let conn { _ = close(conn) }
-            throw HandoffError(.map, "port '\(port.name)': \(error)")
+            throw HandoffError(.map, .vhostUserPort(name: port.name, error))
         }
     }
 }
@@ -331,13 +331,13 @@ enum HandoffJSON {
             e.outputFormatting = [.sortedKeys]
             return Array(try e.encode(v))
         } catch {
-            throw HandoffError(step, "cannot encode \(T.self): \(error)")
+            throw HandoffError(step, .encoding(document: "\(T.self)", cause: "\(error)"))
         }
     }
 
     static func decode<T: Decodable>(_ t: T.Type, _ bytes: [UInt8], step: HandoffStepName) throws(HandoffError) -> T {
         do { return try JSONDecoder().decode(t, from: Data(bytes)) } catch {
-            throw HandoffError(step, "cannot read the \(T.self) document: \(error)")
+            throw HandoffError(step, .decoding(document: "\(T.self)", cause: "\(error)"))
         }
     }
 }

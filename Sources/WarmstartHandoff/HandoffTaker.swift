@@ -102,7 +102,7 @@ public enum HandoffTaker {
         // adopted is dropped. `told` is set once the old process has been sent an abort.
         var told = false
         func abort(_ e: HandoffError) -> HandoffError {
-            if let p = try? HandoffJSON.encode(HandoffAbort(step: e.step.rawValue, reason: e.reason), step: e.step) {
+            if let p = try? HandoffJSON.encode(HandoffAbort(step: e.step.rawValue, reason: e.reason.description), step: e.step) {
                 try? ch.send(.abort, p, step: e.step)
             }
             told = true
@@ -112,9 +112,9 @@ public enum HandoffTaker {
             guard let f = options.fault, f.step == s else { return }
             switch f {
             case .kill: kill(getpid(), SIGKILL)
-            case .crash: shutdown(ch.fd, Int32(SHUT_RDWR)); throw HandoffError(s, "injected crash")
+            case .crash: shutdown(ch.fd, Int32(SHUT_RDWR)); throw HandoffError(s, .injected(.crash))
             case .hang: while true { sleep(3600) }
-            case .fail: throw abort(HandoffError(s, "injected failure"))
+            case .fail: throw abort(HandoffError(s, .injected(.failure)))
             }
         }
 
@@ -125,7 +125,7 @@ public enum HandoffTaker {
             // When the old process gave up first (its timeout), its abort is waiting in our socket:
             // its reason is the better one to report.
             if !told, let why = ch.pendingAbortReason() {
-                throw HandoffError(error.step, "\(error.reason); the running process said: \(why)")
+                throw HandoffError(error.step, .peerSaid(error.reason, why))
             }
             throw error
         }
@@ -141,7 +141,7 @@ public enum HandoffTaker {
             try ch.send(.hello, try HandoffJSON.encode(HandoffHello(version: .current, pid: getpid()), step: .hello), step: .hello)
             let welcome = try HandoffJSON.decode(HandoffHello.self, try ch.expect(.welcome, step: .hello, timeoutMs: t.stepMs).payload, step: .hello)
             guard HandoffVersion.current.canRead(welcome.version) else {
-                throw abort(HandoffError(.hello, "the running process (pid \(donor.pid)) speaks handoff \(welcome.version); this binary reads majors \(HandoffVersion.readableMajors.map(String.init).joined(separator: ", "))"))
+                throw abort(HandoffError(.hello, .versionMismatch(peerPid: donor.pid, peer: welcome.version)))
             }
             log("handoff: taking over from pid \(donor.pid) (protocol \(welcome.version))")
             done(.hello)
@@ -152,7 +152,7 @@ public enum HandoffTaker {
             let decoded: HandoffState
             do { decoded = try HandoffJSON.decode(HandoffState.self, stateFrame.payload, step: .transfer) } catch { throw abort(error) }
             guard HandoffVersion.current.canRead(decoded.version) else {
-                throw abort(HandoffError(.transfer, "cannot read state version \(decoded.version)"))
+                throw abort(HandoffError(.transfer, .stateVersion(decoded.version)))
             }
             do { try decoded.validate() } catch { throw abort(error) }
             let fds = HandoffFDTable(fds: try ch.receiveFDs(names: decoded.fds, step: .transfer, timeoutMs: t.stepMs), names: decoded.fds)
@@ -167,7 +167,7 @@ public enum HandoffTaker {
             } catch let e as HandoffError {
                 throw abort(e)
             } catch {
-                throw abort(HandoffError(.map, "\(error)"))
+                throw abort(HandoffError(.map, .adoption(cause: "\(error)")))
             }
             if fds.untaken > 0 {
                 log("handoff: \(fds.untaken) handed-over descriptors were not used; closing them")
@@ -188,7 +188,7 @@ public enum HandoffTaker {
 
             try fault(.commit)
             do { try hooks.activate(l) } catch let e as HandoffError { throw abort(e) } catch {
-                throw abort(HandoffError(.commit, "cannot apply the final ring positions: \(error)"))
+                throw abort(HandoffError(.commit, .activation(cause: "\(error)")))
             }
             try ch.send(.ready, step: .commit)
             readyOutNs = ws_monotonic_ns()
@@ -200,7 +200,7 @@ public enum HandoffTaker {
 
         try fault(.resume)
         do { try hooks.resume() } catch {
-            throw HandoffError(.resume, "after the commit, cannot start forwarding: \(error)")
+            throw HandoffError(.resume, .resumption(cause: "\(error)"))
         }
         let resumedAt = ws_monotonic_ns()
         done(.resume)

@@ -82,14 +82,6 @@ public enum HandoffStepName: String, CaseIterable, Sendable, Codable {
     case oldExit = "old-exit"
 }
 
-/// A handoff failure: the step and the reason, in words an operator can act on.
-public struct HandoffError: Error, Sendable, Equatable, CustomStringConvertible {
-    public var step: HandoffStepName
-    public var reason: String
-    public init(_ step: HandoffStepName, _ reason: String) { self.step = step; self.reason = reason }
-    public var description: String { "handoff failed at step '\(step.rawValue)': \(reason)" }
-}
-
 public struct HandoffFrame {
     public var type: HandoffMessageType
     public var payload: [UInt8]
@@ -116,13 +108,13 @@ public final class HandoffChannel {
     /// Connects to the control socket at `path`.
     public static func connect(path: String) throws(HandoffError) -> HandoffChannel {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw HandoffError(.hello, "socket(AF_UNIX): errno \(errno)") }
+        guard fd >= 0 else { throw HandoffError(.hello, .system(.socket, errno: errno)) }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         guard !bytes.isEmpty, bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
             _ = close(fd)
-            throw HandoffError(.hello, "control socket path '\(path)' is empty or too long")
+            throw HandoffError(.hello, .socketPath(path))
         }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in bytes.enumerated() { raw[i] = b } }
         let len = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
@@ -130,7 +122,7 @@ public final class HandoffChannel {
         guard rc == 0 else {
             let e = errno
             _ = close(fd)
-            throw HandoffError(.hello, "cannot connect to the running process's control socket \(path): \(String(cString: strerror(e)))")
+            throw HandoffError(.hello, .system(.connect(path: path), errno: e))
         }
         let ch = HandoffChannel(fd: fd)
         // The process that will hand us memory and descriptors must be who the path says: ask
@@ -147,13 +139,13 @@ public final class HandoffChannel {
         let ch = try connect(path: path)
         let line = Array("{\"cmd\":\"\(command)\"}\n".utf8)
         guard line.withUnsafeBytes({ Glibc.send(ch.fd, $0.baseAddress, line.count, Int32(MSG_NOSIGNAL)) }) == line.count else {
-            throw HandoffError(.hello, "cannot send the handoff request on \(path): \(String(cString: strerror(errno)))")
+            throw HandoffError(.hello, .system(.upgradeRequest(path: path), errno: errno))
         }
         var answer: [UInt8] = []
         var fds: [Int32] = []
         let deadline = ws_monotonic_ns() &+ UInt64(timeoutMs) * 1_000_000
         while answer.last != 0x0A {
-            guard answer.count < 65536 else { throw HandoffError(.hello, "the control socket's answer is too long") }
+            guard answer.count < 65536 else { throw HandoffError(.hello, .upgradeAnswerTooLong) }
             answer += try ch.read(1, into: &fds, deadline: deadline, step: .hello, timeoutMs: timeoutMs)
         }
         for f in fds { _ = close(f) }
@@ -162,9 +154,9 @@ public final class HandoffChannel {
         guard a.ok else {
             let why = a.error ?? "no reason given"
             if why.contains("unknown command") {
-                throw HandoffError(.hello, "the running process does not support handoff (an older binary?): \(why)")
+                throw HandoffError(.hello, .handoffUnsupported(why))
             }
-            throw HandoffError(.hello, "the running process refused the handoff: \(why)")
+            throw HandoffError(.hello, .upgradeRefused(why))
         }
         return ch
     }
@@ -174,16 +166,16 @@ public final class HandoffChannel {
     /// `hello` or `welcome` message is only the peer's say-so.
     public func trustedPeer(step: HandoffStepName) throws(HandoffError) -> PeerCredentials {
         guard let peer = PeerCredentials.of(fd) else {
-            throw HandoffError(step, "the kernel gave no credentials for the peer of the handoff connection")
+            throw HandoffError(step, .noPeerCredentials)
         }
-        if let why = peer.refusal { throw HandoffError(step, "refusing the handoff: \(why)") }
+        guard peer.isTrusted else { throw HandoffError(step, .untrustedPeer(peer)) }
         return peer
     }
 
     // MARK: sending
 
     public func send(_ type: HandoffMessageType, _ payload: [UInt8] = [], fds: [Int32] = [], step: HandoffStepName) throws(HandoffError) {
-        guard fds.count <= Self.maxFDsPerFrame else { throw HandoffError(step, "internal: \(fds.count) descriptors in one frame") }
+        guard fds.count <= Self.maxFDsPerFrame else { throw HandoffError(step, .tooManyDescriptors(fds.count)) }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(Self.headerSize + payload.count)
         func put32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
@@ -200,8 +192,8 @@ public final class HandoffChannel {
             }
             if n < 0 {
                 if -n == EAGAIN { var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0); _ = poll(&p, 1, 100); continue }
-                let why = -n == EPIPE || -n == ECONNRESET ? "the peer closed the connection" : "sendmsg: \(String(cString: strerror(Int32(-n))))"
-                throw HandoffError(step, "sending \(type): \(why)")
+                if -n == EPIPE || -n == ECONNRESET { throw HandoffError(step, .peerClosedWhileSending(type)) }
+                throw HandoffError(step, .system(.sendmsg(type), errno: Int32(-n)))
             }
             sent += n
             pending = []   // the descriptors went with the first bytes
@@ -233,20 +225,20 @@ public final class HandoffChannel {
         func u32(_ o: Int) -> UInt32 { UInt32(header[o]) | UInt32(header[o + 1]) << 8 | UInt32(header[o + 2]) << 16 | UInt32(header[o + 3]) << 24 }
         let magic = u32(0)
         guard magic == Self.magic else {
-            throw HandoffError(step, "the peer does not speak the handoff protocol (magic 0x\(String(magic, radix: 16)), expected 0x\(String(Self.magic, radix: 16)))")
+            throw HandoffError(step, .notHandoffProtocol(magic: magic))
         }
         let rawType = UInt16(header[4]) | UInt16(header[5]) << 8
-        guard let type = HandoffMessageType(rawValue: rawType) else { throw HandoffError(step, "unknown message type \(rawType)") }
+        guard let type = HandoffMessageType(rawValue: rawType) else { throw HandoffError(step, .unknownMessageType(rawType)) }
         let flags = UInt16(header[6]) | UInt16(header[7]) << 8
-        guard flags == 0 else { throw HandoffError(step, "\(type) message has reserved flags 0x\(String(flags, radix: 16)) set") }
+        guard flags == 0 else { throw HandoffError(step, .reservedFlags(type, flags)) }
         let length = Int(u32(8)), fdCount = Int(u32(12))
         // Descriptors ride only on `fds` frames, where the index says what each one is.
-        guard fdCount == 0 || type == .fds else { throw HandoffError(step, "\(type) message carries \(fdCount) descriptors; only fds frames may") }
-        guard length <= Self.maxPayload else { throw HandoffError(step, "\(type) message of \(length) bytes is larger than \(Self.maxPayload)") }
-        guard fdCount <= Self.maxFDsPerFrame else { throw HandoffError(step, "\(type) message claims \(fdCount) descriptors") }
+        guard fdCount == 0 || type == .fds else { throw HandoffError(step, .descriptorsOnFrame(type, count: fdCount)) }
+        guard length <= Self.maxPayload else { throw HandoffError(step, .payloadTooLarge(type, bytes: length)) }
+        guard fdCount <= Self.maxFDsPerFrame else { throw HandoffError(step, .descriptorsClaimed(type, count: fdCount)) }
         let payload = length == 0 ? [] : try read(length, into: &fds, deadline: deadline, step: step, timeoutMs: timeoutMs)
         guard fds.count == fdCount else {
-            throw HandoffError(step, "\(type) message carried \(fds.count) descriptors, \(fdCount) announced")
+            throw HandoffError(step, .descriptorCount(type, got: fds.count, announced: fdCount))
         }
         ok = true
         return HandoffFrame(type: type, payload: payload, fds: fds)
@@ -260,12 +252,12 @@ public final class HandoffChannel {
         switch f.type {
         case .abort:
             let a = try? HandoffJSON.decode(HandoffAbort.self, f.payload, step: step)
-            throw HandoffError(step, "the peer aborted at step '\(a?.step ?? "?")': \(a?.reason ?? "no reason given")")
+            throw HandoffError(step, .peerAborted(step: a?.step, reason: a?.reason))
         case .refused:
             let r = try? HandoffJSON.decode(HandoffRefusal.self, f.payload, step: step)
-            throw HandoffError(step, "refused by the running process: \(r?.reason ?? "no reason given")")
+            throw HandoffError(step, .peerRefused(r?.reason))
         default:
-            throw HandoffError(step, "expected \(type), got \(f.type)")
+            throw HandoffError(step, .unexpectedMessage(expected: type, got: f.type))
         }
     }
 
@@ -289,7 +281,7 @@ public final class HandoffChannel {
             let batch = try HandoffJSON.decode(HandoffFDBatch.self, f.payload, step: step)
             guard batch.first == got.count - f.fds.count, batch.names.count == f.fds.count,
                   batch.names == Array(names[batch.first..<min(names.count, batch.first + batch.names.count)]) else {
-                throw HandoffError(step, "descriptor batch at \(batch.first) does not match the state's descriptor index")
+                throw HandoffError(step, .descriptorBatch(first: batch.first))
             }
         }
         ok = true
@@ -303,7 +295,7 @@ public final class HandoffChannel {
         var got = [Int32](repeating: -1, count: Self.maxFDsPerFrame)
         while have < count {
             let now = ws_monotonic_ns()
-            guard now < deadline else { throw HandoffError(step, "timed out after \(timeoutMs) ms waiting for the peer") }
+            guard now < deadline else { throw HandoffError(step, .timedOut(ms: timeoutMs)) }
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             let left = Int32(min(UInt64(Int32.max), (deadline - now + 999_999) / 1_000_000))
             let r = poll(&p, 1, left)
@@ -318,11 +310,11 @@ public final class HandoffChannel {
             fds.append(contentsOf: got[0..<Int(nfds)])
             if n < 0 {
                 if -n == EAGAIN { continue }
-                if -n == ECONNRESET { throw HandoffError(step, "the peer closed the connection (it exited or crashed)") }
-                throw HandoffError(step, "recvmsg: \(String(cString: strerror(Int32(-n))))")
+                if -n == ECONNRESET { throw HandoffError(step, .peerClosed) }
+                throw HandoffError(step, .system(.recvmsg, errno: Int32(-n)))
             }
-            if truncated != 0 { throw HandoffError(step, "more descriptors than one frame may carry") }
-            if n == 0 { throw HandoffError(step, "the peer closed the connection (it exited or crashed)") }
+            if truncated != 0 { throw HandoffError(step, .descriptorsTruncated) }
+            if n == 0 { throw HandoffError(step, .peerClosed) }
             have += n
         }
         return buf

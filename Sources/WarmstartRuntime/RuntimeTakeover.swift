@@ -99,14 +99,14 @@ public final class RuntimeTakeover: @unchecked Sendable {
                 try PortSpec.parse(String(line))
             }
         } catch {
-            throw HandoffError(.map, "cannot read the running process's ports: \(error)")
+            throw TakeoverAdoptionError.portSpecs(error)
         }
-        guard !specs.isEmpty else { throw HandoffError(.map, "the running process has no ports to hand over") }
+        guard !specs.isEmpty else { throw TakeoverAdoptionError.noPorts }
         guard specs.count == r.state.ports.count else {
-            throw HandoffError(.map, "the running process declares \(specs.count) ports but describes \(r.state.ports.count)")
+            throw TakeoverAdoptionError.portCount(declared: specs.count, described: r.state.ports.count)
         }
         if let f = values[Runtime.HandoffKeys.forward] {
-            guard let m = ForwardMode(rawValue: f) else { throw HandoffError(.map, "unknown forwarding mode '\(f)'") }
+            guard let m = ForwardMode(rawValue: f) else { throw TakeoverAdoptionError.forwardMode(f) }
             forward = m
         }
         cores = values[Runtime.HandoffKeys.cores].flatMap { Int($0) } ?? 1
@@ -121,14 +121,14 @@ public final class RuntimeTakeover: @unchecked Sendable {
             case "tap":
                 port.tapFDs = try r.adoptTapPort(p)
             default:
-                throw HandoffError(.map, "port '\(p.name)': kind '\(p.kind)' cannot be taken over")
+                throw TakeoverAdoptionError.portKind(port: p.name, kind: p.kind)
             }
             ports.append(port)
         }
         do {
             bus = try Bus(ports: specs, forceFallback: overrides.forceFallbackIO, bootOriginNs: recorder.clock.originNs)
         } catch {
-            throw HandoffError(.map, "cannot create the control loop: \(error)")
+            throw RuntimeError.controlLoop(error)
         }
         if let i = values[Runtime.HandoffKeys.controlFD].flatMap({ Int($0) }) {
             controlFD = try r.fds.take(i)
@@ -136,7 +136,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
         }
         if let path = overrides.controlPath, path != oldControlPath {
             do { ownControl = try ControlServer(path: path, logger: logger) } catch {
-                throw HandoffError(.map, "\(error)")
+                throw TakeoverAdoptionError.controlServer(error)
             }
         }
         try prepare(r)
@@ -148,13 +148,13 @@ public final class RuntimeTakeover: @unchecked Sendable {
     /// threads started parked — created, pinned, their caches allocated.
     private func prepare(_ r: HandoffReceived) throws {
         pools = try r.attachPools(in: regions, inMotion: true)
-        guard !pools.isEmpty else { throw HandoffError(.map, "the running process handed over no mbuf pool") }
+        guard !pools.isEmpty else { throw TakeoverAdoptionError.noPool }
         let memory = LiveMemory.handedOver(regions: regions, pools: pools)
         let options = RuntimeOptions(ports: specs, forward: forward, cores: cores, durationSeconds: overrides.durationSeconds,
                                      controlPath: nil, forceFallbackIO: overrides.forceFallbackIO, txSize: txSize)
         let rt: Runtime
         do { rt = try Runtime(options: options, memory: memory, recorder: recorder, logger: logger, bus: bus) } catch {
-            throw HandoffError(.map, "cannot build the runtime: \(error)")
+            throw TakeoverAdoptionError.runtime(error)
         }
         for k in ports.indices {
             guard let session = ports[k].session, let fd = ports[k].connectionFD else { continue }
@@ -170,12 +170,12 @@ public final class RuntimeTakeover: @unchecked Sendable {
     /// commit (inside the blackout): the pools' rings are quiescent, every ring moves to its
     /// final position, and the parked threads check for the resume every 2 µs.
     func activate(_ live: HandoffLive) throws {
-        guard let r = received, let rt = runtime else { throw HandoffError(.commit, "nothing was adopted") }
+        guard let r = received, let rt = runtime else { throw TakeoverAdoptionError.nothingAdopted }
         try r.checkPoolRings(pools)
         for p in ports {
             guard let prepared = p.prepared else { continue }
             do { try rt.vhostUser.moveRings(of: prepared, to: live.positions(of: p.name)) } catch {
-                throw HandoffError(.commit, "port '\(p.name)': cannot apply the final ring positions: \(error)")
+                throw TakeoverAdoptionError.ringPositions(port: p.name, error)
             }
         }
         self.live = live
@@ -186,7 +186,7 @@ public final class RuntimeTakeover: @unchecked Sendable {
     /// counters continued, the bus adopting every descriptor (the prepared connections resume
     /// reading), the control socket (the old one's, adopted, unless `--control` names another).
     func resume() throws {
-        guard let rt = runtime else { throw HandoffError(.resume, "no runtime was built") }
+        guard let rt = runtime else { throw TakeoverAdoptionError.noRuntime }
         rt.datapath.resume()
         committed = true
         // Out of the polling threads' way until their first burst (bounded): this thread may
@@ -269,5 +269,38 @@ extension Runtime {
         bus.start()
         bus.sync {}   // the adoption (posted first) has run
         control?.start()
+    }
+}
+
+/// Why the new process could not build a runtime from what the running process handed over
+/// (thrown by the taker hooks; the handoff reports it at the step it happened).
+enum TakeoverAdoptionError: Error, CustomStringConvertible {
+    case portSpecs(PortSpecError)
+    case noPorts
+    case portCount(declared: Int, described: Int)
+    case forwardMode(String)
+    case portKind(port: String, kind: String)
+    /// The control socket named by `--control` could not be served.
+    case controlServer(any Error)
+    case noPool
+    case runtime(any Error)
+    case nothingAdopted
+    case ringPositions(port: String, VhostQueueError)
+    case noRuntime
+
+    var description: String {
+        switch self {
+        case let .portSpecs(e): return "cannot read the running process's ports: \(e)"
+        case .noPorts: return "the running process has no ports to hand over"
+        case let .portCount(declared, described): return "the running process declares \(declared) ports but describes \(described)"
+        case let .forwardMode(f): return "unknown forwarding mode '\(f)'"
+        case let .portKind(port, kind): return "port '\(port)': kind '\(kind)' cannot be taken over"
+        case let .controlServer(e): return "\(e)"
+        case .noPool: return "the running process handed over no mbuf pool"
+        case let .runtime(e): return "cannot build the runtime: \(e)"
+        case .nothingAdopted: return "nothing was adopted"
+        case let .ringPositions(port, e): return "port '\(port)': \(e)"
+        case .noRuntime: return "no runtime was built"
+        }
     }
 }

@@ -35,7 +35,7 @@ final class HandoffLiveWireTests: XCTestCase {
     func testMalformedPayloadsAreNamedErrors() throws {
         let good = try sample().binaryEncoded(ports: ports)
         func reason(_ b: [UInt8], ports: [String]? = nil) -> String {
-            do { _ = try HandoffLive(binary: b, ports: ports ?? self.ports); return "accepted" } catch { return error.reason }
+            do { _ = try HandoffLive(binary: b, ports: ports ?? self.ports); return "accepted" } catch { return error.reason.description }
         }
         XCTAssertTrue(reason(Array(good.prefix(10))).contains("shorter than its 32-byte header"), reason(Array(good.prefix(10))))
         XCTAssertTrue(reason(good + [0]).contains("expected \(good.count)"), reason(good + [0]))

@@ -32,6 +32,16 @@ final class HandoffStateValidationTests: XCTestCase {
         XCTAssertNoThrow(try sample().validate())
     }
 
+    func testTheRefusalNamesTheField() {
+        var s = sample()
+        s.ports[1].tapFDs = [0]
+        XCTAssertThrowsError(try s.validate()) { e in
+            guard case let .invalidState(field, _)? = (e as? HandoffError)?.reason else { return XCTFail("\(e)") }
+            XCTAssertEqual(field, "ports[1].tapFDs[0]")
+            XCTAssertTrue("\(e)".contains("(field ports[1].tapFDs[0])"), "\(e)")
+        }
+    }
+
     func testAbsurdCountsAndIndicesAreRefused() {
         refused({ $0.fds = Array(repeating: "x", count: 100_000) }, "100000 descriptors")
         refused({ $0.regions = Array(repeating: $0.regions[0], count: 1000) }, "1000 memory regions")

@@ -4,10 +4,25 @@ import WarmstartSpec
 import WarmstartVhostUser
 import WarmstartVirtio
 
-/// Why a started vring could not be turned into a queue.
-public struct VhostQueueError: Error, CustomStringConvertible, Sendable {
-    public let description: String
-    public init(_ description: String) { self.description = description }
+/// Why a started vring could not be turned into a queue, or moved.
+public enum VhostQueueError: Error, CustomStringConvertible, Sendable {
+    /// Vring `index`'s size or areas do not make a ring (the ring layer's error).
+    case layout(index: Int, any Error)
+    /// Vring `index` cannot start from, or move to, the position given.
+    case position(index: Int, VirtqueueError)
+    /// Hot upgrade: vring `index` was built, but no final position was handed over for it.
+    case noFinalPosition(index: Int)
+    /// Hot upgrade: the final positions handed over do not match the rings built.
+    case positionCount(handedOver: Int, built: Int)
+
+    public var description: String {
+        switch self {
+        case let .layout(i, e): return "vring \(i): \(e)"
+        case let .position(i, e): return "vring \(i): \(e)"
+        case let .noFinalPosition(i): return "vring \(i): no final position was handed over"
+        case let .positionCount(handedOver, built): return "\(handedOver) final ring positions were handed over for \(built) built rings"
+        }
+    }
 }
 
 /// One vhost-user queue pair as the datapath drives it: the device side of the guest's TX ring
@@ -49,17 +64,21 @@ public final class VhostQueuePair: BurstQueue {
     static func device(_ s: VringSetup, burst: Int, state: VirtqueuePosition?) throws(VhostQueueError) -> VirtqueueDevice {
         let options = VirtqueueOptions(features: VirtioFeatures(rawValue: s.features), burstSize: burst)
         let start = state ?? s.base
-        do {
-            switch s.layout {
-            case .split:
-                let ring = try SplitRing(size: s.size, desc: s.descriptors, avail: s.driverArea, used: s.deviceArea)
-                return VirtqueueDevice(split: ring, memory: s.memory.table, options: options, state: start)
-            case .packed:
-                let ring = try PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea, deviceEvent: s.deviceArea)
-                return try VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: start)
+        switch s.layout {
+        case .split:
+            let ring: SplitRing
+            do { ring = try SplitRing(size: s.size, desc: s.descriptors, avail: s.driverArea, used: s.deviceArea) } catch {
+                throw .layout(index: s.index, error)
             }
-        } catch {
-            throw VhostQueueError("vring \(s.index): \(error)")
+            return VirtqueueDevice(split: ring, memory: s.memory.table, options: options, state: start)
+        case .packed:
+            let ring: PackedRing
+            do { ring = try PackedRing(size: s.size, desc: s.descriptors, driverEvent: s.driverArea, deviceEvent: s.deviceArea) } catch {
+                throw .layout(index: s.index, error)
+            }
+            do { return try VirtqueueDevice(packed: ring, memory: s.memory.table, options: options, state: start) } catch {
+                throw .position(index: s.index, error)
+            }
         }
     }
 
@@ -123,7 +142,7 @@ public final class VhostQueuePair: BurstQueue {
     /// paused). Only once no thread polls it.
     public func reposition(ring index: Int, to base: VirtqueuePosition) throws(VhostQueueError) {
         do { try (index == rxSetup.index ? guestRX : guestTX).reposition(to: base) } catch {
-            throw VhostQueueError("vring \(index): \(error)")
+            throw .position(index: index, error)
         }
     }
 

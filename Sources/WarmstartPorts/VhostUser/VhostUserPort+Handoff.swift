@@ -86,7 +86,7 @@ extension VhostUserBackendPort {
         let c = p.connection
         var moved = 0
         func move(_ pair: VhostQueuePair, _ i: Int) throws(VhostQueueError) {
-            guard let b = positions[i] else { throw VhostQueueError("vring \(i): no final position was handed over") }
+            guard let b = positions[i] else { throw .noFinalPosition(index: i) }
             try pair.reposition(ring: i, to: b)
             moved += 1
         }
@@ -95,7 +95,7 @@ extension VhostUserBackendPort {
             try move(pair, pair.txSetup.index)
         }
         guard moved == positions.count else {
-            throw VhostQueueError("\(positions.count) final ring positions were handed over for \(moved) built rings")
+            throw .positionCount(handedOver: positions.count, built: moved)
         }
     }
 

@@ -40,13 +40,13 @@ public struct VirtioUserConfig: Sendable, Equatable {
         func flag(_ k: String, _ d: Bool) -> Bool { spec.option(k).map { $0 == "1" || $0 == "on" } ?? d }
         var mac: [UInt8]?
         if let text = spec.option("mac") {
-            if let why = PortSpec.macProblem(text) { throw .badConfig("port \(spec.name): mac '\(text)' \(why)") }
+            if let why = PortSpec.macProblem(text) { throw .badConfig(.mac(port: spec.name, value: text, problem: why)) }
             mac = PortSpec.parseMAC(text)
         }
         var mtu: Int?
         if let text = spec.option("mtu") {
             guard let m = Int(text), m >= 68, m <= 65535 else {
-                throw .badConfig("port \(spec.name): mtu '\(text)' must be an integer from 68 to 65535")
+                throw .badConfig(.mtu(port: spec.name, value: text))
             }
             mtu = m
         }
@@ -117,31 +117,29 @@ public final class VirtioUserPort: @unchecked Sendable {
     /// Carves the rings out of `arena` (sized for either layout, so `packed=` may change freely).
     public init(config: VirtioUserConfig, regions: [MemoryRegion], pool: MbufPool, arena: RingArena) throws(VirtioUserError) {
         guard config.queueSize >= 2, config.queueSize <= 32768, config.queueSize & (config.queueSize - 1) == 0 else {
-            throw VirtioUserError.badConfig("queue size \(config.queueSize) is not a power of two between 2 and 32768")
+            throw .badConfig(.queueSize(config.queueSize))
         }
         guard config.queuePairs >= 1, config.queuePairs <= 128 else {
-            throw VirtioUserError.badConfig("queues=\(config.queuePairs) is outside 1...128")
+            throw .badConfig(.queuePairs(config.queuePairs))
         }
         // The back-end maps every region we list, from offset 0 of its fd, and may write any byte
         // of it: the pool's control block and free ring must be in none of them (issue 12).
         let metadata = pool.metadataRegion
         guard pool.hasSeparateMetadata,
               !regions.contains(where: { $0 === metadata || ($0.fd.rawValue == metadata.fd.rawValue) }) else {
-            throw VirtioUserError.badConfig("mbuf pool \(pool.poolID): its control block and free ring are in region '\(metadata.name)', "
-                                            + "which would be shared with the vhost-user back-end; give the port the packet regions only "
-                                            + "(LiveMemory.sharedRegions) and a pool with separate metadata")
+            throw .badConfig(.sharedPoolMetadata(poolID: pool.poolID, region: metadata.name))
         }
         // The back-end gets every region's fd. Our memfds are sealed against shrinking; a snapshot
         // file is not, and a peer that truncates it would fault us (SIGBUS) at the next touch of
         // the pool: guard those, so that costs only the ports sharing the memory (issue 12).
-        do {
+        do throws(MappingFaultGuardError) {
             memoryFault = try MemoryRegion.guardAgainstPeerShrink(regions) { r in
                 if r === pool.region { return "shared packet memory '\(r.name)'" }
                 if r === arena.region { return "shared ring memory '\(r.name)'" }
                 return "shared memory '\(r.name)'"
             }
         } catch {
-            throw VirtioUserError.badConfig("port \(config.name): \(error)")
+            throw .badConfig(.shrinkGuard(port: config.name, error))
         }
         self.config = config
         self.regions = regions
@@ -152,7 +150,7 @@ public final class VirtioUserPort: @unchecked Sendable {
         var rings: [(UnsafeMutableRawPointer, UInt64, Int)] = []
         for _ in 0..<(2 * config.queuePairs) {
             guard let a = arena.allocate(bytes: bytes, alignment: 4096) else {
-                throw VirtioUserError.badConfig("the general-purpose region has no room for \(2 * config.queuePairs) rings of \(bytes) bytes (\(arena.remaining) left)")
+                throw .badConfig(.ringArena(rings: 2 * config.queuePairs, bytes: bytes, left: arena.remaining))
             }
             rings.append((a.host, a.guest, bytes))
         }
@@ -186,25 +184,17 @@ public final class VirtioUserPort: @unchecked Sendable {
         let fe = VhostUserFrontend(channel: channel, options: options)
         let n: VhostUserNegotiation
         let mac: [UInt8]
-        do {
-            n = try fe.negotiate()
-            mac = try agreeOnMAC(fe, n)
-            if let mtu = config.mtu, n.protocolFeatures & VhostUserProtocolFeature.netMTU.mask != 0 {
-                try fe.setMTU(mtu)
-            }
-        } catch let e as VhostUserError {
-            throw VirtioUserError.from(e)
-        } catch let e as VirtioUserError {
-            throw e
-        } catch {
-            throw VirtioUserError.protocolError("\(error)")
+        do { n = try fe.negotiate() } catch { throw .from(error) }
+        mac = try agreeOnMAC(fe, n)
+        if let mtu = config.mtu, n.protocolFeatures & VhostUserProtocolFeature.netMTU.mask != 0 {
+            do { try fe.setMTU(mtu) } catch { throw .from(error) }
         }
         let table = Self.memoryTable(regions)
         let slots = n.maxMemorySlots ?? 8
         guard table.count <= slots else {
-            throw VirtioUserError.badConfig("\(table.count) memory regions but the back-end takes \(slots)")
+            throw .badConfig(.memorySlots(regions: table.count, slots: slots))
         }
-        do { try fe.setMemoryTable(table) } catch { throw VirtioUserError.from(error) }
+        do { try fe.setMemoryTable(table) } catch { throw .from(error) }
         let ringOptions = VirtqueueOptions(features: VirtioFeatures(rawValue: n.features))
         let layout = ringOptions.layout
         let segments = try Self.receiveSegments(features: n.features, mtu: config.mtu, pool: pool,
@@ -212,14 +202,18 @@ public final class VirtioUserPort: @unchecked Sendable {
         // A fresh ring starts at index 0; packed rings also start with both wrap counters set
         // (§2.7.1), which SET_VRING_BASE carries in bit 15 (vhost-user "Ring states").
         var pairs: [VirtioUserQueuePair] = []
-        do {
+        do throws(VirtioUserError) {
             for i in 0..<config.queuePairs {
                 var q: [DriverQueue] = []
                 var kicks: [Int32] = [], calls: [Int32] = []
                 for r in [2 * i, 2 * i + 1] {
                     let mem = ringMemory[r]
-                    q.append(try DriverQueue(layout: layout, size: config.queueSize, host: mem.host, guest: mem.guest,
-                                             length: mem.length, options: ringOptions))
+                    do {
+                        q.append(try DriverQueue(layout: layout, size: config.queueSize, host: mem.host, guest: mem.guest,
+                                                 length: mem.length, options: ringOptions))
+                    } catch {
+                        throw .badConfig(.ringSetup(error))
+                    }
                     kicks.append(ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK))
                     calls.append(ws_eventfd(0, WS_EFD_CLOEXEC | WS_EFD_NONBLOCK))
                 }
@@ -228,33 +222,28 @@ public final class VirtioUserPort: @unchecked Sendable {
                                                memoryFault: memoryFault)
                 pairs.append(pair)
                 guard !kicks.contains(-1), !calls.contains(-1) else {
-                    throw VirtioUserError.system("eventfd", errno)
+                    throw .system("eventfd", errno)
                 }
                 pair.fillReceiveRing()
                 for (k, dq) in q.enumerated() {
                     let r = 2 * i + k
                     let host = UInt64(UInt(bitPattern: ringMemory[r].host))
                     let d = UInt64(dq.driverAreaAddress - dq.descAddress), v = UInt64(dq.deviceAreaAddress - dq.descAddress)
-                    try fe.startRing(FrontendRing(index: r, size: config.queueSize, descriptorAddress: host,
-                                                  driverAddress: host + d, deviceAddress: host + v,
-                                                  base: VirtqueuePosition().encode(layout: layout),
-                                                  kickFD: kicks[k], callFD: calls[k]))
+                    let ring = FrontendRing(index: r, size: config.queueSize, descriptorAddress: host,
+                                            driverAddress: host + d, deviceAddress: host + v,
+                                            base: VirtqueuePosition().encode(layout: layout),
+                                            kickFD: kicks[k], callFD: calls[k])
+                    do { try fe.startRing(ring) } catch { throw .from(error) }
                 }
             }
             // §3.1.1 driver initialisation ends with DRIVER_OK; a back-end that negotiated STATUS
             // (DPDK) starts its rings only then.
             if n.protocolFeatures & VhostUserProtocolFeature.status.mask != 0 {
-                try fe.setStatus(0x0F)   // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+                do { try fe.setStatus(0x0F) } catch { throw .from(error) }   // ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
             }
-        } catch let e as VhostUserError {
-            for p in pairs { p.reclaim() }
-            throw VirtioUserError.from(e)
-        } catch let e as VirtioUserError {
-            for p in pairs { p.reclaim() }
-            throw e
         } catch {
             for p in pairs { p.reclaim() }
-            throw VirtioUserError.badConfig("ring set-up: \(error)")
+            throw error
         }
         // Truncated while we set up (filling the receive rings touched it): nothing of it is shared.
         if let why = memoryLostReason {
@@ -272,7 +261,7 @@ public final class VirtioUserPort: @unchecked Sendable {
     /// address is an error, never silently contradicted; without `mac=` the back-end's address is
     /// taken (as DPDK's virtio-user does) unless it cannot be read or is not a unicast address.
     /// Otherwise: `mac=` or the port's random address.
-    func agreeOnMAC(_ fe: VhostUserFrontend, _ n: VhostUserNegotiation) throws -> [UInt8] {
+    func agreeOnMAC(_ fe: VhostUserFrontend, _ n: VhostUserNegotiation) throws(VirtioUserError) -> [UInt8] {
         let own = mac
         guard n.protocolFeatures & VhostUserProtocolFeature.config.mask != 0,
               n.features & VirtioFeatures.mac.rawValue != 0 else { return own }
@@ -282,14 +271,15 @@ public final class VirtioUserPort: @unchecked Sendable {
         }
         let text = PortSpec.formatMAC(wanted)
         do { try fe.setConfig(offset: 0, bytes: wanted) } catch {
-            if case .peerFailed = error.reason {
-                throw VirtioUserError.badConfig("port \(config.name): the back-end refused mac=\(text) (SET_CONFIG failed)")
-            }
-            throw error
+            // A REPLY_ACK failure is the back-end's answer to this address; anything else is the
+            // connection's problem.
+            if case .peerFailed = error.reason { throw .badConfig(.macRefused(port: config.name, mac: text)) }
+            throw .from(error)
         }
-        let got = try fe.getConfig(offset: 0, size: 6)
+        let got: [UInt8]
+        do { got = try fe.getConfig(offset: 0, size: 6) } catch { throw .from(error) }
         guard got == wanted else {
-            throw VirtioUserError.badConfig("port \(config.name): mac=\(text) but the back-end keeps \(PortSpec.formatMAC(got)) in its config space")
+            throw .badConfig(.macKept(port: config.name, wanted: text, kept: PortSpec.formatMAC(got)))
         }
         return wanted
     }
@@ -309,7 +299,7 @@ public final class VirtioUserPort: @unchecked Sendable {
         let segments = 1 + (frame - room + per - 1) / per
         let limit = min(VirtioUserQueuePair.scratchCapacity, queueSize)
         guard segments + 1 <= limit else {
-            throw VirtioUserError.badConfig("receive buffers for \(frame)-byte frames take \(segments) mbufs of \(room) bytes (\(segments + 1) descriptors): more than \(limit) (use mrg=1 or a larger --data-room)")
+            throw .badConfig(.receiveChain(frame: frame, mbufs: segments, dataRoom: room, limit: limit))
         }
         return segments
     }
@@ -321,45 +311,6 @@ public final class VirtioUserPort: @unchecked Sendable {
         for q in queues { q.reclaim() }
         queues = []
         negotiation = nil
-    }
-}
-
-/// Why a virtio-user port could not (or can no longer) talk to its back-end.
-public enum VirtioUserError: Error, CustomStringConvertible, Sendable {
-    /// The back-end lacks features we require; permanent (reconnecting will not help).
-    case missingFeatures([String])
-    /// The back-end went away; the bus reconnects.
-    case backendGone(String)
-    case protocolError(String)
-    case badConfig(String)
-    case system(String, Int32)
-    /// A file behind memory the port shares was truncated (see `VirtioUserPort.memoryFault`);
-    /// permanent: the memory is no longer the file's, so no back-end can share it again.
-    case sharedMemoryLost(String)
-
-    static func from(_ e: VhostUserError) -> VirtioUserError {
-        if case let .missingFeatures(names) = e.reason { return .missingFeatures(names) }
-        if case .connectionClosed = e.reason { return .backendGone("\(e)") }
-        if case .io = e.reason { return .backendGone("\(e)") }
-        return .protocolError("\(e)")
-    }
-
-    public var isPermanent: Bool {
-        switch self {
-        case .missingFeatures, .badConfig, .sharedMemoryLost: return true
-        case .backendGone, .protocolError, .system: return false
-        }
-    }
-
-    public var description: String {
-        switch self {
-        case let .missingFeatures(n): return "the vhost-user back-end does not offer required features: \(n.joined(separator: ", "))"
-        case let .backendGone(w): return "the vhost-user back-end went away: \(w)"
-        case let .protocolError(w): return "vhost-user protocol error: \(w)"
-        case let .badConfig(w): return w
-        case let .sharedMemoryLost(w): return w
-        case let .system(call, e): return "\(call) failed: \(String(cString: strerror(e)))"
-        }
     }
 }
 
