@@ -41,8 +41,13 @@ let package = Package(
         // positions): at the bottom, imports nothing.
         .target(name: "WarmstartSpec", swiftSettings: release),
         .target(name: "WarmstartVirtio", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec"], swiftSettings: release),
+        // The vhost-user wire, what both sides speak: request codes, header, typed messages, the
+        // validator, the frame decoder and the SCM_RIGHTS channel.
+        .target(name: "WarmstartVhostUserWire", dependencies: ["CWarmstartShim", "WarmstartSpec"], swiftSettings: release),
+        // The vhost-user sides: the back-end session (guest memory, vrings, inflight, handoff
+        // state) and the front-end sequence.
         .target(name: "WarmstartVhostUser", dependencies: [
-            "CWarmstartShim", "WarmstartMemory", "WarmstartSpec",
+            "CWarmstartShim", "WarmstartMemory", "WarmstartSpec", "WarmstartVhostUserWire",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: release),
         // The forwarding engine: polling threads, bursts, forward modes, the MAC table. Knows ports
@@ -51,17 +56,17 @@ let package = Package(
         // The port drivers: vhost-user back-end, virtio-user front-end, TAP.
         .target(name: "WarmstartPorts", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartIO", "WarmstartBus",
-            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine",
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartVhostUserWire", "WarmstartEngine",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: release),
         // Hot upgrade's mechanics: the wire, the state document, the donor and taker state machines.
         .target(name: "WarmstartHandoff", dependencies: [
-            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVhostUser",
+            "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVhostUser", "WarmstartVhostUserWire",
             "WarmstartEngine", .product(name: "SystemPackage", package: "swift-system"),
         ], swiftSettings: release),
         // Boot, the control socket, reports and the Runtime object (which drives handoff).
         .target(name: "WarmstartRuntime", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartIO",
-                                                         "WarmstartBus", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts", "WarmstartHandoff",
+                                                         "WarmstartBus", "WarmstartVhostUser", "WarmstartVhostUserWire", "WarmstartEngine", "WarmstartPorts", "WarmstartHandoff",
                                                          .product(name: "Logging", package: "swift-log")], swiftSettings: release),
         // `warmstart bench`, the self-loopback and the testpmd launcher: the CLI's and the tests'
         // tools, in no product (the WarmstartRuntime library does not export them).
@@ -92,7 +97,7 @@ let package = Package(
         // (TestpmdHarness). Not a product; only the lower modules it needs.
         .target(name: "WarmstartTestSupport", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
-            "WarmstartVhostUser", .product(name: "SystemPackage", package: "swift-system"),
+            "WarmstartVhostUser", "WarmstartVhostUserWire", .product(name: "SystemPackage", package: "swift-system"),
         ],
                 path: "Tests/WarmstartTestSupport"),
 
@@ -114,9 +119,12 @@ let package = Package(
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
             "WarmstartTestSupport",
         ]),
+        .testTarget(name: "WarmstartVhostUserWireTests", dependencies: [
+            "CWarmstartShim", "WarmstartVhostUserWire",
+        ]),
         .testTarget(name: "WarmstartVhostUserTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartSpec",
-            "WarmstartVirtio", "WarmstartVhostUser", "WarmstartTestSupport",
+            "WarmstartVirtio", "WarmstartVhostUser", "WarmstartVhostUserWire", "WarmstartTestSupport",
         ]),
         .testTarget(name: "WarmstartEngineTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartEngine",
@@ -124,12 +132,12 @@ let package = Package(
         ]),
         .testTarget(name: "WarmstartPortsTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartIO", "WarmstartBus",
-            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartVhostUserWire", "WarmstartEngine", "WarmstartPorts",
             "CWarmstartTestShim", "WarmstartTestSupport",
         ]),
         .testTarget(name: "WarmstartHandoffTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartSpec",
-            "WarmstartVhostUser", "WarmstartEngine", "WarmstartHandoff",
+            "WarmstartVhostUser", "WarmstartVhostUserWire", "WarmstartEngine", "WarmstartHandoff",
         ]),
         .testTarget(name: "WarmstartBenchTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus",
@@ -137,7 +145,7 @@ let package = Package(
         ]),
         .testTarget(name: "WarmstartRuntimeTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus",
-            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartVhostUserWire", "WarmstartEngine", "WarmstartPorts",
             "WarmstartHandoff", "WarmstartRuntime", "WarmstartBench", "WarmstartTestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -24,7 +24,7 @@
 import Glibc
 #endif
 import CWarmstartShim
-import WarmstartVhostUser
+import WarmstartVhostUserWire
 
 struct Unit {
     var start: Int

@@ -3,6 +3,7 @@ import CWarmstartShim
 import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
+import WarmstartVhostUserWire
 import WarmstartVirtio
 #if canImport(Glibc)
 import Glibc

@@ -12,6 +12,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartSpec
 import WarmstartVhostUser
+import WarmstartVhostUserWire
 
 // The state document: everything the new process needs besides the descriptors, which it names by
 // index into `fds` (the descriptor index: what each one is). Memory is described by region (one fd

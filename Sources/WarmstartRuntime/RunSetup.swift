@@ -7,7 +7,7 @@ import WarmstartHandoff
 import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
-import WarmstartVhostUser
+import WarmstartVhostUserWire
 
 // What a caller of the runtime (the `warmstart` command) names to set a run up: the vocabulary of
 // its options, the pool lay-out, the memory boot of `warmstart run` and the snapshot commands. The

@@ -13,7 +13,7 @@ import WarmstartEngine
 import WarmstartIO
 import WarmstartPorts
 import WarmstartSnapshot
-import WarmstartVhostUser
+import WarmstartVhostUserWire
 
 /// What `warmstart run` was asked to run with ports.
 public struct RuntimeOptions: Sendable {

@@ -1,5 +1,6 @@
 #if canImport(Glibc)
 import Glibc
+import WarmstartVhostUserWire
 #endif
 
 /// A minimal blocking driver: reads messages from a channel, hands them to the session, sends the

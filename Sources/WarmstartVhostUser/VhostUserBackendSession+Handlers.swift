@@ -3,6 +3,7 @@
 // the descriptors it keeps out of `fds`; whatever is left there is closed by the caller.
 
 import WarmstartSpec
+import WarmstartVhostUserWire
 
 extension VhostUserBackendSession {
     func dispatch(_ request: VhostUserRequest, _ payload: VhostUserPayload, _ fds: inout [Int32],

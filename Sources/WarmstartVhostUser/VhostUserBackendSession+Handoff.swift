@@ -10,6 +10,7 @@
 
 import Logging
 import WarmstartSpec
+import WarmstartVhostUserWire
 
 /// An eventfd slot as exported: never set, NOFD (polling), or the descriptor at `fd`.
 public struct VhostUserEventFDSlotState: Codable, Sendable, Equatable {

@@ -1,6 +1,7 @@
 import Logging
 import WarmstartMemory
 import WarmstartSpec
+import WarmstartVhostUserWire
 
 /// What one back-end port offers and how big it is.
 public struct VhostUserBackendConfiguration: Sendable {

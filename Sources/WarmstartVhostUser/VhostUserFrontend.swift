@@ -1,4 +1,5 @@
 import WarmstartSpec
+import WarmstartVhostUserWire
 
 /// What the front-end asks for.
 public struct VhostUserFrontendOptions: Sendable {

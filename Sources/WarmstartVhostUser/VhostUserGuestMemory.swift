@@ -1,6 +1,7 @@
 import WarmstartMemory
 #if canImport(Glibc)
 import Glibc
+import WarmstartVhostUserWire
 #endif
 
 /// One front-end memory region mapped into this process (SET_MEM_TABLE / ADD_MEM_REG).

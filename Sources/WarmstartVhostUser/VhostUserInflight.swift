@@ -3,6 +3,7 @@ import WarmstartMemory
 import WarmstartSpec
 #if canImport(Glibc)
 import Glibc
+import WarmstartVhostUserWire
 #endif
 
 /// The inflight I/O tracking buffer (spec "Inflight I/O tracking", GET_INFLIGHT_FD /

@@ -5,6 +5,7 @@
 // applied.)
 
 import WarmstartSpec
+import WarmstartVhostUserWire
 
 extension VhostUserSessionState {
     /// Refuses a state that no sequence of valid vhost-user messages could have produced for a

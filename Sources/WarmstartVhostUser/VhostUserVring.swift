@@ -1,4 +1,5 @@
 import WarmstartSpec
+import WarmstartVhostUserWire
 
 /// Everything the ring layer needs to build a queue for one started vring. The pointers stay
 /// valid, and the eventfds open, as long as this struct (or a copy) is alive: it holds the

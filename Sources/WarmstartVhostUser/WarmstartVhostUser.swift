@@ -1,15 +1,13 @@
-// WarmstartVhostUser: the vhost-user protocol (QEMU docs/interop/vhost-user.rst), both sides.
+// WarmstartVhostUser: the two sides of the vhost-user protocol (QEMU docs/interop/vhost-user.rst),
+// built on the wire in WarmstartVhostUserWire (header, messages, validator, frame decoder, channel).
 //
 // Layers, one file each:
-//   VhostUserRequest / VhostUserFeatures   request codes; the feature sets a port offers (the bits
-//                                          themselves are WarmstartSpec's)
-//   VhostUserHeader                        12-byte header; header errors are fatal (stream out of sync)
-//   VhostUserMessage                       typed payloads, little-endian encode/decode, no Foundation
-//   VhostUserMessageValidator              payload size, descriptor policy, vring index checks
-//   VhostUserFrameDecoder                  bytes + descriptors in, whole frames out (both sides' readers)
-//   VhostUserChannel                       blocking/non-blocking reads and writes with SCM_RIGHTS
 //   VhostUserBackendSession (+Handlers)    the back-end state machine: message in → reply + events out
+//   VhostUserBackendSession+Handoff        the session's state for hot upgrade, exported and restored
+//   VhostUserSessionState+Validation       checks on a restored state before it is trusted
+//   VhostUserBackendLoop                   a minimal blocking driver for tests and tools
 //   VhostUserGuestMemory / VhostUserVring  mapped front-end memory, per-ring state, `VringSetup`
+//   VhostUserEventFD                       which descriptors a vring's kick/call/err may be
 //   VhostUserInflight                      INFLIGHT_SHMFD buffer (opt-in)
 //   VhostUserFrontend                      the front-end sequence (what QEMU / virtio-user do)
 //

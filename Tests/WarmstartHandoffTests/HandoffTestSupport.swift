@@ -1,5 +1,5 @@
 import Foundation
-import WarmstartVhostUser
+import WarmstartVhostUserWire
 
 // The two helpers the wire tests share with WarmstartRuntimeTests' handoff harness (a test target
 // cannot import another's).

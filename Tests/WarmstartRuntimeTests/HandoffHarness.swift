@@ -5,6 +5,7 @@ import WarmstartEngine
 import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
+import WarmstartVhostUserWire
 import WarmstartVirtio
 import WarmstartTestSupport
 @testable import WarmstartRuntime

@@ -6,6 +6,7 @@ import WarmstartBus
 import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVhostUser
+import WarmstartVhostUserWire
 import WarmstartTestSupport
 @testable import WarmstartRuntime
 

@@ -2,7 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 import WarmstartBus
-import WarmstartVhostUser
+import WarmstartVhostUserWire
 @testable import WarmstartRuntime
 import WarmstartTestSupport
 

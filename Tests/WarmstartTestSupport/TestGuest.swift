@@ -5,6 +5,7 @@ import SystemPackage
 import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
+import WarmstartVhostUserWire
 import WarmstartVirtio
 import WarmstartSpec
 

@@ -2,6 +2,7 @@ import Foundation
 import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
+import WarmstartVhostUserWire
 import WarmstartVirtio
 import WarmstartSpec
 

@@ -5,6 +5,7 @@ import WarmstartBus
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVhostUser
+@testable import WarmstartVhostUserWire
 @testable import WarmstartVirtio
 import WarmstartSpec
 

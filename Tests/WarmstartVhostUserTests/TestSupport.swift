@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 @testable import WarmstartVhostUser
+@testable import WarmstartVhostUserWire
 import WarmstartSpec
 
 /// A memfd mapped in the test process, playing the front-end's memory.

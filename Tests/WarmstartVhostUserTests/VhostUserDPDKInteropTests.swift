@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import WarmstartTestSupport
 @testable import WarmstartVhostUser
+@testable import WarmstartVhostUserWire
 
 /// Runs the back-end session on a real listening socket against DPDK's virtio-user front-end
 /// (dpdk-testpmd, package dpdk-dev) and checks the handshake completes: both rings of the queue

@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 @testable import WarmstartVhostUser
+@testable import WarmstartVhostUserWire
 import WarmstartSpec
 
 /// Session export/import as hot upgrade uses it: the descriptors are duplicated as SCM_RIGHTS would

@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 @testable import WarmstartVhostUser
+@testable import WarmstartVhostUserWire
 
 /// Issue 12, defect 6: an imported session state is checked like the vhost-user messages that built
 /// it. A bad one is refused with an error naming the field; nothing traps, nothing is taken.

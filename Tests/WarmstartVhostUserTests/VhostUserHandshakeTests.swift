@@ -2,6 +2,7 @@ import CWarmstartShim
 import Foundation
 import XCTest
 @testable import WarmstartVhostUser
+@testable import WarmstartVhostUserWire
 import WarmstartSpec
 
 final class VhostUserHandshakeTests: XCTestCase {

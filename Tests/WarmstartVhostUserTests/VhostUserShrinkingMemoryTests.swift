@@ -3,6 +3,7 @@ import Foundation
 import XCTest
 import WarmstartMemory
 @testable import WarmstartVhostUser
+@testable import WarmstartVhostUserWire
 import WarmstartSpec
 
 /// Issue 12, defect 3, at the session: every mapping of front-end memory (SET_MEM_TABLE,

@@ -5,6 +5,7 @@ import WarmstartEngine
 import WarmstartIO
 import WarmstartSpec
 import WarmstartVhostUser
+import WarmstartVhostUserWire
 import WarmstartVirtio
 #if canImport(Glibc)
 import Glibc

@@ -5,6 +5,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartSpec
 import WarmstartVhostUser
+import WarmstartVhostUserWire
 import WarmstartVirtio
 #if canImport(Glibc)
 import Glibc

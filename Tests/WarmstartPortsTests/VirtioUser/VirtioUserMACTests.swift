@@ -5,6 +5,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartTestSupport
 @testable import WarmstartVhostUser
+@testable import WarmstartVhostUserWire
 @testable import WarmstartPorts
 import WarmstartSpec
 

@@ -3,6 +3,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
+import WarmstartVhostUserWire
 import WarmstartVirtio
 @testable import WarmstartPorts
 import WarmstartTestSupport

@@ -1,7 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
-@testable import WarmstartVhostUser
+@testable import WarmstartVhostUserWire
 
 /// The vhost-user frame decoder, checked the way swift-nio's ByteToMessageDecoderVerifier checks a
 /// decoder: one stream of frames, fed whole, one byte at a time, in random pieces and the way the

@@ -4,29 +4,6 @@ import Glibc
 import Musl
 #endif
 
-/// Closes a descriptor this module owns; EINTR is not retried (Linux closes the fd regardless).
-@usableFromInline
-func closeFD(_ fd: Int32) {
-    if fd >= 0 { _ = close(fd) }
-}
-
-/// Whether `fd` is an open descriptor of this process.
-public func vhostUserFDIsOpen(_ fd: Int32) -> Bool {
-    fcntl(fd, F_GETFD) != -1
-}
-
-/// The current errno as a value.
-@usableFromInline
-var currentErrno: Int32 { errno }
-
-/// Ignores SIGPIPE for the whole process: a write to a pipe or socket whose reader is gone then
-/// fails with EPIPE instead of killing the process (one peer that closed its end must cost only
-/// its own connection). The runtime calls this when it starts, and the command-line tool first
-/// thing in main; idempotent.
-public func ignoreBrokenPipeSignals() {
-    signal(SIGPIPE, SIG_IGN)
-}
-
 /// Why `fd` cannot be a vring's kick, call or err descriptor, or nil when it can; on success it
 /// has been made non-blocking.
 ///
