@@ -1,5 +1,5 @@
 import WarmstartMemory
-import WarmstartVhostUser
+import WarmstartVhostUserWire
 #if canImport(Glibc)
 import Glibc
 #endif

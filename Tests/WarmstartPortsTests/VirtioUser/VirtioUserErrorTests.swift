@@ -1,5 +1,5 @@
 import XCTest
-import WarmstartVhostUser
+import WarmstartVhostUserWire
 @testable import WarmstartPorts
 
 /// Issue 13: a vhost-user failure is sorted by its reason, each one by name; the words stay.
