@@ -40,6 +40,10 @@ let package = Package(
         // positions): at the bottom, imports nothing.
         .target(name: "WarmstartSpec", swiftSettings: release),
         .target(name: "WarmstartVirtio", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec"], swiftSettings: release),
+        // The driver side of a virtqueue (the virtio-user front-end, the tests' mock guest).
+        .target(name: "WarmstartVirtioDriver", dependencies: [
+            "CWarmstartShim", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
+        ], swiftSettings: release),
         .target(name: "WarmstartVhostUser", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartSpec",
             .product(name: "Logging", package: "swift-log"),
@@ -50,7 +54,7 @@ let package = Package(
         // The port drivers: vhost-user back-end, virtio-user front-end, TAP.
         .target(name: "WarmstartPorts", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartIO", "WarmstartBus",
-            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine",
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVirtioDriver", "WarmstartVhostUser", "WarmstartEngine",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: release),
         // Hot upgrade's mechanics: the wire, the state document, the donor and taker state machines.
@@ -80,7 +84,7 @@ let package = Package(
         // than in Benchmarks/Package.swift: it drives WarmstartBench, which no product exports.
         .executableTarget(name: "VirtioUserTX", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartSpec",
-            "WarmstartVirtio", "WarmstartPorts", "WarmstartBench",
+            "WarmstartVirtio", "WarmstartVirtioDriver", "WarmstartPorts", "WarmstartBench",
         ],
                           path: "Benchmarks/VirtioUserTX"),
 
@@ -91,7 +95,7 @@ let package = Package(
         // (TestpmdHarness). Not a product; only the lower modules it needs.
         .target(name: "WarmstartTestSupport", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
-            "WarmstartVhostUser", .product(name: "SystemPackage", package: "swift-system"),
+            "WarmstartVirtioDriver", "WarmstartVhostUser", .product(name: "SystemPackage", package: "swift-system"),
         ],
                 path: "Tests/WarmstartTestSupport"),
 
@@ -111,7 +115,7 @@ let package = Package(
         .testTarget(name: "WarmstartSpecTests", dependencies: ["WarmstartSpec"]),
         .testTarget(name: "WarmstartVirtioTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
-            "WarmstartTestSupport",
+            "WarmstartVirtioDriver", "WarmstartTestSupport",
         ]),
         .testTarget(name: "WarmstartVhostUserTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartSpec",
@@ -136,8 +140,8 @@ let package = Package(
         ]),
         .testTarget(name: "WarmstartRuntimeTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus",
-            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts",
-            "WarmstartHandoff", "WarmstartRuntime", "WarmstartBench", "WarmstartTestSupport",
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVirtioDriver", "WarmstartVhostUser", "WarmstartEngine",
+            "WarmstartPorts", "WarmstartHandoff", "WarmstartRuntime", "WarmstartBench", "WarmstartTestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against

@@ -6,6 +6,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartVirtioDriver
 import WarmstartSpec
 
 /// The one in-process guest of the tests: Warmstart's own `VhostUserFrontend` over a unix socket

@@ -6,6 +6,7 @@ import WarmstartPools
 import WarmstartSpec
 import WarmstartVhostUser
 import WarmstartVirtio
+import WarmstartVirtioDriver
 #if canImport(Glibc)
 import Glibc
 #endif
