@@ -41,6 +41,10 @@ let package = Package(
         // positions): at the bottom, imports nothing.
         .target(name: "WarmstartSpec", swiftSettings: release),
         .target(name: "WarmstartVirtio", dependencies: ["CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec"], swiftSettings: release),
+        // The driver side of a virtqueue (the virtio-user front-end, the tests' mock guest).
+        .target(name: "WarmstartVirtioDriver", dependencies: [
+            "CWarmstartShim", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
+        ], swiftSettings: release),
         // The vhost-user wire, what both sides speak: request codes, header, typed messages, the
         // validator, the frame decoder and the SCM_RIGHTS channel.
         .target(name: "WarmstartVhostUserWire", dependencies: ["CWarmstartShim", "WarmstartSpec"], swiftSettings: release),
@@ -56,8 +60,8 @@ let package = Package(
         // The port drivers: vhost-user back-end, virtio-user front-end, TAP.
         .target(name: "WarmstartPorts", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartIO", "WarmstartBus",
-            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartVhostUserWire", "WarmstartEngine",
-            .product(name: "Logging", package: "swift-log"),
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVirtioDriver", "WarmstartVhostUserWire",
+            "WarmstartVhostUser", "WarmstartEngine", .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: release),
         // Hot upgrade's mechanics: the wire, the state document, the donor and taker state machines.
         .target(name: "WarmstartHandoff", dependencies: [
@@ -86,7 +90,7 @@ let package = Package(
         // than in Benchmarks/Package.swift: it drives WarmstartBench, which no product exports.
         .executableTarget(name: "VirtioUserTX", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartSpec",
-            "WarmstartVirtio", "WarmstartPorts", "WarmstartBench",
+            "WarmstartVirtio", "WarmstartVirtioDriver", "WarmstartPorts", "WarmstartBench",
         ],
                           path: "Benchmarks/VirtioUserTX"),
 
@@ -97,7 +101,8 @@ let package = Package(
         // (TestpmdHarness). Not a product; only the lower modules it needs.
         .target(name: "WarmstartTestSupport", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
-            "WarmstartVhostUser", "WarmstartVhostUserWire", .product(name: "SystemPackage", package: "swift-system"),
+            "WarmstartVirtioDriver", "WarmstartVhostUserWire", "WarmstartVhostUser",
+            .product(name: "SystemPackage", package: "swift-system"),
         ],
                 path: "Tests/WarmstartTestSupport"),
 
@@ -117,7 +122,7 @@ let package = Package(
         .testTarget(name: "WarmstartSpecTests", dependencies: ["WarmstartSpec"]),
         .testTarget(name: "WarmstartVirtioTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
-            "WarmstartTestSupport",
+            "WarmstartVirtioDriver", "WarmstartTestSupport",
         ]),
         .testTarget(name: "WarmstartVhostUserWireTests", dependencies: [
             "CWarmstartShim", "WarmstartVhostUserWire",
@@ -145,8 +150,9 @@ let package = Package(
         ]),
         .testTarget(name: "WarmstartRuntimeTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSnapshot", "WarmstartBus",
-            "WarmstartSpec", "WarmstartVirtio", "WarmstartVhostUser", "WarmstartVhostUserWire", "WarmstartEngine", "WarmstartPorts",
-            "WarmstartHandoff", "WarmstartRuntime", "WarmstartBench", "WarmstartTestSupport",
+            "WarmstartSpec", "WarmstartVirtio", "WarmstartVirtioDriver", "WarmstartVhostUserWire",
+            "WarmstartVhostUser", "WarmstartEngine", "WarmstartPorts", "WarmstartHandoff",
+            "WarmstartRuntime", "WarmstartBench", "WarmstartTestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Runs the warmstart executable, or Warmstart's ports in-process (payload checks), against

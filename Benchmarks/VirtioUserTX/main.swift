@@ -15,6 +15,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVirtio
+import WarmstartVirtioDriver
 import WarmstartPorts
 @_spi(Benchmarks) import WarmstartBench
 import WarmstartSpec

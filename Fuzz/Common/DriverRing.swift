@@ -1,5 +1,6 @@
 import WarmstartSpec
 import WarmstartVirtio
+import WarmstartVirtioDriver
 
 /// The driver side of a virtqueue (what the virtio-user front-end runs) against an untrusted
 /// back-end: the fuzzer plays the device, writing anything anywhere in the shared ring memory

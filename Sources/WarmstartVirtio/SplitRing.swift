@@ -74,7 +74,7 @@ public struct SplitRing {
                         next: UInt16(littleEndian: p.loadUnaligned(fromByteOffset: 14, as: UInt16.self)))
     }
 
-    @inlinable static func storeDescriptor(_ p: UnsafeMutableRawPointer, _ d: SplitDescriptor) {
+    @inlinable public static func storeDescriptor(_ p: UnsafeMutableRawPointer, _ d: SplitDescriptor) {
         p.storeBytes(of: d.addr.littleEndian, as: UInt64.self)
         p.storeBytes(of: d.len.littleEndian, toByteOffset: 8, as: UInt32.self)
         p.storeBytes(of: d.flags.littleEndian, toByteOffset: 12, as: UInt16.self)

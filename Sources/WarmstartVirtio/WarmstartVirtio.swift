@@ -1,5 +1,5 @@
-// WarmstartVirtio: the virtio ring layer of the vhost-user backend (OASIS virtio 1.1 §2.6 split
-// virtqueues, §2.7 packed virtqueues, §5.1 virtio-net).
+// WarmstartVirtio: the virtio ring layer, the device side and what both sides share (OASIS
+// virtio 1.1 §2.6 split virtqueues, §2.7 packed virtqueues, §5.1 virtio-net).
 //
 //   SplitRing / PackedRing     ring layouts over raw host pointers into shared guest memory,
 //                              with constructors that translate and check each area
@@ -11,8 +11,10 @@
 //     state                    where it stands (`VirtqueuePosition`), for hot upgrade
 //   DescriptorChain / IndirectTable   chain walking with every hostile-guest check
 //   GuestMemoryMap             the queue's flat copy of the MemoryTable (guest → host)
-//   DriverQueue                the driver side (mock driver in tests, virtio-user frontend)
 //   MbufSource                 where the copy paths take mbufs (MbufPool, MbufCache)
+//
+// The driver side (DriverQueue: the virtio-user front-end, the tests' mock guest) is
+// WarmstartVirtioDriver, built on the rings here.
 //
 // The spec's names (feature bits, descriptor flags, layouts, area sizes, positions) come from
 // WarmstartSpec.

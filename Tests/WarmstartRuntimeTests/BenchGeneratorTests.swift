@@ -5,6 +5,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartSnapshot
 import WarmstartVirtio
+import WarmstartVirtioDriver
 @_spi(Benchmarks) @testable import WarmstartBench
 @testable import WarmstartRuntime
 import WarmstartSpec

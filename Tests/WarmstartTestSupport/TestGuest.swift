@@ -7,6 +7,7 @@ import WarmstartPools
 import WarmstartVhostUser
 import WarmstartVhostUserWire
 import WarmstartVirtio
+import WarmstartVirtioDriver
 import WarmstartSpec
 
 /// The one in-process guest of the tests: Warmstart's own `VhostUserFrontend` over a unix socket

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartVirtioDriver
 import WarmstartSpec
 
 /// Guest memory for the mock driver: two memfd regions at adjacent guest addresses (so a buffer

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+@testable import WarmstartVirtioDriver
 import WarmstartSpec
 
 /// Random rings: garbage descriptors, flags, indices, indirect tables. The device must never

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+@testable import WarmstartVirtioDriver
 import WarmstartSpec
 
 /// One hostile chain between two good packets: the bad one is dropped and counted, returned to

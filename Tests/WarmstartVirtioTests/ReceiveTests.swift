@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartVirtioDriver
 import WarmstartSpec
 
 /// Device enqueue → guest RX, both layouts, with and without mergeable buffers.

@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartVirtioDriver
 import WarmstartSpec
 
 /// The driver's transmit fast path (DriverQueue+Burst.swift): bursts of single-segment mbufs

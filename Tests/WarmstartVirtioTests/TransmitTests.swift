@@ -2,6 +2,7 @@ import XCTest
 import WarmstartMemory
 import WarmstartPools
 @testable import WarmstartVirtio
+import WarmstartVirtioDriver
 import WarmstartSpec
 
 /// Guest TX → device dequeue, both layouts.

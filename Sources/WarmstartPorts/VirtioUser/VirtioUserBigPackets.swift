@@ -1,5 +1,6 @@
 import WarmstartPools
 import WarmstartVirtio
+import WarmstartVirtioDriver
 
 // Receive without MRG_RXBUF: Linux virtio-net's "big packets" (add_recvbuf_big). Each receive
 // buffer the device may fill with one whole frame is one descriptor chain over `rxSegments` mbufs

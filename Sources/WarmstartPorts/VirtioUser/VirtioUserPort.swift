@@ -7,6 +7,7 @@ import WarmstartSpec
 import WarmstartVhostUser
 import WarmstartVhostUserWire
 import WarmstartVirtio
+import WarmstartVirtioDriver
 #if canImport(Glibc)
 import Glibc
 #endif

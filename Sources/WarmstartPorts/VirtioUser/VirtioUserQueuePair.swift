@@ -3,6 +3,7 @@ import WarmstartEngine
 import WarmstartMemory
 import WarmstartPools
 import WarmstartVirtio
+import WarmstartVirtioDriver
 #if canImport(Glibc)
 import Glibc
 #endif

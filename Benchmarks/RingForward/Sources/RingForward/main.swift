@@ -14,6 +14,7 @@ import WarmstartMemory
 import WarmstartPools
 import WarmstartSpec
 import WarmstartVirtio
+import WarmstartVirtioDriver
 
 // Same-thread device-side cost: guest (DriverQueue) posts 32 TX frames; the device dequeues,
 // swaps MACs, enqueues into the guest's RX ring, frees; the guest reaps both and reposts.

@@ -1,5 +1,6 @@
 import WarmstartPools
 import WarmstartSpec
+import WarmstartVirtio
 
 // Driver side, the burst paths: single-segment packets (transmit) or whole mbuf rooms (receive)
 // posted as one-descriptor chains, and completed chains taken back as tokens, each burst in one

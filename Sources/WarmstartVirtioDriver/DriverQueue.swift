@@ -1,6 +1,7 @@
 import CWarmstartShim
 import WarmstartPools
 import WarmstartSpec
+import WarmstartVirtio
 
 /// One buffer a driver posts: guest address, length, and whether the device may write it.
 @frozen

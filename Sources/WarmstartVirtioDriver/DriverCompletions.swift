@@ -1,6 +1,7 @@
 import CWarmstartShim
 import WarmstartPools
 import WarmstartSpec
+import WarmstartVirtio
 
 // Driver side, continued: used buffers (§2.6.14 split; packed: §2.7.1 used flags), notifications (§2.6.10, §2.7.10) and
 // the packet helpers the mock driver and a virtio-user frontend use.
