@@ -170,6 +170,11 @@ public final class IOLoop: @unchecked Sendable {
         let rc = pthread_create(&t, nil, { arg in
             let loop = Unmanaged<IOLoop>.fromOpaque(arg!).takeRetainedValue()
             loop.run()
+            // The ring is torn down by the thread that used it: the cancellations submitted here
+            // complete through this thread's task work. Submitted from the caller of
+            // `stopAndJoin`, their late completions interrupt that thread's next blocking call
+            // with a timeout (a recv under SO_RCVTIMEO returned EINTR; seen in the Bus tests).
+            loop.backend.shutdown()
             return nil
         }, box.toOpaque())
         precondition(rc == 0, "pthread_create: \(IOError.message(rc))")
@@ -178,7 +183,8 @@ public final class IOLoop: @unchecked Sendable {
 
     /// Releases every pending operation without running its handler (handlers often hold the
     /// object that submitted them, so this also breaks those reference cycles). Call after the
-    /// loop stopped; the loop cannot be used afterwards.
+    /// loop stopped; the loop cannot be used afterwards. (A loop run by `startThread` has already
+    /// shut its backend down on its own thread; this then only drops what was posted.)
     public func shutdown() {
         backend.shutdown()
         postLock.withLock { posted.removeAll() }

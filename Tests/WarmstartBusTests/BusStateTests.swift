@@ -68,7 +68,7 @@ final class BusStateTests: XCTestCase {
         defer { bus.stop() }
         XCTAssertTrue(bus.waitFor("live.sock", .failed))
         XCTAssertEqual(bus.record("live.sock")?.reason, "\(live) is in use: another process accepts connections on it")
-        let client = try XCTUnwrap(Peer.connect(stale), "the stale socket was not replaced by a listening one")
+        let client = try XCTUnwrap(Peer.connectWhenListening(stale), "the stale socket was not replaced by a listening one")
         defer { close(client) }
         XCTAssertTrue(Peer.handshake(client))
         XCTAssertTrue(bus.waitFor("stale.sock", .started))
@@ -131,7 +131,7 @@ final class BusStateTests: XCTestCase {
         let deadline = Date().addingTimeInterval(testDeadline)
         while !FileManager.default.fileExists(atPath: path) && Date() < deadline { usleep(500) }
         // First frontend connects and leaves before saying anything.
-        let quitter = try XCTUnwrap(Peer.connect(path))
+        let quitter = try XCTUnwrap(Peer.connectWhenListening(path))
         XCTAssertTrue(bus.waitFor("mid.sock", .negotiating))
         close(quitter)
         XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].state == .probing && $0[0].reconnects == 1 })
@@ -161,7 +161,7 @@ final class BusStateTests: XCTestCase {
         bus.start()
         let deadline = Date().addingTimeInterval(testDeadline)
         while !FileManager.default.fileExists(atPath: path) && Date() < deadline { usleep(500) }
-        let quitter = try XCTUnwrap(Peer.connect(path))
+        let quitter = try XCTUnwrap(Peer.connectWhenListening(path))
         XCTAssertTrue(bus.waitFor("never.sock", .negotiating))
         close(quitter)
         XCTAssertTrue(bus.wait(timeoutSeconds: testDeadline) { $0[0].state == .probing && $0[0].reconnects == 1 })

@@ -81,21 +81,42 @@ enum Peer {
 
     static func connect(_ path: String) -> Int32? {
         let fd = socketFD()
-        if withAddress(path, { Glibc.connect(fd, $0, $1) }) == 0 { return fd }
+        var rc = withAddress(path, { Glibc.connect(fd, $0, $1) })
+        while rc != 0 && errno == EINTR { rc = withAddress(path, { Glibc.connect(fd, $0, $1) }) }
+        if rc == 0 { return fd }
         close(fd)
         return nil
+    }
+
+    /// Connects once the bus listens: its socket file can exist a moment before it accepts
+    /// (bound, not yet listening: ECONNREFUSED), so a test that only waited for the file retries.
+    static func connectWhenListening(_ path: String, timeout: Double = testDeadline) -> Int32? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let fd = connect(path) { return fd }
+            if Date() >= deadline { return nil }
+            usleep(1000)
+        }
     }
 
     /// Sends HELLO (after `delay`) and waits for OK; true when the handshake completed.
     @discardableResult
     static func handshake(_ fd: Int32, delay: TimeInterval = 0) -> Bool {
         if delay > 0 { Thread.sleep(forTimeInterval: delay) }
-        guard send(fd, "HELLO", 5, Int32(MSG_NOSIGNAL)) == 5 else { return false }
+        guard send(fd, "HELLO", 5, Int32(MSG_NOSIGNAL)) == 5 else {
+            print("handshake: send: \(String(cString: strerror(errno)))")
+            return false
+        }
         var buf = [UInt8](repeating: 0, count: 16)
         var tv = timeval(tv_sec: 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let n = recv(fd, &buf, 16, 0)
-        return n == 2 && buf[0] == UInt8(ascii: "O") && buf[1] == UInt8(ascii: "K")
+        // EINTR: a socket call under SO_RCVTIMEO is never restarted, and io_uring's task-work
+        // notification can reach this thread (it created and started the bus's ring). Retry.
+        var n = recv(fd, &buf, 16, 0)
+        while n < 0 && errno == EINTR { n = recv(fd, &buf, 16, 0) }
+        let ok = n == 2 && buf[0] == UInt8(ascii: "O") && buf[1] == UInt8(ascii: "K")
+        if !ok { print("handshake: recv \(n)\(n < 0 ? ": " + String(cString: strerror(errno)) : ""), bytes \(buf.prefix(max(0, n)))") }
+        return ok
     }
 }
 
