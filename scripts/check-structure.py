@@ -17,6 +17,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYSTEM = {"Glibc", "Musl", "Darwin", "Foundation", "FoundationEssentials", "FoundationNetworking",
@@ -27,8 +28,10 @@ MAP_START, MAP_END = "<!-- module-map -->", "<!-- /module-map -->"
 
 
 def package():
-    out = subprocess.run(["swift", "package", "--package-path", ROOT, "dump-package"], check=True,
-                         capture_output=True, text=True).stdout
+    # SwiftPM leaves an empty TemporaryDirectory.* behind per invocation: give it one of ours.
+    with tempfile.TemporaryDirectory(prefix="check-structure-") as tmp:
+        out = subprocess.run(["swift", "package", "--package-path", ROOT, "dump-package"], check=True,
+                             capture_output=True, text=True, env={**os.environ, "TMPDIR": tmp}).stdout
     return json.loads(out)
 
 
