@@ -20,28 +20,9 @@ final class TapPortTests: XCTestCase {
     private let tapIP: [UInt8] = [10, 77, 0, 1]
     private let peerIP: [UInt8] = [10, 77, 0, 2]
 
-    @discardableResult
-    private func run(_ args: [String]) throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        return p.terminationStatus
-    }
-
     func testTapPassesPacketsToAndFromTheKernel() throws {
-        guard getuid() == 0 else { throw XCTSkip("needs root to create a network namespace and a TAP") }
-        guard access("/dev/net/tun", R_OK | W_OK) == 0 else { throw XCTSkip("/dev/net/tun is not available") }
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") else { throw XCTSkip("iproute2 (ip) is not installed") }
-
-        let ns = "ws-test-\(getpid())"
-        guard try run(["netns", "add", ns]) == 0 else { throw XCTSkip("cannot create network namespace \(ns)") }
-        defer { _ = try? run(["netns", "del", ns]) }
-        // No IPv6 chatter (router solicitations, MLD) on the TAP: only our packets.
-        try run(["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
-        try run(["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+        let ns = try makeTapTestNamespace("ws-test")
+        defer { _ = try? ip(["netns", "del", ns]) }
 
         // Enter the namespace on this thread only long enough to start the bus (its loop thread
         // inherits the namespace, so the TAP is created there) and to open a UDP socket.
@@ -66,9 +47,9 @@ final class TapPortTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(tap, 0)
         XCTAssertNotEqual(fcntl(tap, F_GETFL) & O_NONBLOCK, 0, "the TAP fd is non-blocking")
 
-        XCTAssertEqual(try run(["-n", ns, "link", "set", "wstap0", "address", "02:00:00:00:00:01", "up"]), 0)
-        XCTAssertEqual(try run(["-n", ns, "addr", "add", "10.77.0.1/24", "dev", "wstap0"]), 0)
-        XCTAssertEqual(try run(["-n", ns, "neigh", "add", "10.77.0.2", "lladdr", "02:00:00:00:00:02",
+        XCTAssertEqual(try ip(["-n", ns, "link", "set", "wstap0", "address", "02:00:00:00:00:01", "up"]), 0)
+        XCTAssertEqual(try ip(["-n", ns, "addr", "add", "10.77.0.1/24", "dev", "wstap0"]), 0)
+        XCTAssertEqual(try ip(["-n", ns, "neigh", "add", "10.77.0.2", "lladdr", "02:00:00:00:00:02",
                                 "dev", "wstap0", "nud", "permanent"]), 0)
 
         // Kernel → TAP: a UDP datagram to the neighbour comes out of the fd after the vnet header.

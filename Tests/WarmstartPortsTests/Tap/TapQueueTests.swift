@@ -12,27 +12,9 @@ final class TapQueueTests: XCTestCase {
     let tapMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x11]
     let peerMAC: [UInt8] = [0x02, 0, 0, 0, 0, 0x12]
 
-    @discardableResult
-    func ip(_ args: [String]) throws -> Int32 {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/sbin/ip")
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        return p.terminationStatus
-    }
-
     func testFramesGoToAndComeFromTheKernelStack() throws {
-        guard getuid() == 0 else { throw XCTSkip("needs root to create a network namespace and a TAP") }
-        guard access("/dev/net/tun", R_OK | W_OK) == 0 else { throw XCTSkip("/dev/net/tun is not available") }
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/ip") else { throw XCTSkip("iproute2 is not installed") }
-        let ns = "ws-tapq-\(getpid())"
-        guard try ip(["netns", "add", ns]) == 0 else { throw XCTSkip("cannot create network namespace \(ns)") }
+        let ns = try makeTapTestNamespace("ws-tapq")
         defer { _ = try? ip(["netns", "del", ns]) }
-        try ip(["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
-        try ip(["netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
 
         // Open the TAP inside the namespace (setns on this thread only, then back).
         let target = open("/var/run/netns/\(ns)", O_RDONLY | O_CLOEXEC)
