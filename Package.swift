@@ -124,9 +124,7 @@ let package = Package(
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartSpec", "WarmstartVirtio",
             "WarmstartVirtioDriver", "WarmstartTestSupport",
         ]),
-        .testTarget(name: "WarmstartVhostUserWireTests", dependencies: [
-            "CWarmstartShim", "WarmstartVhostUserWire",
-        ]),
+        .testTarget(name: "WarmstartVhostUserWireTests", dependencies: ["CWarmstartShim", "WarmstartVhostUserWire", "WarmstartTestSupport"]),
         .testTarget(name: "WarmstartVhostUserTests", dependencies: [
             "CWarmstartShim", "WarmstartMemory", "WarmstartPools", "WarmstartBus", "WarmstartSpec",
             "WarmstartVirtio", "WarmstartVhostUser", "WarmstartVhostUserWire", "WarmstartTestSupport",

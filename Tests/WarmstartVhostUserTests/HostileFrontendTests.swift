@@ -1,6 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
+import WarmstartTestSupport
 import WarmstartBus
 import WarmstartMemory
 import WarmstartPools

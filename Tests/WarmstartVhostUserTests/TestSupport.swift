@@ -1,6 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
+import WarmstartTestSupport
 @testable import WarmstartVhostUser
 @testable import WarmstartVhostUserWire
 import WarmstartSpec
@@ -42,23 +43,6 @@ final class FrontendMemory {
     }
 }
 
-func makeEventFD() -> Int32 { ws_eventfd(0, WS_EFD_CLOEXEC) }
-func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
-
-/// What descriptor `fd` refers to, comparable between descriptors: the file's device and inode
-/// (a memfd or a file is its inode) and, for an eventfd — all eventfds share one anonymous inode —
-/// the id the kernel gives each one (`eventfd-id` in fdinfo). Nil when `fd` is not open.
-func fileIdentity(_ fd: Int32) -> String? {
-    var st = stat()
-    guard fstat(fd, &st) == 0 else { return nil }
-    var identity = "\(st.st_dev):\(st.st_ino)"
-    if let info = try? String(contentsOfFile: "/proc/self/fdinfo/\(fd)", encoding: .utf8),
-       let line = info.split(separator: "\n").first(where: { $0.hasPrefix("eventfd-id:") }) {
-        identity += " eventfd \(line.dropFirst("eventfd-id:".count).trimmingCharacters(in: .whitespaces))"
-    }
-    return identity
-}
-
 /// This process's open descriptors that refer to one of the files `identities` (`fileIdentity`).
 ///
 /// Leak checks count these rather than every open descriptor: a test shares the process with
@@ -80,9 +64,6 @@ func countMappings(ofInode inode: UInt64) -> Int {
     }.count
 }
 
-func msg(_ r: VhostUserRequest, _ p: VhostUserPayload = .none, fds: [Int32] = [], needReply: Bool = false) -> VhostUserMessage {
-    VhostUserMessage(request: r, payload: p, fds: fds, needReply: needReply)
-}
 
 extension VhostUserBackendSession {
     /// Sends `m` through the same path as the wire: encode, then validate and handle.

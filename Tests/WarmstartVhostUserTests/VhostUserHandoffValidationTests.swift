@@ -1,6 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
+import WarmstartTestSupport
 @testable import WarmstartVhostUser
 @testable import WarmstartVhostUserWire
 

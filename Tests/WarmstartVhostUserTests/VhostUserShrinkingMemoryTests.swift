@@ -1,6 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
+import WarmstartTestSupport
 import WarmstartMemory
 @testable import WarmstartVhostUser
 @testable import WarmstartVhostUserWire

@@ -1,6 +1,7 @@
 import CWarmstartShim
 import Foundation
 import XCTest
+import WarmstartTestSupport
 @testable import WarmstartVhostUserWire
 
 /// The vhost-user frame decoder, checked the way swift-nio's ByteToMessageDecoderVerifier checks a

@@ -1,5 +1,6 @@
 import CWarmstartShim
 import XCTest
+import WarmstartTestSupport
 @testable import WarmstartVhostUserWire
 
 /// The header and the message validator, without a session: request codes, header flags and sizes,
